@@ -1,0 +1,31 @@
+"""The jaxmeta error hierarchy: every failure a user can cause is one of these."""
+
+from __future__ import annotations
+
+
+class JaxmetaError(Exception):
+    """Base class of every error jaxmeta raises on purpose."""
+
+
+class GraphError(JaxmetaError, ValueError):
+    """A MetaGraphDef or GraphDef is malformed, or a name does not resolve in the graph."""
+
+
+class UnsupportedOpError(JaxmetaError, NotImplementedError):
+    """The graph uses op types jaxmeta cannot run; the message lists every one of them."""
+
+
+class CheckpointError(JaxmetaError, ValueError):
+    """A checkpoint is missing, corrupt, or does not fit the graph's variables."""
+
+
+class FeedError(JaxmetaError, ValueError):
+    """A feed or fetch is missing, unknown, or has the wrong structure."""
+
+
+class SideEffectError(JaxmetaError, RuntimeError):
+    """The graph asks for an effect (files, Python, network) jaxmeta never runs implicitly."""
+
+
+class PrecisionError(JaxmetaError, OverflowError):
+    """A 64-bit value does not fit the 32-bit type JAX computes with (x64 disabled)."""

@@ -1,0 +1,13 @@
+"""Strict settings for every test; TensorFlow (the oracle) is imported lazily by the tests that need it."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import jax  # noqa: E402
+
+# Implicit rank promotion hides shape bugs in op handlers.
+jax.config.update("jax_numpy_rank_promotion", "raise")
