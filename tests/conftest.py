@@ -11,3 +11,8 @@ import jax  # noqa: E402
 
 # Implicit rank promotion hides shape bugs in op handlers.
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+import sys  # noqa: E402
+
+# Test helpers (oracle.py) import as top-level modules from any test directory.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

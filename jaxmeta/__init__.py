@@ -1,0 +1,48 @@
+"""jaxmeta: run TensorFlow 1 MetaGraphDefs and their checkpoints as traced JAX functions.
+
+    import jaxmeta, jax
+    g = jaxmeta.import_meta_graph("model.ckpt-10000.meta")
+    variables = g.saver.restore("model.ckpt-10000")
+    predict = jax.jit(g.function("logits:0", feeds=["images:0"]))
+    logits = predict(variables, images)
+"""
+
+from jaxmeta import ops as _ops  # noqa: F401  (registers the op handlers)
+from jaxmeta._errors import (
+    CheckpointError,
+    FeedError,
+    GraphError,
+    JaxmetaError,
+    PrecisionError,
+    SideEffectError,
+    UnsupportedOpError,
+)
+from jaxmeta._graph import Graph, Node, Tensor, TensorRef, Variable
+from jaxmeta._import import import_meta_graph, read_meta_graph
+from jaxmeta._interpreter import OpContext, VarRef
+from jaxmeta._session import Session
+from jaxmeta.ops.registry import register_op, supported_ops
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError",
+    "FeedError",
+    "Graph",
+    "GraphError",
+    "JaxmetaError",
+    "Node",
+    "OpContext",
+    "PrecisionError",
+    "Session",
+    "SideEffectError",
+    "Tensor",
+    "TensorRef",
+    "UnsupportedOpError",
+    "VarRef",
+    "Variable",
+    "import_meta_graph",
+    "read_meta_graph",
+    "register_op",
+    "supported_ops",
+]

@@ -1,0 +1,88 @@
+"""Pure functions over an imported graph: `Graph.function`, `Graph.step`, `Graph.init_variables`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+from jaxmeta._errors import GraphError
+from jaxmeta._graph import Graph
+from jaxmeta._interpreter import make_program, unflatten
+
+
+def function(graph: Graph, fetches: Any, feeds: Any = ()):
+    """A pure function computing `fetches` from variables and feed values.
+
+    Returns `f(variables, *feed_values, key=None)` whose result has the structure of `fetches`.
+    `jax.jit`, `jax.grad` (w.r.t. variables or feeds), `jax.vmap` and shardings accept it.
+
+    Raises:
+        GraphError: when the fetched subgraph assigns variables (use `graph.step`).
+    """
+    program, treedef, leaves = make_program(graph, fetches, feeds)
+    if program.assigns:
+        raise GraphError(
+            f"the fetched subgraph assigns variables ({', '.join(program.assigns[:3])}"
+            f"{', ...' if len(program.assigns) > 3 else ''}): use graph.step(fetches, feeds, targets), "
+            "which returns (outputs, new_variables)"
+        )
+
+    def f(variables, *feed_values, key=None):
+        outputs, _ = program(variables, feed_values, key)
+        return unflatten(treedef, leaves, outputs)
+
+    f.program = program
+    f.__doc__ = f"jaxmeta function: fetches {fetches!r} from feeds {feeds!r}"
+    return f
+
+
+def step(graph: Graph, fetches: Any = (), feeds: Any = (), targets: Any = ()):
+    """A pure function running `targets` for their effects and computing `fetches`.
+
+    Returns `f(variables, *feed_values, key=None) -> (outputs, new_variables)`; assignments
+    (a `train_op`, `UPDATE_OPS`, `global_step` increments) become updates of the variables dict.
+    Jit it with `donate_argnums=0` to update variables in place.
+    """
+    program, treedef, leaves = make_program(graph, fetches, feeds, targets)
+
+    def f(variables, *feed_values, key=None):
+        outputs, new_variables = program(variables, feed_values, key)
+        return unflatten(treedef, leaves, outputs), new_variables
+
+    f.program = program
+    return f
+
+
+def initializer_names(graph: Graph) -> list[str]:
+    """The initializer ops of every variable (collected ones first, then `<var>/Assign` fallbacks)."""
+    names = []
+    covered = set()
+    for var in [*graph.global_variables(), *graph.local_variables()]:
+        if var.variable_def.initializer_name and var.op_name not in covered:
+            names.append(var.variable_def.initializer_name)
+            covered.add(var.op_name)
+    for node in graph.variable_nodes():
+        if node.name in covered:
+            continue
+        candidate = f"{node.name}/Assign"
+        if candidate in graph.nodes:
+            names.append(candidate)
+    return names
+
+
+def init_variables(graph: Graph, key: Any = None, names: Any = None) -> dict[str, jax.Array]:
+    """Runs the variables' initializers (TF's `global_variables_initializer`); returns the dict.
+
+    Args:
+        key: a `jax.random.key` for random initializers (defaults to `jax.random.key(0)`).
+        names: restrict to these variable op names.
+    """
+    targets = initializer_names(graph)
+    if names is not None:
+        wanted = set(names)
+        targets = [t for t in targets if graph.nodes[t].inputs and graph.nodes[t].inputs[0].node in wanted]
+    if key is None:
+        key = jax.random.key(0)
+    _, variables = step(graph, [], (), targets)({}, key=key)
+    return variables

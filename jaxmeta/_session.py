@@ -1,0 +1,78 @@
+"""`Session`: a thin stateful shell over the pure functions, for TF1 habits and notebooks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+from jaxmeta._graph import Graph, Tensor
+from jaxmeta._interpreter import make_program, unflatten
+
+
+class Session:
+    """Holds variables between `run` calls, as `tf.compat.v1.Session` does.
+
+    Args:
+        graph: the imported graph.
+        variables: initial variables (e.g. from `graph.saver.restore`); defaults to empty.
+        seed: seed of the random key split for each run that draws random numbers.
+        jit: compile each (fetches, feeds, targets) signature once with `jax.jit`.
+    """
+
+    def __init__(self, graph: Graph, variables: dict[str, Any] | None = None, seed: int = 0, jit: bool = True):
+        self.graph = graph
+        self.variables: dict[str, Any] = dict(variables or {})
+        self._key = jax.random.key(seed)
+        self._jit = jit
+        self._cache: dict[Any, Any] = {}
+        self._closed = False
+
+    def run(self, fetches: Any, feed_dict: dict[Any, Any] | None = None) -> Any:
+        """Evaluates fetches (names, handles, or nested lists/tuples/dicts of them).
+
+        Operations in `fetches` run for their effects and yield None; assignments update the
+        variables this session holds.
+        """
+        if self._closed:
+            raise RuntimeError("attempted to use a closed Session")
+        feed_dict = feed_dict or {}
+        feed_names = tuple(self._feed_name(k) for k in feed_dict)
+        leaves, treedef = jax.tree_util.tree_flatten(fetches)
+        signature = (tuple(self._leaf_name(leaf) for leaf in leaves), feed_names)
+        entry = self._cache.get(signature)
+        if entry is None:
+            program, _, resolved = make_program(self.graph, list(leaves), list(feed_names))
+
+            def run_program(variables, feed_values, key):
+                return program(variables, feed_values, key)
+
+            fn = jax.jit(run_program) if self._jit else run_program
+            entry = self._cache[signature] = (program, fn, resolved)
+        program, fn, resolved = entry
+        key = None
+        if program.random:
+            self._key, key = jax.random.split(self._key)
+        outputs, new_variables = fn(self.variables, list(feed_dict.values()), key)
+        if program.assigns:
+            self.variables = new_variables
+        return unflatten(treedef, resolved, outputs)
+
+    def _feed_name(self, key: Any) -> str:
+        return key.name if isinstance(key, Tensor) else str(key)
+
+    @staticmethod
+    def _leaf_name(leaf: Any) -> str:
+        return getattr(leaf, "name", None) or str(leaf)
+
+    def close(self) -> None:
+        self._closed = True
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<jaxmeta.Session {len(self.variables)} variables, {len(self._cache)} compiled signatures>"

@@ -1,0 +1,18 @@
+"""Op families, one module each. Importing this package registers every handler."""
+
+from jaxmeta.ops import (  # noqa: F401
+    array,
+    control_flow,
+    core,
+    functional,
+    image,
+    io,
+    math,
+    nn,
+    nn_grad,
+    random,
+    segment,
+    state,
+    training,
+)
+from jaxmeta.ops.registry import register, register_op, supported_ops  # noqa: F401

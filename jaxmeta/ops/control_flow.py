@@ -1,0 +1,1 @@
+"""TODO: op family control_flow (being written)."""

@@ -1,0 +1,183 @@
+"""The op registry: TF op type -> a builder that parses a node once and returns a closure.
+
+A handler is a *builder*: `build(node) -> fn`. It reads the node's attributes (through the typed
+`node.attr_*` accessors) at build time and returns a closure over arrays only, so nothing inside
+the traced function touches protobufs:
+
+    @register("BiasAdd")
+    def _bias_add(node):
+        nchw = node.attr_str("data_format", "NHWC") == "NCHW"
+        def fn(x, bias):
+            ...
+        return fn
+
+Closure conventions:
+- inputs arrive in the node's input order; a single-output op returns one array, a multi-output
+  op returns a tuple (or list) with one entry per output, an op without outputs returns None;
+- values are NumPy arrays when known at trace time (constants, shapes) and JAX arrays otherwise;
+  handlers keep NumPy in, NumPy out where they can (see `static`), so that shape arithmetic stays
+  static and `Reshape` stays jit-able;
+- `context=True`: the closure is called as `fn(ctx, *inputs)` with an `OpContext` (variables,
+  random keys); `ref_inputs=True`: variable refs/resource handles arrive as `VarRef`s instead of
+  their current values (for Assign*, Apply*, Scatter*, ReadVariableOp, ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+OpFn = Callable[..., Any]
+Builder = Callable[[Any], OpFn]
+
+
+@dataclasses.dataclass(frozen=True)
+class OpSpec:
+    """How to run one op type."""
+
+    op_type: str
+    build: Builder
+    context: bool = False
+    ref_inputs: bool = False
+    assigns: bool = False
+    random: bool = False
+
+
+_REGISTRY: dict[str, OpSpec] = {}
+
+# Op types that read/write files, run Python or talk to the network. jaxmeta never runs them
+# implicitly; the value says how to get the effect through jaxmeta's API instead.
+SIDE_EFFECT_OPS: dict[str, str] = {}
+
+
+def register(
+    *op_types: str,
+    context: bool = False,
+    ref_inputs: bool = False,
+    assigns: bool = False,
+    random: bool = False,
+) -> Callable[[Builder], Builder]:
+    """Decorator registering a builder for one or more TF op types (registering twice raises)."""
+
+    def deco(build: Builder) -> Builder:
+        for op_type in op_types:
+            _add(OpSpec(op_type, build, context, ref_inputs or assigns, assigns, random))
+        return build
+
+    return deco
+
+
+def register_op(
+    op_type: str,
+    build: Builder,
+    *,
+    context: bool = False,
+    ref_inputs: bool = False,
+    assigns: bool = False,
+    random: bool = False,
+    override: bool = False,
+) -> None:
+    """Registers a user-supplied op: `build(node)` returns the closure that computes it.
+
+    Args:
+        op_type: the TF op type (`NodeDef.op`), e.g. `"MyCustomOp"`.
+        build: called once per node with the `jaxmeta.Node`; returns `fn(*inputs)` (or
+            `fn(ctx, *inputs)` with `context=True`).
+        context: pass an `OpContext` (variables, `ctx.rng(node)` for random keys) first.
+        ref_inputs: pass variable refs/resource handles as `VarRef`s, not values.
+        assigns: the op writes variables (through `ctx.assign`); only `Graph.step` runs it.
+        random: the op draws random numbers (needs `key=`).
+        override: replace a handler jaxmeta already has (also for side-effect ops such as
+            `ReadFile` or `PyFunc`, which jaxmeta refuses unless you supply them deliberately).
+    """
+    spec = OpSpec(op_type, build, context, ref_inputs or assigns, assigns, random)
+    if override:
+        _REGISTRY[op_type] = spec
+        SIDE_EFFECT_OPS.pop(op_type, None)
+    else:
+        _add(spec)
+
+
+def _add(spec: OpSpec) -> None:
+    if spec.op_type in _REGISTRY:
+        raise ValueError(f"op type {spec.op_type!r} is registered twice; pass override=True to replace it")
+    _REGISTRY[spec.op_type] = spec
+
+
+def lookup(op_type: str) -> OpSpec | None:
+    return _REGISTRY.get(op_type)
+
+
+def supported_ops() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def side_effect(op_types: dict[str, str]) -> None:
+    """Declares op types that are never executed implicitly, with the advice to give instead."""
+    SIDE_EFFECT_OPS.update(op_types)
+
+
+# -- helpers shared by op families ----------------------------------------------------------------
+
+
+def static(*xs: Any) -> bool:
+    """True when every value is known at trace time (NumPy/Python), so NumPy can compute it."""
+    return all(isinstance(x, (np.ndarray, np.generic, int, float, bool)) for x in xs)
+
+
+def xnp(*xs: Any):
+    """NumPy for static inputs (keeps shape arithmetic static), jax.numpy otherwise."""
+    return np if static(*xs) else jnp
+
+
+def broadcast_ranks(*xs: Any) -> list[Any]:
+    """Left-pads ranks with size-1 axes, as TF's implicit broadcasting does (rank promotion is
+    explicit here so handlers also run under `jax_numpy_rank_promotion="raise"`)."""
+    rank = max(np.ndim(x) for x in xs)
+    out = []
+    for x in xs:
+        if np.ndim(x) < rank:
+            shape = (1,) * (rank - np.ndim(x)) + tuple(np.shape(x))
+            x = x.reshape(shape) if hasattr(x, "reshape") else np.reshape(x, shape)
+        out.append(x)
+    return out
+
+
+def unary(f_jnp: Callable, f_np: Callable | None = None) -> Builder:
+    """Builder for an elementwise one-input op: `"Exp": unary(jnp.exp, np.exp)`."""
+
+    def build(node):
+        if f_np is None:
+            return f_jnp
+
+        def fn(x):
+            return f_np(x) if static(x) else f_jnp(x)
+
+        return fn
+
+    return build
+
+
+def binary(f_jnp: Callable, f_np: Callable | None = None) -> Builder:
+    """Builder for an elementwise two-input op with TF (NumPy-style) broadcasting."""
+
+    def build(node):
+        def fn(x, y):
+            x, y = broadcast_ranks(x, y)
+            if f_np is not None and static(x, y):
+                return np.asarray(f_np(x, y))
+            return f_jnp(x, y)
+
+        return fn
+
+    return build
+
+
+def register_table(table: dict[str, Builder], **flags: Any) -> None:
+    """Registers several trivial ops at once: `register_table({"Exp": unary(jnp.exp)})`."""
+    for op_type, build in table.items():
+        register(op_type, **flags)(build)

@@ -1,0 +1,1 @@
+"""TODO: op family segment (being written)."""

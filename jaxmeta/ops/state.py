@@ -1,0 +1,117 @@
+"""Variables and assignments: ref variables, resource variables, scatter updates.
+
+Both kinds of variable evaluate to a `VarRef` naming the variable; reads happen when an op that
+does not take refs consumes it (the interpreter reads the value then) or through
+`ReadVariableOp`. Assignments update the `OpContext`'s variables, which `Graph.step` returns.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+from jaxmeta._interpreter import VarRef
+from jaxmeta.ops.registry import register
+
+
+@register("VariableV2", "Variable", "VarHandleOp", "TemporaryVariable")
+def _variable(node):
+    ref = VarRef(node.name)
+    return lambda: ref
+
+
+@register("ReadVariableOp", context=True, ref_inputs=True)
+def _read_variable(node):
+    return lambda ctx, ref: ctx.read(ref)
+
+
+@register("IsVariableInitialized", "VarIsInitializedOp", context=True, ref_inputs=True)
+def _is_initialized(node):
+    return lambda ctx, ref: np.bool_(ref.name in ctx.variables)
+
+
+def _assigner(update):
+    """Builder for Assign-family ops: `update(old, value) -> new`."""
+
+    def build(node):
+        def fn(ctx, ref, value):
+            value = ctx.value(value)
+            old = ctx.variables.get(ref.name) if update is None else ctx.read(ref)
+            new = ctx.assign(ref, value if update is None else update(old, value))
+            return ref if node.type in ("Assign", "AssignAdd", "AssignSub") else new
+
+        return fn
+
+    return build
+
+
+register("Assign", "AssignVariableOp", assigns=True, context=True)(_assigner(None))
+register("AssignAdd", "AssignAddVariableOp", assigns=True, context=True)(_assigner(lambda a, b: a + b))
+register("AssignSub", "AssignSubVariableOp", assigns=True, context=True)(_assigner(lambda a, b: a - b))
+
+
+def _scatter(update):
+    """Builder for Scatter*/ResourceScatter*: `update(var.at[indices], updates) -> new var`."""
+
+    def build(node):
+        resource = node.type.startswith("Resource")
+
+        def fn(ctx, ref, indices, updates):
+            indices, updates = ctx.value(indices), ctx.value(updates)
+            old = ctx.read(ref)
+            new = ctx.assign(ref, update(old.at[jnp.asarray(indices)], jnp.asarray(updates, old.dtype)))
+            return None if resource else ref
+
+        return fn
+
+    return build
+
+
+_SCATTERS = {
+    "Update": lambda at, u: at.set(u),
+    "Add": lambda at, u: at.add(u),
+    "Sub": lambda at, u: at.add(-u),
+    "Mul": lambda at, u: at.multiply(u),
+    "Div": lambda at, u: at.divide(u),
+    "Min": lambda at, u: at.min(u),
+    "Max": lambda at, u: at.max(u),
+}
+for _name, _update in _SCATTERS.items():
+    register(f"Scatter{_name}", f"ResourceScatter{_name}", assigns=True, context=True)(_scatter(_update))
+
+
+@register("ScatterNdUpdate", "ScatterNdAdd", "ScatterNdSub", "ResourceScatterNdUpdate",
+          "ResourceScatterNdAdd", "ResourceScatterNdSub", assigns=True, context=True)
+def _scatter_nd(node):
+    kind = node.type.removeprefix("Resource").removeprefix("ScatterNd")
+    resource = node.type.startswith("Resource")
+
+    def fn(ctx, ref, indices, updates):
+        old = ctx.read(ref)
+        idx = jnp.asarray(ctx.value(indices))
+        at = old.at[tuple(jnp.moveaxis(idx, -1, 0))]
+        upd = jnp.asarray(ctx.value(updates), old.dtype)
+        new = {"Update": at.set, "Add": at.add, "Sub": lambda u: at.add(-u)}[kind](upd)
+        ctx.assign(ref, new)
+        return None if resource else ref
+
+    return fn
+
+
+@register("ResourceGather", context=True, ref_inputs=True)
+def _resource_gather(node):
+    batch_dims = node.attr_int("batch_dims", 0)
+
+    def fn(ctx, ref, indices):
+        params = ctx.read(ref)
+        indices = jnp.asarray(ctx.value(indices))
+        if batch_dims:
+            return jnp.take_along_axis(params, indices, axis=batch_dims)  # rare; simple batch case
+        return jnp.take(params, indices, axis=0)
+
+    return fn
+
+
+@register("DestroyResourceOp", "DestroyTemporaryVariable", context=True, ref_inputs=True)
+def _destroy(node):
+    return lambda ctx, *args: None

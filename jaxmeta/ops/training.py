@@ -1,0 +1,1 @@
+"""TODO: op family training (being written)."""

@@ -1,0 +1,157 @@
+"""TensorFlow as the oracle: build a graph with tf.compat.v1, run it in TF and in jaxmeta, compare.
+
+    def test_relu():
+        def build(tf):
+            x = tf.compat.v1.placeholder(tf.float32, [2, 3], name="x")
+            return tf.nn.relu(x)
+        compare_with_tf(build, {"x:0": np.random.randn(2, 3).astype(np.float32)}, grads=True)
+
+Every comparison runs jaxmeta with and without `jax.jit`. With `grads=True`, the gradient of
+sum(w_i * fetch_i) (w_i fixed random weights) w.r.t. every float feed is compared with
+`tf.gradients`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxmeta
+
+_TF = None
+
+
+def get_tf():
+    """TensorFlow, configured for legacy graphs (v1 control flow); skips the test if missing."""
+    global _TF
+    if _TF is None:
+        tf = pytest.importorskip("tensorflow")
+        tf.compat.v1.disable_control_flow_v2()
+        tf.get_logger().setLevel("ERROR")
+        _TF = tf
+    return _TF
+
+
+@dataclasses.dataclass
+class TFRun:
+    """What TF produced for a graph: the MetaGraphDef, variable values, fetch results."""
+
+    meta_graph: Any
+    graph: jaxmeta.Graph
+    variables: dict[str, np.ndarray]
+    fetch_names: list[str]
+    expected: list[np.ndarray]
+    feed_grads: dict[str, np.ndarray] | None = None
+    grad_weights: list[np.ndarray] | None = None
+
+
+def run_tf(
+    build: Callable[[Any], Any],
+    feeds: dict[str, np.ndarray] | None = None,
+    *,
+    grads: bool = False,
+    seed: int = 0,
+) -> TFRun:
+    """Builds the graph with `build(tf)`, initializes variables, runs fetches (and gradients)."""
+    tf = get_tf()
+    feeds = dict(feeds or {})
+    g = tf.Graph()
+    with g.as_default():
+        tf.compat.v1.set_random_seed(seed)
+        outs = build(tf)
+        outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
+        meta = tf.compat.v1.train.export_meta_graph(graph=g)
+        variables = tf.compat.v1.global_variables() + tf.compat.v1.local_variables()
+        init = tf.compat.v1.variables_initializer(variables) if variables else None
+        with tf.compat.v1.Session(graph=g) as sess:
+            if init is not None:
+                sess.run(init)
+            var_values = {v.op.name: sess.run(v.read_value() if hasattr(v, "read_value") else v) for v in variables}
+            feed_dict = {g.get_tensor_by_name(k): v for k, v in feeds.items()}
+            expected = sess.run(outs, feed_dict)
+            feed_grads = weights = None
+            if grads:
+                rng = np.random.default_rng(seed + 1)
+                weights = [rng.standard_normal(np.shape(e)).astype(e.dtype) if _is_float(e) else None for e in expected]
+                ys = [o for o, w in zip(outs, weights) if w is not None]
+                ws = [tf.constant(w) for w in weights if w is not None]
+                float_feeds = [k for k, v in feeds.items() if _is_float(v)]
+                xs = [g.get_tensor_by_name(k) for k in float_feeds]
+                grad_tensors = tf.compat.v1.gradients(ys, xs, grad_ys=ws)
+                pairs = [(k, t) for k, t in zip(float_feeds, grad_tensors) if t is not None]
+                values = sess.run([t for _, t in pairs], feed_dict)
+                feed_grads = {k: np.asarray(v) for (k, _), v in zip(pairs, values)}
+    graph = jaxmeta.import_meta_graph(meta)
+    return TFRun(meta, graph, var_values, [o.name for o in outs], list(expected), feed_grads, weights)
+
+
+def _is_float(x) -> bool:
+    return np.issubdtype(np.asarray(x).dtype, np.floating)
+
+
+def assert_close(got, want, *, rtol: float, atol: float, what: str = "") -> None:
+    got = np.asarray(got)
+    want = np.asarray(want)
+    assert got.shape == want.shape, f"{what}: shape {got.shape} != TF's {want.shape}"
+    if want.dtype == object or want.dtype.kind in "SU":
+        np.testing.assert_array_equal(got, want, err_msg=what)
+        return
+    want_dtype = jax.dtypes.canonicalize_dtype(want.dtype)
+    assert got.dtype == want_dtype, f"{what}: dtype {got.dtype} != TF's {want.dtype} (as JAX: {want_dtype})"
+    if want.dtype.kind in "biu":
+        np.testing.assert_array_equal(got, want.astype(want_dtype), err_msg=what)
+    else:
+        np.testing.assert_allclose(
+            got.astype(np.float64 if got.dtype.kind != "c" else np.complex128),
+            want.astype(np.float64 if want.dtype.kind != "c" else np.complex128),
+            rtol=rtol, atol=atol, err_msg=what,
+        )
+
+
+def compare_with_tf(
+    build: Callable[[Any], Any],
+    feeds: dict[str, np.ndarray] | None = None,
+    *,
+    rtol: float = 1e-5,
+    atol: float = 1e-6,
+    grads: bool = False,
+    grad_rtol: float | None = None,
+    grad_atol: float | None = None,
+    key: Any = None,
+    jit_modes: Sequence[bool] = (False, True),
+) -> TFRun:
+    """Runs `build` in TF and jaxmeta (with and without jit) and asserts the fetches agree."""
+    feeds = dict(feeds or {})
+    run = run_tf(build, feeds, grads=grads)
+    f = run.graph.function(run.fetch_names, feeds=list(feeds))
+    variables = {k: jnp.asarray(v) for k, v in run.variables.items()}
+    for jit in jit_modes:
+        fn = jax.jit(f) if jit else f
+        got = fn(variables, *feeds.values(), key=key)
+        for name, g_val, w_val in zip(run.fetch_names, got, run.expected):
+            assert_close(g_val, w_val, rtol=rtol, atol=atol, what=f"{name} (jit={jit})")
+    if grads and run.feed_grads:
+        names = list(feeds)
+        grad_names = list(run.feed_grads)
+        argnums = [names.index(k) for k in grad_names]
+
+        def loss(*feed_values):
+            outs = f(variables, *feed_values, key=key)
+            return sum(jnp.sum(o * w) for o, w in zip(outs, run.grad_weights) if w is not None)
+
+        for jit in jit_modes:
+            gfn = jax.grad(loss, argnums=argnums)
+            gfn = jax.jit(gfn) if jit else gfn
+            got = gfn(*[jnp.asarray(v) for v in feeds.values()])
+            for k, g_val in zip(grad_names, got):
+                assert_close(
+                    g_val, run.feed_grads[k], rtol=grad_rtol or rtol * 10, atol=grad_atol or atol * 10,
+                    what=f"d/d{k} (jit={jit})",
+                )
+    return run
