@@ -540,6 +540,15 @@ class Graph:
 
         return init_variables(self, key, names)
 
+    def export_meta_graph(self, filename: Any = None, **kwargs: Any):
+        """Writes the graph as a MetaGraphDef TF1 can import; see `jaxmeta._export.export_meta_graph`.
+
+        Keyword args: `collection_list`, `as_text`, `clear_devices`, `export_scope`, `saver_def`.
+        """
+        from jaxmeta._export import export_meta_graph
+
+        return export_meta_graph(self, filename, **kwargs)
+
     @property
     def saver(self):
         """A `Saver` for the graph's SaverDef, or None when the graph has no variables."""

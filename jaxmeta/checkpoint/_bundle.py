@@ -250,7 +250,7 @@ class BundleReader:
             if sentry.dtype != entry.dtype or _shape(sentry.shape, where=where) != _slices.slice_shape(extents):
                 raise CheckpointError(f"{where}: slice {_slices.format_slice(extents)!r} has the wrong shape or dtype")
             plan.append((extents, sentry))
-        _check_cover(plan, full_shape, where)
+        check_cover(plan, full_shape, where)
         if out is None:
             out = np.empty(full_shape, dtype=dtype)
         for extents, sentry in plan:
@@ -262,7 +262,7 @@ class BundleReader:
         return out
 
 
-def _check_cover(plan, full_shape, where: str) -> None:
+def check_cover(plan, full_shape, where: str) -> None:
     total = math.prod(full_shape)
     covered = sum(_slices.num_elements(extents) for extents, _ in plan)
     for i, (a, _) in enumerate(plan):

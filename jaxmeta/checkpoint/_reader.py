@@ -87,7 +87,7 @@ class CheckpointReader:
         return {name: _dtypes.to_numpy(self._impl.dtype_enum(name)) for name in self._impl.names()}
 
     def has_tensor(self, name: str) -> bool:
-        return name in self._impl.names() if self.format == "v1" else name in self._impl.entries
+        return name in (self._impl.tensors if self.format == "v1" else self._impl.entries)
 
     def shape(self, name: str) -> tuple[int, ...]:
         return self._impl.shape(name)

@@ -59,7 +59,7 @@ def _scatter(update):
         def fn(ctx, ref, indices, updates):
             indices, updates = ctx.value(indices), ctx.value(updates)
             old = ctx.read(ref)
-            new = ctx.assign(ref, update(old.at[jnp.asarray(indices)], jnp.asarray(updates, old.dtype)))
+            ctx.assign(ref, update(old.at[jnp.asarray(indices)], jnp.asarray(updates, old.dtype)))
             return None if resource else ref
 
         return fn

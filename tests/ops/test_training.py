@@ -1,0 +1,243 @@
+"""Optimizer update ops (`ApplyX`, `ResourceApplyX`, sparse variants) against TensorFlow.
+
+Each case builds the raw op on variables, runs it K times in TF, and compares every variable
+(var and slots) with K jitted, donated `graph.step` calls in jaxmeta.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from oracle import assert_close, get_tf
+
+import jaxmeta
+
+pytestmark = pytest.mark.oracle
+
+K = 3
+
+
+def run_steps(build, feeds=None, k=K, *, rtol=2e-5, atol=2e-6, variables_from=None):
+    """Runs `build(tf)`'s returned op k times in TF and in jaxmeta; compares every variable.
+
+    Returns the TF variables after the steps.
+    """
+    tf = get_tf()
+    feeds = dict(feeds or {})
+    g = tf.Graph()
+    with g.as_default():
+        tf.compat.v1.set_random_seed(0)
+        op = build(tf)
+        meta = tf.compat.v1.train.export_meta_graph(graph=g)
+        tf_vars = tf.compat.v1.global_variables() + tf.compat.v1.local_variables()
+        with tf.compat.v1.Session(graph=g) as sess:
+            sess.run(tf.compat.v1.variables_initializer(tf_vars))
+            read = {v.op.name: v.read_value() if hasattr(v, "read_value") else v for v in tf_vars}
+            before = sess.run(read)
+            feed_dict = {g.get_tensor_by_name(name): value for name, value in feeds.items()}
+            for _ in range(k):
+                sess.run(op, feed_dict)
+            after = sess.run(read)
+    graph = jaxmeta.import_meta_graph(meta)
+    step = jax.jit(graph.step([], feeds=list(feeds), targets=[op.name]), donate_argnums=0)
+    variables = {name: jnp.asarray(value) for name, value in before.items()}
+    for _ in range(k):
+        _, variables = step(variables, *feeds.values())
+    assert set(variables) == set(after)
+    for name, want in after.items():
+        assert_close(variables[name], want, rtol=rtol, atol=atol, what=f"variable {name} after {k} steps")
+    return after
+
+
+# Hyperparameter values by input name; a tuple means (value, make-it-a-variable).
+SCALARS = {
+    "lr": 0.1, "alpha": 0.1, "l1": 0.05, "l2": 0.02, "l2_shrinkage": 0.01, "lr_power": -0.5,
+    "momentum": 0.9, "rho": 0.9, "epsilon": 1e-3, "beta1": 0.9, "beta2": 0.99,
+    "beta1_power": (0.9**2, True), "beta2_power": (0.99**2, True), "beta": 0.9, "sign_decay": 0.99,
+    "logbase": float(np.log(2.0)),
+}
+SLOT_INIT = {"var": "randn", "mg": "small", "m": "randn"}
+
+DENSE = [
+    ("GradientDescent", {}, {}),
+    ("ProximalGradientDescent", {}, {}),
+    ("ProximalGradientDescent", {}, {"l1": 0.0}),
+    ("Momentum", {}, {}),
+    ("Momentum", {"use_nesterov": True}, {}),
+    ("KerasMomentum", {}, {}),
+    ("KerasMomentum", {"use_nesterov": True}, {}),
+    ("Adam", {}, {}),
+    ("Adam", {"use_nesterov": True}, {}),
+    ("AdamWithAmsgrad", {}, {}),
+    ("AdaMax", {}, {}),
+    ("RMSProp", {}, {}),
+    ("CenteredRMSProp", {}, {}),
+    ("Adagrad", {}, {}),
+    ("Adagrad", {"update_slots": False}, {}),
+    ("AdagradV2", {}, {}),
+    ("AdagradV2", {"update_slots": False}, {}),
+    ("AdagradDA", {}, {}),
+    ("AdagradDA", {}, {"l1": 0.0}),
+    ("ProximalAdagrad", {}, {}),
+    ("ProximalAdagrad", {}, {"l1": 0.0}),
+    ("Adadelta", {}, {"lr": 1.0}),
+    ("Ftrl", {}, {}),
+    ("Ftrl", {}, {"lr_power": -0.3, "l1": 0.0}),
+    ("Ftrl", {"multiply_linear_by_lr": True}, {}),
+    ("FtrlV2", {}, {}),
+    ("FtrlV2", {"multiply_linear_by_lr": True}, {"lr_power": -0.7}),
+    ("AddSign", {}, {}),
+    ("PowerSign", {}, {}),
+]
+SPARSE = [
+    ("Adagrad", {}, {}),
+    ("AdagradV2", {}, {}),
+    ("AdagradDA", {}, {}),
+    ("ProximalAdagrad", {}, {}),
+    ("ProximalGradientDescent", {}, {}),
+    ("Momentum", {}, {}),
+    ("Momentum", {"use_nesterov": True}, {}),
+    ("KerasMomentum", {}, {}),
+    ("RMSProp", {}, {}),
+    ("CenteredRMSProp", {}, {}),
+    ("Adadelta", {}, {"lr": 1.0}),
+    ("Ftrl", {}, {}),
+    ("FtrlV2", {}, {}),
+]
+RESOURCE_ONLY = {"KerasMomentum", "AdamWithAmsgrad"}
+
+
+def _case_id(case):
+    name, attrs, scalars = case
+    extra = [k for k, v in attrs.items()] + [f"{k}={v}" for k, v in scalars.items()]
+    return "-".join([name, *extra])
+
+
+def _build_update(op_type, attrs, scalars, *, sparse, indices=None, shape=(4, 3), seed=0):
+    """A builder making every variable input a variable and calling the raw op once."""
+    from tensorflow.python.framework import op_def_registry
+
+    resource = op_type.startswith("Resource")
+    op_def = op_def_registry.get(op_type)
+    rng = np.random.default_rng(seed)
+
+    def build(tf):
+        args = {}
+        var = None
+        for arg in op_def.input_arg:
+            name = arg.name
+            is_var = arg.is_ref or arg.type == tf.resource.as_datatype_enum
+            if is_var:
+                kind = SLOT_INIT.get(name, "positive")
+                init = {
+                    "randn": rng.standard_normal(shape),
+                    "small": 0.1 * rng.standard_normal(shape),
+                    "positive": rng.uniform(0.1, 1.0, shape),
+                }[kind].astype(np.float32)
+                v = tf.compat.v1.get_variable(name, initializer=init, use_resource=resource)
+                var = v if name == "var" else var
+                args[name] = v.handle if resource else v
+            elif name in ("grad", "delta"):
+                g0 = tf.compat.v1.placeholder(tf.float32, None, name="g0")
+                value = tf.gather(var, indices) if sparse else tf.identity(var)
+                args[name] = g0 + 0.5 * value
+            elif name == "indices":
+                args[name] = tf.constant(indices, tf.int32)
+            elif name == "global_step":
+                args[name] = tf.constant(3, tf.int64)
+            else:
+                value = scalars.get(name, SCALARS[name])
+                if isinstance(value, tuple):
+                    v = tf.compat.v1.get_variable(name, initializer=np.float32(value[0]), use_resource=resource)
+                    args[name] = v.read_value() if resource else v
+                else:
+                    args[name] = tf.constant(value, tf.float32)
+        return getattr(tf.raw_ops, op_type)(**args, **attrs, name="update")
+
+    return build
+
+
+@pytest.mark.parametrize("resource", [False, True], ids=["ref", "resource"])
+@pytest.mark.parametrize("case", DENSE, ids=_case_id)
+def test_dense_apply(case, resource):
+    name, attrs, scalars = case
+    if name in RESOURCE_ONLY and not resource:
+        pytest.skip(f"TF defines {name} only as a resource op")
+    op_type = f"{'Resource' if resource else ''}Apply{name}"
+    g0 = np.random.default_rng(1).standard_normal((4, 3)).astype(np.float32)
+    run_steps(_build_update(op_type, attrs, scalars, sparse=False), {"g0:0": g0})
+
+
+@pytest.mark.parametrize("indices", [[3, 0, 4], [2], [1, 4, 1, 1]], ids=["unique", "one", "duplicates"])
+@pytest.mark.parametrize("resource", [False, True], ids=["ref", "resource"])
+@pytest.mark.parametrize("case", SPARSE, ids=_case_id)
+def test_sparse_apply(case, resource, indices):
+    name, attrs, scalars = case
+    if name in RESOURCE_ONLY and not resource:
+        pytest.skip(f"TF defines {name} only as a resource op")
+    op_type = f"{'Resource' if resource else ''}SparseApply{name}"
+    g0 = np.random.default_rng(1).standard_normal((len(indices), 3)).astype(np.float32)
+    run_steps(_build_update(op_type, attrs, scalars, sparse=True, indices=indices, shape=(5, 3)), {"g0:0": g0})
+
+
+def test_sparse_apply_rank1_variable():
+    op_type = "SparseApplyMomentum"
+    g0 = np.float32([0.5, -1.0])
+    run_steps(_build_update(op_type, {}, {}, sparse=True, indices=[2, 0], shape=(5,)), {"g0:0": g0})
+
+
+def test_ref_form_returns_updated_ref():
+    def build(tf):
+        v = tf.compat.v1.get_variable("v", initializer=np.float32([1.0, 2.0]), use_resource=False)
+        out = tf.raw_ops.ApplyGradientDescent(var=v, alpha=tf.constant(0.5), delta=tf.constant([1.0, 1.0]))
+        return tf.identity(out * 2.0, name="twice")
+
+    tf = get_tf()
+    g = tf.Graph()
+    with g.as_default():
+        build(tf)
+        meta = tf.compat.v1.train.export_meta_graph(graph=g)
+    graph = jaxmeta.import_meta_graph(meta)
+    outs, new = jax.jit(graph.step("twice:0"))({"v": jnp.float32([1.0, 2.0])})
+    np.testing.assert_allclose(outs, [1.0, 3.0])
+    np.testing.assert_allclose(new["v"], [0.5, 1.5])
+
+
+OPTIMIZERS = {
+    "sgd": lambda tf: tf.compat.v1.train.GradientDescentOptimizer(0.1),
+    "momentum": lambda tf: tf.compat.v1.train.MomentumOptimizer(0.1, 0.9),
+    "nesterov": lambda tf: tf.compat.v1.train.MomentumOptimizer(0.1, 0.9, use_nesterov=True),
+    "adam": lambda tf: tf.compat.v1.train.AdamOptimizer(0.01),
+    "rmsprop": lambda tf: tf.compat.v1.train.RMSPropOptimizer(0.01, momentum=0.5),
+    "rmsprop_centered": lambda tf: tf.compat.v1.train.RMSPropOptimizer(0.01, momentum=0.5, centered=True),
+    "adagrad": lambda tf: tf.compat.v1.train.AdagradOptimizer(0.1),
+    "adagrad_da": lambda tf: tf.compat.v1.train.AdagradDAOptimizer(
+        0.1, tf.compat.v1.train.get_or_create_global_step(), l1_regularization_strength=0.01),
+    "proximal_adagrad": lambda tf: tf.compat.v1.train.ProximalAdagradOptimizer(0.1, l1_regularization_strength=0.01),
+    "proximal_sgd": lambda tf: tf.compat.v1.train.ProximalGradientDescentOptimizer(0.1, l2_regularization_strength=0.1),
+    "adadelta": lambda tf: tf.compat.v1.train.AdadeltaOptimizer(1.0),
+    "ftrl": lambda tf: tf.compat.v1.train.FtrlOptimizer(0.1, l1_regularization_strength=0.01),
+    "ftrl_v2": lambda tf: tf.compat.v1.train.FtrlOptimizer(0.1, l2_shrinkage_regularization_strength=0.01),
+}
+
+
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+@pytest.mark.parametrize("resource", [False, True], ids=["ref", "resource"])
+@pytest.mark.parametrize("opt", list(OPTIMIZERS))
+def test_optimizer_minimize(opt, resource, sparse):
+    """A TF1 optimizer's own update ops (minimize of a tiny loss), including its slot variables."""
+    x = np.random.default_rng(2).standard_normal((6, 3)).astype(np.float32)
+
+    def build(tf):
+        tf.compat.v1.get_variable_scope().set_use_resource(resource)
+        w = tf.compat.v1.get_variable("w", initializer=np.float32(np.linspace(-1, 1, 15).reshape(5, 3)))
+        b = tf.compat.v1.get_variable("b", initializer=np.float32([0.1, -0.2, 0.3]))
+        xs = tf.compat.v1.placeholder(tf.float32, [6, 3], name="x")
+        rows = tf.gather(w, [0, 2, 4, 2, 1, 0]) if sparse else tf.matmul(xs, w[:3])
+        loss = tf.reduce_sum(tf.square(xs * rows + b - 1.0))
+        step = tf.compat.v1.train.get_or_create_global_step()
+        return OPTIMIZERS[opt](tf).minimize(loss, global_step=step)
+
+    run_steps(build, {"x:0": x}, rtol=1e-4, atol=1e-5)
