@@ -104,10 +104,10 @@ class Node:
 
     # -- typed accessors --------------------------------------------------------------------------
     def _attr(self, name: str) -> attr_value_pb2.AttrValue:
-        try:
-            return self.node_def.attr[name]
-        except KeyError:
-            raise GraphError(f"node {self.name!r} ({self.type}) has no attribute {name!r}") from None
+        # (Indexing a protobuf map of messages inserts a missing key instead of raising.)
+        if name not in self.node_def.attr:
+            raise GraphError(f"node {self.name!r} ({self.type}) has no attribute {name!r}")
+        return self.node_def.attr[name]
 
     def _get(self, name, default, kind):
         if default is not _REQUIRED and name not in self.node_def.attr:
@@ -366,6 +366,7 @@ class Graph:
         self.versions = None
         self.sources: list[str] = []  # files or "<MetaGraphDef>" this graph was imported from
         self._consumers: dict[str, list[str]] | None = None
+        self._name_scopes: set[str] = set()  # import scopes taken, lowercased (as TF's unique_name)
 
     # -- lookup -------------------------------------------------------------------------------------
     def get_operation_by_name(self, name: str) -> Node:

@@ -140,7 +140,7 @@ def import_meta_graph(
         raise GraphError(f"import_meta_graph needs a path or a MetaGraphDef, got {type(meta_graph_or_file)}")
 
     graph = graph if graph is not None else Graph()
-    scope = _unique_scope(graph, import_scope.rstrip("/")) if import_scope else ""
+    scope = _unique_scope(graph, import_scope) if import_scope else ""
     _Importer(graph, meta, source, scope, clear_devices, input_map or {}).run()
     if return_elements is None:
         return graph
@@ -158,14 +158,64 @@ def prepend_scope(name: str, scope: str) -> str:
     return scope + "/" + name
 
 
+_DEVICE_TYPES = ("CPU", "GPU", "TPU")
+
+
+def canonical_device(spec: str) -> str:
+    """A device string in TF's canonical spelling, as TF reports it after an import.
+
+    TF rewrites legacy spellings when it imports a graph (`/gpu:0` -> `/device:GPU:0`, `/cpu:*` ->
+    `/device:CPU:*`) and orders the parts job, replica, task, device. A string TF could not parse
+    is returned unchanged.
+    """
+    job = replica = task = device = None
+    for part in spec.split("/"):
+        if not part:
+            continue
+        fields = part.split(":")
+        if len(fields) == 2 and fields[0] in ("job", "replica", "task"):
+            if fields[0] == "job":
+                job = fields[1]
+            elif fields[0] == "replica":
+                replica = fields[1]
+            else:
+                task = fields[1]
+        elif len(fields) in (1, 2) and fields[0].upper() in _DEVICE_TYPES and device is None:
+            device = (fields[0].upper(), fields[1] if len(fields) == 2 else "*")
+        elif len(fields) == 3 and fields[0] == "device" and device is None:
+            device = (fields[1], fields[2])
+        else:
+            return spec
+    text = ""
+    if job is not None:
+        text += f"/job:{job}"
+    if replica is not None:
+        text += f"/replica:{replica}"
+    if task is not None:
+        text += f"/task:{task}"
+    if device is not None:
+        text += f"/device:{device[0]}:{device[1]}"
+    return text
+
+
 def _unique_scope(graph: Graph, scope: str) -> str:
-    taken = {name.split("/", 1)[0] for name in graph.nodes} | set(graph.nodes)
-    if scope not in taken:
-        return scope
-    i = 1
-    while f"{scope}_{i}" in taken:
-        i += 1
-    return f"{scope}_{i}"
+    """The scope an import really uses, as TF's `Graph.unique_name` picks it.
+
+    A scope already taken by an earlier import, or equal to a node name (case-insensitively, as TF
+    compares them), gets the first free `_1`, `_2`, ... suffix: importing twice under `net` gives
+    `net` and `net_1`. A scope ending in `/` is used exactly as given, as in `tf.name_scope`.
+    """
+    if scope.endswith("/"):
+        scope = scope.rstrip("/")
+    else:
+        taken = graph._name_scopes | {name.lower() for name in graph.nodes}
+        base, i = scope, 0
+        while scope.lower() in taken:
+            i += 1
+            scope = f"{base}_{i}"
+    parts = scope.split("/")
+    graph._name_scopes.update("/".join(parts[: i + 1]).lower() for i in range(len(parts)))
+    return scope
 
 
 class _Importer:
@@ -239,6 +289,8 @@ class _Importer:
         nd.input.extend(inputs)
         if self.clear_devices:
             nd.device = ""
+        elif nd.device:
+            nd.device = canonical_device(nd.device)
         if self.scope:
             if "_class" in nd.attr:
                 values = [self.scoped(s.decode()).encode() for s in nd.attr["_class"].list.s]

@@ -33,11 +33,21 @@ class VarRef:
 class OpContext:
     """What stateful and random ops see while a program runs: variables and the random key."""
 
-    def __init__(self, graph: Graph, variables: dict[str, Any], key: Any):
+    def __init__(self, graph: Graph, variables: dict[str, Any], key: Any, state: Any = None, loop_bounds=()):
         self.graph = graph
         self.variables = dict(variables)
         self.assigned: set[str] = set()
         self._key = key
+        # Internal resources that are not variables (TensorArray gradients' stacks): name -> value.
+        self.state: dict[str, Any] = dict(state or {})
+        # Static trip-count bounds of the enclosing while loops (None: unbounded), outermost first.
+        self.loop_bounds: tuple[int | None, ...] = tuple(loop_bounds)
+
+    def for_iteration(self, iteration: Any, bound: int | None, variables: dict, state: dict) -> OpContext:
+        """The context of one while-loop iteration: a key folded with the iteration number (so
+        random ops draw fresh numbers each iteration) and the loop's carried variables/state."""
+        key = None if self._key is None else jax.random.fold_in(self._key, iteration)
+        return OpContext(self.graph, variables, key, state, (*self.loop_bounds, bound))
 
     def value(self, x: Any) -> Any:
         """The current value of a variable ref, or `x` itself for any other value."""
@@ -93,10 +103,13 @@ def to_jax(x: Any) -> Any:
 
 @dataclasses.dataclass
 class _Step:
+    """One op, or one collapsed while loop (`node` is then its LoopCond, `outputs` its Exits)."""
+
     node: Node
     spec: registry.OpSpec
     fn: Any
     inputs: tuple[TensorRef, ...]
+    outputs: tuple[TensorRef, ...] | None = None
     free: tuple[TensorRef, ...] = ()
 
 
@@ -121,35 +134,10 @@ class Program:
         fed = set(self.feeds)
         needed = _prune(graph, self.fetches, self.targets, fed)
         _check_runnable(graph, needed, fed)
-        order = _toposort(graph, needed, fed)
-        self.steps = [self._build(graph.nodes[name], fed) for name in order]
+        self.steps = build_steps(graph, needed, fed, keep=set(self.fetches))
         self.assigns = [s.node.name for s in self.steps if s.spec.assigns]
         self.random = [s.node.name for s in self.steps if s.spec.random]
-        self._plan_frees(fed)
         self.feed_dtypes = [_feed_dtype(graph, ref) for ref in self.feeds]
-
-    def _build(self, node: Node, fed: set[TensorRef]) -> _Step:
-        spec = registry.lookup(node.type)
-        try:
-            fn = spec.build(node)
-        except (GraphError, UnsupportedOpError):
-            raise
-        except Exception as e:  # a handler rejecting the node's attributes
-            raise GraphError(f"cannot build node {node.name!r} ({node.type}): {e}") from e
-        return _Step(node, spec, fn, tuple(node.inputs))
-
-    def _plan_frees(self, fed: set[TensorRef]) -> None:
-        last_use: dict[TensorRef, int] = {}
-        for i, step in enumerate(self.steps):
-            for ref in step.inputs:
-                last_use[ref] = i
-        keep = set(self.fetches)
-        frees = collections.defaultdict(list)
-        for ref, i in last_use.items():
-            if ref not in keep and ref not in fed:
-                frees[i].append(ref)
-        for i, step in enumerate(self.steps):
-            step.free = tuple(frees.get(i, ()))
 
     def __call__(self, variables: dict[str, Any], feed_values: Sequence[Any], key: Any = None):
         """Runs the program; returns (fetched values, variables after the run)."""
@@ -159,27 +147,7 @@ class Program:
         env: dict[TensorRef, Any] = {}
         for ref, value, dtype in zip(self.feeds, feed_values, self.feed_dtypes):
             env[ref] = value if dtype is None else jnp.asarray(value, dtype)
-        fed = set(self.feeds)
-        for step in self.steps:
-            args = [env[ref] for ref in step.inputs]
-            if not step.spec.ref_inputs:
-                args = [ctx.read(a) if isinstance(a, VarRef) else a for a in args]
-            try:
-                out = step.fn(ctx, *args) if step.spec.context else step.fn(*args)
-            except (GraphError, FeedError, UnsupportedOpError, SideEffectError):
-                raise
-            except Exception as e:
-                raise GraphError(f"node {step.node.name!r} ({step.node.type}) failed: {type(e).__name__}: {e}") from e
-            name = step.node.name
-            if isinstance(out, (tuple, list)):
-                for i, value in enumerate(out):
-                    ref = TensorRef(name, i)
-                    if ref not in fed:
-                        env[ref] = value
-            elif out is not None and TensorRef(name, 0) not in fed:
-                env[TensorRef(name, 0)] = out
-            for ref in step.free:
-                env.pop(ref, None)
+        run_steps(self.steps, ctx, env, set(self.feeds))
         outputs = []
         for ref in self.fetches:
             if ref not in env:
@@ -203,8 +171,85 @@ def _feed_dtype(graph: Graph, ref: TensorRef):
         return None
 
 
-def _prune(graph: Graph, fetches, targets, fed: set[TensorRef]) -> set[str]:
-    """Names of the nodes the fetches and targets need, stopping at fed tensors."""
+# -- building and running steps -------------------------------------------------------------------
+
+
+def build_steps(graph: Graph, needed: set[str], fed: set[TensorRef], keep: set[TensorRef], frame: str = "") -> list[_Step]:
+    """Orders and builds the steps of one while-loop frame (`""`: outside every loop).
+
+    Nodes of `frame` become one step each; every while loop nested directly in `frame` collapses
+    into one step (built by `ops/control_flow.py`, which evaluates the loop's own nodes with these
+    same functions). Values are freed after their last use, except those in `keep` and `fed`.
+    """
+    from jaxmeta.ops import control_flow
+
+    loops = control_flow.group_frames(graph, needed, frame)  # node -> child frame it belongs to
+    steps = []
+    for unit in _toposort(graph, needed, fed, loops):
+        if isinstance(unit, tuple):  # ("loop", frame name)
+            members = {n for n, f in loops.items() if f == unit[1]}
+            steps.append(control_flow.build_loop(graph, unit[1], members))
+        else:
+            steps.append(_build(graph.nodes[unit]))
+    control_flow.plan_conds(graph, steps)
+    _plan_frees(steps, keep | fed)
+    return steps
+
+
+def _build(node: Node) -> _Step:
+    spec = registry.lookup(node.type)
+    try:
+        fn = spec.build(node)
+    except (GraphError, UnsupportedOpError):
+        raise
+    except Exception as e:  # a handler rejecting the node's attributes
+        raise GraphError(f"cannot build node {node.name!r} ({node.type}): {e}") from e
+    return _Step(node, spec, fn, tuple(node.inputs))
+
+
+def _plan_frees(steps: list[_Step], keep: set[TensorRef]) -> None:
+    last_use: dict[TensorRef, int] = {}
+    for i, step in enumerate(steps):
+        for ref in step.inputs:
+            last_use[ref] = i
+    frees = collections.defaultdict(list)
+    for ref, i in last_use.items():
+        if ref not in keep:
+            frees[i].append(ref)
+    for i, step in enumerate(steps):
+        step.free = tuple(frees.get(i, ()))
+
+
+def run_steps(steps: list[_Step], ctx: OpContext, env: dict[TensorRef, Any], fed: set[TensorRef]) -> None:
+    """Evaluates `steps` in order, reading and writing values in `env` (fed values stay)."""
+    for step in steps:
+        args = [env[ref] for ref in step.inputs]
+        if not step.spec.ref_inputs:
+            args = [ctx.read(a) if isinstance(a, VarRef) else a for a in args]
+        try:
+            out = step.fn(ctx, *args) if step.spec.context else step.fn(*args)
+        except (GraphError, FeedError, UnsupportedOpError, SideEffectError):
+            raise
+        except Exception as e:
+            raise GraphError(f"node {step.node.name!r} ({step.node.type}) failed: {type(e).__name__}: {e}") from e
+        if step.outputs is not None:
+            refs = step.outputs
+        elif isinstance(out, (tuple, list)):
+            refs = [TensorRef(step.node.name, i) for i in range(len(out))]
+        else:
+            refs, out = [TensorRef(step.node.name, 0)], [out]
+        for ref, value in zip(refs, out):
+            if ref not in fed and value is not None:
+                env[ref] = value
+        for ref in step.free:
+            env.pop(ref, None)
+
+
+def _prune(graph: Graph, fetches, targets, fed: set[TensorRef], satisfied: Any = frozenset()) -> set[str]:
+    """Names of the nodes the fetches and targets need, stopping at fed tensors.
+
+    Control inputs on `satisfied` nodes are not followed (`True`: no control input is followed).
+    """
     needed: set[str] = set()
     stack = [r.node for r in fetches if r not in fed] + list(targets)
     while stack:
@@ -214,7 +259,8 @@ def _prune(graph: Graph, fetches, targets, fed: set[TensorRef]) -> set[str]:
         needed.add(name)
         node = graph.nodes[name]
         stack.extend(ref.node for ref in node.inputs if ref not in fed)
-        stack.extend(node.control_inputs)
+        if satisfied is not True:
+            stack.extend(c for c in node.control_inputs if c not in satisfied)
     return needed
 
 
@@ -255,37 +301,51 @@ def _check_runnable(graph: Graph, needed: set[str], fed: set[TensorRef]) -> None
         )
 
 
-def _toposort(graph: Graph, needed: set[str], fed: set[TensorRef]) -> list[str]:
-    """Kahn's algorithm; among ready nodes, those that do not assign run first, so that reads of a
-    variable unordered with its assignment see the old value, as in a TF step."""
-    indegree = {name: 0 for name in needed}
-    users = collections.defaultdict(list)
+def _toposort(graph: Graph, needed: set[str], fed: set[TensorRef], loops: dict[str, str]) -> list[Any]:
+    """Kahn's algorithm over units: a node name, or `("loop", frame)` for the nodes in `loops`
+    (so a loop's NextIteration back edge is no cycle here). Among ready units, those that do not
+    assign run first, so that reads of a variable unordered with its assignment see the old value,
+    as in a TF step."""
+
+    def unit(name):
+        return ("loop", loops[name]) if name in loops else name
+
+    units = {unit(name) for name in needed}
+    indegree = dict.fromkeys(units, 0)
+    users = collections.defaultdict(set)
+    assigns = set()
     for name in needed:
         node = graph.nodes[name]
+        spec = registry.lookup(node.type)
+        if spec is not None and spec.assigns:
+            assigns.add(unit(name))
         deps = {ref.node for ref in node.inputs if ref not in fed} | set(node.control_inputs)
-        for dep in deps & needed:
-            indegree[name] += 1
-            users[dep].append(name)
+        for dep in {unit(d) for d in deps & needed} - {unit(name)}:
+            if unit(name) not in users[dep]:
+                users[dep].add(unit(name))
+                indegree[unit(name)] += 1
     ready_pure = collections.deque()
     ready_assign = collections.deque()
 
-    def push(name):
-        spec = registry.lookup(graph.nodes[name].type)
-        (ready_assign if spec is not None and spec.assigns else ready_pure).append(name)
+    def push(u):
+        (ready_assign if u in assigns else ready_pure).append(u)
 
-    for name in sorted(needed, key=lambda n: _graph_position(graph, n)):
-        if indegree[name] == 0:
-            push(name)
+    position = {u: _graph_position(graph, u) for u in units if not isinstance(u, tuple)}
+    for name, u in sorted(((n, unit(n)) for n in needed), key=lambda p: _graph_position(graph, p[0])):
+        position.setdefault(u, _graph_position(graph, name))
+    for u in sorted(units, key=position.__getitem__):
+        if indegree[u] == 0:
+            push(u)
     order = []
     while ready_pure or ready_assign:
-        name = ready_pure.popleft() if ready_pure else ready_assign.popleft()
-        order.append(name)
-        for user in users[name]:
+        u = ready_pure.popleft() if ready_pure else ready_assign.popleft()
+        order.append(u)
+        for user in sorted(users[u], key=position.__getitem__):
             indegree[user] -= 1
             if indegree[user] == 0:
                 push(user)
-    if len(order) != len(needed):
-        stuck = sorted(n for n in needed if indegree[n] > 0)
+    if len(order) != len(units):
+        stuck = sorted(str(u) for u in units if indegree[u] > 0)
         raise GraphError(
             f"the graph has a cycle through {len(stuck)} node(s), e.g. {', '.join(stuck[:5])}; only v1 "
             "while loops (Enter/Merge/NextIteration) may form cycles"

@@ -28,11 +28,11 @@ def _find_prefix(prefix: str) -> tuple[str, str]:
         prefix = latest
     if os.path.isfile(_bundle.index_path(prefix)):
         return prefix, "v2"
-    if any(_v1.is_v1_table(p) for p in _v1.matching_files(prefix)):
-        return prefix, "v1"
     stripped = _SUFFIX.sub("", prefix)
     if stripped != prefix and os.path.isfile(_bundle.index_path(stripped)):
-        return stripped, "v2"
+        return stripped, "v2"  # a file name of a V2 checkpoint (its .index is a table too)
+    if any(_v1.is_v1_table(p) for p in _v1.matching_files(prefix)):
+        return prefix, "v1"
     raise CheckpointError(
         f"no checkpoint at {prefix!r}: neither {prefix}.index (a V2 checkpoint) nor a V1 checkpoint file "
         "exists. Pass the prefix the files share (model.ckpt-1000, not model.ckpt-1000.index), or a "

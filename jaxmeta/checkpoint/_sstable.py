@@ -47,6 +47,8 @@ def get_varint(buf, pos: int, end: int, *, limit_bits: int = 64) -> tuple[int, i
         pos += 1
         result |= (b & 0x7F) << shift
         if not b & 0x80:
+            if b == 0 and shift:  # TF never writes overlong encodings; one here means corruption
+                raise ValueError("non-canonical (overlong) varint")
             break
         shift += 7
         if shift >= limit_bits:

@@ -47,7 +47,7 @@ def _as_array(value, dtype_enum: int | None, *, where: str) -> tuple[np.ndarray,
             if arr.size and (arr.min() < info.min or arr.max() > info.max):
                 raise CheckpointError(f"{where}: values do not fit {target}; refusing to save them wrapped")
         arr = arr.astype(target)
-    return np.ascontiguousarray(arr), dtype_enum
+    return (arr if arr.flags.c_contiguous else arr.copy(order="C")), dtype_enum
 
 
 class _DataFile:

@@ -1,1 +1,818 @@
-"""TODO: op family control_flow (being written)."""
+"""V1 control flow: while loops (Enter/Merge/Switch/LoopCond/NextIteration/Exit frames), conds
+(Switch/Merge), TensorArrays and stacks.
+
+Loops
+-----
+A TF1 while loop is a *frame*: the nodes between its Enter and Exit nodes, found with TF's own
+rule (an Enter starts the frame named by its `frame_name`, an Exit leaves it, every other node runs
+in the frame of its inputs). Before ordering the graph, the interpreter collapses each frame into
+one step whose inputs are the Enter inputs and whose outputs are the Exits (`build_loop`). The step
+evaluates the cond (`LoopCond`'s input) and the body (the `NextIteration` inputs) with the
+interpreter's own `build_steps`/`run_steps`, so nested loops and conds inside loops need nothing
+more. Loop variables are the `Merge` nodes; loop-invariant (`is_constant`) Enters are closed over.
+`parallel_iterations` and `swap_memory` are scheduling hints and are ignored.
+
+Lowering, and what is differentiable
+------------------------------------
+Before tracing a loop, its static part runs in NumPy: the loop variables whose initial value is
+known at trace time and whose update only depends on such values (the `time` counter of
+`dynamic_rnn`, `tf.map_fn` and `tf.scan`, the `maximum_iterations` counter, TF's gradient-loop
+counters). Then:
+
+- the cond only depends on them: the trip count N is known and the loop is a `lax.scan` of length
+  N. `jax.grad` works through it (e.g. `dynamic_rnn` without `sequence_length`). Those counters
+  leave the loop as static values, so a TF gradient loop that counts down from them is static too.
+- one operand of a `LogicalAnd` cond does (`maximum_iterations`; `dynamic_rnn` with a
+  `sequence_length` placeholder passes `maximum_iterations=time_steps`): a bound N, lowered to a
+  `lax.scan` of length N that stops updating the loop variables once the cond is false.
+  Differentiable too; it always costs N iterations.
+- otherwise a `lax.while_loop`: jit-able, forward only (JAX cannot reverse-differentiate it).
+  TF's own gradient graphs (a `train_op`) only run forward, so they work in every case whose
+  stacks have a static size.
+
+Conds
+-----
+Rule: select, never `lax.cond`. A v1 cond is no region with one entry and one exit: its branches are
+ordinary nodes reached through `Switch` outputs, and values leave a branch through any `Merge`.
+So jaxmeta evaluates both branches (`Switch` forwards its input to both outputs) and records at
+build time which Switch outputs each value depends on (TF's dead-branch tracking, done
+statically). A `Merge` becomes `where(pred, true_value, false_value)` over the predicates that tell
+its inputs apart. This is jit-, vmap- and grad-friendly and needs no restructuring of the graph.
+The costs: both branches always run, and a gradient through `where` is NaN when the untaken
+branch produced inf/NaN (the usual `where` caveat: a branch computing `log(x)` guarded by `x > 0`
+gives NaN gradients where `x <= 0`). Assignments, TensorArray writes and stack pushes/pops inside a
+branch take effect only when the branch is taken (the new value is selected against the old one).
+A while loop inside an untaken branch still runs, on the values its Switch forwarded.
+
+TensorArrays and stacks
+-----------------------
+Both are resources, as in TF: their contents live in `OpContext.state`, carried through loops
+like variables, and ordered by the graph's data edges (a TensorArray's `flow` tensor is a dummy
+scalar, as in TF, which is what TF's gradient code adds and accumulates). A TensorArray is a
+`[size, *element_shape]` array; its size must be static (the `size` input, or the enclosing loops'
+trip count for `dynamic_size` arrays); an element shape the graph leaves open comes from the
+first write (for writes in a loop, from a shape-only trace of the loop body). Gradient
+TensorArrays accumulate writes, as TF's do. A stack is `(buffer, pointer)` with `max_size`
+entries, or the product of the enclosing loops' static trip counts when `max_size` is -1.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxmeta._errors import GraphError
+from jaxmeta._graph import Graph, TensorRef
+from jaxmeta._interpreter import OpContext, _prune, _Step, build_steps, run_steps, to_jax
+from jaxmeta.ops.registry import OpSpec, register, static
+
+_ENTER = ("Enter", "RefEnter")
+_EXIT = ("Exit", "RefExit")
+_MERGE = ("Merge", "RefMerge")
+_SWITCH = ("Switch", "RefSwitch")
+_NEXT = ("NextIteration", "RefNextIteration")
+# Ops that change OpContext.state (TensorArrays, stacks): loops carry what they touch.
+_STATE_OPS = frozenset(
+    {f"TensorArray{op}{v}" for op in ("", "Write", "Scatter", "Split", "Grad", "Close") for v in ("V2", "V3")}
+    | {"StackV2", "Stack", "StackPushV2", "StackPush", "StackPopV2", "StackPop", "StackCloseV2", "StackClose"}
+)
+_MAX_STATIC_TRIPS = 100_000
+
+
+# -- frames ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Frames:
+    home: dict[str, str]  # node -> the frame it runs in ("" outside every loop)
+    parent: dict[str, str]  # frame -> the frame enclosing it
+
+
+def _frames(graph: Graph) -> _Frames:
+    """Assigns every node to its while-loop frame, as TF's executor does (cached on the graph)."""
+    cached = getattr(graph, "_frames_cache", None)
+    if cached is not None and cached[0] == len(graph.nodes):
+        return cached[1]
+    home: dict[str, str] = {}
+    parent: dict[str, str] = {}
+    if any(node.type in _ENTER for node in graph.nodes.values()):
+        out: dict[str, str] = {}  # the frame a node's outputs live in
+        consumers = collections.defaultdict(list)
+        for node in graph.nodes.values():
+            for name in {r.node for r in node.inputs} | set(node.control_inputs):
+                consumers[name].append(node.name)
+        queue = collections.deque(n for n, node in graph.nodes.items() if not node.inputs and not node.control_inputs)
+        for name in queue:
+            home[name] = out[name] = ""
+        while queue:
+            name = queue.popleft()
+            for user in consumers[name]:
+                if user in home or user not in graph.nodes:
+                    continue
+                node, frame = graph.nodes[user], out[name]
+                if node.type in _ENTER:
+                    child = node.attr_str("frame_name")
+                    parent.setdefault(child, frame)
+                    home[user] = out[user] = child
+                elif node.type in _EXIT:
+                    home[user], out[user] = frame, parent.get(frame, "")
+                else:
+                    home[user] = out[user] = frame
+                queue.append(user)
+    result = _Frames(home, parent)
+    graph._frames_cache = (len(graph.nodes), result)
+    return result
+
+
+def group_frames(graph: Graph, needed: set[str], frame: str) -> dict[str, str]:
+    """Maps each node of `needed` that runs inside a loop nested in `frame` to that child frame."""
+    frames = _frames(graph)
+    if not frames.parent:
+        return {}
+    grouped = {}
+    for name in needed:
+        f = frames.home.get(name, "")
+        if f == frame:
+            continue
+        while f and frames.parent.get(f, "") != frame:
+            f = frames.parent.get(f, "")
+        if not f:
+            raise GraphError(
+                f"node {name!r} runs in while-loop frame {frames.home.get(name)!r} but is used from "
+                f"{frame or 'outside every loop'!r} without an Enter/Exit: the graph is malformed"
+            )
+        grouped[name] = f
+    return grouped
+
+
+# -- while loops ----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Trips:
+    n: int  # the trip count (exact) or a bound on it
+    exact: bool
+    finals: dict[int, Any]  # loop variable -> static value after the loop (exact only)
+
+
+class _WhileLoop:
+    """One v1 while loop: its structure, its cond and body steps, and how to run it."""
+
+    def __init__(self, graph: Graph, frame: str, members: set[str]):
+        self.graph, self.frame = graph, frame
+        home = _frames(graph).home
+        position = {n: i for i, n in enumerate(graph.nodes)}
+        nodes = [graph.nodes[n] for n in sorted(members, key=position.__getitem__)]
+        own = [n for n in nodes if home.get(n.name) == frame]
+        self.enters = [n for n in own if n.type in _ENTER]
+        conds = [n for n in own if n.type == "LoopCond"]
+        if len(conds) != 1:
+            raise GraphError(f"while loop {frame!r} has {len(conds)} LoopCond nodes, expected 1")
+        self.loop_cond = conds[0]
+        pivot = TensorRef(self.loop_cond.name, 0)
+        switches = {n.inputs[0].node: n for n in own if n.type in _SWITCH and n.inputs[1:] == [pivot]}
+        self.merges, self.nexts, self.init_refs, self.var_refs = [], [], [], []
+        self.var_of_ref: dict[TensorRef, int] = {}
+        for m in own:
+            kinds = [graph.nodes[r.node].type for r in m.inputs]
+            if m.type not in _MERGE or not any(k in _NEXT for k in kinds):
+                continue
+            if len(m.inputs) != 2 or not any(k in _ENTER for k in kinds):
+                raise GraphError(f"loop merge {m.name!r} of {frame!r} must merge one Enter and one NextIteration")
+            j = len(self.merges)
+            self.merges.append(m)
+            enter = next(r for r, k in zip(m.inputs, kinds) if k in _ENTER)
+            nxt = graph.nodes[next(r for r, k in zip(m.inputs, kinds) if k in _NEXT).node]
+            self.init_refs.append(enter)
+            self.nexts.append(nxt.inputs[0])
+            refs = [TensorRef(m.name, 0)]
+            if m.name in switches:
+                refs.append(TensorRef(switches[m.name].name, 1))
+            self.var_refs.append(refs)
+            for ref in refs:
+                self.var_of_ref[ref] = j
+        switch_var = {switches[m.name].name: j for j, m in enumerate(self.merges) if m.name in switches}
+        self.exit_refs, self.exit_vars = [], []
+        for node in own:
+            if node.type in _EXIT:
+                if node.inputs[0].node not in switch_var:
+                    raise GraphError(f"exit {node.name!r} of while loop {frame!r} does not leave through a loop Switch")
+                self.exit_refs.append(TensorRef(node.name, 0))
+                self.exit_vars.append(switch_var[node.inputs[0].node])
+        # Inside the loop, an Enter's output is its outer value; loop variables are fed.
+        self.enter_refs = {TensorRef(e.name, 0): e.inputs[0] for e in self.enters}
+        self.outer = list(dict.fromkeys(self.enter_refs.values()))
+        self.fed = set(self.enter_refs) | set(self.var_of_ref)
+        self.satisfied = {r.node for r in self.fed}
+        self.cond_ref = self.loop_cond.inputs[0]
+        self.cond_steps = self._block([self.cond_ref], self.satisfied)
+        self.body_steps = self._block(self.nexts, self.satisfied)
+        steps = self.cond_steps + self.body_steps
+        self.assigns = any(s.spec.assigns for s in steps)
+        self.random = any(s.spec.random for s in steps)
+        self.stateful = any(_stateful(s) for s in steps)
+        self.external_controls = sorted({c for n in nodes for c in n.control_inputs if c not in members})
+        self._static_blocks: dict[tuple, list] = {}
+
+    def _block(self, fetches, satisfied) -> list:
+        needed = _prune(self.graph, fetches, (), self.fed, satisfied)
+        return build_steps(self.graph, needed, self.fed, keep=set(fetches), frame=self.frame)
+
+    # -- static analysis ----------------------------------------------------------------------
+    def _deps(self, ref: TensorRef) -> tuple[set[int], set[TensorRef]]:
+        """The loop variables and Enter values `ref` depends on through data edges."""
+        variables, consts, seen, stack = set(), set(), set(), [ref]
+        while stack:
+            r = stack.pop()
+            if r in self.var_of_ref:
+                variables.add(self.var_of_ref[r])
+            elif r in self.enter_refs:
+                consts.add(r)
+            elif r.node not in seen:
+                seen.add(r.node)
+                stack.extend(self.graph.nodes[r.node].inputs)
+        return variables, consts
+
+    def _conjuncts(self, ref: TensorRef) -> list[TensorRef]:
+        node = self.graph.nodes[ref.node]
+        if node.type == "LogicalAnd":
+            return [c for r in node.inputs for c in self._conjuncts(r)]
+        return [ref]
+
+    def _static_trips(self, consts: dict, inits: list) -> _Trips | None:
+        """Runs the loop's static part in NumPy: the trip count (or a bound) and static finals."""
+        static_consts = {r for r, v in consts.items() if static(v)}
+        deps = [self._deps(f) for f in self.nexts]
+        live = {j for j, v in enumerate(inits) if static(v) and deps[j][1] <= static_consts}
+        while True:
+            keep = {j for j in live if deps[j][0] <= live}
+            if keep == live:
+                break
+            live = keep
+        bounds = []
+        for k, ref in enumerate([self.cond_ref, *self._conjuncts(self.cond_ref)]):
+            variables, cs = self._deps(ref)
+            if not (variables <= live and cs <= static_consts):
+                continue
+            result = self._simulate(consts, inits, sorted(live), ref)
+            if result is not None and k == 0:
+                return _Trips(result[0], True, result[1])
+            if result is not None:
+                bounds.append(result[0])
+        return _Trips(min(bounds), False, {}) if bounds else None
+
+    def _simulate(self, consts, inits, live, cond_ref):
+        key = (cond_ref, tuple(live))
+        if key not in self._static_blocks:
+            self._static_blocks[key] = (
+                self._block([cond_ref], True),
+                self._block([self.nexts[j] for j in live], True),
+            )
+        cond_steps, body_steps = self._static_blocks[key]
+        values = {j: inits[j] for j in live}
+        ctx = OpContext(self.graph, {}, None)
+        try:
+            for n in range(_MAX_STATIC_TRIPS):
+                env = self._env({r: v for r, v in consts.items() if static(v)}, values)
+                run_steps(cond_steps, ctx, env, self.fed)
+                pred = env[cond_ref]
+                if not static(pred):
+                    return None
+                if not bool(np.asarray(pred)):
+                    return n, values
+                run_steps(body_steps, ctx, env, self.fed)
+                values = {j: env[self.nexts[j]] for j in live}
+                if not all(static(v) for v in values.values()):
+                    return None
+        except Exception:  # anything non-static (variables, random, missing values): no static count
+            return None
+        return None
+
+    def _env(self, consts: dict, values: dict) -> dict:
+        env = dict(consts)
+        for j, v in values.items():
+            for ref in self.var_refs[j]:
+                env[ref] = v
+        return env
+
+    # -- running --------------------------------------------------------------------------------
+    def __call__(self, ctx: OpContext, *outer):
+        outer_values = dict(zip(self.outer, outer))
+        consts = {inner: outer_values[ref] for inner, ref in self.enter_refs.items()}
+        inits = [consts[ref] for ref in self.init_refs]
+        trips = self._static_trips(consts, inits)
+        bound = trips.n if trips else None
+        carried = [j for j, v in enumerate(inits) if _carryable(v)]
+        fixed = {j: v for j, v in enumerate(inits) if j not in carried}
+
+        def body(carry, record=None):
+            i, vals, state, variables = carry
+            sub = ctx.for_iteration(i, bound, {**ctx.variables, **variables}, {**ctx.state, **state})
+            env = self._env(consts, {**fixed, **dict(zip(carried, vals))})
+            run_steps(self.body_steps, sub, env, self.fed)
+            new = tuple(_like(env[self.nexts[j]], old) for j, old in zip(carried, vals))
+            if record is not None:  # the shape probe: which state the body touches
+                record["state"] = [k for k, v in sub.state.items() if v is not ctx.state.get(k, _MISSING)]
+                record["variables"] = sorted(sub.assigned)
+                return i + 1, new, {k: sub.state[k] for k in record["state"]}, {
+                    k: sub.variables[k] for k in record["variables"]
+                }
+            return i + 1, new, {k: sub.state[k] for k in state}, {k: sub.variables[k] for k in variables}
+
+        def cond(carry):
+            i, vals, state, variables = carry
+            sub = ctx.for_iteration(i, bound, {**ctx.variables, **variables}, {**ctx.state, **state})
+            env = self._env(consts, {**fixed, **dict(zip(carried, vals))})
+            run_steps(self.cond_steps, sub, env, self.fed)
+            return jnp.reshape(jnp.asarray(env[self.cond_ref], bool), ())
+
+        init = (jnp.int32(0), tuple(_to_carry(inits[j]) for j in carried), {}, {})
+        if self.stateful or self.assigns:
+            # Trace the body once for shapes only: which state it touches, and the shapes of
+            # TensorArrays/stacks it creates (their element shape may come from the first write).
+            record: dict = {}
+            shapes = jax.eval_shape(lambda: body(init, record))
+            state = {k: _zeros_if_pending(ctx.state.get(k), shapes[2][k]) for k in record["state"]}
+            variables = {k: ctx.variables.get(k, None) for k in record["variables"]}
+            variables = {k: v if v is not None else _zeros(shapes[3][k]) for k, v in variables.items()}
+            init = (init[0], init[1], state, {k: jnp.asarray(v) for k, v in variables.items()})
+
+        if trips is not None and trips.exact:
+            carry, _ = jax.lax.scan(lambda c, _: (body(c), None), init, None, length=trips.n)
+        elif trips is not None:
+
+            def bounded(c, _):
+                go = cond(c)
+                return jax.tree_util.tree_map(lambda new, old: jnp.where(go, new, old), body(c), c), None
+
+            carry, _ = jax.lax.scan(bounded, init, None, length=trips.n)
+        else:
+            carry = jax.lax.while_loop(cond, body, init)
+        _, vals, state, variables = carry
+        ctx.state.update(state)
+        for k, v in variables.items():
+            ctx.variables[k] = v
+            ctx.assigned.add(k)
+        finals = {**fixed, **dict(zip(carried, vals)), **(trips.finals if trips else {})}
+        return tuple(finals[j] for j in self.exit_vars)
+
+
+_MISSING = object()
+
+
+def _carryable(x: Any) -> bool:
+    return isinstance(x, (np.ndarray, np.generic, jax.Array, int, float, bool)) or hasattr(x, "aval")
+
+
+def _to_carry(x: Any) -> Any:
+    # A loop variable's dtype is fixed by its initial value (64-bit narrowed, weak types made strong).
+    x = to_jax(x)
+    return jnp.asarray(x, dtype=jnp.result_type(x))
+
+
+def _like(new: Any, old: Any) -> Any:
+    if not _carryable(new):
+        raise GraphError(f"a while-loop variable changed from an array to {type(new).__name__}")
+    new = jnp.asarray(to_jax(new), dtype=old.dtype)
+    if new.shape != old.shape:
+        raise GraphError(
+            f"a while-loop variable changes shape from {old.shape} to {new.shape} between iterations; "
+            "jaxmeta needs loop variables of fixed shape (TF's shape_invariants with unknown dims)"
+        )
+    return new
+
+
+def _zeros(shape_struct: Any) -> Any:
+    return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shape_struct)
+
+
+def _zeros_if_pending(value: Any, shape_struct: Any) -> Any:
+    return _zeros(shape_struct) if value is None else value
+
+
+def _stateful(step: _Step) -> bool:
+    loop = step.fn if isinstance(step.fn, _WhileLoop) else None
+    return step.node.type in _STATE_OPS or (loop is not None and (loop.stateful or loop.assigns))
+
+
+def build_loop(graph: Graph, frame: str, members: set[str]) -> _Step:
+    """The step running the while loop `frame` (its nodes are `members`)."""
+    loop = _WhileLoop(graph, frame, members)
+    spec = OpSpec("WhileLoop", None, context=True, ref_inputs=True, assigns=loop.assigns, random=loop.random)
+    return _Step(loop.loop_cond, spec, loop, tuple(loop.outer), tuple(loop.exit_refs))
+
+
+def find_loops(graph: Graph) -> list[dict[str, Any]]:
+    """The v1 while loops of a graph, for `jaxmeta inspect`.
+
+    Returns:
+        One dict per frame (outer loops first): `frame_name`, `parent` (enclosing frame or None),
+        `loop_vars` (the Merge nodes), and `trip_count_bound` (an int when the trip count, or a
+        bound on it, is known without feeds or variables; else None).
+    """
+    frames = _frames(graph)
+    out = []
+    for frame in sorted(frames.parent, key=lambda f: _depth(frames, f)):
+        nested = {n for n, f in frames.home.items() if _within(frames, f, frame)}
+        own = [n for n in graph.nodes if frames.home.get(n) == frame]
+        merges = [
+            n for n in own
+            if graph.nodes[n].type in _MERGE and any(graph.nodes[r.node].type in _NEXT for r in graph.nodes[n].inputs)
+        ]
+        out.append({
+            "frame_name": frame,
+            "parent": frames.parent[frame] or None,
+            "loop_vars": merges,
+            "trip_count_bound": _trip_bound(graph, frame, nested),
+        })
+    return out
+
+
+def _depth(frames: _Frames, frame: str) -> int:
+    depth = 0
+    while frame:
+        frame, depth = frames.parent.get(frame, ""), depth + 1
+    return depth
+
+
+def _within(frames: _Frames, f: str, frame: str) -> bool:
+    while f:
+        if f == frame:
+            return True
+        f = frames.parent.get(f, "")
+    return False
+
+
+def _trip_bound(graph: Graph, frame: str, members: set[str]) -> int | None:
+    """The static trip count (or bound) of a loop whose Enter inputs need no feeds or variables."""
+    try:
+        loop = _WhileLoop(graph, frame, members)
+        if _frames(graph).parent[frame]:
+            return None  # inner loops: their Enter values come from the outer loop
+        from jaxmeta._interpreter import Program
+
+        values, _ = Program(graph, loop.outer)({}, [])
+    except Exception:
+        return None
+    captured = dict(zip(loop.outer, values))
+    consts = {inner: np.asarray(captured[ref]) for inner, ref in loop.enter_refs.items()}
+    trips = loop._static_trips(consts, [consts[r] for r in loop.init_refs])
+    return None if trips is None else trips.n
+
+
+# -- conds ----------------------------------------------------------------------------------------
+
+
+def plan_conds(graph: Graph, steps: list[_Step]) -> None:
+    """Dead-branch tracking at build time (see the module docstring): rewrites each cond `Merge`
+    into a select over the Switch predicates, and guards state changes inside branches."""
+    if not any(s.node.type in _SWITCH and s.outputs is None for s in steps):
+        return
+    empty: frozenset = frozenset()
+    cond_of: dict[str, frozenset] = {}  # node -> the (pred, branch) literals its outputs need
+    switch_pred: dict[str, TensorRef] = {}
+
+    def ref_cond(ref: TensorRef) -> frozenset:
+        c = cond_of.get(ref.node, empty)
+        return c | {(switch_pred[ref.node], ref.index)} if ref.node in switch_pred else c
+
+    for step in steps:
+        loop = step.fn if isinstance(step.fn, _WhileLoop) else None
+        controls = loop.external_controls if loop else step.node.control_inputs
+        control = frozenset().union(*(cond_of.get(c, empty) for c in controls))
+        data = [ref_cond(r) for r in step.inputs]
+        if loop is None and step.node.type in _MERGE and data:
+            common = frozenset.intersection(*data)
+            extras = [c - common for c in data]
+            if any(extras):
+                _select_merge(step, extras)
+            out = common | control
+        else:
+            out = frozenset().union(*data) | control
+            if out and (step.spec.assigns or _stateful(step)):
+                _guard(step, out)
+        if loop is not None:
+            for ref in step.outputs:
+                cond_of[ref.node] = out
+        else:
+            cond_of[step.node.name] = out
+            if step.node.type in _SWITCH:
+                switch_pred[step.node.name] = step.inputs[1]
+
+
+def _truth(literals, preds: dict) -> Any:
+    """Whether every (pred, branch) literal holds: NumPy when all predicates are static."""
+    values = [preds[r] if branch else _not(preds[r]) for r, branch in sorted(literals)]
+    if all(static(v) for v in values):
+        return np.bool_(all(bool(np.asarray(v)) for v in values))
+    out = jnp.reshape(jnp.asarray(values[0], bool), ())
+    for v in values[1:]:
+        out = out & jnp.reshape(jnp.asarray(v, bool), ())
+    return out
+
+
+def _not(x: Any) -> Any:
+    return np.logical_not(x) if static(x) else jnp.logical_not(x)
+
+
+def _select(live: Any, a: Any, b: Any) -> Any:
+    if static(live):
+        return a if bool(live) else b
+    if a is b:
+        return a
+    if not (_carryable(a) and _carryable(b)):
+        raise GraphError(f"cannot select between {type(a).__name__} and {type(b).__name__} by a traced cond predicate")
+    return jnp.where(live, a, b)
+
+
+def _select_merge(step: _Step, extras: list) -> None:
+    n = len(step.inputs)
+    pred_refs = sorted({r for e in extras for r, _ in e})
+    fallback = next((k for k, e in enumerate(extras) if not e), n - 1)
+    order = [k for k in range(n) if k != fallback]
+
+    def merge(*args):
+        values, preds = args[:n], dict(zip(pred_refs, args[n:]))
+        out, index = values[fallback], np.int32(fallback)
+        for k in reversed(order):
+            live = _truth(extras[k], preds)
+            out = _select(live, values[k], out)
+            index = _select(live, np.int32(k), index)
+        return out, index
+
+    step.inputs = (*step.inputs, *pred_refs)
+    step.fn = merge
+
+
+def _guard(step: _Step, literals: frozenset) -> None:
+    """State changes of a step inside a cond branch happen only when the branch is taken."""
+    fn, n = step.fn, len(step.inputs)
+    pred_refs = sorted({r for r, _ in literals})
+
+    def guarded(ctx, *args):
+        before_vars, before_state = dict(ctx.variables), dict(ctx.state)
+        out = fn(ctx, *args[:n])
+        live = _truth(literals, dict(zip(pred_refs, args[n:])))
+        for store, before in ((ctx.variables, before_vars), (ctx.state, before_state)):
+            for k, v in list(store.items()):
+                old = before.get(k)
+                if old is not None and v is not old:
+                    store[k] = jax.tree_util.tree_map(lambda a, b: _select(live, a, b), v, old)
+        return out
+
+    step.inputs = (*step.inputs, *pred_refs)
+    step.fn = guarded
+
+
+# -- v1 control-flow ops --------------------------------------------------------------------------
+# Enter/Exit/NextIteration/LoopCond never run as steps (their loop does); Switch and Merge run as
+# themselves only in conds, where `plan_conds` makes Merge select.
+
+
+@register("Enter", "RefEnter", "Exit", "RefExit", "NextIteration", "RefNextIteration", "LoopCond", ref_inputs=True)
+def _pass(node):
+    return lambda x: x
+
+
+@register("Switch", "RefSwitch", ref_inputs=True)
+def _switch(node):
+    # Both outputs carry the data; which one is live is tracked by `plan_conds`.
+    return lambda data, pred: (data, data)
+
+
+@register("Merge", "RefMerge", ref_inputs=True)
+def _merge(node):
+    return lambda *xs: (xs[0], np.int32(0))
+
+
+# -- TensorArrays ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorArrayHandle:
+    """A TensorArray's handle: static; the contents live in `OpContext.state[key]`."""
+
+    key: str
+    dtype: Any
+    size: int | None
+    element_shape: tuple[int, ...] | None  # fully known, or None
+    dynamic_size: bool = False
+    accumulate: bool = False  # gradient arrays add up writes
+
+
+_FLOW = np.float32(0)  # a TensorArray's flow: only orders its ops (as in TF)
+
+
+def _known_shape(shape) -> tuple[int, ...] | None:
+    return None if shape is None or any(d < 0 for d in shape) else tuple(shape)
+
+
+@register("TensorArrayV3", "TensorArrayV2", context=True)
+def _tensor_array(node):
+    dtype = jax.dtypes.canonicalize_dtype(node.attr_dtype("dtype"))
+    element_shape = _known_shape(node.attr_shape("element_shape", None)) if node.has_attr("element_shape") else None
+    dynamic = node.attr_bool("dynamic_size", False)
+    v3 = node.type.endswith("V3")
+
+    def fn(ctx, size):
+        if not static(size) and not dynamic:
+            raise GraphError(
+                f"TensorArray {node.name!r}: its size is only known at run time; jaxmeta needs a static "
+                "size (feed fixed-length sequences, or use maximum_iterations)"
+            )
+        handle = TensorArrayHandle(
+            f"TensorArray:{node.name}", dtype, int(size) if static(size) else None, element_shape, dynamic
+        )
+        ctx.state[handle.key] = None
+        if handle.size is not None and element_shape is not None and not dynamic:
+            ctx.state[handle.key] = jnp.zeros((handle.size, *element_shape), dtype)
+        return (handle, _FLOW) if v3 else handle
+
+    return fn
+
+
+def _size(ctx: OpContext, handle: TensorArrayHandle) -> int:
+    if handle.size is not None and not handle.dynamic_size:
+        return handle.size
+    bounds = ctx.loop_bounds
+    if bounds and all(b is not None for b in bounds):
+        return max(handle.size or 0, int(np.prod(bounds)))
+    raise GraphError(
+        f"{handle.key}: a dynamic-size TensorArray needs a static bound (written in a loop of static trip count)"
+    )
+
+
+def _buffer(ctx: OpContext, handle: TensorArrayHandle, element_shape=None) -> Any:
+    buf = ctx.state.get(handle.key)
+    if buf is None:
+        shape = handle.element_shape if handle.element_shape is not None else element_shape
+        if shape is None:
+            raise GraphError(f"{handle.key} is read before anything was written and its element shape is unknown")
+        buf = jnp.zeros((_size(ctx, handle), *shape), handle.dtype)
+    return buf
+
+
+def _store(ctx: OpContext, handle: TensorArrayHandle, at, value) -> None:
+    value = jnp.asarray(value, handle.dtype)
+    buf = ctx.state.get(handle.key)
+    if buf is None:
+        buf = jnp.zeros((_size(ctx, handle), *value.shape[at[1]:]), handle.dtype)
+    index = jnp.asarray(at[0])
+    ctx.state[handle.key] = buf.at[index].add(value) if handle.accumulate else buf.at[index].set(value)
+
+
+@register("TensorArrayWriteV3", "TensorArrayWriteV2", context=True)
+def _ta_write(node):
+    def fn(ctx, handle, index, value, flow):
+        _store(ctx, handle, (index, 0), value)
+        return _FLOW
+
+    return fn
+
+
+@register("TensorArrayScatterV3", "TensorArrayScatterV2", context=True)
+def _ta_scatter(node):
+    def fn(ctx, handle, indices, value, flow):
+        _store(ctx, handle, (indices, 1), value)
+        return _FLOW
+
+    return fn
+
+
+@register("TensorArrayReadV3", "TensorArrayReadV2", context=True)
+def _ta_read(node):
+    return lambda ctx, handle, index, flow: _buffer(ctx, handle)[jnp.asarray(index)]
+
+
+@register("TensorArrayGatherV3", "TensorArrayGatherV2", context=True)
+def _ta_gather(node):
+    element_shape = _known_shape(node.attr_shape("element_shape", None)) if node.has_attr("element_shape") else None
+
+    def fn(ctx, handle, indices, flow):
+        return _buffer(ctx, handle, element_shape)[jnp.asarray(indices)]
+
+    return fn
+
+
+@register("TensorArrayConcatV3", "TensorArrayConcatV2", context=True)
+def _ta_concat(node):
+    def fn(ctx, handle, flow):
+        buf = _buffer(ctx, handle)
+        if buf.ndim < 2:
+            raise GraphError(f"node {node.name!r}: TensorArrayConcat needs elements of rank >= 1")
+        return buf.reshape((buf.shape[0] * buf.shape[1], *buf.shape[2:])), np.full(buf.shape[0], buf.shape[1], np.int64)
+
+    return fn
+
+
+@register("TensorArraySplitV3", "TensorArraySplitV2", context=True)
+def _ta_split(node):
+    def fn(ctx, handle, value, lengths, flow):
+        if not static(lengths) or len(set(np.asarray(lengths).tolist())) > 1:
+            raise GraphError(f"node {node.name!r}: TensorArraySplit needs static, equal lengths")
+        lengths = np.asarray(lengths)
+        value = jnp.asarray(value)
+        parts = value.reshape((len(lengths), int(lengths[0]) if len(lengths) else 0, *value.shape[1:]))
+        _store(ctx, handle, (np.arange(len(lengths)), 1), parts)
+        return _FLOW
+
+    return fn
+
+
+@register("TensorArraySizeV3", "TensorArraySizeV2", context=True)
+def _ta_size(node):
+    def fn(ctx, handle, flow):
+        buf = ctx.state.get(handle.key)
+        return np.int32(buf.shape[0] if buf is not None else _size(ctx, handle))
+
+    return fn
+
+
+@register("TensorArrayGradV3", "TensorArrayGradV2", context=True)
+def _ta_grad(node):
+    source = node.attr_str("source", "")
+    v3 = node.type.endswith("V3")
+
+    def fn(ctx, handle, flow):
+        grad = dataclasses.replace(handle, key=f"{handle.key}@grad:{source}", accumulate=True)
+        if ctx.state.get(grad.key) is None:  # TF returns the same gradient array each time
+            fwd = ctx.state.get(handle.key)
+            ctx.state[grad.key] = None if fwd is None else jnp.zeros_like(fwd)
+        return (grad, _FLOW) if v3 else grad
+
+    return fn
+
+
+@register("TensorArrayCloseV3", "TensorArrayCloseV2")
+def _ta_close(node):
+    return lambda handle: None
+
+
+# -- stacks ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class StackHandle:
+    key: str
+    dtype: Any
+    max_size: int | None
+
+
+@register("StackV2", "Stack", context=True)
+def _stack(node):
+    dtype = jax.dtypes.canonicalize_dtype(node.attr_dtype("elem_type"))
+
+    def fn(ctx, *max_size):
+        size = int(max_size[0]) if max_size and static(max_size[0]) and int(max_size[0]) > 0 else None
+        handle = StackHandle(f"Stack:{node.name}", dtype, size)
+        ctx.state[handle.key] = None
+        return handle
+
+    return fn
+
+
+@register("StackPushV2", "StackPush", context=True)
+def _stack_push(node):
+    def fn(ctx, handle, elem):
+        elem = jnp.asarray(elem, handle.dtype)
+        state = ctx.state.get(handle.key)
+        if state is None:
+            size = handle.max_size
+            if size is None:
+                bounds = ctx.loop_bounds
+                if not bounds or any(b is None for b in bounds):
+                    raise GraphError(
+                        f"node {node.name!r}: a stack push in a while loop without a static trip-count bound; "
+                        "jaxmeta needs one (a fixed sequence length or maximum_iterations)"
+                    )
+                size = int(np.prod(bounds))
+            state = (jnp.zeros((size, *elem.shape), handle.dtype), jnp.int32(0))
+        buf, top = state
+        ctx.state[handle.key] = (buf.at[top].set(elem), top + 1)
+        return elem
+
+    return fn
+
+
+@register("StackPopV2", "StackPop", context=True)
+def _stack_pop(node):
+    def fn(ctx, handle):
+        state = ctx.state.get(handle.key)
+        if state is None:
+            raise GraphError(f"node {node.name!r} pops from {handle.key}, which nothing was pushed to")
+        buf, top = state
+        ctx.state[handle.key] = (buf, top - 1)
+        return buf[top - 1]
+
+    return fn
+
+
+@register("StackCloseV2", "StackClose")
+def _stack_close(node):
+    return lambda handle: None
+

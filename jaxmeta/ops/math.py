@@ -1,1 +1,864 @@
-"""TODO: op family math (being written)."""
+"""Math ops: elementwise arithmetic and comparisons, casts, reductions, scans, matmul, FFT, linalg.
+
+Static (NumPy) inputs stay NumPy wherever NumPy computes the same thing as TF (`xnp`, the NumPy half
+of `unary`/`binary`), so shape arithmetic such as `Prod(Shape(x))` or `FloorDiv(size, 2)` stays known
+at trace time.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import jax.scipy.special as jsp
+import numpy as np
+from jax import lax
+
+from jaxmeta._errors import GraphError
+from jaxmeta.ops.registry import (
+    binary,
+    broadcast_ranks,
+    register,
+    register_table,
+    static,
+    unary,
+    xnp,
+)
+
+# -- helpers --------------------------------------------------------------------------------------
+
+
+def _dtype(x) -> np.dtype:
+    """The dtype of a NumPy value, Python scalar or JAX array/tracer (without converting it)."""
+    return np.dtype(x.dtype) if hasattr(x, "dtype") else np.result_type(x)
+
+
+def _is_int(x) -> bool:
+    return np.issubdtype(_dtype(x), np.integer)
+
+
+def _is_float(x) -> bool:
+    return np.issubdtype(_dtype(x), np.inexact)
+
+
+def _const(node, value, what: str):
+    """A Python value of an input that must be known at trace time (axes, sizes, fft lengths)."""
+    if not static(value):
+        raise GraphError(
+            f"node {node.name!r} ({node.type}): input {what!r} must be a constant (known when tracing), "
+            "not a value computed from feeds or variables"
+        )
+    return np.asarray(value)
+
+
+def _out_dtype(node, name: str, default=None):
+    """The canonical dtype of an output-type attribute (`Tout`, `output_type`, ...), if present."""
+    if not node.has_attr(name):
+        return default
+    return node.attr_dtype(name)
+
+
+def _cast(x, dtype):
+    if dtype is None:
+        return x
+    if static(x):
+        return np.asarray(x).astype(dtype)
+    return jnp.asarray(x).astype(jax.dtypes.canonicalize_dtype(dtype))
+
+
+def _same_dtype(x, y):
+    """Both operands as JAX arrays of their promoted dtype (lax ops need equal dtypes)."""
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    dtype = jnp.promote_types(x.dtype, y.dtype)
+    return x.astype(dtype), y.astype(dtype)
+
+
+# -- elementwise unary ----------------------------------------------------------------------------
+
+
+def _with_tout(f_jnp, f_np=None, attr: str = "Tout"):
+    """Unary builder whose output dtype comes from an attribute (Real, Imag, Angle, ComplexAbs)."""
+
+    def build(node):
+        dtype = _out_dtype(node, attr)
+
+        def fn(x):
+            y = f_np(x) if f_np is not None and static(x) else f_jnp(x)
+            return _cast(y, dtype)
+
+        return fn
+
+    return build
+
+
+def _np_rsqrt(x):
+    return (1 / np.sqrt(x)).astype(x.dtype)
+
+
+register_table({
+    "Abs": unary(jnp.abs, np.abs),
+    "Neg": unary(jnp.negative, np.negative),
+    "Reciprocal": unary(jnp.reciprocal, np.reciprocal),
+    "Inv": unary(jnp.reciprocal, np.reciprocal),  # deprecated name of Reciprocal (old graphs)
+    "Square": unary(jnp.square, np.square),
+    "Sqrt": unary(jnp.sqrt, np.sqrt),
+    "Rsqrt": unary(lax.rsqrt, _np_rsqrt),
+    "Exp": unary(jnp.exp, np.exp),
+    "Expm1": unary(jnp.expm1, np.expm1),
+    "Log": unary(jnp.log, np.log),
+    "Log1p": unary(jnp.log1p, np.log1p),
+    "Sin": unary(jnp.sin, np.sin),
+    "Cos": unary(jnp.cos, np.cos),
+    "Tan": unary(jnp.tan, np.tan),
+    "Asin": unary(jnp.arcsin, np.arcsin),
+    "Acos": unary(jnp.arccos, np.arccos),
+    "Atan": unary(jnp.arctan, np.arctan),
+    "Sinh": unary(jnp.sinh, np.sinh),
+    "Cosh": unary(jnp.cosh, np.cosh),
+    "Tanh": unary(jnp.tanh, np.tanh),
+    "Asinh": unary(jnp.arcsinh, np.arcsinh),
+    "Acosh": unary(jnp.arccosh, np.arccosh),
+    "Atanh": unary(jnp.arctanh, np.arctanh),
+    "Sigmoid": unary(jax.nn.sigmoid),
+    "Sign": unary(jnp.sign, np.sign),
+    "Floor": unary(jnp.floor, np.floor),
+    "Ceil": unary(jnp.ceil, np.ceil),
+    # TF rounds half to even, as NumPy and jax.numpy do.
+    "Round": unary(jnp.round, np.round),
+    "Rint": unary(jnp.rint, np.rint),
+    "Erf": unary(jsp.erf),
+    "Erfc": unary(jsp.erfc),
+    "Erfinv": unary(jsp.erfinv),
+    "Ndtri": unary(jsp.ndtri),
+    "Lgamma": unary(jsp.gammaln),
+    "Digamma": unary(jsp.digamma),
+    "BesselI0e": unary(jsp.i0e),
+    "BesselI1e": unary(jsp.i1e),
+    "IsFinite": unary(jnp.isfinite, np.isfinite),
+    "IsInf": unary(jnp.isinf, np.isinf),
+    "IsNan": unary(jnp.isnan, np.isnan),
+    "LogicalNot": unary(jnp.logical_not, np.logical_not),
+    "Invert": unary(jnp.invert, np.invert),
+    "Conj": unary(jnp.conj, np.conj),
+    "Real": _with_tout(jnp.real, np.real),
+    "Imag": _with_tout(jnp.imag, np.imag),
+    "Angle": _with_tout(jnp.angle, np.angle),
+    "ComplexAbs": _with_tout(jnp.abs, np.abs),
+    "PopulationCount": unary(lambda x: lax.population_count(x).astype(jnp.uint8)),
+})
+
+
+# -- elementwise binary ---------------------------------------------------------------------------
+
+
+def _np_truncdiv(x, y):
+    q = np.floor_divide(x, y)
+    if np.result_type(q).kind == "i":
+        q = q + ((np.remainder(x, y) != 0) & ((x < 0) != (y < 0))).astype(q.dtype)
+    return q
+
+
+def _div(x, y):
+    # Integer Div/TruncateDiv follow C: the quotient is truncated toward zero (7 / -2 == -3), unlike
+    # Python's floor division (FloorDiv). Floats divide exactly.
+    if _is_int(x) and _is_int(y):
+        if static(x, y):
+            return _np_truncdiv(x, y)
+        return lax.div(*_same_dtype(x, y))
+    return xnp(x, y).true_divide(x, y)
+
+
+def _truncate_div(x, y):
+    if _is_int(x) and _is_int(y):
+        return _div(x, y)
+    return xnp(x, y).trunc(x / y)
+
+
+def _floor_div(x, y):
+    if _is_int(x) and _is_int(y):
+        return xnp(x, y).floor_divide(x, y)
+    # TF floors the rounded quotient, floor(x / y): FloorDiv(1.0, 0.1) == 10 (NumPy says 9).
+    return xnp(x, y).floor(x / y)
+
+
+def _maximum(x, y):
+    if not _is_float(x):
+        return xnp(x, y).maximum(x, y)
+    m = xnp(x, y)
+    # NaN propagates (as TF's); on ties the gradient goes to x, as TF's MaximumGrad (x >= y) does.
+    return m.where((x >= y) | m.isnan(x), x, y)
+
+
+def _minimum(x, y):
+    if not _is_float(x):
+        return xnp(x, y).minimum(x, y)
+    m = xnp(x, y)
+    return m.where((x <= y) | m.isnan(x), x, y)
+
+
+def _squared_difference(x, y):
+    d = x - y
+    return d * xnp(x, y).conj(d)
+
+
+def _shift(f):
+    # TF clamps the shift amount to [0, bits - 1] (shifting by the width or more is undefined in C).
+    def op(x, y):
+        m = xnp(x, y)
+        bits = _dtype(x).itemsize * 8
+        y = m.clip(y, 0, bits - 1).astype(_dtype(y))
+        return f(m)(x, y)
+
+    return op
+
+
+def _xlogy(log):
+    # 0 where x == 0 (even where log(y) is -inf); the gradient is safe there too.
+    def op(x, y):
+        m = xnp(x, y)
+        zero = x == 0
+        return m.where(zero, m.zeros_like(x), x * log(m, m.where(zero, m.ones_like(y), y)))
+
+    return op
+
+
+def _xdivy(x, y):
+    m = xnp(x, y)
+    zero = x == 0
+    return m.where(zero, m.zeros_like(x), x / m.where(zero, m.ones_like(y), y))
+
+
+def _div_no_nan(x, y):
+    m = xnp(x, y)
+    zero = y == 0
+    return m.where(zero, m.zeros_like(x), _div(x, m.where(zero, m.ones_like(y), y)))
+
+
+def _mul_no_nan(x, y):
+    # 0 where y == 0, even where x is inf or NaN.
+    m = xnp(x, y)
+    return m.where(y == 0, m.zeros_like(x * y), x * y)
+
+
+def _polygamma(a, x):
+    # TF returns NaN for a non-integer order.
+    a, x = _same_dtype(a, x)
+    n = jnp.round(a)
+    y = jsp.polygamma(n.astype(jnp.int32), x)
+    return jnp.where(n == a, y, jnp.nan).astype(x.dtype)
+
+
+def _pow(x, y):
+    if static(x, y):
+        return np.power(x, y)
+    return jnp.power(x, y)
+
+
+register_table({
+    # Add also concatenates strings (NumPy object arrays).
+    "Add": binary(jnp.add, np.add),
+    "AddV2": binary(jnp.add, np.add),
+    "Sub": binary(jnp.subtract, np.subtract),
+    "Mul": binary(jnp.multiply, np.multiply),
+    "MulNoNan": binary(_mul_no_nan, _mul_no_nan),
+    "Div": binary(_div, _div),
+    "RealDiv": binary(_div, _div),
+    "DivNoNan": binary(_div_no_nan, _div_no_nan),
+    "FloorDiv": binary(_floor_div, _floor_div),
+    # TF's FloorMod takes the sign of y, as Python's % (jnp/np.remainder) does.
+    "FloorMod": binary(jnp.remainder, np.remainder),
+    "TruncateDiv": binary(_truncate_div, _truncate_div),
+    # Mod is C's %/fmod (sign of x), not Python's: Mod(-7, 2) == -1.
+    "TruncateMod": binary(jnp.fmod, np.fmod),
+    "Mod": binary(jnp.fmod, np.fmod),
+    "Pow": binary(_pow, _pow),
+    "Maximum": binary(_maximum, _maximum),
+    "Minimum": binary(_minimum, _minimum),
+    "SquaredDifference": binary(_squared_difference, _squared_difference),
+    "Atan2": binary(jnp.arctan2, np.arctan2),  # inputs (y, x)
+    "Xlogy": binary(_xlogy(lambda m, y: m.log(y)), _xlogy(lambda m, y: m.log(y))),
+    "Xlog1py": binary(_xlogy(lambda m, y: m.log1p(y)), _xlogy(lambda m, y: m.log1p(y))),
+    "Xdivy": binary(_xdivy, _xdivy),
+    "Igamma": binary(jsp.gammainc),
+    "Igammac": binary(jsp.gammaincc),
+    "Zeta": binary(jsp.zeta),
+    "Polygamma": binary(_polygamma),
+    "NextAfter": binary(jnp.nextafter, np.nextafter),
+    "BitwiseAnd": binary(jnp.bitwise_and, np.bitwise_and),
+    "BitwiseOr": binary(jnp.bitwise_or, np.bitwise_or),
+    "BitwiseXor": binary(jnp.bitwise_xor, np.bitwise_xor),
+    "LeftShift": binary(_shift(lambda m: m.left_shift), _shift(lambda m: m.left_shift)),
+    "RightShift": binary(_shift(lambda m: m.right_shift), _shift(lambda m: m.right_shift)),
+    "LogicalAnd": binary(jnp.logical_and, np.logical_and),
+    "LogicalOr": binary(jnp.logical_or, np.logical_or),
+    "Less": binary(jnp.less, np.less),
+    "LessEqual": binary(jnp.less_equal, np.less_equal),
+    "Greater": binary(jnp.greater, np.greater),
+    "GreaterEqual": binary(jnp.greater_equal, np.greater_equal),
+})
+
+
+def _np_equal(f):
+    # NumPy compares object (string) arrays elementwise but may return an object array.
+    return lambda x, y: np.asarray(f(x, y), dtype=bool)
+
+
+@register("Equal", "NotEqual")
+def _equal(node):
+    equal = node.type == "Equal"
+    strict = node.attr_bool("incompatible_shape_error", True)
+    f_jnp = jnp.equal if equal else jnp.not_equal
+    f_np = _np_equal(np.equal if equal else np.not_equal)
+
+    def fn(x, y):
+        if not strict:
+            try:
+                np.broadcast_shapes(np.shape(x), np.shape(y))
+            except ValueError:
+                # incompatible_shape_error=False: shapes that do not broadcast compare as a scalar
+                # "all different".
+                return np.bool_(not equal)
+        x, y = broadcast_ranks(x, y)
+        return f_np(x, y) if static(x, y) else f_jnp(x, y)
+
+    return fn
+
+
+@register("ApproximateEqual")
+def _approximate_equal(node):
+    tolerance = node.attr_float("tolerance", 1e-5)
+
+    def fn(x, y):
+        x, y = broadcast_ranks(x, y)
+        return xnp(x, y).abs(x - y) < tolerance
+
+    return fn
+
+
+@register("Complex")
+def _complex(node):
+    dtype = _out_dtype(node, "Tout", np.dtype(np.complex64))
+
+    def fn(real, imag):
+        real, imag = broadcast_ranks(real, imag)
+        if static(real, imag):
+            return (real + 1j * imag).astype(dtype)
+        return lax.complex(*_same_dtype(real, imag)).astype(jax.dtypes.canonicalize_dtype(dtype))
+
+    return fn
+
+
+@register("Betainc")
+def _betainc(node):
+    def fn(a, b, x):
+        a, b, x = broadcast_ranks(a, b, x)
+        shape = jnp.broadcast_shapes(jnp.shape(a), jnp.shape(b), jnp.shape(x))
+        return jsp.betainc(*(jnp.broadcast_to(v, shape) for v in (a, b, x)))
+
+    return fn
+
+
+@register("Cross")
+def _cross(node):
+    return lambda a, b: xnp(a, b).cross(a, b)
+
+
+@register("Bucketize")
+def _bucketize(node):
+    boundaries = np.asarray(node.attr_floats("boundaries"), np.float32)
+
+    def fn(x):
+        m = xnp(x)
+        return m.searchsorted(boundaries, x, side="right").astype(np.int32)
+
+    return fn
+
+
+# -- n-ary, casts, selection ----------------------------------------------------------------------
+
+
+@register("AddN", "AccumulateNV2")
+def _add_n(node):
+    def fn(*xs):
+        if static(*xs):
+            return functools.reduce(np.add, xs)
+        return functools.reduce(jnp.add, xs)
+
+    return fn
+
+
+def _truncate_mantissa(x, src: np.dtype, dst: np.dtype):
+    """Zeroes the mantissa bits `dst` cannot hold, so the cast truncates instead of rounding."""
+    drop = np.finfo(src).nmant - np.finfo(dst).nmant
+    if drop <= 0:
+        return x
+    uint = {2: np.uint16, 4: np.uint32, 8: np.uint64}[src.itemsize]
+    mask = uint(~((1 << drop) - 1) & ((1 << (8 * src.itemsize)) - 1))
+    if static(x):
+        return (np.asarray(x).view(uint) & mask).view(src)
+    return lax.bitcast_convert_type(lax.bitcast_convert_type(x, uint) & mask, src)
+
+
+@register("Cast")
+def _cast_op(node):
+    """Casts to `DstT` with C semantics: float -> int truncates toward zero, nonzero -> True,
+    complex -> real keeps the real part. `Truncate=True` truncates float mantissas instead of
+    rounding to nearest (float -> bfloat16/half).
+    """
+    dst = node.attr_dtype("DstT")
+    truncate = node.attr_bool("Truncate", False)
+    if dst.kind in "OSU":
+        raise GraphError(f"node {node.name!r} (Cast): casting to strings is not supported (DstT={dst})")
+
+    def fn(x):
+        if static(x):
+            x = np.asarray(x)
+            if x.dtype.kind in "OSU":
+                raise GraphError(f"node {node.name!r} (Cast): casting strings to numbers is not supported")
+            if x.dtype.kind == "c" and dst.kind != "c":
+                x = x.real
+            if truncate and x.dtype.kind == "f" and dst.kind == "f":
+                x = _truncate_mantissa(x, x.dtype, dst)
+            return x.astype(dst)
+        x = jnp.asarray(x)
+        if jnp.iscomplexobj(x) and dst.kind != "c":
+            x = jnp.real(x)
+        target = jax.dtypes.canonicalize_dtype(dst)
+        if truncate and x.dtype.kind == "f" and target.kind == "f":
+            x = _truncate_mantissa(x, np.dtype(x.dtype), np.dtype(target))
+        return x.astype(target)
+
+    return fn
+
+
+@register("Select")
+def _select(node):
+    # The original Select does not broadcast, except that a vector condition picks rows
+    # (slices along the first axis) of higher-rank branches.
+    def fn(cond, t, e):
+        if np.ndim(cond) == 1 and np.ndim(t) > 1:
+            shape = (-1,) + (1,) * (np.ndim(t) - 1)
+            cond = np.reshape(cond, shape) if static(cond) else jnp.reshape(cond, shape)
+        cond, t, e = broadcast_ranks(cond, t, e)
+        return xnp(cond, t, e).where(cond, t, e)
+
+    return fn
+
+
+@register("SelectV2")
+def _select_v2(node):
+    def fn(cond, t, e):
+        cond, t, e = broadcast_ranks(cond, t, e)
+        return xnp(cond, t, e).where(cond, t, e)
+
+    return fn
+
+
+@register("ClipByValue")
+def _clip_by_value(node):
+    # TF computes max(min(t, hi), lo) (lo wins when lo > hi); `where` gives TF's gradient: none
+    # for t outside [lo, hi], all of it to the bound that was taken.
+    def fn(t, lo, hi):
+        t, lo, hi = broadcast_ranks(t, lo, hi)
+        m = xnp(t, lo, hi)
+        t = m.where(t > hi, hi, t)
+        return m.where(t < lo, lo, t)
+
+    return fn
+
+
+# -- scans ----------------------------------------------------------------------------------------
+
+
+def _scan(node, jnp_scan, np_scan, identity):
+    exclusive = node.attr_bool("exclusive", False)
+    reverse = node.attr_bool("reverse", False)
+
+    def fn(x, axis):
+        axis = int(_const(node, axis, "axis"))
+        rank = np.ndim(x)
+        if not -rank <= axis < rank:
+            raise GraphError(f"node {node.name!r} ({node.type}): axis {axis} out of range for rank {rank}")
+        axis %= rank
+        m = xnp(x)
+        if reverse:
+            x = m.flip(x, axis)
+        if exclusive and x.shape[axis] > 0:
+            pad_shape = list(x.shape)
+            pad_shape[axis] = 1
+            first = m.full(pad_shape, identity, dtype=x.dtype)
+            rest = lax.slice_in_dim(x, 0, x.shape[axis] - 1, axis=axis) if m is jnp else np.take(
+                x, np.arange(x.shape[axis] - 1), axis=axis
+            )
+            x = m.concatenate([first, rest], axis=axis)
+        y = np_scan(x, axis) if m is np else jnp_scan(x, axis)
+        return m.flip(y, axis) if reverse else y
+
+    return fn
+
+
+@register("Cumsum")
+def _cumsum(node):
+    return _scan(node, lambda x, a: lax.cumsum(x, a), lambda x, a: np.cumsum(x, a, dtype=x.dtype), 0)
+
+
+@register("Cumprod")
+def _cumprod(node):
+    return _scan(node, lambda x, a: lax.cumprod(x, a), lambda x, a: np.cumprod(x, a, dtype=x.dtype), 1)
+
+
+@register("CumulativeLogsumexp")
+def _cumulative_logsumexp(node):
+    return _scan(
+        node,
+        lambda x, a: lax.cumlogsumexp(x, a),
+        lambda x, a: np.logaddexp.accumulate(x, axis=a).astype(x.dtype),
+        -np.inf,
+    )
+
+
+# -- reductions -----------------------------------------------------------------------------------
+
+
+def _axes(node, axis, rank: int) -> tuple[int, ...]:
+    axis = _const(node, axis, "reduction_indices").reshape(-1)
+    out = []
+    for a in axis.tolist():
+        if not -rank <= a < max(rank, 1):
+            raise GraphError(f"node {node.name!r} ({node.type}): axis {a} out of range for rank {rank}")
+        out.append(a % rank if rank else 0)
+    return tuple(sorted(set(out))) if rank else ()
+
+
+def _reduction(reduce):
+    """Builder for Sum/Prod/Max/...: `reduce(m, x, axes)` with m = numpy or jax.numpy."""
+
+    def build(node):
+        keep = node.attr_bool("keep_dims", False)
+
+        def fn(x, axis):
+            axes = _axes(node, axis, np.ndim(x))
+            m = xnp(x)
+            y = reduce(m, x, axes)
+            if keep:
+                y = m.reshape(y, [1 if i in axes else d for i, d in enumerate(np.shape(x))])
+            return y
+
+        return fn
+
+    return build
+
+
+def _reduced_size(x, axes) -> int:
+    return int(np.prod([np.shape(x)[a] for a in axes], dtype=np.int64))
+
+
+def _sum(m, x, axes):
+    return m.sum(x, axis=axes, dtype=x.dtype)
+
+
+def _prod(m, x, axes):
+    return m.prod(x, axis=axes, dtype=x.dtype)
+
+
+def _mean(m, x, axes):
+    n = _reduced_size(x, axes)
+    if _is_int(x):
+        # Integer Mean divides the integer sum by the count, truncating (TF's Div).
+        return _div(m.sum(x, axis=axes, dtype=x.dtype), np.asarray(max(n, 1), x.dtype))
+    if n == 0:
+        return m.full([d for i, d in enumerate(np.shape(x)) if i not in axes], np.nan, x.dtype)
+    return m.mean(x, axis=axes, dtype=x.dtype)
+
+
+def _extreme(which):
+    def reduce(m, x, axes):
+        f = m.max if which == "max" else m.min
+        if _reduced_size(x, axes) == 0:
+            # An empty reduction gives the identity: the lowest (highest) value of the dtype.
+            info = np.finfo(x.dtype) if _is_float(x) else np.iinfo(x.dtype)
+            init = (-np.inf if which == "max" else np.inf) if _is_float(x) else (
+                info.min if which == "max" else info.max
+            )
+            return f(x, axis=axes, initial=init)
+        return f(x, axis=axes)
+
+    return reduce
+
+
+def _euclidean_norm(m, x, axes):
+    if m.iscomplexobj(x):
+        return m.sqrt(m.sum(x * m.conj(x), axis=axes))
+    if _is_int(x):
+        s = m.sum(x.astype(np.float64 if m is np else jnp.float32) ** 2, axis=axes)
+        return m.sqrt(s).astype(x.dtype)  # the integer square root truncates, as TF's
+    return m.sqrt(m.sum(x * x, axis=axes, dtype=x.dtype))
+
+
+register_table({
+    "Sum": _reduction(_sum),
+    "Prod": _reduction(_prod),
+    "Mean": _reduction(_mean),
+    "Max": _reduction(_extreme("max")),
+    "Min": _reduction(_extreme("min")),
+    "All": _reduction(lambda m, x, axes: m.all(x, axis=axes)),
+    "Any": _reduction(lambda m, x, axes: m.any(x, axis=axes)),
+    "EuclideanNorm": _reduction(_euclidean_norm),
+})
+
+
+@register("ArgMax", "ArgMin")
+def _arg_extreme(node):
+    dtype = _out_dtype(node, "output_type", np.dtype(np.int64))
+    is_max = node.type == "ArgMax"
+
+    def fn(x, dimension):
+        axis = int(_const(node, dimension, "dimension"))
+        m = xnp(x)
+        y = (m.argmax if is_max else m.argmin)(x, axis=axis)
+        return _cast(y, dtype)
+
+    return fn
+
+
+# -- counting -------------------------------------------------------------------------------------
+
+
+def _count(values, size: int, weights, dtype, binary_output: bool):
+    """Counts (or sums weights of) values in [0, size) along the last axis; others are dropped."""
+    values = jnp.asarray(values)
+    if weights is None or np.size(weights) == 0:
+        weights = jnp.ones(values.shape, dtype)
+    weights = jnp.asarray(weights).astype(dtype)
+    # Out-of-range values (TF rejects negatives, ignores values >= size) land in a dropped bin.
+    idx = jnp.where((values >= 0) & (values < size), values, size)
+    if values.ndim == 1:
+        if binary_output:
+            return jnp.zeros((size,), dtype).at[idx].max(jnp.ones_like(weights), mode="drop")
+        return jnp.zeros((size,), dtype).at[idx].add(weights, mode="drop")
+    rows = jnp.broadcast_to(jnp.arange(values.shape[0])[:, None], values.shape)
+    if binary_output:
+        return jnp.zeros((values.shape[0], size), dtype).at[rows, idx].max(jnp.ones_like(weights), mode="drop")
+    return jnp.zeros((values.shape[0], size), dtype).at[rows, idx].add(weights, mode="drop")
+
+
+@register("Bincount")
+def _bincount(node):
+    dtype = jax.dtypes.canonicalize_dtype(node.attr_dtype("T"))
+
+    def fn(arr, size, weights):
+        n = int(_const(node, size, "size"))
+        return _count(jnp.reshape(arr, (-1,)), n, jnp.reshape(weights, (-1,)), dtype, False)
+
+    return fn
+
+
+@register("DenseBincount")
+def _dense_bincount(node):
+    dtype = jax.dtypes.canonicalize_dtype(node.attr_dtype("T"))
+    binary_output = node.attr_bool("binary_output", False)
+
+    def fn(values, size, weights):
+        n = int(_const(node, size, "size"))
+        if np.ndim(values) not in (1, 2):
+            raise GraphError(f"node {node.name!r} (DenseBincount): input must be rank 1 or 2")
+        return _count(values, n, weights, dtype, binary_output)
+
+    return fn
+
+
+# -- matrix products ------------------------------------------------------------------------------
+
+
+def _adjoint(x, conj: bool = True):
+    x = jnp.swapaxes(x, -1, -2)
+    return jnp.conj(x) if conj and jnp.iscomplexobj(x) else x
+
+
+@register("MatMul", "SparseMatMul")
+def _matmul(node):
+    # SparseMatMul is MatMul with sparsity hints (and possibly bfloat16 inputs, float32 output).
+    ta = node.attr_bool("transpose_a", False)
+    tb = node.attr_bool("transpose_b", False)
+    sparse = node.type == "SparseMatMul"
+
+    def fn(a, b):
+        a, b = jnp.asarray(a), jnp.asarray(b)
+        if sparse:
+            a, b = a.astype(jnp.float32), b.astype(jnp.float32)
+        if ta:
+            a = a.T
+        if tb:
+            b = b.T
+        return jnp.matmul(a, b)
+
+    return fn
+
+
+@register("BatchMatMul", "BatchMatMulV2", "BatchMatMulV3")
+def _batch_matmul(node):
+    """Batched matrix product; `adj_x`/`adj_y` take conjugate transposes. V2/V3 broadcast the
+    batch dimensions; V3 casts the product to `Tout`."""
+    adj_x = node.attr_bool("adj_x", False)
+    adj_y = node.attr_bool("adj_y", False)
+    dtype = _out_dtype(node, "Tout")
+
+    def fn(x, y):
+        x, y = jnp.asarray(x), jnp.asarray(y)
+        if dtype is not None:
+            x, y = x.astype(dtype), y.astype(dtype)
+        if adj_x:
+            x = _adjoint(x)
+        if adj_y:
+            y = _adjoint(y)
+        x, y = broadcast_ranks(x, y)
+        return jnp.matmul(x, y)
+
+    return fn
+
+
+@register("Einsum")
+def _einsum(node):
+    equation = node.attr_str("equation")
+
+    def fn(*xs):
+        return jnp.einsum(equation, *xs)
+
+    return fn
+
+
+# -- FFT ------------------------------------------------------------------------------------------
+
+
+def _fft(kind: str, rank: int):
+    axes = tuple(range(-rank, 0))
+
+    def build(node):
+        if kind in ("fft", "ifft"):
+            f = jnp.fft.fftn if kind == "fft" else jnp.fft.ifftn
+            return lambda x: f(x, axes=axes)
+        real_dtype = _out_dtype(node, "Treal", np.dtype(np.float32))
+        complex_dtype = _out_dtype(node, "Tcomplex", np.dtype(np.complex64))
+
+        def fn(x, fft_length):
+            s = [int(n) for n in _const(node, fft_length, "fft_length").reshape(-1)]
+            if kind == "rfft":
+                # rfftn crops or zero-pads the input to fft_length first, as TF's RFFT.
+                return _cast(jnp.fft.rfftn(x, s=s, axes=axes), complex_dtype)
+            return _cast(jnp.fft.irfftn(x, s=s, axes=axes), real_dtype)
+
+        return fn
+
+    return build
+
+
+for _rank, _suffix in ((1, ""), (2, "2D"), (3, "3D")):
+    for _kind in ("fft", "ifft", "rfft", "irfft"):
+        register(_kind.upper() + _suffix)(_fft(_kind, _rank))
+
+
+# -- linear algebra -------------------------------------------------------------------------------
+
+
+@register("MatrixInverse", "BatchMatrixInverse")
+def _matrix_inverse(node):
+    adjoint = node.attr_bool("adjoint", False)
+
+    def fn(x):
+        x = jnp.asarray(x)
+        return jnp.linalg.inv(_adjoint(x) if adjoint else x)
+
+    return fn
+
+
+@register("MatrixDeterminant", "BatchMatrixDeterminant")
+def _matrix_determinant(node):
+    return lambda x: jnp.linalg.det(x)
+
+
+@register("LogMatrixDeterminant")
+def _log_matrix_determinant(node):
+    def fn(x):
+        sign, logdet = jnp.linalg.slogdet(x)
+        return sign, logdet.astype(sign.dtype)
+
+    return fn
+
+
+@register("Cholesky", "BatchCholesky")
+def _cholesky(node):
+    # TF reads only the lower triangle; its gradient is symmetrized like JAX's symmetrize_input.
+    return lambda x: lax.linalg.cholesky(jnp.asarray(x), symmetrize_input=True)
+
+
+def _broadcast_batch(a, b):
+    """Broadcasts the batch dimensions (all but the last two) of two matrix stacks."""
+    a, b = broadcast_ranks(jnp.asarray(a), jnp.asarray(b))
+    batch = jnp.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    return jnp.broadcast_to(a, batch + a.shape[-2:]), jnp.broadcast_to(b, batch + b.shape[-2:])
+
+
+@register("MatrixTriangularSolve", "BatchMatrixTriangularSolve")
+def _matrix_triangular_solve(node):
+    lower = node.attr_bool("lower", True)
+    adjoint = node.attr_bool("adjoint", False)
+
+    def fn(matrix, rhs):
+        matrix, rhs = _broadcast_batch(matrix, rhs)
+        return lax.linalg.triangular_solve(
+            matrix, rhs, left_side=True, lower=lower, transpose_a=adjoint, conjugate_a=adjoint
+        )
+
+    return fn
+
+
+@register("MatrixSolve", "BatchMatrixSolve")
+def _matrix_solve(node):
+    adjoint = node.attr_bool("adjoint", False)
+
+    def fn(matrix, rhs):
+        matrix = jnp.asarray(matrix)
+        if adjoint:
+            matrix = _adjoint(matrix)
+        return jnp.linalg.solve(matrix, jnp.asarray(rhs))
+
+    return fn
+
+
+@register("Qr")
+def _qr(node):
+    mode = "complete" if node.attr_bool("full_matrices", False) else "reduced"
+    return lambda x: tuple(jnp.linalg.qr(x, mode=mode))
+
+
+@register("Svd")
+def _svd(node):
+    """Singular values `s` and, with `compute_uv`, `u` and `v` (TF returns v, not v^H)."""
+    compute_uv = node.attr_bool("compute_uv", True)
+    full = node.attr_bool("full_matrices", False)
+
+    def fn(x):
+        x = jnp.asarray(x)
+        if not compute_uv:
+            s = jnp.linalg.svd(x, compute_uv=False)
+            # TF leaves u and v unset (scalars of undefined value) without compute_uv.
+            return s, jnp.zeros((), x.dtype), jnp.zeros((), x.dtype)
+        u, s, vh = jnp.linalg.svd(x, full_matrices=full)
+        return s, u, _adjoint(vh)
+
+    return fn
+
+
+@register("SelfAdjointEigV2")
+def _self_adjoint_eig(node):
+    compute_v = node.attr_bool("compute_v", True)
+
+    def fn(x):
+        x = jnp.asarray(x)
+        if not compute_v:
+            return jnp.linalg.eigvalsh(x), jnp.zeros((), x.dtype)
+        e, v = jnp.linalg.eigh(x)
+        return e, v
+
+    return fn

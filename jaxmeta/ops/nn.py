@@ -1,1 +1,534 @@
-"""TODO: op family nn (being written)."""
+"""Neural-network ops (forward/inference): convolutions, pooling, normalization, activations, losses.
+
+Layouts follow TF's `data_format` attribute; spatial padding follows TF's rules (`SAME` pads
+`max((out - 1) * stride + (k - 1) * dilation + 1 - in, 0)` with the smaller half before, `VALID`
+pads nothing, `EXPLICIT` reads `explicit_paddings`). Transposed convolutions
+(`Conv2DBackpropInput` & co., as `conv2d_transpose` emits them in inference graphs) live here;
+the other gradient kernels are in `nn_grad.py`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jaxmeta._errors import GraphError
+from jaxmeta.ops.registry import broadcast_ranks, register, register_table, static, unary
+
+# -- layout and padding helpers ---------------------------------------------------------------------
+
+_CHANNELS_LAST = {"NHWC": 4, "NDHWC": 5, "NWC": 3}
+_CHANNELS_FIRST = {"NCHW": 4, "NCDHW": 5, "NCW": 3}
+
+
+def _layout(node, default: str, rank: int) -> tuple[str, bool]:
+    """(data_format, channels_first) for a node; rejects formats jaxmeta cannot run."""
+    fmt = node.attr_str("data_format", default)
+    if _CHANNELS_LAST.get(fmt) == rank:
+        return fmt, False
+    if _CHANNELS_FIRST.get(fmt) == rank:
+        return fmt, True
+    raise GraphError(f"node {node.name!r} ({node.type}): data_format {fmt!r} is not supported")
+
+
+def _spatial(values: list[int], channels_first: bool) -> list[int]:
+    """The spatial entries of a full-rank attribute list (strides, ksize, dilations)."""
+    return list(values[2:]) if channels_first else list(values[1:-1])
+
+
+def _full(spatial: list, channels_first: bool, fill=1) -> list:
+    """A full-rank list from spatial entries (batch and channel entries set to `fill`)."""
+    return [fill, fill, *spatial] if channels_first else [fill, *spatial, fill]
+
+
+def _check_unit(node, name: str, values: list[int], channels_first: bool) -> None:
+    outer = (values[0], values[1]) if channels_first else (values[0], values[-1])
+    if any(v != 1 for v in outer):
+        raise GraphError(
+            f"node {node.name!r} ({node.type}): {name} {values} must be 1 in the batch and channel dimensions"
+        )
+
+
+def _padding_attr(node) -> tuple[str, list[tuple[int, int]] | None]:
+    padding = node.attr_str("padding")
+    if padding not in ("SAME", "VALID", "EXPLICIT"):
+        raise GraphError(f"node {node.name!r} ({node.type}): padding {padding!r} is not supported")
+    explicit = None
+    if padding == "EXPLICIT":
+        flat = node.attr_ints("explicit_paddings", [])
+        explicit = [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+    return padding, explicit
+
+
+def _tf_pads(padding: str, sizes, window, strides, dilations, explicit=None) -> list[tuple[int, int]]:
+    """TF's (before, after) padding of each spatial dimension."""
+    if padding == "VALID":
+        return [(0, 0)] * len(sizes)
+    if padding == "EXPLICIT":
+        return list(explicit)
+    pads = []
+    for n, k, s, d in zip(sizes, window, strides, dilations):
+        out = -(-n // s)
+        total = max((out - 1) * s + (k - 1) * d + 1 - n, 0)
+        pads.append((total // 2, total - total // 2))
+    return pads
+
+
+def _static_ints(value, node, what: str) -> list[int]:
+    if not static(value):
+        raise GraphError(
+            f"node {node.name!r} ({node.type}): {what} must be known when the graph is traced "
+            "(a constant), not computed from fed or variable values"
+        )
+    return [int(v) for v in np.asarray(value).reshape(-1)]
+
+
+# -- convolutions ---------------------------------------------------------------------------------
+
+
+def _conv_builder(node, rank: int, depthwise: bool = False):
+    """Parses a Conv2D/Conv3D/DepthwiseConv2dNative node; returns (conv(x, w), channels_first)."""
+    default = "NHWC" if rank == 4 else "NDHWC"
+    fmt, cf = _layout(node, default, rank)
+    strides = node.attr_ints("strides")
+    dilations = node.attr_ints("dilations", [1] * rank)
+    _check_unit(node, "strides", strides, cf)
+    _check_unit(node, "dilations", dilations, cf)
+    padding, explicit = _padding_attr(node)
+    sp_strides, sp_dil = _spatial(strides, cf), _spatial(dilations, cf)
+    if explicit is not None:
+        explicit = _spatial(explicit, cf)
+    spatial = "HW" if rank == 4 else "DHW"
+    lhs = ("NC" + spatial) if cf else ("N" + spatial + "C")
+    dn = (lhs, spatial + "IO", lhs)
+    nsp = rank - 2
+
+    def conv(x, w):
+        sizes = _spatial(list(x.shape), cf)
+        groups = 1
+        if depthwise:
+            # [H, W, in, multiplier] -> [H, W, 1, in * multiplier]: output channel c * mult + m.
+            groups = w.shape[-2]
+            w = jnp.reshape(w, (*w.shape[:-2], 1, w.shape[-2] * w.shape[-1]))
+        else:
+            in_ch = x.shape[1] if cf else x.shape[-1]
+            groups = in_ch // w.shape[-2]  # TF allows grouped convolutions through Conv2D
+        pads = _tf_pads(padding, sizes, w.shape[:nsp], sp_strides, sp_dil, explicit)
+        return lax.conv_general_dilated(
+            x, w, sp_strides, pads, rhs_dilation=sp_dil, dimension_numbers=dn, feature_group_count=groups
+        )
+
+    return conv, cf
+
+
+@register("Conv2D")
+def _conv2d(node):
+    conv, _ = _conv_builder(node, 4)
+    return conv
+
+
+@register("Conv3D")
+def _conv3d(node):
+    conv, _ = _conv_builder(node, 5)
+    return conv
+
+
+@register("DepthwiseConv2dNative")
+def _depthwise_conv2d(node):
+    conv, _ = _conv_builder(node, 4, depthwise=True)
+    return conv
+
+
+def _transpose_of(conv, node):
+    """The input-gradient of `conv` (a transposed convolution), for a static input shape."""
+
+    def fn(input_sizes, w, dy):
+        shape = tuple(_static_ints(input_sizes, node, "input_sizes"))
+        # conv is linear in x, so its VJP at any point is the transposed convolution.
+        _, vjp = jax.vjp(lambda x: conv(x, w), jnp.zeros(shape, dy.dtype))
+        return vjp(dy)[0]
+
+    return fn
+
+
+@register("Conv2DBackpropInput")
+def _conv2d_backprop_input(node):
+    conv, _ = _conv_builder(node, 4)
+    return _transpose_of(conv, node)
+
+
+@register("DepthwiseConv2dNativeBackpropInput")
+def _depthwise_backprop_input(node):
+    conv, _ = _conv_builder(node, 4, depthwise=True)
+    return _transpose_of(conv, node)
+
+
+@register("Conv3DBackpropInputV2")
+def _conv3d_backprop_input_v2(node):
+    conv, _ = _conv_builder(node, 5)
+    return _transpose_of(conv, node)
+
+
+@register("Conv3DBackpropInput")
+def _conv3d_backprop_input(node):
+    # V1 takes the input tensor itself (only its shape matters).
+    fn = _transpose_of(_conv_builder(node, 5)[0], node)
+    return lambda x, w, dy: fn(np.asarray(x.shape), w, dy)
+
+
+# -- pooling --------------------------------------------------------------------------------------
+
+
+def _pool_attrs(node, rank: int, ksize=None, strides=None):
+    default = "NHWC" if rank == 4 else "NDHWC"
+    _, cf = _layout(node, default, rank)
+    padding = node.attr_str("padding")
+    if padding not in ("SAME", "VALID"):
+        raise GraphError(f"node {node.name!r} ({node.type}): padding {padding!r} is not supported")
+    if ksize is not None:
+        _check_unit(node, "ksize", ksize, cf)
+        _check_unit(node, "strides", strides, cf)
+    return cf, padding
+
+
+def _pool(x, kind: str, ksize: list[int], strides: list[int], padding: str, cf: bool):
+    """Max or average pooling with TF's padding; `ksize`/`strides` are full rank."""
+    sizes = _spatial(list(x.shape), cf)
+    ones = [1] * len(sizes)
+    sp_pads = _tf_pads(padding, sizes, _spatial(ksize, cf), _spatial(strides, cf), ones)
+    pads = _full(sp_pads, cf, (0, 0))
+    if kind == "max":
+        if jnp.issubdtype(x.dtype, jnp.floating):
+            init = -jnp.inf
+        else:
+            init = jnp.iinfo(x.dtype).min
+        return lax.reduce_window(x, np.array(init, x.dtype), lax.max, ksize, strides, pads)
+    total = lax.reduce_window(x, np.array(0, x.dtype), lax.add, ksize, strides, pads)
+    # TF's SAME average divides by the number of in-bounds elements, not the window size.
+    count = np.ones((), np.float64)
+    for n, k, s, (lo, _) in zip(sizes, _spatial(ksize, cf), _spatial(strides, cf), sp_pads):
+        out = -(-n // s) if padding == "SAME" else (n - k) // s + 1
+        start = np.arange(out) * s - lo
+        per_dim = np.minimum(start + k, n) - np.maximum(start, 0)
+        count = np.multiply.outer(count, per_dim)
+    count = count.reshape(_full(list(count.shape), cf))
+    return total / count.astype(x.dtype)
+
+
+def _pool_op(kind: str, rank: int):
+    def build(node):
+        ksize, strides = node.attr_ints("ksize"), node.attr_ints("strides")
+        cf, padding = _pool_attrs(node, rank, ksize, strides)
+        return lambda x: _pool(x, kind, ksize, strides, padding, cf)
+
+    return build
+
+
+register("MaxPool")(_pool_op("max", 4))
+register("AvgPool")(_pool_op("avg", 4))
+register("MaxPool3D")(_pool_op("max", 5))
+register("AvgPool3D")(_pool_op("avg", 5))
+
+
+@register("MaxPoolV2")
+def _max_pool_v2(node):
+    cf, padding = _pool_attrs(node, 4)
+
+    def fn(x, ksize, strides):
+        ksize = _static_ints(ksize, node, "ksize")
+        strides = _static_ints(strides, node, "strides")
+        _check_unit(node, "ksize", ksize, cf)
+        _check_unit(node, "strides", strides, cf)
+        return _pool(x, "max", ksize, strides, padding, cf)
+
+    return fn
+
+
+@register("MaxPoolWithArgmax")
+def _max_pool_with_argmax(node):
+    """MaxPoolWithArgmax (NHWC): the max and the flat index of the (first) maximum of each window.
+
+    The index is `(y * width + x) * channels + c`, plus `b * height * width * channels` when
+    `include_batch_in_index` is set (TF's convention).
+    """
+    ksize, strides = node.attr_ints("ksize"), node.attr_ints("strides")
+    _check_unit(node, "ksize", ksize, False)
+    _check_unit(node, "strides", strides, False)
+    padding = node.attr_str("padding")
+    if padding not in ("SAME", "VALID"):
+        raise GraphError(f"node {node.name!r} ({node.type}): padding {padding!r} is not supported")
+    with_batch = node.attr_bool("include_batch_in_index", False)
+    index_dtype = jax.dtypes.canonicalize_dtype(node.attr_dtype("Targmax", np.dtype(np.int64)))
+    (kh, kw), (sh, sw) = ksize[1:3], strides[1:3]
+
+    def fn(x):
+        n, h, w, c = x.shape
+        (pt, _), (pl, _) = _tf_pads(padding, (h, w), (kh, kw), (sh, sw), (1, 1))
+        oh = -(-h // sh) if padding == "SAME" else (h - kh) // sh + 1
+        ow = -(-w // sw) if padding == "SAME" else (w - kw) // sw + 1
+        ys = (np.arange(oh) * sh - pt)[:, None, None, None] + np.arange(kh)[None, None, :, None]
+        xs = (np.arange(ow) * sw - pl)[None, :, None, None] + np.arange(kw)[None, None, None, :]
+        valid = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)  # [oh, ow, kh, kw]
+        patches = x[:, np.clip(ys, 0, h - 1), np.clip(xs, 0, w - 1), :]  # [n, oh, ow, kh, kw, c]
+        low = -jnp.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min
+        patches = jnp.where(valid[None, ..., None], patches, jnp.array(low, x.dtype))
+        patches = patches.reshape(n, oh, ow, kh * kw, c)
+        k = jnp.argmax(patches, axis=3)  # the first maximum, as TF's strict `>` scan
+        out = jnp.max(patches, axis=3)
+        flat = (ys * w + xs).reshape(oh, ow, kh * kw)  # [oh, ow, kh*kw]
+        idx = jnp.take_along_axis(jnp.asarray(flat)[None, :, :, :, None], k[:, :, :, None, :], axis=3)[:, :, :, 0]
+        idx = idx * c + jnp.arange(c)
+        if with_batch:
+            idx = idx + (jnp.arange(n) * (h * w * c))[:, None, None, None]
+        return out, idx.astype(index_dtype)
+
+    return fn
+
+
+# -- bias, normalization --------------------------------------------------------------------------
+
+
+@register("BiasAdd")
+def _bias_add(node):
+    nchw = node.attr_str("data_format", "NHWC") in ("NCHW", "NCDHW", "NCW")
+
+    def fn(x, bias):
+        if nchw:
+            # TF's NCHW BiasAdd adds along axis 1, not the last axis.
+            bias = jnp.reshape(bias, (-1,) + (1,) * (x.ndim - 2))
+            bias = jnp.broadcast_to(bias, x.shape[1:])
+        return x + jnp.broadcast_to(bias, x.shape)
+
+    return fn
+
+
+@register("BiasAddV1")
+def _bias_add_v1(node):
+    return lambda x, bias: x + jnp.broadcast_to(bias, x.shape)
+
+
+@register("FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3")
+def _fused_batch_norm(node):
+    """FusedBatchNorm{,V2,V3}: y plus (running) mean/variance and reserve spaces.
+
+    Inference (`is_training=False`) normalizes with the given mean/variance and passes them
+    through. Training normalizes with the batch's (biased) variance but, as TF, outputs the
+    *unbiased* (Bessel-corrected) variance; with V3's `exponential_avg_factor` f != 1 the
+    outputs are `(1 - f) * running + f * batch`. Reserve spaces hold the batch mean and the
+    biased variance (V3's third one is empty, as on TF's CPU).
+    """
+    fmt = node.attr_str("data_format", "NHWC")
+    if fmt not in ("NHWC", "NCHW", "NDHWC", "NCDHW"):
+        raise GraphError(f"node {node.name!r} ({node.type}): data_format {fmt!r} is not supported")
+    cf = fmt.startswith("NC")
+    eps = node.attr_float("epsilon", 1e-4)
+    training = node.attr_bool("is_training", True)
+    factor = node.attr_float("exponential_avg_factor", 1.0)
+    v3 = node.type == "FusedBatchNormV3"
+
+    def fn(x, scale, offset, mean, variance):
+        axis = 1 if cf else x.ndim - 1
+        axes = tuple(i for i in range(x.ndim) if i != axis)
+        shape = [1] * x.ndim
+        shape[axis] = x.shape[axis]
+        xf = x.astype(jnp.float32)
+        if training:
+            batch_mean = jnp.mean(xf, axis=axes)
+            batch_var = jnp.mean(jnp.square(xf - batch_mean.reshape(shape)), axis=axes)
+            m, v = batch_mean, batch_var
+            count = math.prod(x.shape) // x.shape[axis]
+            unbiased = batch_var * (count / max(count - 1, 1))
+            if factor != 1.0:
+                out_mean = (1.0 - factor) * mean + factor * batch_mean
+                out_var = (1.0 - factor) * variance + factor * unbiased
+            else:
+                out_mean, out_var = batch_mean, unbiased
+            reserve = (batch_mean, batch_var)
+        else:
+            m, v = mean, variance
+            out_mean, out_var = mean, variance
+            reserve = (mean, variance)
+        inv = lax.rsqrt(v + eps) * scale
+        y = (xf - m.reshape(shape)) * inv.reshape(shape) + offset.reshape(shape)
+        outs = (y.astype(x.dtype), out_mean, out_var, *reserve)
+        if v3:
+            outs = (*outs, jnp.zeros((0,), jnp.float32))
+        return outs
+
+    return fn
+
+
+@register("BatchNormWithGlobalNormalization")
+def _batch_norm_global(node):
+    """The pre-FusedBatchNorm op of old graphs: `(t - m) / sqrt(v + eps) * gamma + beta`."""
+    eps = node.attr_float("variance_epsilon")
+    scale_after = node.attr_bool("scale_after_normalization")
+
+    def fn(t, m, v, beta, gamma):
+        inv = lax.rsqrt(v + eps)
+        if scale_after:
+            inv = inv * gamma
+        return (t - jnp.broadcast_to(m, t.shape)) * jnp.broadcast_to(inv, t.shape) + jnp.broadcast_to(beta, t.shape)
+
+    return fn
+
+
+@register("LRN")
+def _lrn(node):
+    """Local response normalization over the last axis: `x / (bias + alpha * sum(x^2)) ** beta`."""
+    r = node.attr_int("depth_radius", 5)
+    bias = node.attr_float("bias", 1.0)
+    alpha = node.attr_float("alpha", 1.0)
+    beta = node.attr_float("beta", 0.5)
+
+    def fn(x):
+        window = (1,) * (x.ndim - 1) + (2 * r + 1,)
+        pads = ((0, 0),) * (x.ndim - 1) + ((r, r),)
+        sq = lax.reduce_window(jnp.square(x), np.array(0, x.dtype), lax.add, window, (1,) * x.ndim, pads)
+        return x / (bias + alpha * sq) ** beta
+
+    return fn
+
+
+# -- activations ----------------------------------------------------------------------------------
+
+
+def _leaky_relu(node):
+    alpha = node.attr_float("alpha", 0.2)
+    return lambda x: jnp.where(x > 0, x, x * jnp.asarray(alpha, x.dtype))
+
+
+def _relu(x):
+    if jnp.issubdtype(x.dtype, jnp.integer):
+        return jnp.maximum(x, 0)
+    return jax.nn.relu(x)  # gradient 0 at 0, as TF's ReluGrad
+
+
+def _relu6(x):
+    if jnp.issubdtype(x.dtype, jnp.integer):
+        return jnp.clip(x, 0, 6)
+    return jax.nn.relu6(x)
+
+
+register_table(
+    {
+        "Relu": unary(_relu),
+        "Relu6": unary(_relu6),
+        "Elu": unary(lambda x: jnp.where(x > 0, x, jnp.expm1(jnp.minimum(x, 0)))),
+        "Selu": unary(jax.nn.selu),
+        "Softplus": unary(jax.nn.softplus),
+        "Softsign": unary(lambda x: x / (1 + jnp.abs(x))),
+        "Softmax": unary(lambda x: jax.nn.softmax(x, axis=-1)),
+        "LogSoftmax": unary(lambda x: jax.nn.log_softmax(x, axis=-1)),
+        "L2Loss": unary(lambda x: jnp.sum(jnp.square(x)) / 2),
+        "LeakyRelu": _leaky_relu,
+    }
+)
+
+
+# -- losses and metrics ---------------------------------------------------------------------------
+
+
+@register("SoftmaxCrossEntropyWithLogits")
+def _softmax_xent(node):
+    """(loss, backprop) = (-sum(labels * log_softmax(logits)), softmax(logits) - labels)."""
+
+    def fn(logits, labels):
+        logits, labels = broadcast_ranks(logits, labels)
+        shape = jnp.broadcast_shapes(logits.shape, labels.shape)
+        logits, labels = jnp.broadcast_to(logits, shape), jnp.broadcast_to(labels, shape)
+        logp = jax.nn.log_softmax(logits, axis=-1)
+        return -jnp.sum(labels * logp, axis=-1), jnp.exp(logp) - labels
+
+    return fn
+
+
+@register("SparseSoftmaxCrossEntropyWithLogits")
+def _sparse_softmax_xent(node):
+    """Like SoftmaxCrossEntropyWithLogits with one-hot labels; out-of-range labels give NaN (as on
+    TF's GPU; its CPU kernel raises instead)."""
+
+    def fn(logits, labels):
+        n = logits.shape[-1]
+        logp = jax.nn.log_softmax(logits, axis=-1)
+        onehot = jax.nn.one_hot(labels, n, dtype=logits.dtype)
+        bad = (labels < 0) | (labels >= n)
+        loss = -jnp.sum(onehot * logp, axis=-1)
+        loss = jnp.where(bad, jnp.nan, loss)
+        backprop = jnp.where(bad[..., None], jnp.nan, jnp.exp(logp) - onehot)
+        return loss, backprop
+
+    return fn
+
+
+def _in_top_k(predictions, targets, k):
+    n = predictions.shape[-1]
+    valid = (targets >= 0) & (targets < n)
+    t = jnp.clip(targets, 0, n - 1).astype(jnp.int32)
+    target = jnp.take_along_axis(predictions, t[:, None], axis=1)
+    # In the top k when fewer than k predictions are strictly larger (ties count as in).
+    larger = jnp.sum(predictions > target, axis=1)
+    return valid & jnp.isfinite(target[:, 0]) & (larger < k)
+
+
+@register("InTopK")
+def _in_top_k_op(node):
+    k = node.attr_int("k")
+    return lambda predictions, targets: _in_top_k(predictions, targets, k)
+
+
+@register("InTopKV2")
+def _in_top_k_v2(node):
+    return lambda predictions, targets, k: _in_top_k(predictions, targets, k)
+
+
+# -- fake quantization ----------------------------------------------------------------------------
+
+
+def _fake_quant(x, lo, hi, num_bits: int, narrow: bool):
+    """TF's fake quantization with its zero-point nudging; gradients as TF's straight-through
+    estimator (to x inside [nudged_min, nudged_max], to min below it, to max above it)."""
+    qmin = 1.0 if narrow else 0.0
+    qmax = float(2**num_bits - 1)
+    lo = jnp.asarray(lo, jnp.float32)
+    hi = jnp.asarray(hi, jnp.float32)
+    scale = lax.stop_gradient((hi - lo) / (qmax - qmin))
+    zp_from_min = qmin - lax.stop_gradient(lo) / scale
+    # std::round: halves away from zero (zp_from_min lies in [qmin, qmax] here, so it is >= 0).
+    zp = jnp.where(zp_from_min < qmin, qmin, jnp.where(zp_from_min > qmax, qmax, jnp.floor(zp_from_min + 0.5)))
+    nmin = (qmin - zp) * scale
+    nmax = (qmax - zp) * scale
+    x, nmin, nmax, lo, hi = broadcast_ranks(x, nmin, nmax, lo, hi)
+    below = lo + lax.stop_gradient(nmin - lo)
+    above = hi + lax.stop_gradient(nmax - hi)
+    clamped = jnp.where(x < nmin, below, jnp.where(x > nmax, above, x))
+    inv_scale = 1.0 / scale  # TF multiplies by the inverse scale (matters at exact halves)
+    q = jnp.floor((lax.stop_gradient(clamped) - nmin) * inv_scale + 0.5) * scale + nmin
+    return clamped + lax.stop_gradient(q - clamped)
+
+
+def _fake_quant_attrs(node):
+    return node.attr_int("num_bits", 8), node.attr_bool("narrow_range", False)
+
+
+@register("FakeQuantWithMinMaxArgs")
+def _fake_quant_args(node):
+    lo, hi = node.attr_float("min", -6.0), node.attr_float("max", 6.0)
+    bits, narrow = _fake_quant_attrs(node)
+    return lambda x: _fake_quant(x, np.float32(lo), np.float32(hi), bits, narrow)
+
+
+@register("FakeQuantWithMinMaxVars")
+def _fake_quant_vars(node):
+    bits, narrow = _fake_quant_attrs(node)
+    return lambda x, lo, hi: _fake_quant(x, lo, hi, bits, narrow)
+
+
+@register("FakeQuantWithMinMaxVarsPerChannel")
+def _fake_quant_vars_per_channel(node):
+    bits, narrow = _fake_quant_attrs(node)
+    return lambda x, lo, hi: _fake_quant(x, lo, hi, bits, narrow)

@@ -1,1 +1,459 @@
-"""TODO: op family nn_grad (being written)."""
+"""Gradient ops that `tf.gradients` writes into training graphs (ReluGrad, MaxPoolGrad, ...).
+
+The elementwise ones are their closed-form formulas. The others are the vector-Jacobian product
+of a forward computation written here in JAX (`jax.vjp` of a convolution w.r.t. its filter, of a
+pool w.r.t. its input, ...), which keeps them exact, differentiable again and jit-able. Shapes
+that TF passes as tensors (`filter_sizes`, `orig_input_shape`) must be known at trace time, as
+they are when they come from constants or `Shape` of a static tensor.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jaxmeta._errors import GraphError
+from jaxmeta.ops.registry import broadcast_ranks, register, static
+
+# -- elementwise ----------------------------------------------------------------------------------
+
+
+def _elementwise(f):
+    """Builder for an elementwise `(a, b) -> out` gradient op (TF requires equal shapes)."""
+
+    def build(node):
+        def fn(a, b):
+            a, b = broadcast_ranks(jnp.asarray(a), jnp.asarray(b))
+            return f(a, b)
+
+        return fn
+
+    return build
+
+
+_SELU_SCALE = 1.0507009873554804934193349852946
+_SELU_ALPHA = 1.6732632423543772848170429916717
+
+
+def _zero(x):
+    return jnp.zeros((), x.dtype)
+
+
+# (gradients, features) ops
+register("ReluGrad")(_elementwise(lambda g, x: jnp.where(x > 0, g, _zero(g))))
+register("Relu6Grad")(_elementwise(lambda g, x: jnp.where((x > 0) & (x < 6), g, _zero(g))))
+register("SoftplusGrad")(_elementwise(lambda g, x: g / (jnp.exp(-x) + 1)))
+register("SoftsignGrad")(_elementwise(lambda g, x: g / jnp.square(1 + jnp.abs(x))))
+# (gradients, outputs) ops
+register("EluGrad")(_elementwise(lambda g, y: jnp.where(y < 0, g * (y + 1), g)))
+register("SeluGrad")(
+    _elementwise(lambda g, y: jnp.where(y < 0, g * (y + _SELU_SCALE * _SELU_ALPHA), g * _SELU_SCALE))
+)
+# (y, dy) ops: y is the forward op's output; complex types use the conjugate, as TF does.
+register("TanhGrad")(_elementwise(lambda y, dy: dy * jnp.conj(1 - y * y)))
+register("SigmoidGrad")(_elementwise(lambda y, dy: dy * jnp.conj(y * (1 - y))))
+register("RsqrtGrad")(_elementwise(lambda y, dy: dy * jnp.conj(-0.5 * y * y * y)))
+register("SqrtGrad")(_elementwise(lambda y, dy: dy * 0.5 / jnp.conj(y)))
+register("ReciprocalGrad", "InvGrad")(_elementwise(lambda y, dy: dy * jnp.conj(-y * y)))
+
+
+@register("LeakyReluGrad")
+def _leaky_relu_grad(node):
+    alpha = node.attr_float("alpha", 0.2)
+
+    def fn(g, x):
+        g, x = broadcast_ranks(jnp.asarray(g), jnp.asarray(x))
+        return jnp.where(x > 0, g, g * jnp.asarray(alpha, g.dtype))
+
+    return fn
+
+
+# -- bias -----------------------------------------------------------------------------------------
+
+
+@register("BiasAddGrad", "BiasAddGradV1")
+def _bias_add_grad(node):
+    data_format = "NHWC" if node.type == "BiasAddGradV1" else node.attr_str("data_format", "NHWC")
+    if data_format not in ("NHWC", "NCHW"):
+        raise GraphError(f"node {node.name!r} ({node.type}): unsupported data_format {data_format!r}")
+
+    def fn(g):
+        g = jnp.asarray(g)
+        # BiasAdd's NCHW bias runs along axis 1 (TF's "C" of NC...), for any rank >= 3; a rank-2
+        # input has its channels last in both formats.
+        channel = 1 if data_format == "NCHW" and g.ndim >= 3 else g.ndim - 1
+        return jnp.sum(g, axis=tuple(i for i in range(g.ndim) if i != channel))
+
+    return fn
+
+
+# -- convolutions ---------------------------------------------------------------------------------
+
+
+def _static_shape(node, value, what: str) -> tuple[int, ...]:
+    if not static(value):
+        raise GraphError(
+            f"node {node.name!r} ({node.type}): {what} must be known at trace time (a constant or the "
+            "Shape of a statically shaped tensor), not a traced value"
+        )
+    return tuple(int(d) for d in np.asarray(value).reshape(-1))
+
+
+def _conv_config(node, spatial: int):
+    """(strides, dilations, padding, data_format, channels_first) of a convolution node."""
+    data_format = node.attr_str("data_format", "NHWC" if spatial == 2 else "NDHWC")
+    channels_first = data_format.startswith("NC")
+    if data_format not in ("NHWC", "NCHW", "NDHWC", "NCDHW") or len(data_format) != spatial + 2:
+        raise GraphError(f"node {node.name!r} ({node.type}): unsupported data_format {data_format!r}")
+    sp = slice(2, None) if channels_first else slice(1, -1)
+    strides = node.attr_ints("strides")
+    dilations = node.attr_ints("dilations", [1] * (spatial + 2))
+    if len(strides) != spatial + 2 or len(dilations) != spatial + 2:
+        raise GraphError(f"node {node.name!r} ({node.type}): strides/dilations must have {spatial + 2} entries")
+    padding = _padding(node, spatial, channels_first)
+    return tuple(strides[sp]), tuple(dilations[sp]), padding, data_format, channels_first
+
+
+def _padding(node, spatial: int, channels_first: bool):
+    padding = node.attr_str("padding")
+    if padding in ("SAME", "VALID"):
+        return padding  # lax pads SAME as TF does: the odd element goes after
+    if padding == "EXPLICIT":
+        pads = node.attr_ints("explicit_paddings")
+        pairs = [tuple(pads[2 * i: 2 * i + 2]) for i in range(len(pads) // 2)]
+        return pairs[2:] if channels_first else pairs[1:-1]
+    raise GraphError(f"node {node.name!r} ({node.type}): unsupported padding {padding!r}")
+
+
+def _conv(x, w, strides, dilations, padding, data_format, groups=1):
+    """TF's convolution: `w` is [spatial..., in/groups, out] whatever the data format."""
+    spatial = x.ndim - 2
+    kernel = "HWIO" if spatial == 2 else "DHWIO"
+    return lax.conv_general_dilated(
+        x, w, window_strides=strides, padding=padding, rhs_dilation=dilations,
+        dimension_numbers=(data_format, kernel, data_format), feature_group_count=groups,
+        precision=lax.Precision.HIGHEST,
+    )
+
+
+def _filter_grad(forward, x, filter_shape, dy):
+    """d(sum(dy * forward(x, w)))/dw: the convolution is linear in w, so any point will do."""
+    w0 = jnp.zeros(filter_shape, jnp.result_type(x, dy))
+    _, vjp = jax.vjp(lambda w: forward(x, w), w0)
+    return vjp(jnp.asarray(dy, w0.dtype))[0]
+
+
+@register("Conv2DBackpropFilter", "Conv3DBackpropFilterV2", "Conv3DBackpropFilter")
+def _conv_backprop_filter(node):
+    """dL/dfilter of Conv2D/Conv3D given the input and dL/doutput.
+
+    Conv3DBackpropFilter (V1, deprecated) takes the filter itself instead of its shape.
+    """
+    spatial = 3 if node.type.startswith("Conv3D") else 2
+    strides, dilations, padding, data_format, _ = _conv_config(node, spatial)
+
+    def fn(x, filter_sizes, dy):
+        x = jnp.asarray(x)
+        if node.type == "Conv3DBackpropFilter":
+            shape = tuple(np.shape(filter_sizes))
+        else:
+            shape = _static_shape(node, filter_sizes, "filter_sizes")
+        forward = lambda x, w: _conv(x, w, strides, dilations, padding, data_format)  # noqa: E731
+        return _filter_grad(forward, x, shape, dy)
+
+    return fn
+
+
+@register("DepthwiseConv2dNativeBackpropFilter")
+def _depthwise_backprop_filter(node):
+    """dL/dfilter of DepthwiseConv2dNative; the filter is [H, W, in_channels, multiplier]."""
+    strides, dilations, padding, data_format, channels_first = _conv_config(node, 2)
+
+    def fn(x, filter_sizes, dy):
+        x = jnp.asarray(x)
+        h, w, cin, mult = _static_shape(node, filter_sizes, "filter_sizes")
+
+        def forward(x, f):
+            return _conv(x, f.reshape(h, w, 1, cin * mult), strides, dilations, padding, data_format, groups=cin)
+
+        return _filter_grad(forward, x, (h, w, cin, mult), dy)
+
+    return fn
+
+
+# -- pooling --------------------------------------------------------------------------------------
+
+
+def _pool_config(node, ksize=None, strides=None):
+    """(window, strides, padding) over every axis, in the node's data format."""
+    ksize = list(node.attr_ints("ksize")) if ksize is None else ksize
+    strides = list(node.attr_ints("strides")) if strides is None else strides
+    data_format = node.attr_str("data_format", "NHWC" if len(ksize) == 4 else "NDHWC")
+    padding = node.attr_str("padding")
+    if padding in ("SAME", "VALID"):
+        pads = padding
+    elif padding == "EXPLICIT":
+        flat = node.attr_ints("explicit_paddings")
+        pads = [tuple(flat[2 * i: 2 * i + 2]) for i in range(len(flat) // 2)]
+    else:
+        raise GraphError(f"node {node.name!r} ({node.type}): unsupported padding {padding!r}")
+    # ksize, strides and explicit paddings list every axis in the data format's order, which is
+    # what reduce_window takes, so the format itself only needs checking.
+    if data_format not in ("NHWC", "NCHW", "NDHWC", "NCDHW") or len(ksize) != len(strides):
+        raise GraphError(
+            f"node {node.name!r} ({node.type}): unsupported data_format {data_format!r} or ksize {ksize} / "
+            f"strides {strides}"
+        )
+    return tuple(ksize), tuple(strides), pads
+
+
+def _max_pool(x, window, strides, padding):
+    # NumPy init values let JAX recognize the max/add monoids (and so differentiate the pools).
+    init = -np.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min
+    return lax.reduce_window(x, np.array(init, x.dtype), lax.max, window, strides, padding)
+
+
+def _avg_pool(x, window, strides, padding):
+    """TF's average pool: padded positions are not counted in the divisor."""
+    total = lax.reduce_window(x, np.array(0, x.dtype), lax.add, window, strides, padding)
+    if padding == "VALID":
+        return total / np.prod(window)
+    ones = np.ones(x.shape, np.float32)
+    count = lax.reduce_window(jnp.asarray(ones), np.float32(0), lax.add, window, strides, padding)
+    return total / count.astype(x.dtype)
+
+
+def _max_pool_grad_fn(node, window, strides, padding):
+    def fn(x, _orig_output, dy):
+        # The vjp of max pooling sends each window's gradient to the window's FIRST maximum (XLA's
+        # select-and-scatter keeps the earlier element on ties), as TF's CPU kernel does. The
+        # routing is piecewise constant in x, so no gradient flows back to it.
+        x = lax.stop_gradient(jnp.asarray(x))
+        _, vjp = jax.vjp(lambda v: _max_pool(v, window, strides, padding), x)
+        return vjp(jnp.asarray(dy, x.dtype))[0]
+
+    return fn
+
+
+@register("MaxPoolGrad", "MaxPool3DGrad")
+def _max_pool_grad(node):
+    """MaxPoolGrad(orig_input, orig_output, grad): grad routed to each window's first maximum."""
+    return _max_pool_grad_fn(node, *_pool_config(node))
+
+
+@register("MaxPoolGradV2")
+def _max_pool_grad_v2(node):
+    def fn(x, orig_output, dy, ksize, strides):
+        config = _pool_config(node, list(_static_shape(node, ksize, "ksize")),
+                              list(_static_shape(node, strides, "strides")))
+        return _max_pool_grad_fn(node, *config)(x, orig_output, dy)
+
+    return fn
+
+
+def _window_slices(x, window, strides, padding, fill):
+    """Every window position's strided view of `x`, stacked in row-major window order."""
+    pads = lax.padtype_to_pads(x.shape, window, strides, padding) if isinstance(padding, str) else padding
+    xp = jnp.pad(x, pads, constant_values=fill)
+    out = [(n + lo + hi - w) // s + 1 for n, (lo, hi), w, s in zip(x.shape, pads, window, strides)]
+    views = []
+    for offset in np.ndindex(*window):
+        limit = [o + (m - 1) * s + 1 for o, m, s in zip(offset, out, strides)]
+        views.append(lax.slice(xp, offset, limit, strides))
+    return jnp.stack(views)
+
+
+def _max_pool_grad_grad_fn(node, window, strides, padding):
+    def fn(x, _orig_output, ddx):
+        # Picks, for every window, ddx at the window's FIRST maximum in row-major order, as TF's
+        # kernel does. (The jvp of JAX's max pool breaks ties in an unspecified order, hence the
+        # explicit argmax over the stacked window views.)
+        x = lax.stop_gradient(jnp.asarray(x))
+        low = -np.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min
+        first = jnp.argmax(_window_slices(x, window, strides, padding, low), axis=0)
+        ddx = _window_slices(jnp.asarray(ddx, x.dtype), window, strides, padding, 0)
+        return jnp.take_along_axis(ddx, first[None], axis=0)[0]
+
+    return fn
+
+
+@register("MaxPoolGradGrad", "MaxPool3DGradGrad")
+def _max_pool_grad_grad(node):
+    return _max_pool_grad_grad_fn(node, *_pool_config(node))
+
+
+@register("MaxPoolGradGradV2")
+def _max_pool_grad_grad_v2(node):
+    def fn(x, orig_output, ddx, ksize, strides):
+        config = _pool_config(node, list(_static_shape(node, ksize, "ksize")),
+                              list(_static_shape(node, strides, "strides")))
+        return _max_pool_grad_grad_fn(node, *config)(x, orig_output, ddx)
+
+    return fn
+
+
+@register("AvgPoolGrad", "AvgPool3DGrad")
+def _avg_pool_grad(node):
+    """AvgPoolGrad(orig_input_shape, grad): each window's gradient spread evenly over it."""
+    window, strides, padding = _pool_config(node)
+
+    def fn(orig_input_shape, dy):
+        shape = _static_shape(node, orig_input_shape, "orig_input_shape")
+        dy = jnp.asarray(dy)
+        _, vjp = jax.vjp(lambda v: _avg_pool(v, window, strides, padding), jnp.zeros(shape, dy.dtype))
+        return vjp(dy)[0]
+
+    return fn
+
+
+# -- normalization --------------------------------------------------------------------------------
+
+
+@register("FusedBatchNormGrad", "FusedBatchNormGradV2", "FusedBatchNormGradV3")
+def _fused_batch_norm_grad(node):
+    """(x_backprop, scale_backprop, offset_backprop, 2 unused outputs) of FusedBatchNorm.
+
+    Training mode normalizes with the batch statistics, so the gradient also flows through the
+    mean and variance; they are recomputed from `x` (TF's reserve spaces hold the same batch mean
+    and biased variance on CPU). Inference mode uses the population statistics passed in
+    `reserve_space_1/2` as constants.
+    """
+    epsilon = node.attr_float("epsilon", 1e-4)
+    data_format = node.attr_str("data_format", "NHWC")
+    is_training = node.attr_bool("is_training", True)
+    if data_format not in ("NHWC", "NCHW", "NDHWC", "NCDHW"):
+        raise GraphError(f"node {node.name!r} ({node.type}): unsupported data_format {data_format!r}")
+    channels_first = data_format.startswith("NC")
+
+    def fn(dy, x, scale, mean, variance, *_reserve_space_3):
+        x = jnp.asarray(x)
+        scale = jnp.asarray(scale)
+        u = scale.dtype  # statistics and parameter gradients are in U (float32 for half inputs)
+        axes = tuple(i for i in range(x.ndim) if i != (1 if channels_first else x.ndim - 1))
+
+        def per_channel(v):
+            return v.reshape([-1 if i not in axes else 1 for i in range(x.ndim)])
+
+        def forward(x, scale, offset):
+            xf = x.astype(u)
+            if is_training:
+                m = jnp.mean(xf, axis=axes, keepdims=True)
+                var = jnp.mean(jnp.square(xf - m), axis=axes, keepdims=True)
+            else:
+                m, var = per_channel(jnp.asarray(mean, u)), per_channel(jnp.asarray(variance, u))
+            return (xf - m) * lax.rsqrt(var + epsilon) * per_channel(scale) + per_channel(offset)
+
+        _, vjp = jax.vjp(forward, x, scale, jnp.zeros_like(scale))
+        dx, dscale, doffset = vjp(jnp.asarray(dy, u))
+        empty = jnp.zeros((), u)
+        return dx.astype(x.dtype), dscale, doffset, empty, empty
+
+    return fn
+
+
+@register("LRNGrad")
+def _lrn_grad(node):
+    """LRNGrad(input_grads, input_image, output_image) of local response normalization."""
+    radius = node.attr_int("depth_radius", 5)
+    bias = node.attr_float("bias", 1.0)
+    alpha = node.attr_float("alpha", 1.0)
+    beta = node.attr_float("beta", 0.5)
+
+    def lrn(x):
+        sq = jnp.square(x.astype(jnp.float32))
+        depth = x.shape[-1]
+        pads = [(0, 0)] * (x.ndim - 1) + [(radius, radius)]
+        csum = jnp.cumsum(jnp.pad(sq, pads), axis=-1)
+        csum = jnp.pad(csum, [(0, 0)] * (x.ndim - 1) + [(1, 0)])
+        window = csum[..., 2 * radius + 1: 2 * radius + 1 + depth] - csum[..., :depth]
+        return (x.astype(jnp.float32) * (bias + alpha * window) ** -beta).astype(x.dtype)
+
+    def fn(dy, x, _y):
+        x = jnp.asarray(x)
+        _, vjp = jax.vjp(lrn, x)
+        return vjp(jnp.asarray(dy, x.dtype))[0]
+
+    return fn
+
+
+# -- image resizing -------------------------------------------------------------------------------
+
+
+def _resize_scale(in_size: int, out_size: int, align_corners: bool) -> np.float32:
+    if align_corners and out_size > 1:
+        return np.float32((in_size - 1) / (out_size - 1))
+    return np.float32(in_size / out_size)
+
+
+def _bilinear_weights(in_size, out_size, align_corners, half_pixel):
+    """TF's (lower, upper, lerp) for every output position, computed in float32 as TF does."""
+    scale = _resize_scale(in_size, out_size, align_corners)
+    pos = np.arange(out_size, dtype=np.float32)
+    src = (pos + np.float32(0.5)) * scale - np.float32(0.5) if half_pixel else pos * scale
+    floor = np.floor(src)
+    lower = np.maximum(floor, 0).astype(np.int32)
+    upper = np.minimum(np.ceil(src), in_size - 1).astype(np.int32)
+    return lower, upper, (src - floor).astype(np.float32)
+
+
+def _nearest_index(in_size, out_size, align_corners, half_pixel):
+    scale = _resize_scale(in_size, out_size, align_corners)
+    pos = np.arange(out_size, dtype=np.float32)
+    src = (pos + np.float32(0.5)) * scale if half_pixel else pos * scale
+    # TF rounds half away from zero (roundf) with align_corners and floors otherwise.
+    idx = np.floor(src + np.float32(0.5)) if align_corners else np.floor(src)
+    idx = np.minimum(idx, in_size - 1)
+    if half_pixel:
+        idx = np.maximum(idx, 0)
+    return idx.astype(np.int32)
+
+
+@register("ResizeBilinearGrad")
+def _resize_bilinear_grad(node):
+    """ResizeBilinearGrad(grads, original_image): the transpose of bilinear resizing (NHWC)."""
+    align_corners = node.attr_bool("align_corners", False)
+    half_pixel = node.attr_bool("half_pixel_centers", False)
+
+    def fn(dy, image):
+        dy = jnp.asarray(dy, jnp.float32)
+        _, in_h, in_w, _ = np.shape(image)
+        _, out_h, out_w, _ = dy.shape
+        y0, y1, ly = _bilinear_weights(in_h, out_h, align_corners, half_pixel)
+        x0, x1, lx = _bilinear_weights(in_w, out_w, align_corners, half_pixel)
+
+        def resize(img):
+            top, bottom = img[:, y0], img[:, y1]
+            ly_ = ly[None, :, None, None]
+            lx_ = lx[None, None, :, None]
+
+            def row(r):
+                return r[:, :, x0] + (r[:, :, x1] - r[:, :, x0]) * lx_
+
+            t, b = row(top), row(bottom)
+            return t + (b - t) * ly_
+
+        zeros = jnp.zeros(np.shape(image), jnp.float32)
+        _, vjp = jax.vjp(resize, zeros)
+        return vjp(dy)[0].astype(image.dtype)
+
+    return fn
+
+
+@register("ResizeNearestNeighborGrad")
+def _resize_nearest_grad(node):
+    """ResizeNearestNeighborGrad(grads, size): sums each output pixel's gradient into its source."""
+    align_corners = node.attr_bool("align_corners", False)
+    half_pixel = node.attr_bool("half_pixel_centers", False)
+
+    def fn(dy, size):
+        dy = jnp.asarray(dy)
+        in_h, in_w = _static_shape(node, size, "size")
+        n, out_h, out_w, c = dy.shape
+        iy = _nearest_index(in_h, out_h, align_corners, half_pixel)
+        ix = _nearest_index(in_w, out_w, align_corners, half_pixel)
+        out = jnp.zeros((n, in_h, in_w, c), dy.dtype)
+        return out.at[:, iy[:, None], ix[None, :], :].add(dy)
+
+    return fn

@@ -1,1 +1,481 @@
-"""TODO: op family random (being written)."""
+"""Random ops: stateful draws (keyed per node), the stateless family and candidate samplers.
+
+TensorFlow's random streams (Philox with per-op seeds) cannot be reproduced, so jaxmeta draws from
+JAX's PRNG instead: the *distributions* match TF's, the values do not.
+
+- Stateful ops (`RandomUniform`, `TruncatedNormal`, `Multinomial`, ...) take their key from
+  `ctx.rng(node)`: the call's `key=` folded with the node's name, so results do not depend on
+  evaluation order and differ between nodes. The `seed`/`seed2` attributes are ignored (the call's
+  key plays their role); without a key the interpreter raises a `FeedError`.
+- Stateless ops (`StatelessRandomUniform*`, `StatelessRandom*V2`, ...) derive a JAX key from their
+  seed input deterministically (same seed, same values; traced seeds are fine), but the values
+  differ from TF's Philox streams. `StatelessRandomGetKeyCounter` therefore returns jaxmeta's own
+  encoding of the seed (key = [seed0], counter = [seed1, 0]), which the `*V2` ops decode.
+- Output shapes must be static: the `shape` input has to be known when the graph is traced
+  (a constant or shape arithmetic on static shapes).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxmeta._errors import GraphError
+from jaxmeta.ops.registry import register, static
+
+
+def _dtype(node, attr: str = "dtype", default=None) -> np.dtype:
+    return jax.dtypes.canonicalize_dtype(node.attr_dtype(attr, default))
+
+
+def _shape(node, shape, what: str = "shape") -> tuple[int, ...]:
+    """The static value of a shape input; random ops cannot have data-dependent output shapes."""
+    if not static(shape):
+        raise GraphError(
+            f"node {node.name!r} ({node.type}): its {what} input must be known when the graph is traced "
+            "(a constant or arithmetic on static shapes), but it depends on fed or computed values"
+        )
+    return tuple(int(d) for d in np.reshape(shape, -1))
+
+
+def _scalar_int(node, x, what: str) -> int:
+    if not static(x):
+        raise GraphError(f"node {node.name!r} ({node.type}): {what} must be a constant, not a computed value")
+    return int(np.reshape(x, -1)[0])
+
+
+def _float(x, dtype):
+    return jnp.asarray(x, dtype)
+
+
+# -- stateful draws: keys from ctx.rng(node) -------------------------------------------------------
+
+
+@register("RandomUniform", random=True, context=True)
+def _random_uniform(node):
+    dtype = _dtype(node)
+
+    def fn(ctx, shape):
+        return jax.random.uniform(ctx.rng(node), _shape(node, shape), dtype)
+
+    return fn
+
+
+@register("RandomStandardNormal", random=True, context=True)
+def _random_normal(node):
+    dtype = _dtype(node)
+
+    def fn(ctx, shape):
+        return jax.random.normal(ctx.rng(node), _shape(node, shape), dtype)
+
+    return fn
+
+
+@register("TruncatedNormal", random=True, context=True)
+def _truncated_normal(node):
+    # TF redraws values more than 2 standard deviations from the mean: a normal truncated to [-2, 2].
+    dtype = _dtype(node)
+
+    def fn(ctx, shape):
+        return jax.random.truncated_normal(ctx.rng(node), -2.0, 2.0, _shape(node, shape), dtype)
+
+    return fn
+
+
+@register("RandomUniformInt", random=True, context=True)
+def _random_uniform_int(node):
+    dtype = _dtype(node, "Tout")
+
+    def fn(ctx, shape, minval, maxval):
+        return jax.random.randint(ctx.rng(node), _shape(node, shape), jnp.asarray(minval, dtype),
+                                  jnp.asarray(maxval, dtype), dtype)
+
+    return fn
+
+
+@register("RandomGamma", random=True, context=True)
+def _random_gamma(node):
+    dtype = _dtype(node, "T")
+
+    def fn(ctx, shape, alpha):
+        # Output shape is `shape + alpha.shape`: one draw per alpha for every sample index.
+        out_shape = _shape(node, shape) + tuple(np.shape(alpha))
+        a = jnp.broadcast_to(_float(alpha, dtype), out_shape)
+        return jax.random.gamma(ctx.rng(node), a, out_shape, dtype)
+
+    return fn
+
+
+@register("RandomPoisson", "RandomPoissonV2", random=True, context=True)
+def _random_poisson(node):
+    dtype = _dtype(node, "dtype")
+
+    def fn(ctx, shape, rate):
+        out_shape = _shape(node, shape) + tuple(np.shape(rate))
+        lam = jnp.broadcast_to(jnp.asarray(rate, jnp.float32), out_shape)
+        return jax.random.poisson(ctx.rng(node), lam, out_shape).astype(dtype)
+
+    return fn
+
+
+@register("RandomShuffle", random=True, context=True)
+def _random_shuffle(node):
+    def fn(ctx, value):
+        if np.ndim(value) == 0:
+            return value
+        return jax.random.permutation(ctx.rng(node), jnp.asarray(value), axis=0, independent=False)
+
+    return fn
+
+
+def _categorical(key, node, logits, num_samples, dtype):
+    """`[batch, num_samples]` class indices drawn from each row of `logits`."""
+    n = _scalar_int(node, num_samples, "num_samples")
+    logits = jnp.asarray(logits)
+    draws = jax.random.categorical(key, logits, axis=-1, shape=(n, logits.shape[0]))
+    return draws.T.astype(dtype)
+
+
+@register("Multinomial", random=True, context=True)
+def _multinomial(node):
+    dtype = _dtype(node, "output_dtype", np.int64)
+
+    def fn(ctx, logits, num_samples):
+        return _categorical(ctx.rng(node), node, logits, num_samples, dtype)
+
+    return fn
+
+
+def _param_truncated_normal(key, shape, dtype, means, stdevs, minvals, maxvals):
+    means, stdevs, minvals, maxvals = (_float(p, dtype) for p in (means, stdevs, minvals, maxvals))
+    lower = (minvals - means) / stdevs
+    upper = (maxvals - means) / stdevs
+    z = jax.random.truncated_normal(key, lower, upper, shape, dtype)
+    return means + stdevs * z
+
+
+@register("ParameterizedTruncatedNormal", random=True, context=True)
+def _parameterized_truncated_normal(node):
+    dtype = _dtype(node)
+
+    def fn(ctx, shape, means, stdevs, minvals, maxvals):
+        # Parameters are scalars or one value per batch entry (the first axis of `shape`).
+        out_shape = _shape(node, shape)
+        params = []
+        for p in (means, stdevs, minvals, maxvals):
+            if np.size(p) == 1:
+                params.append(jnp.reshape(_float(p, dtype), ()))
+            else:
+                params.append(jnp.reshape(_float(p, dtype), (-1,) + (1,) * (len(out_shape) - 1)))
+        return _param_truncated_normal(ctx.rng(node), out_shape, dtype, *params)
+
+    return fn
+
+
+# -- stateless ops: keys derived from a seed tensor ------------------------------------------------
+
+
+def _u32(x):
+    """Flat uint32 view of integer seed material (static values wrap modulo 2**32, as traced ones do)."""
+    if static(x):
+        return np.reshape(x, -1).astype(np.int64).astype(np.uint32)
+    return jnp.reshape(x, (-1,)).astype(jnp.uint32)
+
+
+def _key_from_seed(seed):
+    """A JAX key from a `[2]` integer seed (the same seed always gives the same key)."""
+    return jax.random.wrap_key_data(jnp.asarray(_u32(seed)[:2], jnp.uint32), impl="threefry2x32")
+
+
+def _key_from_key_counter(key, counter):
+    """Decodes what `StatelessRandomGetKeyCounter` produced (or any key/counter pair)."""
+    key, counter = jnp.asarray(_u32(key)), jnp.asarray(_u32(counter))
+    k = jax.random.wrap_key_data(jnp.stack([key[0], counter[0]]), impl="threefry2x32")
+    for i in range(1, counter.shape[0]):
+        k = jax.random.fold_in(k, counter[i])
+    return k
+
+
+_PHILOX = np.int32(1)  # TF's RNG_ALG_PHILOX; jaxmeta's streams are its own whatever the value.
+
+
+def _seed_parts(seed):
+    """jaxmeta's key/counter encoding of a seed: key = [seed0], counter = [seed1, 0] (uint64 in TF)."""
+    flat = _u32(seed)
+    if static(seed):
+        return flat[:1].astype(np.uint64), np.array([flat[1], 0], np.uint64)
+    return flat[:1], jnp.stack([flat[1], jnp.uint32(0)])
+
+
+@register("StatelessRandomGetKeyCounter")
+def _get_key_counter(node):
+    return lambda seed: _seed_parts(seed)
+
+
+@register("StatelessRandomGetKeyCounterAlg")
+def _get_key_counter_alg(node):
+    return lambda seed: (*_seed_parts(seed), _PHILOX)
+
+
+@register("StatelessRandomGetAlg")
+def _get_alg(node):
+    return lambda: _PHILOX
+
+
+def _stateless(draw, *, v2: bool):
+    """Builder for a stateless op: `draw(node, key, shape, *params)` once the key is derived."""
+
+    def build(node):
+        if v2:
+
+            def fn(shape, key, counter, alg, *params):
+                return draw(node, _key_from_key_counter(key, counter), _shape(node, shape), *params)
+
+        else:
+
+            def fn(shape, seed, *params):
+                return draw(node, _key_from_seed(seed), _shape(node, shape), *params)
+
+        return fn
+
+    return build
+
+
+def _draw_uniform(node, key, shape):
+    return jax.random.uniform(key, shape, _dtype(node))
+
+
+def _draw_normal(node, key, shape):
+    return jax.random.normal(key, shape, _dtype(node))
+
+
+def _draw_truncated(node, key, shape):
+    return jax.random.truncated_normal(key, -2.0, 2.0, shape, _dtype(node))
+
+
+def _draw_uniform_int(node, key, shape, minval, maxval):
+    dtype = _dtype(node)
+    return jax.random.randint(key, shape, jnp.asarray(minval, dtype), jnp.asarray(maxval, dtype), dtype)
+
+
+def _draw_full_int(node, key, shape):
+    dtype = _dtype(node)
+    unsigned = jnp.dtype(dtype.name.replace("u", "").replace("int", "uint"))
+    bits = jax.random.bits(key, shape, unsigned)
+    return bits if unsigned == dtype else jax.lax.bitcast_convert_type(bits, dtype)
+
+
+def _draw_poisson(node, key, shape, lam):
+    lam = jnp.broadcast_to(jnp.asarray(lam, jnp.float32), shape)
+    return jax.random.poisson(key, lam, shape).astype(_dtype(node))
+
+
+def _draw_gamma(node, key, shape, alpha):
+    dtype = _dtype(node)
+    return jax.random.gamma(key, jnp.broadcast_to(_float(alpha, dtype), shape), shape, dtype)
+
+
+def _draw_binomial(node, key, shape, counts, probs):
+    n = jnp.broadcast_to(jnp.asarray(counts, jnp.float32), shape)
+    p = jnp.broadcast_to(jnp.asarray(probs, jnp.float32), shape)
+    return jax.random.binomial(key, n, p, shape).astype(_dtype(node))
+
+
+def _draw_param_truncated(node, key, shape, means, stddevs, minvals, maxvals):
+    dtype = _dtype(node)
+    params = [jnp.broadcast_to(_float(p, dtype), shape) for p in (means, stddevs, minvals, maxvals)]
+    return _param_truncated_normal(key, shape, dtype, *params)
+
+
+for _v1, _v2, _draw in [
+    ("StatelessRandomUniform", "StatelessRandomUniformV2", _draw_uniform),
+    ("StatelessRandomNormal", "StatelessRandomNormalV2", _draw_normal),
+    ("StatelessTruncatedNormal", "StatelessTruncatedNormalV2", _draw_truncated),
+    ("StatelessRandomUniformInt", "StatelessRandomUniformIntV2", _draw_uniform_int),
+    ("StatelessRandomUniformFullInt", "StatelessRandomUniformFullIntV2", _draw_full_int),
+    ("StatelessRandomGammaV2", "StatelessRandomGammaV3", _draw_gamma),
+]:
+    register(_v1)(_stateless(_draw, v2=False))
+    register(_v2)(_stateless(_draw, v2=True))
+register("StatelessRandomPoisson")(_stateless(_draw_poisson, v2=False))
+register("StatelessRandomBinomial")(_stateless(_draw_binomial, v2=False))
+register("StatelessParameterizedTruncatedNormal")(_stateless(_draw_param_truncated, v2=False))
+
+
+@register("StatelessMultinomial")
+def _stateless_multinomial(node):
+    dtype = _dtype(node, "output_dtype", np.int64)
+
+    def fn(logits, num_samples, seed):
+        return _categorical(_key_from_seed(seed), node, logits, num_samples, dtype)
+
+    return fn
+
+
+# -- candidate samplers (sampled_softmax_loss, nce_loss) -------------------------------------------
+
+
+def _expected_count(p, num_tries, num_sampled: int):
+    """TF's expected count of a class in the sample: `p * n` when every try was kept (always so
+    without `unique`), else `1 - (1 - p)^num_tries`, computed stably."""
+    return jnp.where(num_tries == num_sampled, p * num_sampled, -jnp.expm1(num_tries * jnp.log1p(-p)))
+
+
+def _sample_unique(key, log_p, num_sampled: int):
+    """`num_sampled` distinct classes as TF's rejection sampler draws them, and its number of tries.
+
+    Drawing with replacement and keeping first appearances yields the classes in the order of a
+    Gumbel top-k over `log p`. Given that order, the repeats between the j-th and (j+1)-th new
+    class are geometric with failure probability `P(first j classes)`, so the number of tries TF
+    would have needed is sampled from its exact distribution too.
+    """
+    k_gumbel, k_tries = jax.random.split(key)
+    scores = log_p + jax.random.gumbel(k_gumbel, log_p.shape, log_p.dtype)
+    _, sampled = jax.lax.top_k(scores, num_sampled)
+    covered = jnp.cumsum(jnp.exp(log_p[sampled]))[:-1]
+    u = jax.random.uniform(k_tries, covered.shape, minval=jnp.finfo(jnp.float32).tiny, maxval=1.0)
+    covered = jnp.clip(covered, 0.0, 1.0 - 1e-7)
+    repeats = jnp.floor(jnp.log(u) / jnp.log(covered))
+    num_tries = num_sampled + jnp.sum(jnp.where(covered > 0, repeats, 0.0))
+    return sampled, num_tries
+
+
+def _candidate_sampler(prob, log_prob_all, sample_with_replacement):
+    """Builder for a sampler given `prob(classes)`, `log_prob_all()` (all `range_max` classes) and
+    `sample_with_replacement(key, n)`."""
+
+    def build(node):
+        num_sampled = node.attr_int("num_sampled")
+        unique = node.attr_bool("unique")
+        range_max = node.attr_int("range_max")
+        if unique and num_sampled > range_max:
+            raise GraphError(
+                f"node {node.name!r} ({node.type}): unique sampling of num_sampled={num_sampled} "
+                f"classes out of range_max={range_max} is impossible"
+            )
+
+        def fn(ctx, true_classes):
+            key = ctx.rng(node)
+            if unique:
+                sampled, num_tries = _sample_unique(key, log_prob_all(node), num_sampled)
+            else:
+                sampled, num_tries = sample_with_replacement(node, key, num_sampled), float(num_sampled)
+            true_p = prob(node, jnp.asarray(true_classes))
+            sampled_p = prob(node, sampled)
+            return (
+                sampled.astype(jax.dtypes.canonicalize_dtype(np.int64)),
+                _expected_count(true_p, num_tries, num_sampled).astype(jnp.float32),
+                _expected_count(sampled_p, num_tries, num_sampled).astype(jnp.float32),
+            )
+
+        return fn
+
+    return build
+
+
+def _uniform_prob(node, classes):
+    return jnp.full(jnp.shape(classes), 1.0 / node.attr_int("range_max"), jnp.float32)
+
+
+def _uniform_log_prob_all(node):
+    n = node.attr_int("range_max")
+    return jnp.full((n,), -np.log(n), jnp.float32)
+
+
+def _uniform_draw(node, key, n):
+    return jax.random.randint(key, (n,), 0, node.attr_int("range_max"))
+
+
+def _log_uniform_prob(node, classes):
+    # P(class) = log((class + 2) / (class + 1)) / log(range_max + 1): Zipf-like, class 0 most likely.
+    c = jnp.asarray(classes).astype(jnp.float32)
+    return jnp.log((c + 2.0) / (c + 1.0)) / np.log1p(node.attr_int("range_max"))
+
+
+def _log_uniform_log_prob_all(node):
+    return jnp.log(_log_uniform_prob(node, jnp.arange(node.attr_int("range_max"))))
+
+
+def _log_uniform_draw(node, key, n):
+    range_max = node.attr_int("range_max")
+    u = jax.random.uniform(key, (n,))
+    value = jnp.floor(jnp.exp(u * np.log1p(range_max))).astype(jnp.int32) - 1
+    return jnp.mod(value, range_max)
+
+
+register("UniformCandidateSampler", random=True, context=True)(
+    _candidate_sampler(_uniform_prob, _uniform_log_prob_all, _uniform_draw))
+register("LogUniformCandidateSampler", random=True, context=True)(
+    _candidate_sampler(_log_uniform_prob, _log_uniform_log_prob_all, _log_uniform_draw))
+
+
+def _unigram_probs(node) -> np.ndarray:
+    """Class probabilities of a FixedUnigramCandidateSampler from its `unigrams` attribute."""
+    if node.attr_str("vocab_file", ""):
+        raise GraphError(f"node {node.name!r} ({node.type}): vocab_file is not supported (jaxmeta reads no "
+                         "files); pass the counts through the `unigrams` attribute instead")
+    if node.attr_int("num_shards", 1) != 1:
+        raise GraphError(f"node {node.name!r} ({node.type}): num_shards != 1 is not supported")
+    unigrams = np.asarray(node.attr_floats("unigrams", []), np.float64)
+    reserved = node.attr_int("num_reserved_ids", 0)
+    weights = np.concatenate([np.zeros(reserved), unigrams ** node.attr_float("distortion", 1.0)])
+    if weights.size != node.attr_int("range_max"):
+        raise GraphError(f"node {node.name!r} ({node.type}): num_reserved_ids + len(unigrams) = "
+                         f"{weights.size} differs from range_max = {node.attr_int('range_max')}")
+    return (weights / weights.sum()).astype(np.float32)
+
+
+def _unigram_prob(node, classes):
+    return jnp.asarray(_unigram_probs(node))[classes]
+
+
+def _unigram_log_prob_all(node):
+    return jnp.log(jnp.asarray(_unigram_probs(node)))
+
+
+def _unigram_draw(node, key, n):
+    return jax.random.categorical(key, _unigram_log_prob_all(node), shape=(n,))
+
+
+register("FixedUnigramCandidateSampler", random=True, context=True)(
+    _candidate_sampler(_unigram_prob, _unigram_log_prob_all, _unigram_draw))
+
+
+@register("AllCandidateSampler")
+def _all_candidate_sampler(node):
+    # Samples every class 0..num_sampled-1 exactly once: deterministic, no key needed.
+    num_sampled = node.attr_int("num_sampled")
+
+    def fn(true_classes):
+        return (
+            np.arange(num_sampled, dtype=np.int64),
+            np.ones(np.shape(true_classes), np.float32),
+            np.ones((num_sampled,), np.float32),
+        )
+
+    return fn
+
+
+@register("ComputeAccidentalHits")
+def _compute_accidental_hits(node):
+    """Marks sampled candidates that equal one of a row's true classes.
+
+    TF returns only the hits (a data-dependent count). jaxmeta returns every (row, sample) pair,
+    with weight -FLT_MAX for hits and 0 otherwise. `sampled_softmax_loss`/`nce_loss` scatter these
+    with `SparseToDense(default_value=0)` and add the result to the logits, which is then exactly
+    TF's result, while the output sizes stay static.
+    """
+    num_true = node.attr_int("num_true")
+
+    def fn(true_classes, sampled):
+        true_classes = jnp.reshape(jnp.asarray(true_classes), (-1, num_true))
+        sampled = jnp.asarray(sampled)
+        batch, n = true_classes.shape[0], sampled.shape[0]
+        hit = jnp.any(true_classes[:, :, None] == sampled[None, None, :], axis=1)
+        weights = jnp.where(hit, -np.finfo(np.float32).max, 0.0).astype(jnp.float32)
+        rows = jnp.repeat(jnp.arange(batch, dtype=jnp.int32), n)
+        ids = jnp.tile(jnp.arange(n), batch).astype(jax.dtypes.canonicalize_dtype(np.int64))
+        return rows, ids, jnp.reshape(weights, (-1,))
+
+    return fn

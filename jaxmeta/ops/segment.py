@@ -1,1 +1,477 @@
-"""TODO: op family segment (being written)."""
+"""Segment reductions, sparse-segment ops, stitch/partition, unique, top-k and small sparse ops.
+
+Many of these ops have *data-dependent output sizes* in TensorFlow, which XLA cannot express.
+jaxmeta's policy, op by op:
+
+- `Segment{Sum,Mean,Max,Min,Prod}` (sorted ids): the output has `max(ids) + 1` rows. The ids must
+  be known when the graph is traced (constants) or be concrete (running without `jax.jit`); traced
+  ids raise a `GraphError`. `UnsortedSegment*`, `SegmentSumV2` etc. take `num_segments` as an input,
+  which must be static.
+- `DynamicStitch`: output size `max(indices) + 1`, so the indices must be static or concrete (in
+  gradient graphs they come from `Range`/`Shape` and are static). `DynamicPartition`: the
+  partitions must be static or concrete. Both therefore work under `jax.jit` only when those
+  inputs are constants; `embedding_lookup` over a partitioned variable with fed ids runs
+  without jit (and under `jax.grad` w.r.t. the embeddings), not under jit.
+- `Unique`, `UniqueV2`, `UniqueWithCounts`: with static input the result is TF's exactly. With a
+  traced input the outputs are padded to the input's length so they stay jit-able: `y[:k]` are
+  the k unique values in order of first appearance and `idx` is exact (so `y[idx] == x`), while
+  the padded entries `y[k:]` hold distinct out-of-range values (the dtype's max, max - 1, ...; NaN
+  for floats) and `count[k:] == 0`. Scatters drop out-of-range indices, so the TF pattern
+  `Unique -> UnsortedSegmentSum(num_segments=Shape(y)[0]) -> Scatter*/SparseApply*` (how TF's
+  optimizers sum duplicate embedding gradients) updates exactly the rows TF updates.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxmeta._errors import GraphError
+from jaxmeta.ops.registry import register, static
+
+# -- helpers ----------------------------------------------------------------------------------------
+
+
+def _concrete(x):
+    """`x` as a NumPy array when its value is known now (static, or eager outside `jax.jit`)."""
+    if static(x):
+        return np.asarray(x)
+    if isinstance(x, jax.core.Tracer):
+        return None
+    return np.asarray(x)
+
+
+def _need_concrete(node, x, what: str, why: str) -> np.ndarray:
+    value = _concrete(x)
+    if value is None:
+        raise GraphError(
+            f"node {node.name!r} ({node.type}): {what} is traced, but {why}, which XLA (jax.jit) cannot "
+            f"express. Make {what} a constant of the graph, or run this graph without jax.jit."
+        )
+    return value
+
+
+def _static_int(node, x, what: str) -> int:
+    if not static(x):
+        raise GraphError(
+            f"node {node.name!r} ({node.type}): {what} sets an output size and must be known when the "
+            "graph is traced (a constant or arithmetic on static shapes), not a fed or computed value"
+        )
+    return int(np.reshape(x, -1)[0])
+
+
+def _lowest(dtype):
+    return np.finfo(dtype).min if jnp.issubdtype(dtype, jnp.inexact) else np.iinfo(dtype).min
+
+
+def _highest(dtype):
+    return np.finfo(dtype).max if jnp.issubdtype(dtype, jnp.inexact) else np.iinfo(dtype).max
+
+
+def _segment_reduce(kind: str, data, ids, num_segments: int, *, sorted_ids: bool, empty=None):
+    """Reduces `data` over segments; `ids` is a prefix of `data`'s shape. Ids outside
+    `[0, num_segments)` are dropped, as TF's unsorted ops drop negative ids.
+
+    Args:
+        kind: "sum", "mean", "sqrtn", "prod", "max" or "min".
+        empty: the value of empty segments for max/min (default: the reduction's identity).
+    """
+    data = jnp.asarray(data)
+    ids = jnp.asarray(ids).astype(jnp.int32)
+    flat_ids = jnp.reshape(ids, (-1,))
+    flat = jnp.reshape(data, (flat_ids.shape[0],) + data.shape[ids.ndim:])
+    kwargs = dict(num_segments=num_segments, indices_are_sorted=sorted_ids)
+    if kind in ("sum", "mean", "sqrtn"):
+        out = jax.ops.segment_sum(flat, flat_ids, **kwargs)
+    elif kind == "prod":
+        out = _segment_prod(flat, flat_ids, num_segments, sorted_ids)
+    else:
+        out = (jax.ops.segment_max if kind == "max" else jax.ops.segment_min)(flat, flat_ids, **kwargs)
+    if kind in ("mean", "sqrtn") or (kind in ("max", "min") and empty is not None):
+        count = jax.ops.segment_sum(jnp.ones(flat_ids.shape, jnp.int32), flat_ids, **kwargs)
+        count = jnp.reshape(count, count.shape + (1,) * (out.ndim - 1))
+        if kind == "mean":
+            denom = jnp.maximum(count, 1).astype(out.dtype)
+            # Integer means truncate, as TF's kernel divides in the element type.
+            out = jax.lax.div(out, denom) if jnp.issubdtype(out.dtype, jnp.integer) else out / denom
+        elif kind == "sqrtn":
+            out = jnp.where(count > 0, out / jnp.sqrt(jnp.maximum(count, 1).astype(out.dtype)), 0)
+        else:
+            out = jnp.where(count > 0, out, jnp.asarray(empty, out.dtype))
+    return out
+
+
+def _segment_prod(flat, ids, num_segments: int, sorted_ids: bool):
+    """Segment product as a segmented scan (differentiable, unlike a scatter-multiply in JAX);
+    empty segments are 1."""
+    if flat.shape[0] == 0:
+        return jnp.ones((num_segments,) + flat.shape[1:], flat.dtype)
+    order = jnp.arange(ids.shape[0]) if sorted_ids else jnp.argsort(ids, stable=True)
+    values, seg = jnp.take(flat, order, axis=0), ids[order]
+    starts = jnp.concatenate([jnp.ones((1,), bool), seg[1:] != seg[:-1]])
+    starts = jnp.reshape(starts, starts.shape + (1,) * (flat.ndim - 1))
+
+    def combine(a, b):
+        (a_value, a_start), (b_value, b_start) = a, b
+        return jnp.where(b_start, b_value, a_value * b_value), a_start | b_start
+
+    running, _ = jax.lax.associative_scan(combine, (values, starts))
+    last = jax.ops.segment_max(jnp.arange(seg.shape[0]), seg, num_segments)  # each segment's end
+    present = jnp.reshape(last >= 0, (num_segments,) + (1,) * (flat.ndim - 1))
+    return jnp.where(present, jnp.take(running, jnp.clip(last, 0), axis=0), jnp.ones((), flat.dtype))
+
+
+# -- segment reductions ----------------------------------------------------------------------------
+
+_KINDS = {"Sum": "sum", "Mean": "mean", "Max": "max", "Min": "min", "Prod": "prod"}
+
+
+@register("SegmentSum", "SegmentMean", "SegmentMax", "SegmentMin", "SegmentProd")
+def _segment(node):
+    """Sorted segment reduction; output rows = max(ids) + 1 (empty segments are 0, as TF)."""
+    kind = _KINDS[node.type.removeprefix("Segment")]
+
+    def fn(data, ids):
+        value = _need_concrete(node, ids, "segment_ids", "the number of segments (max id + 1) sizes the output")
+        n = int(value.max()) + 1 if value.size else 0
+        # TF's sorted SegmentMax/Min give 0 for empty segments (the unsorted ops give lowest/highest).
+        return _segment_reduce(kind, data, ids, n, sorted_ids=True, empty=0 if kind in ("max", "min") else None)
+
+    return fn
+
+
+@register("SegmentSumV2", "SegmentMaxV2", "SegmentMinV2", "SegmentProdV2")
+def _segment_v2(node):
+    kind = _KINDS[node.type.removeprefix("Segment").removesuffix("V2")]
+
+    def fn(data, ids, num_segments):
+        n = _static_int(node, num_segments, "num_segments")
+        empty = {"max": lambda d: _lowest(d), "min": lambda d: _highest(d)}.get(kind)
+        return _segment_reduce(kind, data, ids, n, sorted_ids=True,
+                               empty=None if empty is None else empty(jnp.result_type(data)))
+
+    return fn
+
+
+@register("UnsortedSegmentSum", "UnsortedSegmentMax", "UnsortedSegmentMin", "UnsortedSegmentProd")
+def _unsorted_segment(node):
+    """Unsorted segment reduction with a static `num_segments`; negative ids are dropped.
+
+    Empty segments: 0 for sums, 1 for products, the dtype's lowest value for max and highest for
+    min (TF's `numeric_limits<T>::lowest()`/`max()`, not +-inf).
+    """
+    kind = _KINDS[node.type.removeprefix("UnsortedSegment")]
+
+    def fn(data, ids, num_segments):
+        n = _static_int(node, num_segments, "num_segments")
+        dtype = jnp.result_type(data)
+        empty = {"max": _lowest, "min": _highest}.get(kind)
+        return _segment_reduce(kind, data, ids, n, sorted_ids=False,
+                               empty=None if empty is None else empty(dtype))
+
+    return fn
+
+
+# -- sparse segments (embedding combiners) ---------------------------------------------------------
+
+
+@register("SparseSegmentSum", "SparseSegmentMean", "SparseSegmentSqrtN",
+          "SparseSegmentSumWithNumSegments", "SparseSegmentMeanWithNumSegments",
+          "SparseSegmentSqrtNWithNumSegments")
+def _sparse_segment(node):
+    """`output[s] = reduce(data[indices[j]] for j with segment_ids[j] == s)`; empty segments are 0."""
+    base = node.type.removeprefix("SparseSegment").removesuffix("WithNumSegments")
+    kind = {"Sum": "sum", "Mean": "mean", "SqrtN": "sqrtn"}[base]
+    with_num = node.type.endswith("WithNumSegments")
+
+    def fn(data, indices, segment_ids, num_segments=None):
+        if with_num:
+            n = _static_int(node, num_segments, "num_segments")
+        else:
+            value = _need_concrete(node, segment_ids, "segment_ids",
+                                   "the number of segments (max id + 1) sizes the output")
+            n = int(value.max()) + 1 if value.size else 0
+        gathered = jnp.take(jnp.asarray(data), jnp.asarray(indices).astype(jnp.int32), axis=0)
+        return _segment_reduce(kind, gathered, segment_ids, n, sorted_ids=True)
+
+    return fn
+
+
+@register("SparseSegmentSumGrad", "SparseSegmentMeanGrad", "SparseSegmentSqrtNGrad")
+def _sparse_segment_grad(node):
+    """Gradient of SparseSegment{Sum,Mean,SqrtN} w.r.t. data: scatters `grad[segment_ids]`
+    (scaled by 1/count or 1/sqrt(count)) into `output_dim0` rows at `indices`."""
+    kind = node.type.removeprefix("SparseSegment").removesuffix("Grad")
+
+    def fn(grad, indices, segment_ids, output_dim0):
+        n = _static_int(node, output_dim0, "output_dim0")
+        grad = jnp.asarray(grad)
+        segment_ids = jnp.asarray(segment_ids).astype(jnp.int32)
+        rows = jnp.take(grad, segment_ids, axis=0)
+        if kind != "Sum":
+            count = jax.ops.segment_sum(jnp.ones(segment_ids.shape, grad.dtype), segment_ids, grad.shape[0])
+            scale = 1.0 / (count if kind == "Mean" else jnp.sqrt(count))
+            scale = jnp.take(scale, segment_ids)
+            rows = rows * jnp.reshape(scale, scale.shape + (1,) * (rows.ndim - 1))
+        out = jnp.zeros((n,) + grad.shape[1:], grad.dtype)
+        return out.at[jnp.asarray(indices).astype(jnp.int32)].add(rows)
+
+    return fn
+
+
+# -- stitch and partition --------------------------------------------------------------------------
+
+
+@register("DynamicStitch", "ParallelDynamicStitch")
+def _dynamic_stitch(node):
+    """Interleaves `data[m]` into rows `indices[m]`; a later (m, i) wins over an earlier one.
+
+    The output has `max(indices) + 1` rows, so the indices must be static (as in gradient graphs,
+    where they come from Range/Shape) or concrete (no jit). TF's ParallelDynamicStitch leaves the
+    winner of a duplicated index unspecified; jaxmeta applies the same last-wins rule to both.
+    """
+
+    def fn(*args):
+        n = len(args) // 2
+        indices, data = args[:n], args[n:]
+        idx = [_need_concrete(node, i, "indices", "the output size (max index + 1) depends on them")
+               for i in indices]
+        flat_idx = np.concatenate([np.reshape(i, -1) for i in idx]).astype(np.int64)
+        size = int(flat_idx.max()) + 1 if flat_idx.size else 0
+        tail = tuple(np.shape(data[0]))[np.ndim(idx[0]):]
+        if static(*data):
+            out = np.zeros((size,) + tail, np.result_type(*data))
+            for i, d in zip(idx, data):
+                out[np.reshape(i, -1)] = np.reshape(d, (-1,) + tail)
+            return out
+        flat_data = jnp.concatenate([jnp.reshape(jnp.asarray(d), (-1,) + tail) for d in data])
+        winner = np.full((size,), -1, np.int64)
+        winner[flat_idx] = np.arange(flat_idx.size)  # NumPy assignment: the last write wins
+        rows = jnp.take(flat_data, np.maximum(winner, 0), axis=0)
+        filled = np.reshape(winner >= 0, (size,) + (1,) * len(tail))
+        return jnp.where(filled, rows, jnp.zeros((), flat_data.dtype))
+
+    return fn
+
+
+@register("DynamicPartition")
+def _dynamic_partition(node):
+    """Splits `data` into `num_partitions` outputs by `partitions` (a prefix of data's shape).
+
+    The output sizes are the partitions' counts, so `partitions` must be static or concrete;
+    with traced partitions (e.g. fed ids under jax.jit) a GraphError explains the limitation.
+    """
+    num = node.attr_int("num_partitions")
+
+    def fn(data, partitions):
+        parts = _need_concrete(node, partitions, "partitions", "each output's size is a count of its values")
+        flat_parts = np.reshape(parts, -1)
+        shape = tuple(np.shape(data))
+        tail = shape[np.ndim(parts):]
+        if static(data):
+            flat = np.reshape(data, (-1,) + tail)
+            return tuple(flat[flat_parts == p] for p in range(num))
+        flat = jnp.reshape(jnp.asarray(data), (-1,) + tail)
+        return tuple(jnp.take(flat, np.nonzero(flat_parts == p)[0], axis=0) for p in range(num))
+
+    return fn
+
+
+# -- unique ------------------------------------------------------------------------------------------
+
+
+def _unique_static(rows: np.ndarray):
+    """Exact TF semantics on a NumPy `[n, m]` array: unique rows in order of first appearance."""
+    _, first, inverse, counts = np.unique(rows, axis=0, return_index=True, return_inverse=True,
+                                          return_counts=True)
+    order = np.argsort(first, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    return rows[first[order]], rank[np.reshape(inverse, -1)], counts[order]
+
+
+def _unique_traced(rows):
+    """Padded, jit-able unique on a `[n, m]` array (see the module docstring)."""
+    n = rows.shape[0]
+    keys = [rows[:, j] for j in range(rows.shape[1] - 1, -1, -1)]
+    order = jnp.lexsort(keys) if len(keys) > 1 else jnp.argsort(keys[0], stable=True)
+    sorted_rows = rows[order]
+    new_group = jnp.concatenate([jnp.ones((1,), bool), jnp.any(sorted_rows[1:] != sorted_rows[:-1], axis=1)])
+    group_sorted = jnp.cumsum(new_group) - 1
+    # The sort is stable, so a group's first element in sorted order is its first appearance.
+    first_pos = jnp.full((n,), n, jnp.int32).at[group_sorted].min(order.astype(jnp.int32))
+    by_appearance = jnp.argsort(first_pos, stable=True)
+    rank = jnp.zeros((n,), jnp.int32).at[by_appearance].set(jnp.arange(n, dtype=jnp.int32))
+    group = jnp.zeros((n,), jnp.int32).at[order].set(group_sorted.astype(jnp.int32))
+    idx = rank[group]
+    k = jnp.sum(new_group)
+    slot = jnp.arange(n)
+    y = rows[jnp.clip(first_pos[by_appearance], 0, n - 1)]
+    if jnp.issubdtype(rows.dtype, jnp.inexact):
+        fill = jnp.full((n,), jnp.nan, rows.dtype)
+    elif rows.dtype == jnp.bool_:
+        fill = jnp.zeros((n,), rows.dtype)
+    else:
+        fill = (np.iinfo(rows.dtype).max - slot).astype(rows.dtype)  # distinct, out of range of any table
+    y = jnp.where((slot < k)[:, None], y, fill[:, None])
+    counts = jax.ops.segment_sum(jnp.ones((n,), jnp.int32), idx, n)
+    return y, idx, counts
+
+
+@register("Unique", "UniqueV2", "UniqueWithCounts", "UniqueWithCountsV2")
+def _unique(node):
+    """Unique values (or slices along `axis` for the V2 ops) in order of first appearance."""
+    idx_dtype = jax.dtypes.canonicalize_dtype(node.attr_dtype("out_idx", np.int32))
+    with_counts = node.type.startswith("UniqueWithCounts")
+    with_axis = node.type.endswith("V2")
+
+    def fn(x, axis=None):
+        x_shape = tuple(np.shape(x))
+        if with_axis:
+            ax = np.reshape(_static_axis(node, axis), -1)
+            a = int(ax[0]) % max(len(x_shape), 1) if ax.size else 0
+        else:
+            a = 0
+        if with_axis and np.size(axis) == 0:
+            x = np.reshape(x, -1) if static(x) else jnp.reshape(x, (-1,))
+            x_shape = tuple(np.shape(x))
+        xp = np if static(x) else jnp
+        moved = xp.moveaxis(x, a, 0) if x_shape else xp.reshape(x, (1,))
+        rows = xp.reshape(moved, (moved.shape[0], -1))
+        if static(x):
+            y, idx, counts = _unique_static(np.asarray(rows))
+            y_rows = y
+        else:
+            y_rows, idx, counts = _unique_traced(rows)
+        y = xp.moveaxis(xp.reshape(y_rows, (y_rows.shape[0],) + moved.shape[1:]), 0, a)
+        idx, counts = idx.astype(idx_dtype), counts.astype(idx_dtype)
+        return (y, idx, counts) if with_counts else (y, idx)
+
+    return fn
+
+
+def _static_axis(node, axis):
+    if not static(axis):
+        raise GraphError(f"node {node.name!r} ({node.type}): axis must be a constant")
+    return np.asarray(axis)
+
+
+# -- top-k -------------------------------------------------------------------------------------------
+
+
+@register("TopKV2", "TopK")
+def _top_k(node):
+    """The k largest entries along the last axis, sorted (TF's `sorted=False` leaves the order
+    unspecified, so sorted output is valid for it too); ties go to the lower index, as in TF."""
+    index_dtype = jax.dtypes.canonicalize_dtype(node.attr_dtype("index_type", np.int32))
+    k_attr = node.attr_int("k") if node.type == "TopK" else None
+
+    def fn(x, k=None):
+        kk = k_attr if k_attr is not None else _static_int(node, k, "k")
+        values, indices = jax.lax.top_k(jnp.asarray(x), kk)
+        return values, indices.astype(index_dtype)
+
+    return fn
+
+
+# -- small sparse ops --------------------------------------------------------------------------------
+
+
+@register("SparseToDense")
+def _sparse_to_dense(node):
+    """Scatters `sparse_values` into a dense `output_shape` array filled with `default_value`.
+
+    `validate_indices=True` makes TF reject unsorted or repeated indices at run time; checking
+    traced values would need a host round trip, so jaxmeta does not check them (as for Assert).
+    """
+
+    def fn(indices, output_shape, values, default):
+        shape = tuple(int(d) for d in np.reshape(_static_shape(node, output_shape), -1))
+        rank = len(shape)
+        if static(indices, values, default):
+            idx = np.reshape(np.asarray(indices, np.int64), (-1, rank))
+            out = np.full(shape, default, np.asarray(values).dtype)
+            out[tuple(idx.T)] = values
+            return out
+        idx = jnp.reshape(jnp.asarray(indices).astype(jnp.int32), (-1, rank))
+        values = jnp.asarray(values)
+        out = jnp.full(shape, default, values.dtype)
+        return out.at[tuple(idx.T)].set(jnp.broadcast_to(values, idx.shape[:1]))
+
+    return fn
+
+
+def _static_shape(node, shape):
+    if not static(shape):
+        raise GraphError(f"node {node.name!r} ({node.type}): the dense shape must be known when the graph is "
+                         "traced (a constant or arithmetic on static shapes)")
+    return np.asarray(shape)
+
+
+@register("SparseReshape")
+def _sparse_reshape(node):
+    """Re-indexes a SparseTensor for a new dense shape (shapes static, one -1 inferred)."""
+
+    def fn(indices, input_shape, new_shape):
+        old = np.reshape(_static_shape(node, input_shape), -1).astype(np.int64)
+        new = np.reshape(_static_shape(node, new_shape), -1).astype(np.int64)
+        if (new == -1).sum() > 1:
+            raise GraphError(f"node {node.name!r} (SparseReshape): at most one dimension may be -1")
+        if (new == -1).any():
+            known = int(np.prod(new[new != -1]))
+            new[new == -1] = int(np.prod(old)) // known if known else 0
+        if int(np.prod(new)) != int(np.prod(old)):
+            raise GraphError(f"node {node.name!r} (SparseReshape): cannot reshape {old.tolist()} to {new.tolist()}")
+        old_strides = np.concatenate([np.cumprod(old[::-1])[::-1][1:], [1]]).astype(np.int64)
+        new_strides = np.concatenate([np.cumprod(new[::-1])[::-1][1:], [1]]).astype(np.int64)
+        if static(indices):
+            linear = np.reshape(indices, (-1, old.size)).astype(np.int64) @ old_strides
+            return (linear[:, None] // new_strides) % np.maximum(new, 1), new
+        idx = jnp.reshape(jnp.asarray(indices), (-1, old.size)).astype(jnp.int32)
+        linear = idx @ jnp.asarray(old_strides, jnp.int32)
+        out = (linear[:, None] // jnp.asarray(new_strides, jnp.int32)) % jnp.asarray(np.maximum(new, 1), jnp.int32)
+        return out, new
+
+    return fn
+
+
+@register("SparseTensorDenseMatMul")
+def _sparse_dense_matmul(node):
+    """`A @ B` with A given as (indices, values, dense shape); repeated indices add up, as in TF."""
+    adjoint_a = node.attr_bool("adjoint_a", False)
+    adjoint_b = node.attr_bool("adjoint_b", False)
+
+    def fn(indices, values, a_shape, b):
+        shape = np.reshape(_static_shape(node, a_shape), -1)
+        idx = jnp.asarray(indices).astype(jnp.int32)
+        rows, cols = idx[:, 0], idx[:, 1]
+        values = jnp.asarray(values)
+        b = jnp.asarray(b)
+        if adjoint_a:
+            rows, cols, values = cols, rows, jnp.conj(values)
+        if adjoint_b:
+            b = jnp.conj(b.T)
+        out_rows = int(shape[1] if adjoint_a else shape[0])
+        products = values[:, None] * jnp.take(b, cols, axis=0)
+        return jax.ops.segment_sum(products, rows, out_rows)
+
+    return fn
+
+
+@register("HistogramFixedWidth")
+def _histogram_fixed_width(node):
+    """Counts of `values` in `nbins` equal bins over `value_range`; outliers go to the end bins."""
+    dtype = jax.dtypes.canonicalize_dtype(node.attr_dtype("dtype", np.int32))
+
+    def fn(values, value_range, nbins):
+        n = _static_int(node, nbins, "nbins")
+        values = jnp.reshape(jnp.asarray(values), (-1,))
+        value_range = jnp.asarray(value_range)
+        lo, hi = value_range[0], value_range[1]
+        step = (hi - lo) / n
+        # Computed in floating point, as TF's kernel does, then clamped into [0, nbins - 1].
+        index = jnp.clip(jnp.floor((values - lo) / step), 0, n - 1).astype(jnp.int32)
+        return jax.ops.segment_sum(jnp.ones(index.shape, dtype), index, n)
+
+    return fn

@@ -1,0 +1,472 @@
+"""`Saver`: restores and saves a graph's variables the way its own TF1 Saver subgraph does.
+
+The mapping from checkpoint keys to variables is read from the graph, never guessed from names:
+from the SaverDef's restore op, walk back to the RestoreV2 / RestoreSlice / Restore nodes, read their
+`tensor_names` and `shape_and_slices` constants, and follow each restored output (through Identity)
+to the Assign / AssignVariableOp it feeds and that op's variable. Savers built with a dict
+`var_list`, several savers in one graph, partitioned variables (each part restores its slice of the
+saved tensor) and resource variables all come out right. Saving uses the keys of the save subgraph
+(SaveV2 / SaveSlices / Save) the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxmeta import _dtypes
+from jaxmeta._errors import CheckpointError, GraphError, PrecisionError
+from jaxmeta._graph import VARIABLE_OPS, Graph, Node, TensorRef
+from jaxmeta.checkpoint import _slices
+from jaxmeta.checkpoint._reader import CheckpointReader
+from jaxmeta.checkpoint._state import latest_checkpoint, write_state
+from jaxmeta.checkpoint._writer import SliceValue, write_checkpoint
+from jaxmeta.proto import saver_pb2
+
+_PASS_THROUGH = frozenset({"Identity", "Snapshot", "ReadVariableOp", "RefIdentity", "StopGradient"})
+_RESTORE_OPS = frozenset({"RestoreV2", "RestoreSlice", "Restore"})
+_SAVE_OPS = frozenset({"SaveV2", "SaveSlices", "Save"})
+
+
+@dataclasses.dataclass(frozen=True)
+class SaveSpec:
+    """One checkpoint tensor restored into (or saved from) one variable, or a slice of it.
+
+    Attributes:
+        key: the checkpoint key.
+        variable: the variable op's name (the key of the variables dict).
+        shape_and_slice: `""` for a whole tensor, else TF's `"10 4 0,5:0,4"` (full shape, slice).
+        dtype: the DataType enum the graph restores or saves it as.
+    """
+
+    key: str
+    variable: str
+    shape_and_slice: str
+    dtype: int
+
+
+class Saver:
+    """Restores and saves the variables of an imported graph through one of its TF1 Savers.
+
+    Args:
+        graph: the imported graph.
+        saver_def: which saver to use (a jaxmeta or TF SaverDef message); the graph's own
+            (`graph.saver_def`, from the MetaGraphDef) by default.
+
+    Raises:
+        GraphError: when the graph has no SaverDef, or its restore subgraph cannot be read.
+
+    Example:
+        >>> g = jaxmeta.import_meta_graph("train/model.ckpt-1000.meta")
+        >>> variables = g.saver.restore("train/model.ckpt-1000")
+        >>> g.saver.save(variables, "out/model.ckpt", global_step=1001)
+        'out/model.ckpt-1001'
+    """
+
+    def __init__(self, graph: Graph, saver_def: Any = None):
+        self.graph = graph
+        if saver_def is None:
+            saver_def = graph.saver_def
+        if saver_def is None:
+            raise GraphError(
+                "the graph has no SaverDef (the MetaGraphDef was exported without a saver); pass "
+                "saver_def=, or read tensors directly with jaxmeta.CheckpointReader"
+            )
+        if not isinstance(saver_def, saver_pb2.SaverDef):
+            saver_def = saver_pb2.SaverDef.FromString(saver_def.SerializeToString())
+        self.saver_def = saver_def
+        self.restore_specs = _restore_specs(graph, saver_def.restore_op_name)
+        self._save_specs: list[SaveSpec] | None = None
+        self.last_checkpoints: list[tuple[str, float]] = []
+        self._last_preserved = time.time()
+
+    def __repr__(self) -> str:
+        return f"<jaxmeta.Saver {self.saver_def.restore_op_name!r}: {len(self.restore_specs)} tensors>"
+
+    @property
+    def save_specs(self) -> list[SaveSpec]:
+        """The tensors the save subgraph writes (the restore mapping when it has none)."""
+        if self._save_specs is None:
+            self._save_specs = _save_specs(self.graph, self.saver_def.save_tensor_name) or self.restore_specs
+        return self._save_specs
+
+    def variable_names(self) -> list[str]:
+        """Op names of the variables this saver restores."""
+        return list(dict.fromkeys(s.variable for s in self.restore_specs))
+
+    # --- restore -------------------------------------------------------------------------------
+
+    def restore(
+        self,
+        prefix_or_sess: Any,
+        prefix: str | os.PathLike | None = None,
+        variables: Mapping[str, Any] | None = None,
+        partial: bool = False,
+    ) -> dict[str, Any]:
+        """Reads the saver's variables from a checkpoint.
+
+        Args:
+            prefix_or_sess: the checkpoint prefix (or a directory with a `checkpoint` state file),
+                or a `jaxmeta.Session`, as TF1's `saver.restore(sess, prefix)`.
+            prefix: the prefix when the first argument is a Session.
+            variables: a variables dict to merge the restored values into.
+            partial: skip variables whose key is not in the checkpoint (they keep what `variables`
+                holds, or are absent) instead of failing. Shape and dtype mismatches are errors
+                either way.
+
+        Returns:
+            `{variable op name: jax.Array}` (NumPy object arrays for string variables), merged
+            over `variables` when given. With a Session, its `variables` are updated too.
+
+        Raises:
+            CheckpointError: listing every missing key (unless `partial`) and every shape or dtype
+                mismatch, before anything is returned.
+            PrecisionError: an int64 value that does not fit int32 while JAX runs without x64.
+        """
+        sess = None
+        if hasattr(prefix_or_sess, "variables") and hasattr(prefix_or_sess, "graph"):
+            sess = prefix_or_sess
+        elif prefix is not None:
+            raise TypeError("restore(prefix, prefix=...): pass the prefix once, or a Session first")
+        else:
+            prefix = prefix_or_sess
+        if prefix is None:
+            raise CheckpointError(
+                "no checkpoint prefix given (latest_checkpoint() returns None when a directory has no "
+                "'checkpoint' state file); pass a prefix such as DIR/model.ckpt-1000"
+            )
+        prefix = os.fspath(prefix)
+        if os.path.isdir(prefix):
+            found = latest_checkpoint(prefix)
+            if found is None:
+                raise CheckpointError(f"{prefix} has no 'checkpoint' state file; pass a checkpoint prefix")
+            prefix = found
+        with CheckpointReader(prefix) as reader:
+            arrays = self._read(reader, partial)
+        restored = {name: _to_device(value, name) for name, value in arrays.items()}
+        out = dict(variables or {})
+        out.update(restored)
+        if sess is not None:
+            sess.variables = {**sess.variables, **restored}
+        return out
+
+    def _read(self, reader: CheckpointReader, partial: bool) -> dict[str, np.ndarray]:
+        problems: list[str] = []
+        by_var: dict[str, list[SaveSpec]] = {}
+        for spec in self.restore_specs:
+            by_var.setdefault(spec.variable, []).append(spec)
+        wanted: list[SaveSpec] = []
+        for var, specs in by_var.items():
+            missing = [s.key for s in specs if not reader.has_tensor(s.key)]
+            if missing:
+                if not partial:
+                    problems.append(f"  {var}: key {missing[0]!r} is not in the checkpoint")
+                continue
+            for s in specs:
+                problems += self._check(reader, s)
+            wanted += specs
+        if problems:
+            raise CheckpointError(
+                f"checkpoint {reader.prefix} does not fit the graph's saver "
+                f"({self.saver_def.restore_op_name}):\n" + "\n".join(problems) + "\n"
+                "Pass partial=True to skip variables missing from the checkpoint, or check that the "
+                "checkpoint belongs to this MetaGraphDef."
+            )
+        keys = list(dict.fromkeys(s.key for s in wanted))
+        values = reader.get_tensors(keys)
+        out: dict[str, np.ndarray] = {}
+        for spec in wanted:
+            value = values[spec.key]
+            parsed = _slices.parse_shape_and_slice(spec.shape_and_slice, where=f"key {spec.key!r}")
+            if parsed is not None:  # one part of a partitioned variable
+                value = np.ascontiguousarray(value[_slices.index(parsed[1])])
+            out[spec.variable] = value
+        return out
+
+    def _check(self, reader: CheckpointReader, spec: SaveSpec) -> list[str]:
+        stored_dtype = reader.dtype_enum(spec.key)
+        stored_shape = reader.shape(spec.key)
+        problems = []
+        if spec.dtype and _dtypes.base_enum(spec.dtype) != stored_dtype:
+            problems.append(
+                f"  {spec.variable}: key {spec.key!r} holds {_dtypes.short_name(stored_dtype)}, the graph "
+                f"restores {_dtypes.short_name(spec.dtype)}"
+            )
+        parsed = _slices.parse_shape_and_slice(spec.shape_and_slice, where=f"key {spec.key!r}")
+        if parsed is not None:
+            full_shape, extents = parsed
+            if tuple(stored_shape) != tuple(full_shape):
+                problems.append(
+                    f"  {spec.variable}: key {spec.key!r} has shape {list(stored_shape)}, the partitioned "
+                    f"variable's full shape is {list(full_shape)}"
+                )
+            want = _slices.slice_shape(extents)
+        else:
+            want = None
+        var_shape = self._variable_shape(spec.variable)
+        if var_shape is not None:
+            got = want if want is not None else tuple(stored_shape)
+            if len(var_shape) != len(got) or any(v >= 0 and v != g for v, g in zip(var_shape, got)):
+                problems.append(
+                    f"  {spec.variable}: key {spec.key!r} has shape {list(got)}, the variable has "
+                    f"shape {list(var_shape)}"
+                )
+        return problems
+
+    def _variable_shape(self, name: str) -> tuple[int, ...] | None:
+        node = self.graph.nodes.get(name)
+        if node is None or not node.has_attr("shape"):
+            return None
+        return node.attr_shape("shape")
+
+    # --- save ----------------------------------------------------------------------------------
+
+    def save(
+        self,
+        variables_or_sess: Any,
+        save_path: str | os.PathLike,
+        global_step: Any = None,
+        latest_filename: str = "checkpoint",
+        write_meta_graph: bool = True,
+        write_state: bool = True,
+    ) -> str:
+        """Writes a V2 checkpoint of the saver's variables that TF1's `Saver.restore` reads.
+
+        The keys, slices and dtypes are those of the graph's save subgraph; values JAX holds in
+        32 bits (x64 off) are written in the 64-bit type the graph declares. Files are written under
+        temporary names and renamed; the `.meta` (when the graph can export one), then the state
+        file follow, and checkpoints beyond the SaverDef's `max_to_keep` that this Saver wrote are
+        deleted last.
+
+        Args:
+            variables_or_sess: `{variable op name: array}`, or a Session (its `variables`).
+            save_path: the prefix, e.g. `out/model.ckpt`.
+            global_step: appended as `-N` when given (an int or a scalar array).
+            latest_filename: the state file's name.
+            write_meta_graph: also write `PREFIX.meta`.
+            write_state: update the state file (and apply `max_to_keep`).
+
+        Returns:
+            The checkpoint prefix written.
+
+        Raises:
+            CheckpointError: listing every variable the dict lacks, or values that do not fit.
+        """
+        variables = getattr(variables_or_sess, "variables", variables_or_sess)
+        save_path = os.fspath(save_path)
+        prefix = save_path if global_step is None else f"{save_path}-{int(np.asarray(global_step))}"
+        tensors: dict[str, Any] = {}
+        dtypes: dict[str, int] = {}
+        missing = []
+        for spec in self.save_specs:
+            if spec.variable not in variables:
+                missing.append(f"  {spec.variable} (checkpoint key {spec.key!r})")
+                continue
+            value = variables[spec.variable]
+            dtypes[spec.key] = _dtypes.base_enum(spec.dtype)
+            parsed = _slices.parse_shape_and_slice(spec.shape_and_slice, where=f"key {spec.key!r}")
+            if parsed is None:
+                tensors[spec.key] = value
+            else:
+                full_shape, extents = parsed
+                tensors.setdefault(spec.key, []).append(SliceValue(full_shape, extents, np.asarray(value)))
+        if missing:
+            raise CheckpointError(
+                f"cannot save {prefix}: the variables dict lacks\n" + "\n".join(missing) + "\n"
+                "Pass every variable the graph's saver writes (e.g. the dict restore() or init_variables() returned)."
+            )
+        write_checkpoint(prefix, tensors, dtypes=dtypes)
+        if write_meta_graph:
+            if hasattr(self.graph, "export_meta_graph"):
+                self.graph.export_meta_graph(prefix + ".meta", saver_def=self.saver_def)
+            # else: TODO(checkpoints) write the .meta once Graph can export itself.
+        if write_state:
+            self._record(prefix, latest_filename)
+        return prefix
+
+    def _record(self, prefix: str, latest_filename: str) -> None:
+        now = time.time()
+        self.last_checkpoints = [(p, t) for p, t in self.last_checkpoints if p != prefix]
+        self.last_checkpoints.append((prefix, now))
+        doomed = []
+        keep = self.saver_def.max_to_keep
+        if keep and keep > 0:
+            while len(self.last_checkpoints) > keep:
+                doomed.append(self.last_checkpoints.pop(0))
+        write_state(
+            os.path.dirname(prefix),
+            prefix,
+            [p for p, _ in self.last_checkpoints],
+            timestamps=[t for _, t in self.last_checkpoints],
+            last_preserved_timestamp=self._last_preserved,
+            latest_filename=latest_filename,
+        )
+        hours = self.saver_def.keep_checkpoint_every_n_hours
+        for path, stamp in doomed:
+            if hours and stamp - self._last_preserved > hours * 3600:
+                self._last_preserved = stamp  # TF keeps one checkpoint every N hours
+                continue
+            _delete_checkpoint(path)
+
+
+def _delete_checkpoint(prefix: str) -> None:
+    for path in [prefix + ".index", prefix + ".meta", *glob.glob(glob.escape(prefix) + ".data-?????-of-?????")]:
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
+
+
+def _to_device(value: np.ndarray, name: str) -> Any:
+    if value.dtype == object:
+        return value
+    target = jax.dtypes.canonicalize_dtype(value.dtype)
+    if target != value.dtype:
+        if value.dtype.kind in "iu" and value.size:
+            info = np.iinfo(target)
+            if value.min() < info.min or value.max() > info.max:
+                raise PrecisionError(
+                    f"variable {name}: its {value.dtype} values do not fit {target}, the type JAX uses "
+                    "with x64 off; enable it with jax.config.update('jax_enable_x64', True)"
+                )
+        value = value.astype(target)
+    return jax.device_put(value)
+
+
+# --- reading the saver subgraphs ---------------------------------------------------------------
+
+
+def _node(graph: Graph, name: str, what: str) -> Node:
+    try:
+        return graph.get_operation_by_name(name)
+    except (GraphError, KeyError):
+        raise GraphError(f"the SaverDef's {what} {name!r} is not in the graph") from None
+
+
+def _const_strings(graph: Graph, ref: TensorRef, where: str) -> list[str]:
+    node = graph.get_operation_by_name(ref.node)
+    while node.type in _PASS_THROUGH and node.inputs:
+        node = graph.get_operation_by_name(node.inputs[0].node)
+    if node.type != "Const":
+        raise GraphError(f"{where}: input {node.name!r} is a {node.type}, expected a Const of checkpoint keys")
+    values = np.asarray(node.attr_tensor("value"), dtype=object).reshape(-1)
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
+
+
+def _variable_of(graph: Graph, ref: TensorRef) -> Node | None:
+    node = graph.get_operation_by_name(ref.node)
+    seen = set()
+    while node.type not in VARIABLE_OPS:
+        if node.type not in _PASS_THROUGH or not node.inputs or node.name in seen:
+            return None
+        seen.add(node.name)
+        node = graph.get_operation_by_name(node.inputs[0].node)
+    return node
+
+
+def _restore_source(graph: Graph, ref: TensorRef) -> tuple[Node, int] | None:
+    node = graph.get_operation_by_name(ref.node)
+    index = ref.index
+    while node.type in _PASS_THROUGH and node.inputs:
+        index = node.inputs[0].index
+        node = graph.get_operation_by_name(node.inputs[0].node)
+    return (node, index) if node.type in _RESTORE_OPS else None
+
+
+def _restore_specs(graph: Graph, restore_op_name: str) -> list[SaveSpec]:
+    root = _node(graph, TensorRef.parse(restore_op_name).node, "restore op")
+    stack, seen, specs = [root.name], set(), []
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        node = graph.get_operation_by_name(name)
+        if node.type in ("Assign", "AssignVariableOp") and len(node.inputs) >= 2:
+            source = _restore_source(graph, node.inputs[1])
+            var = _variable_of(graph, node.inputs[0])
+            if source is not None and var is not None:
+                specs.append(_spec_from_restore(graph, source[0], source[1], var.name))
+                continue
+        if node.type in _RESTORE_OPS or node.type in VARIABLE_OPS or node.type == "Const":
+            continue
+        stack.extend(node.control_inputs)
+        stack.extend(ref.node for ref in node.inputs)
+    if not specs:
+        raise GraphError(
+            f"the restore op {restore_op_name!r} assigns no variable from a RestoreV2/RestoreSlice/Restore "
+            "node; the SaverDef does not belong to this graph"
+        )
+    specs.sort(key=lambda s: (s.variable, s.key))
+    return specs
+
+
+def _spec_from_restore(graph: Graph, node: Node, index: int, variable: str) -> SaveSpec:
+    where = f"restore node {node.name!r}"
+    if node.type == "RestoreV2":
+        names = _const_strings(graph, node.inputs[1], where)
+        slices = _const_strings(graph, node.inputs[2], where)
+        dtypes = node.attr_dtypes("dtypes")
+        if not index < len(names) == len(slices):
+            raise GraphError(f"{where}: output {index} has no tensor name")
+        return SaveSpec(names[index], variable, slices[index], dtypes[index] if index < len(dtypes) else 0)
+    names = _const_strings(graph, node.inputs[1], where)
+    slice_spec = _const_strings(graph, node.inputs[2], where)[0] if node.type == "RestoreSlice" else ""
+    return SaveSpec(names[0], variable, slice_spec, node.attr_dtype_enum("dt"))
+
+
+def _save_specs(graph: Graph, save_tensor_name: str) -> list[SaveSpec]:
+    if not save_tensor_name:
+        return []
+    try:
+        root = graph.get_operation_by_name(TensorRef.parse(save_tensor_name).node)
+    except (GraphError, KeyError):
+        return []
+    stack, seen, specs = [root.name], set(), []
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        node = graph.get_operation_by_name(name)
+        if node.type in _SAVE_OPS:
+            specs += _specs_from_save(graph, node)
+            continue
+        if node.type in VARIABLE_OPS or node.type == "Const":
+            continue
+        stack.extend(node.control_inputs)
+        stack.extend(ref.node for ref in node.inputs)
+    specs.sort(key=lambda s: (s.variable, s.key))
+    return specs
+
+
+def _specs_from_save(graph: Graph, node: Node) -> list[SaveSpec]:
+    where = f"save node {node.name!r}"
+    names = _const_strings(graph, node.inputs[1], where)
+    if node.type == "Save":
+        slices, data, dtypes = [""] * len(names), node.inputs[2:], node.attr_dtypes("T")
+    else:
+        slices = _const_strings(graph, node.inputs[2], where)
+        data = node.inputs[3:]
+        dtypes = node.attr_dtypes("dtypes" if node.type == "SaveV2" else "T")
+    specs = []
+    unknown = []
+    for key, spec, ref, dtype in zip(names, slices, data, dtypes):
+        var = _variable_of(graph, ref)
+        if var is None:
+            unknown.append(f"{key!r} (from {ref})")
+            continue
+        specs.append(SaveSpec(key, var.name, spec, dtype))
+    if unknown:
+        raise GraphError(
+            f"{where} saves tensors that are not variables: {', '.join(unknown)}; jaxmeta can only save "
+            "variables (lookup tables and other saveables are not supported)"
+        )
+    return specs

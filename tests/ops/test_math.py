@@ -1,0 +1,865 @@
+"""Math ops against TensorFlow: elementwise, casts, selection, scans, reductions, matmul, FFT, linalg."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from oracle import compare_with_tf, run_tf
+
+import jaxmeta
+from jaxmeta.ops import registry
+
+pytestmark = pytest.mark.oracle
+
+F32 = np.float32
+I32 = np.int32
+
+
+def _rng(seed: int = 0) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+def _sample(domain: str, shape, dtype=F32, seed: int = 0) -> np.ndarray:
+    """Random inputs on a domain where the op (and its gradient) is smooth."""
+    r = _rng(seed)
+    u = r.uniform(size=shape)
+    if domain == "any":
+        x = r.standard_normal(shape) * 2
+    elif domain == "pos":  # (0.2, 3)
+        x = 0.2 + 2.8 * u
+    elif domain == "unit":  # (-0.9, 0.9)
+        x = 1.8 * u - 0.9
+    elif domain == "gt1":  # (1.2, 4)
+        x = 1.2 + 2.8 * u
+    elif domain == "nonzero":  # |x| in (0.5, 3), either sign
+        x = (0.5 + 2.5 * u) * r.choice([-1, 1], size=shape)
+    elif domain == "prob":  # (0.05, 0.95)
+        x = 0.05 + 0.9 * u
+    elif domain == "small":  # (-2, 2), for exp-like ops
+        x = 4 * u - 2
+    else:
+        raise ValueError(domain)
+    return np.asarray(x, dtype)
+
+
+def _ph(tf, dtype, shape, name):
+    return tf.compat.v1.placeholder(dtype, shape, name=name)
+
+
+# -- elementwise unary ----------------------------------------------------------------------------
+
+UNARY = {
+    # op: (domain, differentiable in TF)
+    "Abs": ("nonzero", True),
+    "Neg": ("any", True),
+    "Reciprocal": ("nonzero", True),
+    "Inv": ("nonzero", True),
+    "Square": ("any", True),
+    "Sqrt": ("pos", True),
+    "Rsqrt": ("pos", True),
+    "Exp": ("small", True),
+    "Expm1": ("small", True),
+    "Log": ("pos", True),
+    "Log1p": ("pos", True),
+    "Sin": ("any", True),
+    "Cos": ("any", True),
+    "Tan": ("unit", True),
+    "Asin": ("unit", True),
+    "Acos": ("unit", True),
+    "Atan": ("any", True),
+    "Sinh": ("small", True),
+    "Cosh": ("small", True),
+    "Tanh": ("any", True),
+    "Asinh": ("any", True),
+    "Acosh": ("gt1", True),
+    "Atanh": ("unit", True),
+    "Sigmoid": ("any", True),
+    "Sign": ("nonzero", True),
+    "Floor": ("any", False),
+    "Ceil": ("any", False),
+    "Round": ("any", False),
+    "Rint": ("any", False),
+    "Erf": ("any", True),
+    "Erfc": ("any", True),
+    "Erfinv": ("unit", True),
+    "Ndtri": ("prob", True),
+    "Lgamma": ("pos", True),
+    "Digamma": ("pos", True),
+    "BesselI0e": ("any", True),
+    "BesselI1e": ("any", True),
+}
+
+
+@pytest.mark.parametrize("op", sorted(UNARY))
+def test_unary_float(op):
+    domain, differentiable = UNARY[op]
+    x = _sample(domain, (2, 3))
+    x64 = _sample(domain, (4,), np.float64, seed=1)
+
+    def build(tf):
+        f = getattr(tf.raw_ops, op)
+        return [f(x=_ph(tf, tf.float32, [2, 3], "x")), f(x=_ph(tf, tf.float64, [4], "x64"))]
+
+    compare_with_tf(build, {"x:0": x, "x64:0": x64}, rtol=2e-5, atol=1e-5, grads=differentiable)
+
+
+@pytest.mark.parametrize("op", ["Abs", "Neg", "Square", "Sign", "Exp", "Sqrt", "Tanh", "Floor", "Sigmoid"])
+def test_unary_half(op):
+    x = _sample("pos" if op == "Sqrt" else "small", (2, 3), np.float16)
+
+    def build(tf):
+        return getattr(tf.raw_ops, op)(x=_ph(tf, tf.float16, [2, 3], "x"))
+
+    compare_with_tf(build, {"x:0": x}, rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("op", ["Abs", "Neg", "Square", "Sign", "Invert", "PopulationCount"])
+def test_unary_int(op):
+    x = np.array([[-7, -1, 0], [1, 5, 2**30]], I32)
+
+    def build(tf):
+        f = getattr(tf.raw_ops, op)
+        return [f(x=_ph(tf, tf.int32, [2, 3], "x")), f(x=tf.constant(x))]
+
+    compare_with_tf(build, {"x:0": x})
+
+
+def test_round_half_to_even_and_special_values():
+    x = np.array([0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 0.49999997, np.inf, -np.inf, np.nan], F32)
+
+    def build(tf):
+        p = _ph(tf, tf.float32, [10], "x")
+        r = tf.raw_ops
+        outs = [r.Round(x=p), r.Rint(x=p), r.IsFinite(x=p), r.IsInf(x=p), r.IsNan(x=p), r.Sign(x=p)]
+        return outs + [r.Round(x=tf.constant(x)), r.IsNan(x=tf.constant(x))]
+
+    compare_with_tf(build, {"x:0": x})
+
+
+def test_logical_ops():
+    a = np.array([[True, False, True]])
+    b = np.array([[True], [False]])
+
+    def build(tf):
+        x, y = _ph(tf, tf.bool, [1, 3], "a"), _ph(tf, tf.bool, [2, 1], "b")
+        r = tf.raw_ops
+        return [r.LogicalNot(x=x), r.LogicalAnd(x=x, y=y), r.LogicalOr(x=x, y=y),
+                r.LogicalAnd(x=tf.constant(a), y=tf.constant(b))]
+
+    compare_with_tf(build, {"a:0": a, "b:0": b})
+
+
+# -- elementwise binary ---------------------------------------------------------------------------
+
+# Broadcasting cases: same shape, scalar with matrix, [3,1] with [1,4], rank 3 with rank 1.
+SHAPES = [((2, 3), (2, 3)), ((), (2, 3)), ((3, 1), (1, 4)), ((2, 3, 4), (4,))]
+
+BINARY_FLOAT = {
+    # op: (x domain, y domain, differentiable)
+    "Add": ("any", "any", True),
+    "AddV2": ("any", "any", True),
+    "Sub": ("any", "any", True),
+    "Mul": ("any", "any", True),
+    "MulNoNan": ("any", "any", True),
+    "Div": ("any", "nonzero", True),
+    "RealDiv": ("any", "nonzero", True),
+    "DivNoNan": ("any", "nonzero", True),
+    "FloorDiv": ("any", "nonzero", False),
+    "FloorMod": ("any", "nonzero", True),
+    "TruncateDiv": ("any", "nonzero", False),
+    "TruncateMod": ("any", "nonzero", False),
+    "Mod": ("any", "nonzero", False),
+    "Pow": ("pos", "any", True),
+    "Maximum": ("any", "any", True),
+    "Minimum": ("any", "any", True),
+    "SquaredDifference": ("any", "any", True),
+    "Atan2": ("any", "nonzero", True),
+    "Xlogy": ("any", "pos", True),
+    "Xlog1py": ("any", "pos", True),
+    "Xdivy": ("any", "nonzero", True),
+    "Igamma": ("pos", "pos", True),
+    "Igammac": ("pos", "pos", True),
+    "Zeta": ("gt1", "pos", False),
+    "NextAfter": ("any", "any", False),
+}
+
+
+@pytest.mark.parametrize("op", sorted(BINARY_FLOAT))
+def test_binary_float_broadcasting(op):
+    dx, dy, differentiable = BINARY_FLOAT[op]
+    feeds = {}
+    for i, (sx, sy) in enumerate(SHAPES):
+        feeds[f"x{i}:0"] = _sample(dx, sx, seed=2 * i)
+        feeds[f"y{i}:0"] = _sample(dy, sy, seed=2 * i + 1)
+
+    def build(tf):
+        f = getattr(tf.raw_ops, op)
+        return [
+            f(x=_ph(tf, tf.float32, sx, f"x{i}"), y=_ph(tf, tf.float32, sy, f"y{i}"))
+            for i, (sx, sy) in enumerate(SHAPES)
+        ]
+
+    tol = 1e-4 if op in ("Igamma", "Igammac", "Zeta", "Pow") else 1e-5
+    compare_with_tf(build, feeds, rtol=tol, atol=tol, grads=differentiable)
+
+
+def test_binary_float_zero_and_nan_quirks():
+    x = np.array([0.0, 0.0, 1.0, np.nan, np.inf, 2.0, -1.0, 1.0], F32)
+    y = np.array([0.0, 1.0, 0.0, 0.0, 0.0, np.nan, 1.0, 0.1], F32)
+
+    def build(tf):
+        a, b = _ph(tf, tf.float32, [8], "x"), _ph(tf, tf.float32, [8], "y")
+        r = tf.raw_ops
+        return [r.DivNoNan(x=a, y=b), r.MulNoNan(x=a, y=b), r.Xlogy(x=a, y=b), r.Xdivy(x=a, y=b),
+                r.Maximum(x=a, y=b), r.Minimum(x=a, y=b), r.FloorDiv(x=a, y=b)]
+
+    compare_with_tf(build, {"x:0": x, "y:0": y})
+
+
+def test_maximum_minimum_ties_gradient():
+    # TF gives the whole gradient of a tie to x (x >= y), not half to each operand.
+    x = np.array([1.0, 2.0, 3.0], F32)
+    y = np.array([1.0, 1.0, 4.0], F32)
+
+    def build(tf):
+        a, b = _ph(tf, tf.float32, [3], "x"), _ph(tf, tf.float32, [3], "y")
+        return [tf.raw_ops.Maximum(x=a, y=b), tf.raw_ops.Minimum(x=a, y=b)]
+
+    compare_with_tf(build, {"x:0": x, "y:0": y}, grads=True)
+
+
+BINARY_INT = ["Add", "AddV2", "Sub", "Mul", "Div", "FloorDiv", "FloorMod", "TruncateDiv", "TruncateMod",
+              "Mod", "Maximum", "Minimum", "SquaredDifference", "BitwiseAnd", "BitwiseOr", "BitwiseXor",
+              "DivNoNan"]
+
+
+@pytest.mark.parametrize("op", BINARY_INT)
+@pytest.mark.parametrize("static_inputs", [False, True], ids=["fed", "const"])
+def test_binary_int(op, static_inputs):
+    # Signs in every combination: Div/TruncateDiv/Mod truncate toward zero, FloorDiv/FloorMod floor.
+    x = np.array([[7, -7, 7, -7, 0, 6], [13, -13, 1, -1, 5, -9]], I32)
+    y = np.array([[2, 2, -2, -2, 3, 3]], I32)
+
+    def build(tf):
+        f = getattr(tf.raw_ops, op)
+        if static_inputs:
+            return [f(x=tf.constant(x), y=tf.constant(y)), f(x=tf.constant(x[0, 0]), y=tf.constant(y))]
+        a, b = _ph(tf, tf.int32, [2, 6], "x"), _ph(tf, tf.int32, [1, 6], "y")
+        return [f(x=a, y=b), f(x=a, y=tf.constant(np.int32(3)))]
+
+    compare_with_tf(build, {} if static_inputs else {"x:0": x, "y:0": y})
+
+
+@pytest.mark.parametrize("static_inputs", [False, True], ids=["fed", "const"])
+def test_int_pow_and_shifts(static_inputs):
+    x = np.array([2, -3, 0, 1, -8, 8, 5], I32)
+    p = np.array([3, 3, 0, 7, 1, 2, 0], I32)
+    s = np.array([3, 31, 40, -1, 1, 33, 0], I32)  # shift amounts are clamped to [0, 31]
+
+    def build(tf):
+        if static_inputs:
+            a, b, c = tf.constant(x), tf.constant(p), tf.constant(s)
+        else:
+            a, b, c = (_ph(tf, tf.int32, [7], n) for n in "xps")
+        r = tf.raw_ops
+        return [r.Pow(x=a, y=b), r.LeftShift(x=a, y=c), r.RightShift(x=a, y=c)]
+
+    compare_with_tf(build, {} if static_inputs else {"x:0": x, "p:0": p, "s:0": s})
+
+
+def test_int64_shape_arithmetic():
+    x = np.array([6, 4, 9], np.int64)
+
+    def build(tf):
+        a = tf.constant(x)
+        r = tf.raw_ops
+        return [r.Prod(input=a, axis=0), r.FloorDiv(x=a, y=tf.constant(np.int64(2))),
+                r.Maximum(x=a, y=tf.constant(np.int64(5))), r.Mul(x=a, y=a)]
+
+    compare_with_tf(build)
+
+
+COMPARISONS = ["Equal", "NotEqual", "Less", "LessEqual", "Greater", "GreaterEqual"]
+
+
+@pytest.mark.parametrize("op", COMPARISONS)
+@pytest.mark.parametrize("dtype", ["float32", "int32"])
+def test_comparisons(op, dtype):
+    r = _rng(3)
+    feeds = {}
+    for i, (sx, sy) in enumerate(SHAPES):
+        feeds[f"x{i}:0"] = r.integers(-2, 3, size=sx).astype(dtype)
+        feeds[f"y{i}:0"] = r.integers(-2, 3, size=sy).astype(dtype)
+
+    def build(tf):
+        f = getattr(tf.raw_ops, op)
+        outs = [f(x=_ph(tf, dtype, sx, f"x{i}"), y=_ph(tf, dtype, sy, f"y{i}")) for i, (sx, sy) in enumerate(SHAPES)]
+        return outs + [f(x=tf.constant(feeds["x2:0"]), y=tf.constant(feeds["y2:0"]))]
+
+    compare_with_tf(build, feeds)
+
+
+def test_equal_strings_and_incompatible_shapes():
+    def build(tf):
+        a = tf.constant([b"a", b"bc", b""])
+        r = tf.raw_ops
+        x, y = _ph(tf, tf.float32, [2], "x"), _ph(tf, tf.float32, [3], "y")
+        return [r.Equal(x=a, y=tf.constant(b"bc")), r.NotEqual(x=a, y=tf.constant([b"a", b"b", b""])),
+                r.Equal(x=x, y=y, incompatible_shape_error=False),
+                r.NotEqual(x=x, y=y, incompatible_shape_error=False),
+                r.Add(x=a, y=tf.constant(b"!"))]
+
+    compare_with_tf(build, {"x:0": np.ones(2, F32), "y:0": np.ones(3, F32)})
+
+
+def test_approximate_equal_and_next_after():
+    x = np.array([1.0, 1.0, 2.0], F32)
+    y = np.array([1.0 + 1e-6, 1.1, -3.0], F32)
+
+    def build(tf):
+        a, b = _ph(tf, tf.float32, [3], "x"), _ph(tf, tf.float32, [3], "y")
+        return [tf.raw_ops.ApproximateEqual(x=a, y=b, tolerance=1e-4), tf.raw_ops.ApproximateEqual(x=a, y=b)]
+
+    compare_with_tf(build, {"x:0": x, "y:0": y})
+
+
+@pytest.mark.parametrize("op", ["Polygamma", "Betainc"])
+def test_special_multi_input(op):
+    a = np.array([[0.0, 1.0, 2.0], [1.0, 3.0, 0.0]], F32)
+    x = _sample("pos", (2, 3), seed=5) + 0.5
+
+    def build(tf):
+        r = tf.raw_ops
+        if op == "Polygamma":
+            return r.Polygamma(a=_ph(tf, tf.float32, [2, 3], "a"), x=_ph(tf, tf.float32, [2, 3], "x"))
+        p = _ph(tf, tf.float32, [2, 3], "p")
+        return r.Betainc(a=_ph(tf, tf.float32, [2, 3], "x"), b=tf.constant(np.float32(2.5)), x=p)
+
+    feeds = {"a:0": a, "x:0": x} if op == "Polygamma" else {"x:0": x, "p:0": _sample("prob", (2, 3), seed=6)}
+    compare_with_tf(build, feeds, rtol=1e-4, atol=1e-5, grads=op == "Polygamma")
+
+
+# -- complex numbers ------------------------------------------------------------------------------
+
+
+def test_complex_parts():
+    re, im = _sample("nonzero", (2, 3), seed=1), _sample("nonzero", (2, 3), seed=2)
+
+    def build(tf):
+        r = tf.raw_ops
+        c = r.Complex(real=_ph(tf, tf.float32, [2, 3], "re"), imag=_ph(tf, tf.float32, [2, 3], "im"))
+        return [c, r.Real(input=c), r.Imag(input=c), r.Angle(input=c), r.ComplexAbs(x=c),
+                r.Real(input=r.Conj(input=c) * c), r.Imag(input=r.Conj(input=c)),
+                r.Real(input=r.Sqrt(x=c)), r.Imag(input=r.Exp(x=c))]
+
+    compare_with_tf(build, {"re:0": re, "im:0": im}, rtol=1e-5, atol=1e-5, grads=True)
+
+
+# -- casts ----------------------------------------------------------------------------------------
+
+CASTS = [
+    ("float32", "int32"), ("float32", "bool"), ("float32", "float16"), ("float32", "bfloat16"),
+    ("float32", "int64"), ("float32", "uint8"), ("int32", "float32"), ("int32", "bool"), ("bool", "float32"),
+    ("bool", "int32"), ("float64", "float32"), ("int64", "int32"), ("int32", "int8"),
+]
+
+
+@pytest.mark.parametrize("src,dst", CASTS)
+@pytest.mark.parametrize("static_inputs", [False, True], ids=["fed", "const"])
+def test_cast(src, dst, static_inputs):
+    # Float -> int truncates toward zero; int -> narrower int wraps; nonzero -> True.
+    values = {
+        "float32": [-2.7, -0.5, 0.0, 0.5, 1.5, 2.99, 1e4],
+        "float64": [-2.7, -0.5, 0.0, 0.5, 1.5, 2.99, 1e4],
+        "int32": [-300, -1, 0, 1, 2, 127, 300],
+        "int64": [-300, -1, 0, 1, 2, 127, 300],
+        "bool": [True, False, True, True, False, False, True],
+    }[src]
+    if dst == "uint8":
+        values = [abs(v) % 256 for v in values]
+    x = np.array(values, src)
+
+    def build(tf):
+        p = tf.constant(x) if static_inputs else _ph(tf, src, [7], "x")
+        return tf.raw_ops.Cast(x=p, DstT=dst)
+
+    compare_with_tf(build, {} if static_inputs else {"x:0": x}, grads=src.startswith("float") and dst.startswith("float"))
+
+
+@pytest.mark.parametrize("dst", ["bfloat16", "float16"])
+@pytest.mark.parametrize("static_inputs", [False, True], ids=["fed", "const"])
+def test_cast_truncate(dst, static_inputs):
+    x = np.array([1.00390625 + 2**-9, 65519.0, -3.14159, 1 + 2**-11 + 2**-13, 1e-3, 7.0], F32)
+
+    def build(tf):
+        p = tf.constant(x) if static_inputs else _ph(tf, tf.float32, [6], "x")
+        return [tf.raw_ops.Cast(x=p, DstT=dst, Truncate=True), tf.raw_ops.Cast(x=p, DstT=dst, Truncate=False)]
+
+    compare_with_tf(build, {} if static_inputs else {"x:0": x}, rtol=0, atol=0)
+
+
+def test_cast_complex_to_real():
+    def build(tf):
+        c = tf.complex(_ph(tf, tf.float32, [3], "re"), tf.constant([1.0, 2.0, 3.0]))
+        return [tf.raw_ops.Cast(x=c, DstT=tf.float32), tf.raw_ops.Cast(x=tf.constant([1 + 2j]), DstT=tf.float32)]
+
+    compare_with_tf(build, {"re:0": np.float32([1, -2, 3])})
+
+
+# -- n-ary and selection --------------------------------------------------------------------------
+
+
+def test_add_n_and_accumulate():
+    xs = {f"x{i}:0": _sample("any", (2, 3), seed=i) for i in range(3)}
+
+    def build(tf):
+        ps = [_ph(tf, tf.float32, [2, 3], f"x{i}") for i in range(3)]
+        consts = [tf.constant(np.int32([1, 2])), tf.constant(np.int32([3, 4]))]
+        return [tf.raw_ops.AddN(inputs=ps), tf.raw_ops.AccumulateNV2(inputs=ps, shape=[2, 3]),
+                tf.raw_ops.AddN(inputs=consts), tf.raw_ops.AddN(inputs=ps[:1])]
+
+    compare_with_tf(build, xs, grads=True)
+
+
+def test_select_v1():
+    t, e = _sample("any", (3, 2), seed=1), _sample("any", (3, 2), seed=2)
+
+    def build(tf):
+        a, b = _ph(tf, tf.float32, [3, 2], "t"), _ph(tf, tf.float32, [3, 2], "e")
+        r = tf.raw_ops
+        return [
+            r.Select(condition=tf.constant([True, False, True]), x=a, y=b),  # vector picks rows
+            r.Select(condition=tf.constant([[True, False]] * 3), x=a, y=b),
+            r.Select(condition=tf.constant(False), x=a, y=b),
+            r.Select(condition=tf.constant([True, False]), x=tf.constant([1, 2]), y=tf.constant([3, 4])),
+        ]
+
+    compare_with_tf(build, {"t:0": t, "e:0": e}, grads=True)
+
+
+def test_select_v2_broadcasting():
+    t, e = _sample("any", (1, 4), seed=1), _sample("any", (), seed=2)
+    cond = np.array([[True], [False], [True]])
+
+    def build(tf):
+        c = _ph(tf, tf.bool, [3, 1], "c")
+        a, b = _ph(tf, tf.float32, [1, 4], "t"), _ph(tf, tf.float32, [], "e")
+        r = tf.raw_ops
+        return [r.SelectV2(condition=c, t=a, e=b), r.SelectV2(condition=tf.constant(True), t=a, e=b),
+                r.SelectV2(condition=tf.constant([True, False]), t=tf.constant(1), e=tf.constant([5, 6]))]
+
+    compare_with_tf(build, {"c:0": cond, "t:0": t, "e:0": e}, grads=True)
+
+
+def test_clip_by_value():
+    x = np.array([[-2.0, -0.5, 0.3], [0.9, 1.7, 3.0]], F32)
+    lo = np.array([[-1.0, -1.0, -1.0], [0.0, 0.0, 2.0]], F32)
+
+    def build(tf):
+        t = _ph(tf, tf.float32, [2, 3], "x")
+        r = tf.raw_ops
+        return [r.ClipByValue(t=t, clip_value_min=tf.constant(-1.0), clip_value_max=tf.constant(1.0)),
+                r.ClipByValue(t=t, clip_value_min=_ph(tf, tf.float32, [2, 3], "lo"), clip_value_max=tf.constant(2.5)),
+                r.ClipByValue(t=t, clip_value_min=tf.constant(1.0), clip_value_max=tf.constant(-1.0)),
+                r.ClipByValue(t=tf.constant([1, 5, 9]), clip_value_min=tf.constant(2), clip_value_max=tf.constant(6))]
+
+    compare_with_tf(build, {"x:0": x, "lo:0": lo}, grads=True)
+
+
+# -- scans ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("op", ["Cumsum", "Cumprod", "CumulativeLogsumexp"])
+@pytest.mark.parametrize("exclusive", [False, True])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_scans(op, exclusive, reverse):
+    x = _sample("pos" if op == "Cumprod" else "any", (3, 4))
+    xi = np.arange(1, 13, dtype=I32).reshape(3, 4)
+
+    def build(tf):
+        f = getattr(tf.raw_ops, op)
+        p = _ph(tf, tf.float32, [3, 4], "x")
+        outs = [f(x=p, axis=axis, exclusive=exclusive, reverse=reverse) for axis in (0, -1)]
+        if op != "CumulativeLogsumexp":
+            outs.append(f(x=tf.constant(xi), axis=1, exclusive=exclusive, reverse=reverse))
+            outs.append(f(x=_ph(tf, tf.int32, [3, 4], "xi"), axis=0, exclusive=exclusive, reverse=reverse))
+        return outs
+
+    feeds = {"x:0": x} if op == "CumulativeLogsumexp" else {"x:0": x, "xi:0": xi}
+    compare_with_tf(build, feeds, rtol=1e-5, atol=1e-5, grads=True)
+
+
+# -- reductions -----------------------------------------------------------------------------------
+
+AXES = [0, -1, [0, 2], [], [0, 1, 2], [-1, 1]]
+
+
+@pytest.mark.parametrize("op", ["Sum", "Mean", "Prod", "Max", "Min", "EuclideanNorm"])
+@pytest.mark.parametrize("dtype", ["float32", "int32"])
+def test_reductions(op, dtype):
+    if dtype == "int32":
+        x = _rng(4).integers(-5, 6, size=(2, 3, 4)).astype(dtype)
+    else:
+        x = _sample("pos" if op == "Prod" else "nonzero", (2, 3, 4))
+
+    def build(tf):
+        f = getattr(tf.raw_ops, op)
+        p = _ph(tf, dtype, [2, 3, 4], "x")
+        outs = [f(input=p, axis=axis, keep_dims=keep) for axis in AXES for keep in (False, True)]
+        return outs + [f(input=tf.constant(x), axis=tf.constant([1], tf.int64))]
+
+    compare_with_tf(build, {"x:0": x}, rtol=1e-5, atol=1e-5, grads=dtype == "float32")
+
+
+@pytest.mark.parametrize("op", ["All", "Any"])
+def test_bool_reductions(op):
+    x = _rng(5).integers(0, 2, size=(2, 3, 4)).astype(bool)
+
+    def build(tf):
+        f = getattr(tf.raw_ops, op)
+        p = _ph(tf, tf.bool, [2, 3, 4], "x")
+        return [f(input=p, axis=axis, keep_dims=keep) for axis in AXES for keep in (False, True)]
+
+    compare_with_tf(build, {"x:0": x})
+
+
+def test_reductions_over_empty_axes():
+    x = np.zeros((0, 3), F32)
+    xi = np.zeros((0, 3), I32)
+
+    def build(tf):
+        r = tf.raw_ops
+        p, q = _ph(tf, tf.float32, [0, 3], "x"), _ph(tf, tf.int32, [0, 3], "xi")
+        return [r.Sum(input=p, axis=0), r.Prod(input=p, axis=0), r.Max(input=p, axis=0), r.Min(input=p, axis=0),
+                r.Mean(input=p, axis=0), r.Max(input=q, axis=0), r.Min(input=q, axis=0), r.Mean(input=q, axis=0),
+                r.Sum(input=p, axis=[0, 1], keep_dims=True), r.All(input=tf.cast(p, tf.bool), axis=0)]
+
+    compare_with_tf(build, {"x:0": x, "xi:0": xi})
+
+
+def test_reduction_ties_gradient():
+    # TF splits the gradient of Max/Min evenly among tied maxima.
+    x = np.array([[1.0, 3.0, 3.0], [2.0, 2.0, 2.0]], F32)
+
+    def build(tf):
+        p = _ph(tf, tf.float32, [2, 3], "x")
+        return [tf.raw_ops.Max(input=p, axis=1), tf.raw_ops.Min(input=p, axis=[0, 1])]
+
+    compare_with_tf(build, {"x:0": x}, grads=True)
+
+
+@pytest.mark.parametrize("op", ["ArgMax", "ArgMin"])
+@pytest.mark.parametrize("output_type", ["int32", "int64"])
+def test_arg_extremes(op, output_type):
+    x = _sample("any", (3, 4))
+
+    def build(tf):
+        f = getattr(tf.raw_ops, op)
+        p = _ph(tf, tf.float32, [3, 4], "x")
+        return [f(input=p, dimension=d, output_type=output_type) for d in (0, 1, -1)] + [
+            f(input=tf.constant(np.int32([3, 9, 9, 1])), dimension=0, output_type=output_type)
+        ]
+
+    compare_with_tf(build, {"x:0": x})
+
+
+def test_non_constant_axis_is_an_error():
+    def build(tf):
+        return tf.raw_ops.Sum(input=_ph(tf, tf.float32, [2, 3], "x"), axis=_ph(tf, tf.int32, [], "axis"))
+
+    run = run_tf(build, {"x:0": np.ones((2, 3), F32), "axis:0": np.int32(1)})
+    f = run.graph.function(run.fetch_names, feeds=["x:0", "axis:0"])
+    with pytest.raises(jaxmeta.GraphError, match="constant"):
+        f({}, np.ones((2, 3), F32), np.int32(1))
+
+
+def test_static_inputs_stay_numpy():
+    # Shape arithmetic on constants must stay NumPy, so that it is still known under jit.
+    def build(tf):
+        a = tf.constant(np.int32([2, 3, 4]), name="a")
+        r = tf.raw_ops
+        return [r.Prod(input=a, axis=0, name="p"), r.FloorDiv(x=a, y=tf.constant(2), name="fd"),
+                r.Cast(x=a, DstT=tf.float32, name="c"), r.Maximum(x=a, y=tf.constant(3), name="m"),
+                r.Equal(x=a, y=tf.constant(3), name="eq"), r.Cumprod(x=a, axis=0, name="cp")]
+
+    g = run_tf(build).graph
+    for name in ("p", "fd", "c", "m", "eq", "cp"):
+        node = g.get_operation_by_name(name)
+        inputs = [g.get_operation_by_name(i.node).get_attr("value") for i in node.inputs]
+        out = registry.lookup(node.type).build(node)(*inputs)
+        assert isinstance(out, (np.ndarray, np.generic)), (name, type(out))
+
+
+# -- counting -------------------------------------------------------------------------------------
+
+
+def test_bincount():
+    arr = np.array([0, 1, 1, 5, 2, 2, 2], I32)
+    w = _sample("pos", (7,))
+
+    def build(tf):
+        r = tf.raw_ops
+        a = _ph(tf, tf.int32, [7], "arr")
+        return [r.Bincount(arr=a, size=4, weights=tf.constant([], tf.float32)),
+                r.Bincount(arr=a, size=3, weights=_ph(tf, tf.float32, [7], "w")),
+                r.Bincount(arr=a, size=6, weights=tf.constant([], tf.int32))]
+
+    compare_with_tf(build, {"arr:0": arr, "w:0": w})
+
+
+@pytest.mark.parametrize("binary_output", [False, True])
+def test_dense_bincount(binary_output):
+    v = np.array([[0, 1, 1, 3], [2, 2, 5, 0]], I32)
+    w = _sample("pos", (2, 4))
+
+    def build(tf):
+        r = tf.raw_ops
+        p = _ph(tf, tf.int32, [2, 4], "v")
+        p1 = tf.constant(v[0])
+        outs = [r.DenseBincount(input=p, size=4, weights=tf.constant([], tf.float32), binary_output=binary_output),
+                r.DenseBincount(input=p1, size=5, weights=tf.constant([], tf.int32), binary_output=binary_output)]
+        if not binary_output:
+            outs.append(r.DenseBincount(input=p, size=4, weights=_ph(tf, tf.float32, [2, 4], "w")))
+        return outs
+
+    compare_with_tf(build, {"v:0": v, "w:0": w} if not binary_output else {"v:0": v})
+
+
+def test_bucketize_cross_and_popcount():
+    x = np.array([[-1.0, 0.5, 2.0], [3.0, 10.0, 1.0]], F32)
+
+    def build(tf):
+        p = _ph(tf, tf.float32, [2, 3], "x")
+        return [tf.raw_ops.Bucketize(input=p, boundaries=[0.0, 1.0, 2.5]),
+                tf.raw_ops.Cross(a=p, b=tf.constant([[1.0, 2.0, 3.0], [0.5, -1.0, 2.0]]))]
+
+    compare_with_tf(build, {"x:0": x}, grads=True)
+
+
+# -- matrix products ------------------------------------------------------------------------------
+
+
+def test_matmul_transposes():
+    feeds = {"a:0": _sample("any", (3, 4), seed=1), "b:0": _sample("any", (4, 5), seed=2),
+             "at:0": _sample("any", (4, 3), seed=3), "bt:0": _sample("any", (5, 4), seed=4)}
+
+    def build(tf):
+        x, y = _ph(tf, tf.float32, [3, 4], "a"), _ph(tf, tf.float32, [4, 5], "b")
+        xt, yt = _ph(tf, tf.float32, [4, 3], "at"), _ph(tf, tf.float32, [5, 4], "bt")
+        mm = tf.raw_ops.MatMul
+        return [mm(a=x, b=y), mm(a=xt, b=y, transpose_a=True), mm(a=x, b=yt, transpose_b=True),
+                mm(a=xt, b=yt, transpose_a=True, transpose_b=True),
+                mm(a=tf.constant(np.int32([[1, 2], [3, 4]])), b=tf.constant(np.int32([[5], [6]])))]
+
+    compare_with_tf(build, feeds, rtol=1e-5, atol=1e-5, grads=True)
+
+
+@pytest.mark.parametrize("version", ["BatchMatMul", "BatchMatMulV2", "BatchMatMulV3"])
+@pytest.mark.parametrize("adj_x,adj_y", [(False, False), (True, False), (False, True), (True, True)])
+def test_batch_matmul(version, adj_x, adj_y):
+    xs = (2, 3, 4, 5) if adj_x else (2, 3, 5, 4)
+    ys = (2, 3, 6, 4) if adj_y else (2, 3, 4, 6)
+    feeds = {"x:0": _sample("any", xs, seed=1), "y:0": _sample("any", ys, seed=2)}
+    if version != "BatchMatMul":  # broadcasting batch dimensions
+        feeds["y:0"] = _sample("any", ys[1:] if adj_y else (1,) + ys[1:], seed=2)
+
+    def build(tf):
+        f = getattr(tf.raw_ops, version)
+        kw = {"Tout": tf.float32} if version == "BatchMatMulV3" else {}
+        x = _ph(tf, tf.float32, feeds["x:0"].shape, "x")
+        y = _ph(tf, tf.float32, feeds["y:0"].shape, "y")
+        return f(x=x, y=y, adj_x=adj_x, adj_y=adj_y, **kw)
+
+    compare_with_tf(build, feeds, rtol=1e-5, atol=1e-5, grads=True)
+
+
+def test_batch_matmul_complex_adjoint_and_int_v3():
+    def build(tf):
+        c = tf.complex(_ph(tf, tf.float32, [2, 3, 3], "re"), _ph(tf, tf.float32, [2, 3, 3], "im"))
+        prod = tf.raw_ops.BatchMatMulV2(x=c, y=c, adj_x=True)
+        i8 = tf.constant(np.int8([[[1, 2], [3, 4]]]))
+        return [tf.math.real(prod), tf.math.imag(prod),
+                tf.raw_ops.BatchMatMulV3(x=i8, y=i8, Tout=tf.int32, adj_y=True)]
+
+    feeds = {"re:0": _sample("any", (2, 3, 3)), "im:0": _sample("any", (2, 3, 3), seed=1)}
+    compare_with_tf(build, feeds, rtol=1e-5, atol=1e-5, grads=True)
+
+
+@pytest.mark.parametrize("equation,shapes", [
+    ("ij,jk->ik", [(3, 4), (4, 5)]),
+    ("bij,bjk->bik", [(2, 3, 4), (2, 4, 5)]),
+    ("...ij,...jk->...ik", [(2, 3, 4), (4, 5)]),
+    ("ij->", [(3, 4)]),
+    ("i,j->ij", [(3,), (4,)]),
+    ("ijk->kji", [(2, 3, 4)]),
+    ("bi,bi->b", [(3, 4), (3, 4)]),
+])
+def test_einsum(equation, shapes):
+    feeds = {f"x{i}:0": _sample("any", s, seed=i) for i, s in enumerate(shapes)}
+
+    def build(tf):
+        ps = [_ph(tf, tf.float32, s, f"x{i}") for i, s in enumerate(shapes)]
+        return tf.raw_ops.Einsum(inputs=ps, equation=equation)
+
+    compare_with_tf(build, feeds, rtol=1e-5, atol=1e-5, grads=True)
+
+
+# -- FFT ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_complex_fft(rank):
+    suffix = "" if rank == 1 else f"{rank}D"
+    shape = (2, 4, 3, 5)
+    feeds = {"re:0": _sample("any", shape, seed=1), "im:0": _sample("any", shape, seed=2)}
+
+    def build(tf):
+        c = tf.complex(_ph(tf, tf.float32, shape, "re"), _ph(tf, tf.float32, shape, "im"))
+        outs = []
+        for name in ("FFT", "IFFT"):
+            y = getattr(tf.raw_ops, name + suffix)(input=c)
+            outs += [y, tf.math.real(y), tf.math.imag(y)]
+        return outs
+
+    compare_with_tf(build, feeds, rtol=1e-4, atol=1e-4, grads=True)
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3])
+@pytest.mark.parametrize("lengths", ["same", "crop", "pad"])
+def test_real_fft(rank, lengths):
+    suffix = "" if rank == 1 else f"{rank}D"
+    shape = (2, 4, 6, 6)
+    n = {"same": [4, 6, 6], "crop": [3, 4, 5], "pad": [5, 6, 8]}[lengths][-rank:]
+    feeds = {"x:0": _sample("any", shape, seed=1)}
+
+    def build(tf):
+        r = tf.raw_ops
+        x = _ph(tf, tf.float32, shape, "x")
+        y = getattr(r, "RFFT" + suffix)(input=x, fft_length=n)
+        back = getattr(r, "IRFFT" + suffix)(input=y, fft_length=n)
+        return [y, tf.math.real(y), back]
+
+    # TF's RFFT gradient is only defined for the transform it computed (no crop/pad differences).
+    compare_with_tf(build, feeds, rtol=1e-4, atol=1e-4, grads=True)
+
+
+@pytest.mark.parametrize("n", [6, 7])
+def test_irfft_lengths(n):
+    shape = (3, 4)
+    feeds = {"re:0": _sample("any", shape, seed=1), "im:0": _sample("any", shape, seed=2)}
+
+    def build(tf):
+        c = tf.complex(_ph(tf, tf.float32, shape, "re"), _ph(tf, tf.float32, shape, "im"))
+        return tf.raw_ops.IRFFT(input=c, fft_length=[n])
+
+    compare_with_tf(build, feeds, rtol=1e-4, atol=1e-4)
+
+
+# -- linear algebra -------------------------------------------------------------------------------
+
+
+def _well_conditioned(shape, seed=0):
+    n = shape[-1]
+    return (_sample("any", shape, seed=seed) * 0.3 + np.eye(n, dtype=F32) * 2).astype(F32)
+
+
+def test_inverse_and_determinants():
+    a = _well_conditioned((2, 3, 3))
+    a[1, 0] *= -3  # a negative determinant
+
+    def build(tf):
+        r = tf.raw_ops
+        x = _ph(tf, tf.float32, [2, 3, 3], "a")
+        sign, logdet = r.LogMatrixDeterminant(input=x)
+        return [r.MatrixInverse(input=x), r.MatrixInverse(input=x, adjoint=True), r.MatrixDeterminant(input=x),
+                sign, logdet]
+
+    compare_with_tf(build, {"a:0": a}, rtol=1e-4, atol=1e-5, grads=True)
+
+
+def test_cholesky():
+    x = _sample("any", (2, 3, 3))
+
+    def build(tf):
+        p = _ph(tf, tf.float32, [2, 3, 3], "x")
+        spd = tf.matmul(p, p, transpose_b=True) + tf.constant(3 * np.eye(3, dtype=F32))
+        return tf.raw_ops.Cholesky(input=spd)
+
+    compare_with_tf(build, {"x:0": x}, rtol=1e-4, atol=1e-5, grads=True)
+
+
+@pytest.mark.parametrize("lower", [True, False])
+@pytest.mark.parametrize("adjoint", [False, True])
+def test_matrix_triangular_solve(lower, adjoint):
+    a = _well_conditioned((2, 3, 3))
+    tri = np.tril(a) if lower else np.triu(a)
+    feeds = {"a:0": a, "tri:0": tri, "b:0": _sample("any", (3, 2), seed=3), "bb:0": _sample("any", (2, 3, 2), seed=4)}
+
+    def build(tf):
+        m, t = _ph(tf, tf.float32, [2, 3, 3], "a"), _ph(tf, tf.float32, [2, 3, 3], "tri")
+        rhs, rhs_b = _ph(tf, tf.float32, [3, 2], "b"), _ph(tf, tf.float32, [2, 3, 2], "bb")
+        solve = tf.raw_ops.MatrixTriangularSolve
+        # The rhs's batch dimensions broadcast; only the named triangle of the matrix is read.
+        return [solve(matrix=t, rhs=rhs, lower=lower, adjoint=adjoint),
+                solve(matrix=m, rhs=rhs_b, lower=lower, adjoint=adjoint)]
+
+    compare_with_tf(build, feeds, rtol=1e-4, atol=1e-5, grads=True)
+
+
+@pytest.mark.parametrize("adjoint", [False, True])
+def test_matrix_solve(adjoint):
+    a, b = _well_conditioned((2, 3, 3)), _sample("any", (2, 3, 2), seed=3)
+
+    def build(tf):
+        m, rhs = _ph(tf, tf.float32, [2, 3, 3], "a"), _ph(tf, tf.float32, [2, 3, 2], "b")
+        return tf.raw_ops.MatrixSolve(matrix=m, rhs=rhs, adjoint=adjoint)
+
+    compare_with_tf(build, {"a:0": a, "b:0": b}, rtol=1e-4, atol=1e-5, grads=True)
+
+
+@pytest.mark.parametrize("shape", [(4, 3), (3, 3), (2, 3, 4)])
+@pytest.mark.parametrize("full_matrices", [False, True])
+def test_qr(shape, full_matrices):
+    x = _sample("any", shape)
+
+    def build(tf):
+        p = _ph(tf, tf.float32, shape, "x")
+        q, r = tf.raw_ops.Qr(input=p, full_matrices=full_matrices)
+        # Signs of Q's columns are a convention; Q R and |R| are not.
+        return [tf.matmul(q, r), tf.abs(r), tf.abs(q)]
+
+    m, n = shape[-2:]
+    differentiable = m >= n and not (full_matrices and m > n)
+    compare_with_tf(build, {"x:0": x}, rtol=1e-4, atol=1e-5, grads=differentiable)
+
+
+@pytest.mark.parametrize("shape", [(4, 3), (3, 3), (2, 3, 4)])
+@pytest.mark.parametrize("full_matrices", [False, True])
+def test_svd(shape, full_matrices):
+    x = _sample("any", shape)
+
+    def build(tf):
+        p = _ph(tf, tf.float32, shape, "x")
+        s, u, v = tf.raw_ops.Svd(input=p, full_matrices=full_matrices)
+        s_only = tf.raw_ops.Svd(input=p, compute_uv=False)[0]
+        # Singular vectors are defined up to sign: compare |u|, |v| and the reconstruction.
+        outs = [s, tf.abs(u), tf.abs(v), s_only]
+        if not full_matrices:
+            outs.append(tf.raw_ops.Einsum(inputs=[u, s, v], equation="...ik,...k,...jk->...ij"))
+        return outs
+
+    compare_with_tf(build, {"x:0": x}, rtol=1e-4, atol=1e-4, grads=not full_matrices)
+
+
+def test_self_adjoint_eig():
+    x = _sample("any", (2, 4, 4))
+
+    def build(tf):
+        p = _ph(tf, tf.float32, [2, 4, 4], "x")
+        sym = p + tf.raw_ops.Einsum(inputs=[p], equation="bij->bji")
+        e, v = tf.raw_ops.SelfAdjointEigV2(input=sym)
+        e_only = tf.raw_ops.SelfAdjointEigV2(input=sym, compute_v=False)[0]
+        recon = tf.raw_ops.Einsum(inputs=[v, e, v], equation="bik,bk,bjk->bij")
+        return [e, tf.abs(v), recon, e_only]
+
+    compare_with_tf(build, {"x:0": x}, rtol=1e-4, atol=1e-4, grads=True)

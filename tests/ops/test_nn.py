@@ -1,0 +1,516 @@
+"""Neural-network ops against TensorFlow: convolutions, pooling, normalization, activations, losses."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from oracle import compare_with_tf
+
+pytestmark = pytest.mark.oracle
+
+CONV_TOL = {"rtol": 1e-4, "atol": 1e-5}
+
+
+def randn(*shape, seed=0, dtype=np.float32):
+    return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+
+
+def ph(tf, name, value):
+    return tf.compat.v1.placeholder(tf.as_dtype(value.dtype), value.shape, name=name)
+
+
+def to_nchw(shape):
+    return (shape[0], shape[-1], *shape[1:-1])
+
+
+def nchw_attr(values):
+    """A full-rank NHWC attribute list (strides, ksize, dilations) in NCHW order."""
+    return [values[0], values[-1], *values[1:-1]]
+
+
+# -- convolutions ---------------------------------------------------------------------------------
+
+# (x NHWC shape, filter shape, strides, padding, dilations, explicit paddings (NHWC pairs))
+CONV2D = [
+    ((1, 5, 5, 2), (3, 3, 2, 4), 1, "SAME", 1, None),
+    ((2, 6, 7, 3), (3, 2, 3, 2), 2, "SAME", 1, None),
+    ((2, 6, 7, 3), (3, 3, 3, 2), 1, "VALID", 1, None),
+    ((1, 7, 8, 2), (2, 3, 2, 3), 2, "VALID", 1, None),
+    ((1, 8, 8, 2), (3, 3, 2, 2), 1, "SAME", 2, None),
+    ((1, 9, 8, 2), (2, 2, 2, 1), 1, "VALID", 3, None),
+    ((1, 5, 6, 2), (3, 3, 2, 2), 1, "EXPLICIT", 1, [0, 0, 1, 2, 0, 3, 0, 0]),
+    ((2, 5, 6, 2), (2, 3, 2, 3), 2, "EXPLICIT", 1, [0, 0, 2, 1, 1, 1, 0, 0]),
+    ((1, 6, 6, 4), (3, 3, 2, 4), 1, "SAME", 1, None),  # grouped (2 groups)
+]
+
+
+@pytest.mark.parametrize("fmt", ["NHWC", "NCHW"])
+@pytest.mark.parametrize("xs,ws,stride,padding,dil,explicit", CONV2D)
+def test_conv2d(xs, ws, stride, padding, dil, explicit, fmt):
+    if fmt == "NCHW" and ws[2] != xs[3]:
+        pytest.skip("TF's CPU kernel has no grouped NCHW convolution")
+    x = randn(*(xs if fmt == "NHWC" else to_nchw(xs)))
+    w = randn(*ws, seed=1)
+    strides, dilations = [1, stride, stride, 1], [1, dil, dil, 1]
+    if fmt == "NCHW":
+        strides, dilations = nchw_attr(strides), nchw_attr(dilations)
+        if explicit:
+            explicit = explicit[:2] + explicit[6:] + explicit[2:6]
+
+    def build(tf):
+        return tf.raw_ops.Conv2D(
+            input=ph(tf, "x", x), filter=ph(tf, "w", w), strides=strides, padding=padding,
+            explicit_paddings=explicit or [], dilations=dilations, data_format=fmt,
+        )
+
+    compare_with_tf(build, {"x:0": x, "w:0": w}, grads=True, **CONV_TOL)
+
+
+@pytest.mark.parametrize("fmt", ["NDHWC", "NCDHW"])
+@pytest.mark.parametrize(
+    "xs,ws,stride,padding,dil",
+    [
+        ((1, 4, 5, 5, 2), (2, 3, 3, 2, 3), 1, "SAME", 1),
+        ((2, 5, 4, 6, 2), (3, 2, 2, 2, 2), 2, "VALID", 1),
+        ((1, 6, 6, 6, 1), (2, 2, 2, 1, 2), 1, "SAME", 2),
+    ],
+)
+def test_conv3d(xs, ws, stride, padding, dil, fmt):
+    x = randn(*xs)
+    if fmt == "NCDHW":
+        x = np.ascontiguousarray(np.moveaxis(x, -1, 1))
+    w = randn(*ws, seed=1)
+    strides, dilations = [1, stride, stride, stride, 1], [1, dil, dil, dil, 1]
+    if fmt == "NCDHW":
+        strides, dilations = nchw_attr(strides), nchw_attr(dilations)
+
+    def build(tf):
+        return tf.raw_ops.Conv3D(
+            input=ph(tf, "x", x), filter=ph(tf, "w", w), strides=strides, padding=padding,
+            dilations=dilations, data_format=fmt,
+        )
+
+    compare_with_tf(build, {"x:0": x, "w:0": w}, grads=True, **CONV_TOL)
+
+
+@pytest.mark.parametrize("fmt", ["NHWC", "NCHW"])
+@pytest.mark.parametrize(
+    "xs,ws,stride,padding,dil",
+    [
+        ((1, 5, 5, 3), (3, 3, 3, 2), 1, "SAME", 1),
+        ((2, 7, 6, 2), (2, 3, 2, 1), 2, "VALID", 1),
+        ((1, 8, 8, 2), (3, 3, 2, 3), 1, "SAME", 2),
+        ((1, 6, 7, 2), (3, 3, 2, 2), 2, "SAME", 1),
+    ],
+)
+def test_depthwise_conv2d(xs, ws, stride, padding, dil, fmt):
+    x = randn(*(xs if fmt == "NHWC" else to_nchw(xs)))
+    w = randn(*ws, seed=1)
+    strides, dilations = [1, stride, stride, 1], [1, dil, dil, 1]
+    if fmt == "NCHW":
+        strides, dilations = nchw_attr(strides), nchw_attr(dilations)
+
+    def build(tf):
+        return tf.raw_ops.DepthwiseConv2dNative(
+            input=ph(tf, "x", x), filter=ph(tf, "w", w), strides=strides, padding=padding,
+            dilations=dilations, data_format=fmt,
+        )
+
+    compare_with_tf(build, {"x:0": x, "w:0": w}, grads=True, **CONV_TOL)
+
+
+# (input NHWC shape, filter shape, strides, padding)
+TRANSPOSED = [
+    ((1, 6, 6, 3), (3, 3, 3, 2), 2, "SAME"),
+    ((2, 7, 5, 2), (3, 2, 2, 4), 2, "VALID"),
+    ((1, 5, 5, 2), (3, 3, 2, 3), 1, "SAME"),
+    ((1, 8, 9, 2), (4, 4, 2, 2), 3, "SAME"),
+]
+
+
+def _conv_out_shape(xs, ws, stride, padding):
+    if padding == "SAME":
+        sp = [-(-n // stride) for n in xs[1:3]]
+    else:
+        sp = [(n - k) // stride + 1 for n, k in zip(xs[1:3], ws[:2])]
+    return (xs[0], *sp)
+
+
+@pytest.mark.parametrize("fmt", ["NHWC", "NCHW"])
+@pytest.mark.parametrize("xs,ws,stride,padding", TRANSPOSED)
+def test_conv2d_backprop_input(xs, ws, stride, padding, fmt):
+    dy_shape = (*_conv_out_shape(xs, ws, stride, padding), ws[3])
+    sizes, strides = list(xs), [1, stride, stride, 1]
+    if fmt == "NCHW":
+        dy_shape, sizes, strides = to_nchw(dy_shape), list(to_nchw(xs)), nchw_attr(strides)
+    dy, w = randn(*dy_shape), randn(*ws, seed=1)
+
+    def build(tf):
+        return tf.raw_ops.Conv2DBackpropInput(
+            input_sizes=tf.constant(sizes), filter=ph(tf, "w", w), out_backprop=ph(tf, "dy", dy),
+            strides=strides, padding=padding, data_format=fmt,
+        )
+
+    compare_with_tf(build, {"dy:0": dy, "w:0": w}, grads=True, **CONV_TOL)
+
+
+@pytest.mark.parametrize("xs,ws,stride,padding", TRANSPOSED[:3])
+def test_depthwise_backprop_input(xs, ws, stride, padding):
+    dy = randn(*_conv_out_shape(xs, ws, stride, padding), ws[2] * ws[3])
+    w = randn(*ws[:3], ws[3], seed=1)
+    if ws[2] != xs[3]:
+        w = randn(*ws[:2], xs[3], ws[3], seed=1)
+        dy = randn(*_conv_out_shape(xs, ws, stride, padding), xs[3] * ws[3])
+
+    def build(tf):
+        return tf.raw_ops.DepthwiseConv2dNativeBackpropInput(
+            input_sizes=tf.constant(list(xs)), filter=ph(tf, "w", w), out_backprop=ph(tf, "dy", dy),
+            strides=[1, stride, stride, 1], padding=padding,
+        )
+
+    compare_with_tf(build, {"dy:0": dy, "w:0": w}, grads=True, **CONV_TOL)
+
+
+@pytest.mark.parametrize(
+    "xs,ws,stride,padding",
+    [((1, 4, 5, 6, 2), (3, 3, 3, 3, 2), 2, "SAME"), ((1, 5, 5, 5, 2), (2, 2, 2, 2, 3), 1, "VALID")],
+)
+def test_conv3d_transpose(xs, ws, stride, padding):
+    if padding == "SAME":
+        sp = [-(-n // stride) for n in xs[1:4]]
+    else:
+        sp = [(n - k) // stride + 1 for n, k in zip(xs[1:4], ws[:3])]
+    dy, w = randn(xs[0], *sp, ws[4]), randn(*ws, seed=1)
+
+    def build(tf):
+        return tf.raw_ops.Conv3DBackpropInputV2(
+            input_sizes=tf.constant(list(xs)), filter=ph(tf, "w", w), out_backprop=ph(tf, "dy", dy),
+            strides=[1, stride, stride, stride, 1], padding=padding,
+        )
+
+    compare_with_tf(build, {"dy:0": dy, "w:0": w}, grads=True, **CONV_TOL)
+
+
+def test_conv2d_transpose_high_level():
+    x, w = randn(2, 4, 4, 3), randn(3, 3, 5, 3, seed=1)
+
+    def build(tf):
+        return tf.compat.v1.nn.conv2d_transpose(ph(tf, "x", x), ph(tf, "w", w), [2, 8, 8, 5], [1, 2, 2, 1])
+
+    compare_with_tf(build, {"x:0": x, "w:0": w}, grads=True, **CONV_TOL)
+
+
+# -- pooling --------------------------------------------------------------------------------------
+
+# (x NHWC shape, ksize, stride, padding)
+POOL2D = [
+    ((1, 4, 4, 2), 2, 2, "VALID"),
+    ((2, 5, 7, 3), 3, 2, "SAME"),
+    ((1, 6, 5, 1), (2, 3), (1, 2), "SAME"),
+    ((1, 7, 7, 2), 3, 1, "VALID"),
+    ((1, 5, 5, 2), 4, 3, "SAME"),
+]
+
+
+def _hw(v):
+    return (v, v) if isinstance(v, int) else v
+
+
+@pytest.mark.parametrize("op", ["MaxPool", "AvgPool"])
+@pytest.mark.parametrize("fmt", ["NHWC", "NCHW"])
+@pytest.mark.parametrize("xs,k,s,padding", POOL2D)
+def test_pool2d(xs, k, s, padding, fmt, op):
+    x = randn(*(xs if fmt == "NHWC" else to_nchw(xs)))
+    ksize, strides = [1, *_hw(k), 1], [1, *_hw(s), 1]
+    if fmt == "NCHW":
+        ksize, strides = nchw_attr(ksize), nchw_attr(strides)
+
+    def build(tf):
+        kw = {"input": ph(tf, "x", x)} if op == "MaxPool" else {"value": ph(tf, "x", x)}
+        return getattr(tf.raw_ops, op)(ksize=ksize, strides=strides, padding=padding, data_format=fmt, **kw)
+
+    compare_with_tf(build, {"x:0": x}, grads=True)
+
+
+def test_max_pool_int_and_v2():
+    xi = np.random.default_rng(0).integers(-50, 50, (1, 5, 5, 2)).astype(np.int32)
+    x = randn(2, 6, 5, 3)
+
+    def build(tf):
+        a = tf.raw_ops.MaxPool(input=ph(tf, "xi", xi), ksize=[1, 2, 2, 1], strides=[1, 2, 2, 1], padding="SAME")
+        b = tf.raw_ops.MaxPoolV2(
+            input=ph(tf, "x", x), ksize=tf.constant([1, 3, 2, 1]), strides=tf.constant([1, 2, 1, 1]), padding="SAME"
+        )
+        return [a, b]
+
+    compare_with_tf(build, {"xi:0": xi, "x:0": x}, grads=True)
+
+
+@pytest.mark.parametrize("op", ["MaxPool3D", "AvgPool3D"])
+@pytest.mark.parametrize("fmt", ["NDHWC", "NCDHW"])
+@pytest.mark.parametrize(
+    "xs,k,s,padding", [((1, 4, 5, 4, 2), 2, 2, "VALID"), ((2, 5, 4, 5, 1), 3, 2, "SAME"), ((1, 3, 4, 5, 2), 2, 1, "SAME")]
+)
+def test_pool3d(xs, k, s, padding, fmt, op):
+    x = randn(*xs)
+    ksize, strides = [1, k, k, k, 1], [1, s, s, s, 1]
+    if fmt == "NCDHW":
+        x = np.ascontiguousarray(np.moveaxis(x, -1, 1))
+        ksize, strides = nchw_attr(ksize), nchw_attr(strides)
+
+    def build(tf):
+        return getattr(tf.raw_ops, op)(input=ph(tf, "x", x), ksize=ksize, strides=strides, padding=padding, data_format=fmt)
+
+    compare_with_tf(build, {"x:0": x}, grads=True)
+
+
+@pytest.mark.parametrize("with_batch", [False, True])
+@pytest.mark.parametrize("xs,k,s,padding", POOL2D)
+def test_max_pool_with_argmax(xs, k, s, padding, with_batch):
+    x = randn(*xs)
+
+    def build(tf):
+        out, idx = tf.raw_ops.MaxPoolWithArgmax(
+            input=ph(tf, "x", x), ksize=[1, *_hw(k), 1], strides=[1, *_hw(s), 1], padding=padding,
+            include_batch_in_index=with_batch,
+        )
+        return [out, idx]
+
+    compare_with_tf(build, {"x:0": x}, grads=True)
+
+
+# -- bias, normalization --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "shape,fmt", [((2, 3), "NHWC"), ((2, 4, 5, 3), "NHWC"), ((2, 3, 4, 5), "NCHW"), ((2, 3, 4), "NCHW"), ((2, 3, 2, 2, 2), "NCHW")]
+)
+def test_bias_add(shape, fmt):
+    x = randn(*shape)
+    b = randn(shape[1] if fmt == "NCHW" else shape[-1], seed=1)
+
+    def build(tf):
+        return tf.raw_ops.BiasAdd(value=ph(tf, "x", x), bias=ph(tf, "b", b), data_format=fmt)
+
+    compare_with_tf(build, {"x:0": x, "b:0": b}, grads=True)
+
+
+def test_bias_add_v1():
+    x, b = randn(2, 3, 4), randn(4, seed=1)
+
+    def build(tf):
+        return tf.raw_ops.BiasAddV1(value=ph(tf, "x", x), bias=ph(tf, "b", b))
+
+    compare_with_tf(build, {"x:0": x, "b:0": b}, grads=True)
+
+
+BN_CASES = [
+    ("FusedBatchNorm", "NHWC", (2, 3, 4, 5), 1.0),
+    ("FusedBatchNormV2", "NCHW", (2, 3, 4, 5), 1.0),
+    ("FusedBatchNormV3", "NHWC", (3, 2, 2, 4), 1.0),
+    ("FusedBatchNormV3", "NCHW", (2, 4, 3, 3), 1.0),
+    ("FusedBatchNormV3", "NHWC", (2, 3, 3, 4), 0.3),
+    ("FusedBatchNormV3", "NDHWC", (2, 2, 3, 3, 4), 1.0),
+]
+
+
+def _bn_inputs(op, fmt, shape):
+    c = shape[1] if fmt.startswith("NC") else shape[-1]
+    x = randn(*shape) * 2 + 0.5
+    scale, offset = randn(c, seed=1), randn(c, seed=2)
+    mean, var = randn(c, seed=3), np.abs(randn(c, seed=4)) + 0.5
+    return x, scale, offset, mean, var
+
+
+@pytest.mark.parametrize("op,fmt,shape,factor", BN_CASES)
+def test_fused_batch_norm_training(op, fmt, shape, factor):
+    x, scale, offset, mean, var = _bn_inputs(op, fmt, shape)
+    extra = {"exponential_avg_factor": factor} if op == "FusedBatchNormV3" else {}
+    feeds = {"x:0": x, "scale:0": scale, "offset:0": offset}
+    if factor != 1.0:
+        feeds.update({"mean:0": mean, "var:0": var})
+
+    def build(tf, grads=False):
+        m = ph(tf, "mean", mean) if factor != 1.0 else tf.zeros([0])
+        v = ph(tf, "var", var) if factor != 1.0 else tf.zeros([0])
+        outs = getattr(tf.raw_ops, op)(
+            x=ph(tf, "x", x), scale=ph(tf, "scale", scale), offset=ph(tf, "offset", offset), mean=m,
+            variance=v, epsilon=0.01, is_training=True, data_format=fmt, **extra,
+        )
+        # TF's gradient only follows y; the statistics outputs are compared without gradients.
+        return outs[0] if grads else list(outs[:5])
+
+    compare_with_tf(build, feeds, rtol=1e-4, atol=1e-5)
+    compare_with_tf(lambda tf: build(tf, True), feeds, grads=True, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("op,fmt,shape,factor", BN_CASES[:5])
+def test_fused_batch_norm_inference(op, fmt, shape, factor):
+    x, scale, offset, mean, var = _bn_inputs(op, fmt, shape)
+    feeds = {"x:0": x, "scale:0": scale, "offset:0": offset, "mean:0": mean, "var:0": var}
+
+    def build(tf):
+        outs = getattr(tf.raw_ops, op)(
+            x=ph(tf, "x", x), scale=ph(tf, "scale", scale), offset=ph(tf, "offset", offset),
+            mean=ph(tf, "mean", mean), variance=ph(tf, "var", var), epsilon=0.001, is_training=False,
+            data_format=fmt,
+        )
+        # Only y: TF's grappler folds inference batch norm and then cannot fetch outputs 1..4.
+        return outs[0]
+
+    compare_with_tf(build, feeds, grads=True, rtol=1e-4, atol=1e-5)
+
+
+def test_fused_batch_norm_half():
+    x = randn(2, 3, 3, 4).astype(np.float16)
+    scale, offset = randn(4, seed=1), randn(4, seed=2)
+
+    def build(tf):
+        outs = tf.raw_ops.FusedBatchNormV3(
+            x=ph(tf, "x", x), scale=ph(tf, "scale", scale), offset=ph(tf, "offset", offset),
+            mean=tf.zeros([0]), variance=tf.zeros([0]), is_training=True,
+        )
+        return list(outs[:3])
+
+    compare_with_tf(build, {"x:0": x, "scale:0": scale, "offset:0": offset}, rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("kw", [{}, {"depth_radius": 2, "bias": 2.0, "alpha": 0.5, "beta": 0.75}, {"depth_radius": 1}])
+def test_lrn(kw):
+    x = randn(2, 3, 3, 7)
+
+    def build(tf):
+        return tf.raw_ops.LRN(input=ph(tf, "x", x), **kw)
+
+    compare_with_tf(build, {"x:0": x}, grads=True, rtol=1e-4, atol=1e-5)
+
+
+# -- activations ----------------------------------------------------------------------------------
+
+ACTIVATIONS = ["Relu", "Relu6", "Elu", "Selu", "Softplus", "Softsign", "Softmax", "LogSoftmax", "L2Loss"]
+
+
+@pytest.mark.parametrize("shape", [(7,), (3, 5), (2, 3, 4)])
+@pytest.mark.parametrize("op", ACTIVATIONS)
+def test_activation(op, shape):
+    x = randn(*shape) * 4
+
+    def build(tf):
+        arg = {"Softmax": "logits", "LogSoftmax": "logits", "L2Loss": "t"}.get(op, "features")
+        return getattr(tf.raw_ops, op)(**{arg: ph(tf, "x", x)})
+
+    compare_with_tf(build, {"x:0": x}, grads=True, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("alpha", [0.2, 0.01, 1.5])
+def test_leaky_relu(alpha):
+    x = randn(3, 4)
+
+    def build(tf):
+        return tf.raw_ops.LeakyRelu(features=ph(tf, "x", x), alpha=alpha)
+
+    compare_with_tf(build, {"x:0": x}, grads=True)
+
+
+def test_relu_int():
+    x = np.arange(-6, 10, dtype=np.int32).reshape(4, 4)
+
+    def build(tf):
+        return [tf.raw_ops.Relu(features=ph(tf, "x", x)), tf.raw_ops.Relu6(features=ph(tf, "x", x))]
+
+    compare_with_tf(build, {"x:0": x})
+
+
+# -- losses and metrics ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(4, 5), (1, 3), (3, 10)])
+def test_softmax_cross_entropy(shape):
+    logits = randn(*shape) * 3
+    labels = np.random.default_rng(1).dirichlet(np.ones(shape[1]), shape[0]).astype(np.float32)
+
+    def build(tf):
+        loss, backprop = tf.raw_ops.SoftmaxCrossEntropyWithLogits(features=ph(tf, "x", logits), labels=tf.constant(labels))
+        return [loss, backprop]
+
+    compare_with_tf(build, {"x:0": logits}, grads=True)
+
+    def build_loss(tf):
+        loss, _ = tf.raw_ops.SoftmaxCrossEntropyWithLogits(features=ph(tf, "x", logits), labels=ph(tf, "y", labels))
+        return loss
+
+    compare_with_tf(build_loss, {"x:0": logits, "y:0": labels}, grads=True)
+
+
+def test_softmax_cross_entropy_high_level():
+    logits, labels = randn(2, 3, 5), np.eye(5, dtype=np.float32)[[[0, 1, 2], [3, 4, 0]]]
+
+    def build(tf):
+        return tf.nn.softmax_cross_entropy_with_logits(labels=tf.constant(labels), logits=ph(tf, "x", logits))
+
+    compare_with_tf(build, {"x:0": logits}, grads=True)
+
+
+@pytest.mark.parametrize("label_dtype", [np.int32, np.int64])
+def test_sparse_softmax_cross_entropy(label_dtype):
+    logits = randn(4, 6) * 2
+    labels = np.array([0, 5, 2, 3], label_dtype)
+
+    def build(tf):
+        loss, backprop = tf.raw_ops.SparseSoftmaxCrossEntropyWithLogits(features=ph(tf, "x", logits), labels=ph(tf, "y", labels))
+        return [loss, backprop]
+
+    compare_with_tf(build, {"x:0": logits, "y:0": labels}, grads=True)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 6])
+def test_in_top_k(k):
+    preds = np.array(
+        [[0.1, 0.5, 0.5, 0.2, 0.0, 0.3], [1, 2, 3, 4, 5, 6], [np.inf, 1, 2, 3, 4, 5], [0, 0, 0, 0, 0, 0]], np.float32
+    )
+    targets = np.array([2, 0, 0, 3], np.int32)
+
+    def build(tf):
+        p, t = ph(tf, "p", preds), ph(tf, "t", targets)
+        return [tf.raw_ops.InTopK(predictions=p, targets=t, k=k), tf.raw_ops.InTopKV2(predictions=p, targets=t, k=tf.constant(k))]
+
+    compare_with_tf(build, {"p:0": preds, "t:0": targets})
+
+
+# -- fake quantization ----------------------------------------------------------------------------
+
+FAKE_QUANT = [(-6.0, 6.0, 8, False), (-1.0, 3.0, 8, True), (0.1, 2.5, 4, False), (-2.3, -0.2, 5, False), (-3.7, 5.1, 7, True)]
+
+
+@pytest.mark.parametrize("lo,hi,bits,narrow", FAKE_QUANT)
+def test_fake_quant_args(lo, hi, bits, narrow):
+    x = np.concatenate([np.linspace(-8, 8, 97), randn(30) * 3]).astype(np.float32)
+
+    def build(tf):
+        return tf.raw_ops.FakeQuantWithMinMaxArgs(inputs=ph(tf, "x", x), min=lo, max=hi, num_bits=bits, narrow_range=narrow)
+
+    compare_with_tf(build, {"x:0": x}, grads=True)
+
+
+@pytest.mark.parametrize("lo,hi,bits,narrow", FAKE_QUANT)
+def test_fake_quant_vars(lo, hi, bits, narrow):
+    x = np.concatenate([np.linspace(-8, 8, 97), randn(30) * 3]).astype(np.float32)
+    feeds = {"x:0": x, "lo:0": np.float32(lo), "hi:0": np.float32(hi)}
+
+    def build(tf):
+        return tf.raw_ops.FakeQuantWithMinMaxVars(
+            inputs=ph(tf, "x", x), min=ph(tf, "lo", feeds["lo:0"]), max=ph(tf, "hi", feeds["hi:0"]), num_bits=bits,
+            narrow_range=narrow,
+        )
+
+    compare_with_tf(build, feeds, grads=True)
+
+
+def test_fake_quant_per_channel():
+    x = randn(5, 3) * 3
+    lo, hi = np.float32([-1, -6, 0.5]), np.float32([1, 6, 3])
+
+    def build(tf):
+        return tf.raw_ops.FakeQuantWithMinMaxVarsPerChannel(inputs=ph(tf, "x", x), min=ph(tf, "lo", lo), max=ph(tf, "hi", hi))
+
+    compare_with_tf(build, {"x:0": x, "lo:0": lo, "hi:0": hi}, grads=True)

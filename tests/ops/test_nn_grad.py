@@ -1,0 +1,421 @@
+"""Gradient ops (ReluGrad, Conv2DBackpropFilter, MaxPoolGrad, FusedBatchNormGrad, ...) against TF.
+
+The ops are built with `tf.raw_ops` on placeholders, so only the op under test runs; forward
+results some of them take (a pool's output, batch-norm reserve spaces) are computed by TF eagerly
+and fed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from oracle import compare_with_tf, get_tf
+
+pytestmark = pytest.mark.oracle
+
+RNG = np.random.default_rng(0)
+
+
+def randn(*shape, dtype=np.float32):
+    return RNG.standard_normal(shape).astype(dtype)
+
+
+def placeholders(tf, feeds):
+    return {k.split(":")[0]: tf.compat.v1.placeholder(tf.as_dtype(v.dtype), v.shape, name=k.split(":")[0])
+            for k, v in feeds.items()}
+
+
+# -- elementwise ----------------------------------------------------------------------------------
+
+# op: (first input, second input, TF defines a gradient of the op)
+ELEMENTWISE = {
+    "ReluGrad": ("randn", "randn_with_zeros", True),
+    "Relu6Grad": ("randn", "wide_with_edges", True),
+    "EluGrad": ("randn", "elu_out", True),
+    "SeluGrad": ("randn", "elu_out", True),
+    "SoftplusGrad": ("randn", "wide", True),
+    "SoftsignGrad": ("randn", "randn", False),
+    "TanhGrad": ("tanh_out", "randn", True),
+    "SigmoidGrad": ("sigmoid_out", "randn", True),
+    "RsqrtGrad": ("positive", "randn", True),
+    "SqrtGrad": ("positive", "randn", True),
+    "ReciprocalGrad": ("randn", "randn", True),
+    "InvGrad": ("randn", "randn", True),
+}
+SHAPES = [(5,), (2, 3), (2, 3, 4)]
+
+
+def _values(kind, shape):
+    x = randn(*shape)
+    if kind == "randn_with_zeros":
+        x.reshape(-1)[::3] = 0.0
+    elif kind == "wide":
+        x = x * 8
+    elif kind == "wide_with_edges":
+        x = x * 5
+        x.reshape(-1)[::4] = 6.0
+        x.reshape(-1)[1::4] = 0.0
+    elif kind == "elu_out":
+        x = np.where(x > 0, x, np.expm1(x)).astype(np.float32)
+    elif kind == "tanh_out":
+        x = np.tanh(x)
+    elif kind == "sigmoid_out":
+        x = (1 / (1 + np.exp(-x))).astype(np.float32)
+    elif kind == "positive":
+        x = np.abs(x) + 0.5
+    return x.astype(np.float32)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("op", list(ELEMENTWISE))
+def test_elementwise_grad(op, shape):
+    first, second, has_grad = ELEMENTWISE[op]
+    feeds = {"a:0": _values(first, shape), "b:0": _values(second, shape)}
+    names = get_tf().raw_ops.__dict__[op].__doc__ and None  # noqa: F841 - keeps the lookup explicit
+    from tensorflow.python.framework import op_def_registry
+
+    arg_names = [a.name for a in op_def_registry.get(op).input_arg]
+
+    def build(tf):
+        ph = placeholders(tf, feeds)
+        return getattr(tf.raw_ops, op)(**{arg_names[0]: ph["a"], arg_names[1]: ph["b"]})
+
+    compare_with_tf(build, feeds, grads=has_grad, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("alpha", [0.2, 0.01, 1.5])
+def test_leaky_relu_grad(alpha):
+    feeds = {"a:0": randn(3, 4), "b:0": _values("randn_with_zeros", (3, 4))}
+
+    def build(tf):
+        ph = placeholders(tf, feeds)
+        return tf.raw_ops.LeakyReluGrad(gradients=ph["a"], features=ph["b"], alpha=alpha)
+
+    compare_with_tf(build, feeds, grads=True)
+
+
+# -- bias -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape,data_format", [
+    ((4, 3), "NHWC"), ((4, 3), "NCHW"), ((2, 3, 4), "NHWC"), ((2, 3, 4), "NCHW"),
+    ((2, 3, 4, 5), "NHWC"), ((2, 3, 4, 5), "NCHW"), ((2, 3, 2, 2, 2), "NCHW"),
+], ids=str)
+def test_bias_add_grad(shape, data_format):
+    feeds = {"g:0": randn(*shape)}
+
+    def build(tf):
+        ph = placeholders(tf, feeds)
+        return [tf.raw_ops.BiasAddGrad(out_backprop=ph["g"], data_format=data_format),
+                tf.raw_ops.BiasAddGradV1(out_backprop=ph["g"])]
+
+    compare_with_tf(build, feeds, grads=True, rtol=1e-5, atol=1e-5)
+
+
+# -- convolutions ---------------------------------------------------------------------------------
+
+CONV2D = [
+    # input shape (NHWC), filter shape, strides, padding, dilations
+    ((2, 6, 6, 3), (3, 3, 3, 4), (1, 1), "SAME", (1, 1)),
+    ((2, 6, 6, 3), (3, 3, 3, 4), (1, 1), "VALID", (1, 1)),
+    ((1, 7, 8, 2), (3, 2, 2, 3), (2, 2), "SAME", (1, 1)),
+    ((1, 7, 8, 2), (3, 2, 2, 3), (2, 3), "VALID", (1, 1)),
+    ((1, 7, 7, 2), (3, 3, 2, 2), (1, 1), "SAME", (2, 2)),
+    ((1, 6, 6, 2), (2, 2, 2, 3), (1, 1), [(0, 0), (1, 2), (0, 1), (0, 0)], (1, 1)),
+]
+
+
+def _nhwc_to(shape_or_list, data_format):
+    if data_format == "NHWC":
+        return list(shape_or_list)
+    a = list(shape_or_list)
+    return [a[0], a[-1], *a[1:-1]]
+
+
+def _conv_out(tf, x, w, strides, padding, dilations, data_format="NHWC"):
+    return tf.nn.conv2d(x, w, [1, *strides, 1], padding, dilations=[1, *dilations, 1]).numpy()
+
+
+@pytest.mark.parametrize("data_format", ["NHWC", "NCHW"])
+@pytest.mark.parametrize("case", CONV2D, ids=str)
+def test_conv2d_backprop_filter(case, data_format):
+    tf = get_tf()
+    in_shape, f_shape, strides, padding, dilations = case
+    x = randn(*in_shape)
+    dy_shape = _conv_out(tf, x, randn(*f_shape), strides, padding, dilations).shape
+    dy = randn(*dy_shape)
+    if data_format == "NCHW":
+        x, dy = x.transpose(0, 3, 1, 2), dy.transpose(0, 3, 1, 2)
+    feeds = {"x:0": x, "dy:0": dy}
+    explicit = []
+    if isinstance(padding, list):
+        explicit = [p for pair in _nhwc_to(padding, data_format) for p in pair]
+        padding = "EXPLICIT"
+
+    def build(tf):
+        ph = placeholders(tf, feeds)
+        return tf.raw_ops.Conv2DBackpropFilter(
+            input=ph["x"], filter_sizes=tf.constant(f_shape), out_backprop=ph["dy"],
+            strides=_nhwc_to([1, *strides, 1], data_format), padding=padding, explicit_paddings=explicit,
+            data_format=data_format, dilations=_nhwc_to([1, *dilations, 1], data_format))
+
+    if data_format == "NCHW" and dilations != (1, 1):
+        pytest.skip("TF's CPU Conv2DBackpropFilter does not support NCHW with dilations")
+    try:
+        compare_with_tf(build, feeds, grads=True, rtol=1e-4, atol=1e-4)
+    except Exception as e:  # TF's CPU kernels lack some NCHW variants
+        if "NCHW" in str(e) or "data_format" in str(e) or "UNIMPLEMENTED" in str(e).upper():
+            pytest.skip(f"TF CPU kernel unavailable: {str(e)[:80]}")
+        raise
+
+
+@pytest.mark.parametrize("case", [
+    ((1, 4, 5, 5, 2), (2, 3, 3, 2, 3), (1, 1, 1), "SAME", (1, 1, 1)),
+    ((2, 5, 4, 4, 1), (3, 2, 2, 1, 2), (2, 1, 2), "VALID", (1, 1, 1)),
+    ((1, 5, 5, 5, 1), (2, 2, 2, 1, 1), (1, 1, 1), "SAME", (2, 1, 2)),
+], ids=str)
+def test_conv3d_backprop_filter(case):
+    tf = get_tf()
+    in_shape, f_shape, strides, padding, dilations = case
+    x = randn(*in_shape)
+    w = randn(*f_shape)
+    dy = randn(*tf.nn.conv3d(x, w, [1, *strides, 1], padding, dilations=[1, *dilations, 1]).shape)
+    feeds = {"x:0": x, "dy:0": dy}
+
+    def build(tf):
+        ph = placeholders(tf, feeds)
+        kw = dict(input=ph["x"], out_backprop=ph["dy"], strides=[1, *strides, 1], padding=padding)
+        outs = [tf.raw_ops.Conv3DBackpropFilterV2(filter_sizes=tf.constant(f_shape), **kw,
+                                                  dilations=[1, *dilations, 1])]
+        if dilations == (1, 1, 1):
+            outs.append(tf.raw_ops.Conv3DBackpropFilter(filter=tf.constant(w), **kw))
+        return outs
+
+    compare_with_tf(build, feeds, grads=True, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("case", [
+    ((2, 6, 6, 3), (3, 3, 3, 2), (1, 1), "SAME", (1, 1)),
+    ((1, 7, 7, 2), (2, 3, 2, 1), (2, 2), "VALID", (1, 1)),
+    ((1, 8, 8, 2), (3, 3, 2, 2), (1, 1), "SAME", (2, 2)),
+    ((1, 5, 5, 2), (2, 2, 2, 1), (1, 1), [(0, 0), (1, 0), (2, 1), (0, 0)], (1, 1)),
+], ids=str)
+def test_depthwise_backprop_filter(case):
+    tf = get_tf()
+    in_shape, f_shape, strides, padding, dilations = case
+    x = randn(*in_shape)
+    explicit = []
+    if isinstance(padding, list):
+        explicit = [p for pair in padding for p in pair]
+        x_padded = np.pad(x, padding)
+        out = tf.raw_ops.DepthwiseConv2dNative(input=x_padded, filter=randn(*f_shape), strides=[1, *strides, 1],
+                                               padding="VALID")
+        padding = "EXPLICIT"
+    else:
+        out = tf.raw_ops.DepthwiseConv2dNative(input=x, filter=randn(*f_shape), strides=[1, *strides, 1],
+                                               padding=padding, dilations=[1, *dilations, 1])
+    feeds = {"x:0": x, "dy:0": randn(*out.shape)}
+
+    def build(tf):
+        ph = placeholders(tf, feeds)
+        return tf.raw_ops.DepthwiseConv2dNativeBackpropFilter(
+            input=ph["x"], filter_sizes=tf.constant(f_shape), out_backprop=ph["dy"], strides=[1, *strides, 1],
+            padding=padding, explicit_paddings=explicit, dilations=[1, *dilations, 1])
+
+    compare_with_tf(build, feeds, grads=True, rtol=1e-4, atol=1e-4)
+
+
+# -- pooling --------------------------------------------------------------------------------------
+
+POOL2D = [
+    # input shape (NHWC), ksize, strides, padding
+    ((2, 6, 6, 3), (2, 2), (2, 2), "VALID"),
+    ((2, 6, 6, 3), (3, 3), (2, 2), "SAME"),
+    ((1, 7, 5, 2), (3, 2), (1, 1), "SAME"),
+    ((1, 7, 5, 2), (3, 3), (2, 1), "VALID"),
+    ((1, 5, 5, 1), (3, 3), (1, 1), "SAME"),
+]
+
+
+def _pool_input(shape, ties):
+    if ties:  # many equal maxima: the gradient must go to the first one in each window
+        return RNG.integers(0, 3, shape).astype(np.float32)
+    return randn(*shape)
+
+
+@pytest.mark.parametrize("ties", [False, True], ids=["distinct", "ties"])
+@pytest.mark.parametrize("case", POOL2D, ids=str)
+def test_max_pool_grad(case, ties):
+    tf = get_tf()
+    shape, ksize, strides, padding = case
+    x = _pool_input(shape, ties)
+    k, s = [1, *ksize, 1], [1, *strides, 1]
+    y = tf.nn.max_pool2d(x, k, s, padding).numpy()
+    feeds = {"x:0": x, "y:0": y, "dy:0": randn(*y.shape), "ddx:0": randn(*shape)}
+
+    def build(tf):
+        ph = placeholders(tf, feeds)
+        return [
+            tf.raw_ops.MaxPoolGrad(orig_input=ph["x"], orig_output=ph["y"], grad=ph["dy"], ksize=k, strides=s,
+                                   padding=padding),
+            tf.raw_ops.MaxPoolGradV2(orig_input=ph["x"], orig_output=ph["y"], grad=ph["dy"], ksize=tf.constant(k),
+                                     strides=tf.constant(s), padding=padding),
+            tf.raw_ops.MaxPoolGradGrad(orig_input=ph["x"], orig_output=ph["y"], grad=ph["ddx"], ksize=k,
+                                       strides=s, padding=padding),
+        ]
+
+    compare_with_tf(build, feeds, grads=not ties)
+
+
+def test_max_pool_grad_nchw_layout_attrs():
+    """NCHW MaxPoolGrad has no CPU kernel in TF; check it equals the transposed NHWC result."""
+    import jax.numpy as jnp
+
+    from jaxmeta.ops import registry
+
+    class FakeNode:
+        name, type = "mpg", "MaxPoolGrad"
+
+        def attr_ints(self, name, default=None):
+            return {"ksize": [1, 1, 3, 3], "strides": [1, 1, 2, 2], "explicit_paddings": []}[name]
+
+        def attr_str(self, name, default=None):
+            return {"data_format": "NCHW", "padding": "SAME"}[name]
+
+    tf = get_tf()
+    x = randn(2, 6, 6, 3)
+    y = tf.nn.max_pool2d(x, 3, 2, "SAME").numpy()
+    dy = randn(*y.shape)
+    want = tf.raw_ops.MaxPoolGrad(orig_input=x, orig_output=y, grad=dy, ksize=[1, 3, 3, 1], strides=[1, 2, 2, 1],
+                                  padding="SAME").numpy()
+    fn = registry.lookup("MaxPoolGrad").build(FakeNode())
+    got = fn(jnp.asarray(x.transpose(0, 3, 1, 2)), None, jnp.asarray(dy.transpose(0, 3, 1, 2)))
+    np.testing.assert_allclose(np.asarray(got).transpose(0, 2, 3, 1), want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("case", POOL2D, ids=str)
+def test_avg_pool_grad(case):
+    tf = get_tf()
+    shape, ksize, strides, padding = case
+    k, s = [1, *ksize, 1], [1, *strides, 1]
+    y = tf.nn.avg_pool2d(randn(*shape), k, s, padding)
+    feeds = {"dy:0": randn(*y.shape)}
+
+    def build(tf):
+        ph = placeholders(tf, feeds)
+        return tf.raw_ops.AvgPoolGrad(orig_input_shape=tf.constant(shape), grad=ph["dy"], ksize=k, strides=s,
+                                      padding=padding)
+
+    compare_with_tf(build, feeds, grads=True)
+
+
+POOL3D = [
+    ((1, 4, 4, 4, 2), (2, 2, 2), (2, 2, 2), "VALID"),
+    ((2, 5, 4, 3, 1), (3, 2, 2), (1, 2, 1), "SAME"),
+]
+
+
+@pytest.mark.parametrize("ties", [False, True], ids=["distinct", "ties"])
+@pytest.mark.parametrize("case", POOL3D, ids=str)
+def test_pool3d_grads(case, ties):
+    tf = get_tf()
+    shape, ksize, strides, padding = case
+    k, s = [1, *ksize, 1], [1, *strides, 1]
+    x = _pool_input(shape, ties)
+    y = tf.nn.max_pool3d(x, k, s, padding).numpy()
+    feeds = {"x:0": x, "y:0": y, "dy:0": randn(*y.shape)}
+
+    def build(tf):
+        ph = placeholders(tf, feeds)
+        return [
+            tf.raw_ops.MaxPool3DGrad(orig_input=ph["x"], orig_output=ph["y"], grad=ph["dy"], ksize=k, strides=s,
+                                     padding=padding),
+            tf.raw_ops.AvgPool3DGrad(orig_input_shape=tf.constant(shape), grad=ph["dy"], ksize=k, strides=s,
+                                     padding=padding),
+        ]
+
+    compare_with_tf(build, feeds, grads=not ties)
+
+
+# -- normalization --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", ["", "V2", "V3"])
+@pytest.mark.parametrize("is_training", [True, False], ids=["training", "inference"])
+@pytest.mark.parametrize("shape,data_format", [((4, 3, 3, 2), "NHWC"), ((2, 5, 2, 3), "NHWC"),
+                                               ((3, 2, 4, 4), "NCHW")], ids=str)
+def test_fused_batch_norm_grad(version, is_training, shape, data_format):
+    tf = get_tf()
+    channels = shape[1] if data_format == "NCHW" else shape[-1]
+    x = randn(*shape)
+    scale = np.abs(randn(channels)) + 0.5
+    if is_training:
+        x_nhwc = x.transpose(0, 2, 3, 1) if data_format == "NCHW" else x
+        _, _, _, r1, r2, r3 = tf.raw_ops.FusedBatchNormV3(
+            x=x_nhwc, scale=scale, offset=np.zeros_like(scale), mean=np.zeros(0, np.float32),
+            variance=np.zeros(0, np.float32), is_training=True, epsilon=1e-3)
+        r1, r2, r3 = r1.numpy(), r2.numpy(), r3.numpy()
+    else:
+        r1, r2, r3 = randn(channels), np.abs(randn(channels)) + 0.2, np.zeros(0, np.float32)
+    feeds = {"dy:0": randn(*shape), "x:0": x, "scale:0": scale, "r1:0": r1, "r2:0": r2}
+    if data_format == "NCHW" and is_training:
+        pytest.skip("TF's CPU FusedBatchNormGrad supports NCHW only in inference here")
+
+    def build(tf):
+        ph = placeholders(tf, feeds)
+        op = getattr(tf.raw_ops, f"FusedBatchNormGrad{version}")
+        extra = {"reserve_space_3": tf.constant(r3)} if version == "V3" else {}
+        outs = op(y_backprop=ph["dy"], x=ph["x"], scale=ph["scale"], reserve_space_1=ph["r1"],
+                  reserve_space_2=ph["r2"], epsilon=1e-3, data_format=data_format, is_training=is_training, **extra)
+        return list(outs)
+
+    # TF's gradient of FusedBatchNormGrad (second order) is only defined w.r.t. dy, x and scale in
+    # training; the reserve-space feeds get none, which the harness skips.
+    compare_with_tf(build, feeds, rtol=1e-4, atol=1e-4, grads=False)
+
+
+@pytest.mark.parametrize("depth_radius,bias,alpha,beta", [(2, 1.0, 1.0, 0.5), (1, 2.0, 0.1, 0.75),
+                                                          (5, 0.5, 0.3, 1.0)])
+def test_lrn_grad(depth_radius, bias, alpha, beta):
+    tf = get_tf()
+    x = randn(2, 3, 2, 7)
+    y = tf.nn.local_response_normalization(x, depth_radius, bias, alpha, beta).numpy()
+    feeds = {"dy:0": randn(*x.shape), "x:0": x, "y:0": y}
+
+    def build(tf):
+        ph = placeholders(tf, feeds)
+        return tf.raw_ops.LRNGrad(input_grads=ph["dy"], input_image=ph["x"], output_image=ph["y"],
+                                  depth_radius=depth_radius, bias=bias, alpha=alpha, beta=beta)
+
+    compare_with_tf(build, feeds, rtol=1e-4, atol=1e-5)
+
+
+# -- image resizing -------------------------------------------------------------------------------
+
+RESIZE = [
+    # (in h, w), (out h, w), align_corners, half_pixel_centers
+    ((4, 5), (8, 10), False, False),
+    ((4, 5), (7, 3), False, False),
+    ((4, 5), (8, 10), True, False),
+    ((5, 3), (2, 7), True, False),
+    ((4, 5), (8, 10), False, True),
+    ((6, 6), (4, 9), False, True),
+    ((3, 3), (1, 1), True, False),
+]
+
+
+@pytest.mark.parametrize("case", RESIZE, ids=str)
+def test_resize_grads(case):
+    (ih, iw), (oh, ow), align, half = case
+    feeds = {"dy:0": randn(2, oh, ow, 3), "img:0": randn(2, ih, iw, 3)}
+
+    def build(tf):
+        ph = placeholders(tf, feeds)
+        return [
+            tf.raw_ops.ResizeBilinearGrad(grads=ph["dy"], original_image=ph["img"], align_corners=align,
+                                          half_pixel_centers=half),
+            tf.raw_ops.ResizeNearestNeighborGrad(grads=ph["dy"], size=tf.constant([ih, iw]), align_corners=align,
+                                                 half_pixel_centers=half),
+        ]
+
+    compare_with_tf(build, feeds, rtol=1e-5, atol=1e-5, grads=True)

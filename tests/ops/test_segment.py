@@ -1,0 +1,431 @@
+"""Segment, sparse-segment, stitch/partition, unique, top-k and sparse ops against TensorFlow."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from oracle import compare_with_tf, get_tf, run_tf
+
+import jaxmeta
+
+pytestmark = pytest.mark.oracle
+
+RNG = np.random.default_rng(0)
+DATA = RNG.standard_normal((6, 3)).astype(np.float32)
+DATA3 = RNG.standard_normal((2, 3, 2)).astype(np.float32)
+INTS = RNG.integers(-5, 6, (6, 3)).astype(np.int32)
+
+
+def _ph(tf, value, name):
+    return tf.compat.v1.placeholder(tf.as_dtype(value.dtype), value.shape, name=name)
+
+
+# -- segment reductions ----------------------------------------------------------------------------
+
+SORTED_IDS = [np.int32([0, 0, 1, 1, 3, 3]), np.int64([0, 1, 1, 2, 2, 2]), np.int32([2, 2, 2, 4, 4, 5])]
+
+
+@pytest.mark.parametrize("op", ["segment_sum", "segment_mean", "segment_max", "segment_min", "segment_prod"])
+@pytest.mark.parametrize("ids", SORTED_IDS, ids=lambda v: str(v.tolist()))
+def test_sorted_segment(op, ids):
+    def build(tf):
+        x = _ph(tf, DATA, "x")
+        return getattr(tf.math, op)(x, tf.constant(ids))
+
+    compare_with_tf(build, {"x:0": DATA}, grads=True)
+
+
+@pytest.mark.parametrize("op", ["segment_sum", "segment_mean", "segment_max", "segment_min", "segment_prod"])
+def test_sorted_segment_int_and_1d(op):
+    def build(tf):
+        x = _ph(tf, INTS, "x")
+        v = _ph(tf, DATA[:, 0], "v")
+        return [getattr(tf.math, op)(x, tf.constant(SORTED_IDS[0])), getattr(tf.math, op)(v, SORTED_IDS[2])]
+
+    compare_with_tf(build, {"x:0": INTS, "v:0": DATA[:, 0]}, grads=True)
+
+
+def test_sorted_segment_traced_ids():
+    def build(tf):
+        x = _ph(tf, DATA, "x")
+        ids = tf.compat.v1.placeholder(tf.int32, [6], name="ids")
+        return tf.math.segment_sum(x, ids)
+
+    # Concrete ids (no jit) give TF's result; under jit the output size is unknowable: a clear error.
+    feeds = {"x:0": DATA, "ids:0": SORTED_IDS[0]}
+    run = compare_with_tf(build, feeds, jit_modes=(False,))
+    f = run.graph.function(run.fetch_names, feeds=list(feeds))
+    with pytest.raises(jaxmeta.GraphError, match="segment_ids is traced"):
+        jax.jit(f)({}, *feeds.values())
+
+
+UNSORTED = [
+    (DATA, np.int32([3, -1, 0, 3, 1, 0]), 5),
+    (DATA, np.int64([4, 4, 4, 4, 4, 4]), 6),
+    (DATA3, np.int32([[1, 0, 1], [-1, 2, 2]]), 4),
+    (INTS, np.int32([0, 2, 2, 0, 1, 1]), 4),
+]
+
+
+@pytest.mark.parametrize("op", ["unsorted_segment_sum", "unsorted_segment_max", "unsorted_segment_min",
+                                "unsorted_segment_prod", "unsorted_segment_mean", "unsorted_segment_sqrt_n"])
+@pytest.mark.parametrize("data,ids,num", UNSORTED, ids=["2d", "one-segment", "3d-prefix", "int"])
+@pytest.mark.parametrize("fed_ids", [False, True])
+def test_unsorted_segment(op, data, ids, num, fed_ids):
+    if data.dtype.kind == "i" and op in ("unsorted_segment_mean", "unsorted_segment_sqrt_n"):
+        pytest.skip("TF defines these for floats only")
+
+    def build(tf):
+        x = _ph(tf, data, "x")
+        i = _ph(tf, ids, "ids") if fed_ids else tf.constant(ids)
+        return getattr(tf.math, op)(x, i, num)
+
+    feeds = {"x:0": data, **({"ids:0": ids} if fed_ids else {})}
+    compare_with_tf(build, feeds, grads=True)
+
+
+@pytest.mark.parametrize("op", ["SegmentSumV2", "SegmentMaxV2", "SegmentMinV2", "SegmentProdV2"])
+def test_segment_v2(op):
+    def build(tf):
+        x = _ph(tf, DATA, "x")
+        return getattr(tf.raw_ops, op)(data=x, segment_ids=tf.constant(SORTED_IDS[0]), num_segments=5)
+
+    try:
+        compare_with_tf(build, {"x:0": DATA})
+    except Exception as e:  # older TF builds have no CPU kernel for the V2 ops
+        if "kernel" in str(e).lower() and "registered" in str(e).lower():
+            pytest.skip(f"TF has no kernel for {op}")
+        raise
+
+
+# -- sparse segments -------------------------------------------------------------------------------
+
+SPARSE = [
+    (np.int32([0, 2, 4, 1]), np.int32([0, 0, 1, 3])),
+    (np.int64([5, 5, 0, 3, 3, 1]), np.int64([0, 1, 1, 1, 2, 4])),
+]
+
+
+@pytest.mark.parametrize("op", ["sparse_segment_sum", "sparse_segment_mean", "sparse_segment_sqrt_n"])
+@pytest.mark.parametrize("indices,segments", SPARSE, ids=["a", "b"])
+@pytest.mark.parametrize("num_segments", [None, 7])
+def test_sparse_segment(op, indices, segments, num_segments):
+    def build(tf):
+        x = _ph(tf, DATA, "x")
+        y = getattr(tf.compat.v1, op)(x, tf.constant(indices), tf.constant(segments), num_segments=num_segments)
+        # TF's own gradient graph (SparseSegment*Grad) as a fetch, besides jax.grad of y.
+        dx = tf.convert_to_tensor(tf.compat.v1.gradients(tf.reduce_sum(y * y), x)[0])
+        return [y, dx]
+
+    compare_with_tf(build, {"x:0": DATA}, grads=True)
+
+
+@pytest.mark.parametrize("op", ["SparseSegmentSumGrad", "SparseSegmentMeanGrad", "SparseSegmentSqrtNGrad"])
+def test_sparse_segment_grad_ops(op):
+    grad = RNG.standard_normal((4, 3)).astype(np.float32)
+
+    def build(tf):
+        g = _ph(tf, grad, "g")
+        return getattr(tf.raw_ops, op)(grad=g, indices=tf.constant([0, 2, 4, 1, 2]),
+                                       segment_ids=tf.constant([0, 0, 1, 3, 3]), output_dim0=6)
+
+    compare_with_tf(build, {"g:0": grad}, grads=True)
+
+
+# -- stitch and partition --------------------------------------------------------------------------
+
+
+def test_dynamic_stitch():
+    a, b = DATA[:2], DATA[2:5]
+
+    def build(tf):
+        x, y = _ph(tf, a, "a"), _ph(tf, b, "b")
+        idx = [tf.constant([0, 4]), tf.constant([[1, 2], [5, 4]])[:, :1]]  # 4 repeats: the later wins
+        stitched = tf.dynamic_stitch([tf.constant([0, 4]), tf.constant([1, 3, 4])], [x, y])
+        parallel = tf.raw_ops.ParallelDynamicStitch(indices=[tf.constant([2, 0]), tf.constant([1, 3, 4])],
+                                                    data=[x, y])
+        nested = tf.dynamic_stitch(idx, [x, tf.reshape(y[:2], [2, 1, 3])])
+        return [stitched, parallel, nested]
+
+    compare_with_tf(build, {"a:0": a, "b:0": b}, grads=True)
+
+
+def test_dynamic_stitch_in_gradient_shape_arithmetic():
+    def build(tf):
+        x = _ph(tf, DATA3, "x")
+        y = tf.reduce_sum(x * x, axis=[0, 2])  # its gradient reshapes with a DynamicStitch'ed shape
+        return [y, tf.compat.v1.gradients(y, x)[0]]
+
+    compare_with_tf(build, {"x:0": DATA3}, grads=True)
+
+
+@pytest.mark.parametrize("parts,num", [(np.int32([0, 1, 0, 2, 2, 0]), 3), (np.int32([1, 1, 1, 1, 1, 1]), 3)])
+def test_dynamic_partition(parts, num):
+    def build(tf):
+        x = _ph(tf, DATA, "x")
+        outs = tf.dynamic_partition(x, tf.constant(parts), num)
+        return [*outs, tf.dynamic_partition(tf.constant(np.arange(6)), tf.constant(parts), num)[0]]
+
+    compare_with_tf(build, {"x:0": DATA}, grads=True)
+
+
+def test_dynamic_partition_traced_partitions():
+    parts = np.int32([[0, 1, 0], [1, 1, 0]])
+
+    def build(tf):
+        x = _ph(tf, DATA3, "x")
+        p = _ph(tf, parts, "p")
+        return tf.dynamic_partition(x, p, 2)
+
+    feeds = {"x:0": DATA3, "p:0": parts}
+    run = compare_with_tf(build, feeds, grads=True, jit_modes=(False,))
+    f = run.graph.function(run.fetch_names, feeds=list(feeds))
+    with pytest.raises(jaxmeta.GraphError, match="partitions is traced"):
+        jax.jit(f)({}, *feeds.values())
+
+
+# -- unique ------------------------------------------------------------------------------------------
+
+UNIQUE_INPUTS = [np.int32([4, 1, 4, 7, 1, 1, 9]), np.int64([3]), np.float32([2.5, -1.0, 2.5, 0.0])]
+
+
+@pytest.mark.parametrize("x", UNIQUE_INPUTS, ids=lambda v: str(v.tolist()))
+def test_unique_static_is_exact(x):
+    def build(tf):
+        c = tf.constant(x)
+        y, idx = tf.unique(c)
+        y2, idx2, count = tf.unique_with_counts(c, out_idx=tf.int64)
+        return [y, idx, y2, idx2, count]
+
+    compare_with_tf(build)
+
+
+@pytest.mark.parametrize("x", UNIQUE_INPUTS, ids=lambda v: str(v.tolist()))
+def test_unique_traced_is_padded(x):
+    def build(tf):
+        p = _ph(tf, x, "x")
+        return [*tf.unique(p), *tf.unique_with_counts(p)]
+
+    run = run_tf(build, {"x:0": x})
+    want_y, want_idx = run.expected[0], run.expected[1]
+    k = want_y.shape[0]
+    f = run.graph.function(run.fetch_names, feeds=["x:0"])
+    for fn in (f, jax.jit(f)):
+        y, idx, y2, idx2, count = (np.asarray(v) for v in fn({}, x))
+        assert y.shape == x.shape and count.shape == x.shape
+        np.testing.assert_array_equal(y[:k], want_y)
+        np.testing.assert_array_equal(idx, want_idx)
+        np.testing.assert_array_equal(y2[:k], want_y)
+        np.testing.assert_array_equal(idx2, want_idx)
+        np.testing.assert_array_equal(count[:k], run.expected[4])
+        np.testing.assert_array_equal(count[k:], 0)
+        if x.dtype.kind == "i":
+            assert len(set(y.tolist())) == y.size and (y[k:] > 1_000_000).all()
+        else:
+            assert np.isnan(y[k:]).all()
+
+
+def test_unique_v2_axis():
+    x = np.int32([[1, 2], [3, 4], [1, 2], [5, 6], [3, 4]])
+
+    def build(tf):
+        c = tf.constant(x)
+        return [*tf.raw_ops.UniqueV2(x=c, axis=tf.constant([0], tf.int64)),
+                *tf.raw_ops.UniqueV2(x=tf.constant(x.T), axis=tf.constant([1])),
+                *tf.raw_ops.UniqueWithCountsV2(x=c, axis=tf.constant([0]))]
+
+    compare_with_tf(build)
+    run = run_tf(lambda tf: tf.raw_ops.UniqueV2(x=_ph(tf, x, "x"), axis=tf.constant([0])), {"x:0": x})
+    y, idx = jax.jit(run.graph.function(run.fetch_names, feeds=["x:0"]))({}, x)
+    np.testing.assert_array_equal(np.asarray(y)[:3], run.expected[0])
+    np.testing.assert_array_equal(idx, run.expected[1])
+
+
+def _train_step_vs_tf(build, feeds, steps=2):
+    """Runs `build(tf) -> train_op` for a few steps in TF and in jaxmeta (jit); compares variables."""
+    tf = get_tf()
+    g = tf.Graph()
+    with g.as_default():
+        tf.compat.v1.set_random_seed(0)
+        train_op = build(tf)
+        meta = tf.compat.v1.train.export_meta_graph(graph=g)
+        variables = tf.compat.v1.global_variables()
+        with tf.compat.v1.Session(graph=g) as sess:
+            sess.run(tf.compat.v1.variables_initializer(variables))
+            init = {v.op.name: sess.run(v) for v in variables}
+            feed = {g.get_tensor_by_name(k): v for k, v in feeds.items()}
+            for _ in range(steps):
+                sess.run(train_op, feed)
+            want = {v.op.name: sess.run(v) for v in variables}
+    graph = jaxmeta.import_meta_graph(meta)
+    step = jax.jit(graph.step(targets=[train_op.name], feeds=list(feeds)))
+    state = {k: jnp.asarray(v) for k, v in init.items()}
+    for _ in range(steps):
+        _, state = step(state, *feeds.values())
+    for name, value in want.items():
+        np.testing.assert_allclose(state[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_unique_segment_sum_scatter_add_matches_tf():
+    ids = np.int32([3, 1, 3, 0, 1, 3])
+    upd = RNG.standard_normal((6, 2)).astype(np.float32)
+
+    def build(tf):
+        var = tf.compat.v1.get_variable("table", initializer=np.arange(10, dtype=np.float32).reshape(5, 2),
+                                        use_resource=False)
+        i, u = _ph(tf, ids, "ids"), _ph(tf, upd, "upd")
+        unique_ids, idx = tf.unique(i)
+        summed = tf.math.unsorted_segment_sum(u, idx, tf.shape(unique_ids)[0])
+        return tf.compat.v1.scatter_add(var, unique_ids, summed).op
+
+    _train_step_vs_tf(build, {"ids:0": ids, "upd:0": upd})
+
+
+@pytest.mark.parametrize("optimizer", ["Adagrad", "Momentum", "Adam", "RMSProp", "GradientDescent"])
+@pytest.mark.parametrize("resource", [False, True])
+def test_embedding_training_with_duplicate_ids(optimizer, resource):
+    ids = np.int32([[2, 0], [2, 5], [0, 2]])
+
+    def build(tf):
+        table = tf.compat.v1.get_variable("emb", initializer=RNG.standard_normal((6, 3)).astype(np.float32),
+                                          use_resource=resource)
+        i = _ph(tf, ids, "ids")
+        loss = tf.reduce_sum(tf.square(tf.nn.embedding_lookup(table, i)) * tf.constant([1.0, 2.0, 3.0]))
+        opt = {
+            "Adagrad": lambda: tf.compat.v1.train.AdagradOptimizer(0.1),
+            "Momentum": lambda: tf.compat.v1.train.MomentumOptimizer(0.1, 0.9),
+            "Adam": lambda: tf.compat.v1.train.AdamOptimizer(0.1),
+            "RMSProp": lambda: tf.compat.v1.train.RMSPropOptimizer(0.1),
+            "GradientDescent": lambda: tf.compat.v1.train.GradientDescentOptimizer(0.1),
+        }[optimizer]()
+        return opt.minimize(loss)
+
+    _train_step_vs_tf(build, {"ids:0": ids}, steps=3)
+
+
+# -- embedding lookup over a partitioned variable --------------------------------------------------
+
+
+def _partitioned_lookup(strategy, ids_value, fed):
+    def build(tf):
+        params = tf.compat.v1.get_variable(
+            "emb", initializer=np.arange(7 * 2, dtype=np.float32).reshape(7, 2) / 7.0,
+            partitioner=tf.compat.v1.fixed_size_partitioner(3), use_resource=False)
+        ids = _ph(tf, ids_value, "ids") if fed else tf.constant(ids_value)
+        out = tf.nn.embedding_lookup(params, ids, partition_strategy=strategy)
+        return [out, tf.reduce_sum(out * out)]
+
+    return build
+
+
+@pytest.mark.parametrize("strategy", ["mod", "div"])
+def test_partitioned_embedding_lookup_constant_ids(strategy):
+    ids = np.int32([[6, 0, 3], [3, 1, 5]])
+    compare_with_tf(_partitioned_lookup(strategy, ids, fed=False))
+
+
+@pytest.mark.parametrize("strategy", ["mod", "div"])
+def test_partitioned_embedding_lookup_fed_ids(strategy):
+    ids = np.int64([[6, 0, 3], [3, 1, 5]])
+    # Fed ids make DynamicPartition's sizes data dependent: exact without jit, a clear error under jit.
+    run = compare_with_tf(_partitioned_lookup(strategy, ids, fed=True), {"ids:0": ids}, jit_modes=(False,))
+    f = run.graph.function(run.fetch_names, feeds=["ids:0"])
+    variables = {k: jnp.asarray(v) for k, v in run.variables.items()}
+    with pytest.raises(jaxmeta.GraphError, match="partitions is traced"):
+        jax.jit(f)(variables, ids)
+    # Gradients w.r.t. the partitions still work (ids stay concrete under jax.grad without jit).
+    grads = jax.grad(lambda v: f(v, ids)[1])(variables)
+    full = np.arange(7 * 2, dtype=np.float32).reshape(7, 2) / 7.0
+    want = np.zeros_like(full)
+    np.add.at(want, ids.reshape(-1), 2 * full[ids.reshape(-1)])
+    got = np.concatenate([grads[k] for k in sorted(grads)])
+    if strategy == "div":
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    else:  # "mod" stores rows p, p+3, ... in part p
+        np.testing.assert_allclose(got, np.concatenate([want[p::3] for p in range(3)]), rtol=1e-6)
+
+
+# -- top-k -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape,k", [((7,), 3), ((2, 5), 5), ((2, 3, 4), 1), ((3, 4), 0)])
+@pytest.mark.parametrize("sorted_", [True, False])
+def test_top_k(shape, k, sorted_):
+    x = RNG.permutation(np.prod(shape)).reshape(shape).astype(np.float32)
+
+    def build(tf):
+        p = _ph(tf, x, "x")
+        values, indices = tf.math.top_k(p, k, sorted=True)
+        outs = [values, indices]
+        if sorted_:
+            outs += list(tf.raw_ops.TopK(input=p, k=k))
+        return outs
+
+    compare_with_tf(build, {"x:0": x}, grads=True)
+
+
+def test_top_k_ties_and_ints():
+    x = np.int32([[3, 1, 3, 2, 3], [0, 0, 0, 0, 0]])
+    compare_with_tf(lambda tf: list(tf.math.top_k(_ph(tf, x, "x"), 3)), {"x:0": x})
+
+
+# -- small sparse ops --------------------------------------------------------------------------------
+
+
+def test_sparse_to_dense():
+    vals = np.float32([1.5, -2.0, 3.0])
+
+    def build(tf):
+        v = _ph(tf, vals, "v")
+        return [
+            tf.compat.v1.sparse_to_dense(tf.constant([[0, 1], [2, 0], [1, 3]]), [3, 4], v, default_value=-1.0,
+                                         validate_indices=False),
+            tf.compat.v1.sparse_to_dense(tf.constant([4, 1]), tf.constant([6], tf.int64), tf.constant(7)),
+            tf.compat.v1.sparse_to_dense(tf.constant(2), [3], v[0]),
+            tf.compat.v1.sparse_to_dense(_ph(tf, np.int32([0, 2]), "i"), [4], v[:2]),
+        ]
+
+    compare_with_tf(build, {"v:0": vals, "i:0": np.int32([0, 2])}, grads=True)
+
+
+@pytest.mark.parametrize("new_shape", [[6, 2], [-1, 3], [2, 2, 3], [12]])
+def test_sparse_reshape(new_shape):
+    indices = np.int64([[0, 0, 1], [1, 2, 0], [1, 0, 1]])
+
+    def build(tf):
+        st = tf.sparse.SparseTensor(_ph(tf, indices, "i"), tf.constant([1.0, 2.0, 3.0]), [2, 3, 2])
+        out = tf.sparse.reshape(st, new_shape)
+        return [out.indices, out.dense_shape]
+
+    compare_with_tf(build, {"i:0": indices})
+    compare_with_tf(lambda tf: list(tf.raw_ops.SparseReshape(input_indices=tf.constant(indices),
+                                                             input_shape=tf.constant([2, 3, 2], tf.int64),
+                                                             new_shape=tf.constant(new_shape, tf.int64))))
+
+
+@pytest.mark.parametrize("adjoint_a,adjoint_b", [(False, False), (True, False), (False, True), (True, True)])
+def test_sparse_tensor_dense_matmul(adjoint_a, adjoint_b):
+    indices = np.int64([[0, 1], [2, 0], [1, 1], [0, 1]])  # a repeated index adds up
+    values = RNG.standard_normal(4).astype(np.float32)
+    b = RNG.standard_normal((4, 3) if adjoint_a else (3, 4)).astype(np.float32)
+    b = b.T.copy() if adjoint_b else b
+
+    def build(tf):
+        a = tf.sparse.SparseTensor(tf.constant(indices), _ph(tf, values, "v"), [4, 3])
+        return tf.sparse.sparse_dense_matmul(a, _ph(tf, b, "b"), adjoint_a=adjoint_a, adjoint_b=adjoint_b)
+
+    compare_with_tf(build, {"v:0": values, "b:0": b}, grads=True)
+
+
+@pytest.mark.parametrize("nbins", [1, 5])
+def test_histogram_fixed_width(nbins):
+    values = np.float32([-1.0, 0.1, 0.6, 1.7, 2.3, 4.9, 5.5, 20.0])
+
+    def build(tf):
+        v = _ph(tf, values, "v")
+        return [tf.histogram_fixed_width(v, [0.0, 5.0], nbins=nbins),
+                tf.histogram_fixed_width(tf.constant([1, 7, 3, 3]), [0, 10], nbins=nbins, dtype=tf.int64)]
+
+    compare_with_tf(build, {"v:0": values})
