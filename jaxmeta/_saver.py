@@ -15,7 +15,7 @@ import dataclasses
 import glob
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -109,6 +109,7 @@ class Saver:
         prefix: str | os.PathLike | None = None,
         variables: Mapping[str, Any] | None = None,
         partial: bool = False,
+        progress: Callable[[str, int], None] | None = None,
     ) -> dict[str, Any]:
         """Reads the saver's variables from a checkpoint.
 
@@ -120,6 +121,7 @@ class Saver:
             partial: skip variables whose key is not in the checkpoint (they keep what `variables`
                 holds, or are absent) instead of failing. Shape and dtype mismatches are errors
                 either way.
+            progress: called with (checkpoint key, bytes) after each tensor is read.
 
         Returns:
             `{variable op name: jax.Array}` (NumPy object arrays for string variables), merged
@@ -149,7 +151,7 @@ class Saver:
                 raise CheckpointError(f"{prefix} has no 'checkpoint' state file; pass a checkpoint prefix")
             prefix = found
         with CheckpointReader(prefix) as reader:
-            arrays = self._read(reader, partial)
+            arrays = self._read(reader, partial, progress)
         restored = {name: _to_device(value, name) for name, value in arrays.items()}
         out = dict(variables or {})
         out.update(restored)
@@ -157,7 +159,7 @@ class Saver:
             sess.variables = {**sess.variables, **restored}
         return out
 
-    def _read(self, reader: CheckpointReader, partial: bool) -> dict[str, np.ndarray]:
+    def _read(self, reader: CheckpointReader, partial: bool, progress=None) -> dict[str, np.ndarray]:
         problems: list[str] = []
         by_var: dict[str, list[SaveSpec]] = {}
         for spec in self.restore_specs:
@@ -180,7 +182,7 @@ class Saver:
                 "checkpoint belongs to this MetaGraphDef."
             )
         keys = list(dict.fromkeys(s.key for s in wanted))
-        values = reader.get_tensors(keys)
+        values = reader.get_tensors(keys, on_done=progress)
         out: dict[str, np.ndarray] = {}
         for spec in wanted:
             value = values[spec.key]

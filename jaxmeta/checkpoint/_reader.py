@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable, Iterable
@@ -12,6 +13,7 @@ import numpy as np
 from jaxmeta import _dtypes
 from jaxmeta._errors import CheckpointError
 from jaxmeta.checkpoint import _bundle, _state, _v1
+from jaxmeta.proto import types_pb2
 
 _SUFFIX = re.compile(r"(\.index|\.meta|\.data-\d{5}-of-\d{5})$")
 
@@ -128,8 +130,10 @@ class CheckpointReader:
         names = list(names)
         workers = workers or min(8, os.cpu_count() or 1, max(1, len(names)))
 
+        outs = self._arena(names)
+
         def one(name: str) -> np.ndarray:
-            value = self._impl.read(name)
+            value = self._impl.read(name, out=outs[name]) if name in outs else self._impl.read(name)
             if on_done is not None:
                 on_done(name, value.nbytes if value.dtype != object else 0)
             return value
@@ -138,3 +142,31 @@ class CheckpointReader:
             return {name: one(name) for name in names}
         with ThreadPoolExecutor(workers) as pool:
             return dict(zip(names, pool.map(one, names)))
+
+    def _arena(self, names: list[str]) -> dict[str, np.ndarray]:
+        """64-byte aligned views of one allocation for the plain numeric tensors of a V2 checkpoint.
+
+        One large allocation costs far fewer page faults than many small ones (they dominate reads
+        from the page cache), and the alignment lets `jax.device_put` adopt the arrays on CPU.
+        """
+        if self.format != "v2":
+            return {}
+        plan, total = [], 0
+        for name in dict.fromkeys(names):
+            entry = self._impl.entries.get(name)
+            if entry is None or entry.slices or entry.dtype == types_pb2.DT_STRING:
+                continue
+            try:
+                dtype = _dtypes.to_numpy(entry.dtype)
+                shape = self._impl.shape(name)
+            except Exception:
+                continue  # read() reports it, naming the tensor
+            nbytes = math.prod(shape) * dtype.itemsize
+            if nbytes != entry.size:
+                continue
+            plan.append((name, total, nbytes, dtype, shape))
+            total += (nbytes + 63) // 64 * 64
+        if total < 1 << 20:
+            return {}
+        arena = _bundle.aligned_empty((total,), np.uint8)
+        return {name: arena[off : off + n].view(dtype).reshape(shape) for name, off, n, dtype, shape in plan}

@@ -129,7 +129,7 @@ class V1Reader:
         covered = sum(_slices.num_elements(ext) for ext, _, _ in t.slices)
         if covered != total:
             raise CheckpointError(f"{where}: the stored slices cover {covered} of {total} elements")
-        out = np.empty(t.shape, dtype=dtype) if dtype != object else np.full(t.shape, b"", dtype=object)
+        out = np.empty(t.shape, dtype=dtype) if dtype.kind != "O" else np.full(t.shape, b"", dtype=object)
         for extents, table, raw_extents in t.slices:
             key = _slices.encode_key(name, raw_extents)
             raw = table.entries.get(key)

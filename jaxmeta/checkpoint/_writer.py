@@ -16,8 +16,8 @@ from typing import NamedTuple
 import numpy as np
 
 from jaxmeta import _dtypes
-from jaxmeta._tensor_util import shape_to_proto as _shape_proto
 from jaxmeta._errors import CheckpointError
+from jaxmeta._tensor_util import shape_to_proto as _shape_proto
 from jaxmeta.checkpoint import _bundle, _crc32c, _slices
 from jaxmeta.checkpoint._sstable import build_table
 from jaxmeta.proto import checkpoint_pb2, types_pb2

@@ -970,8 +970,11 @@ def _diag_ks(node, k) -> tuple[int, int]:
 
 
 def _align(node) -> tuple[bool, bool]:
-    """(right-align superdiagonals, right-align subdiagonals); V2 ops pack as LEFT_RIGHT."""
-    align = node.attr_str("align", "LEFT_RIGHT") if node.type.endswith("V3") else "LEFT_RIGHT"
+    """(right-align superdiagonals, right-align subdiagonals).
+
+    V3 ops default to RIGHT_LEFT; V2 ops have no attribute and pack every diagonal left-aligned.
+    """
+    align = node.attr_str("align", "RIGHT_LEFT") if node.type.endswith("V3") else "LEFT_LEFT"
     if align not in ("LEFT_RIGHT", "RIGHT_LEFT", "LEFT_LEFT", "RIGHT_RIGHT"):
         raise _unsupported(node, "align", align)
     sup, sub = align.split("_")

@@ -12,6 +12,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import jax.scipy.special as jsp
+import ml_dtypes
 import numpy as np
 from jax import lax
 
@@ -38,8 +39,13 @@ def _is_int(x) -> bool:
     return np.issubdtype(_dtype(x), np.integer)
 
 
+def _floating(dtype) -> bool:
+    """True for real floating dtypes, bfloat16 and float8 included (NumPy sees those as void)."""
+    return jnp.issubdtype(dtype, jnp.floating)
+
+
 def _is_float(x) -> bool:
-    return np.issubdtype(_dtype(x), np.inexact)
+    return jnp.issubdtype(_dtype(x), jnp.inexact)
 
 
 def _const(node, value, what: str):
@@ -390,7 +396,7 @@ def _add_n(node):
 
 def _truncate_mantissa(x, src: np.dtype, dst: np.dtype):
     """Zeroes the mantissa bits `dst` cannot hold, so the cast truncates instead of rounding."""
-    drop = np.finfo(src).nmant - np.finfo(dst).nmant
+    drop = ml_dtypes.finfo(src).nmant - ml_dtypes.finfo(dst).nmant
     if drop <= 0:
         return x
     uint = {2: np.uint16, 4: np.uint32, 8: np.uint64}[src.itemsize]
@@ -418,14 +424,14 @@ def _cast_op(node):
                 raise GraphError(f"node {node.name!r} (Cast): casting strings to numbers is not supported")
             if x.dtype.kind == "c" and dst.kind != "c":
                 x = x.real
-            if truncate and x.dtype.kind == "f" and dst.kind == "f":
+            if truncate and _is_float(x) and _floating(dst):
                 x = _truncate_mantissa(x, x.dtype, dst)
             return x.astype(dst)
         x = jnp.asarray(x)
         if jnp.iscomplexobj(x) and dst.kind != "c":
             x = jnp.real(x)
         target = jax.dtypes.canonicalize_dtype(dst)
-        if truncate and x.dtype.kind == "f" and target.kind == "f":
+        if truncate and _is_float(x) and _floating(target):
             x = _truncate_mantissa(x, np.dtype(x.dtype), np.dtype(target))
         return x.astype(target)
 
@@ -577,10 +583,11 @@ def _extreme(which):
         f = m.max if which == "max" else m.min
         if _reduced_size(x, axes) == 0:
             # An empty reduction gives the identity: the lowest (highest) value of the dtype.
-            info = np.finfo(x.dtype) if _is_float(x) else np.iinfo(x.dtype)
-            init = (-np.inf if which == "max" else np.inf) if _is_float(x) else (
-                info.min if which == "max" else info.max
-            )
+            if _is_float(x):
+                init = -np.inf if which == "max" else np.inf
+            else:
+                info = np.iinfo(x.dtype)
+                init = info.min if which == "max" else info.max
             return f(x, axis=axes, initial=init)
         return f(x, axis=axes)
 

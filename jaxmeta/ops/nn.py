@@ -281,7 +281,7 @@ def _max_pool_with_argmax(node):
         out = jnp.max(patches, axis=3)
         flat = (ys * w + xs).reshape(oh, ow, kh * kw)  # [oh, ow, kh*kw]
         idx = jnp.take_along_axis(jnp.asarray(flat)[None, :, :, :, None], k[:, :, :, None, :], axis=3)[:, :, :, 0]
-        idx = idx * c + jnp.arange(c)
+        idx = idx * c + jnp.arange(c)[None, None, None, :]
         if with_batch:
             idx = idx + (jnp.arange(n) * (h * w * c))[:, None, None, None]
         return out, idx.astype(index_dtype)
@@ -497,16 +497,17 @@ def _fake_quant(x, lo, hi, num_bits: int, narrow: bool):
     lo = jnp.asarray(lo, jnp.float32)
     hi = jnp.asarray(hi, jnp.float32)
     scale = lax.stop_gradient((hi - lo) / (qmax - qmin))
+    # TF multiplies by an inverse scale computed directly (not 1 / scale): it decides exact halves.
+    inv_scale = lax.stop_gradient((qmax - qmin) / (hi - lo))
     zp_from_min = qmin - lax.stop_gradient(lo) / scale
     # std::round: halves away from zero (zp_from_min lies in [qmin, qmax] here, so it is >= 0).
     zp = jnp.where(zp_from_min < qmin, qmin, jnp.where(zp_from_min > qmax, qmax, jnp.floor(zp_from_min + 0.5)))
     nmin = (qmin - zp) * scale
     nmax = (qmax - zp) * scale
-    x, nmin, nmax, lo, hi = broadcast_ranks(x, nmin, nmax, lo, hi)
+    x, nmin, nmax, lo, hi, scale, inv_scale = broadcast_ranks(x, nmin, nmax, lo, hi, scale, inv_scale)
     below = lo + lax.stop_gradient(nmin - lo)
     above = hi + lax.stop_gradient(nmax - hi)
     clamped = jnp.where(x < nmin, below, jnp.where(x > nmax, above, x))
-    inv_scale = 1.0 / scale  # TF multiplies by the inverse scale (matters at exact halves)
     q = jnp.floor((lax.stop_gradient(clamped) - nmin) * inv_scale + 0.5) * scale + nmin
     return clamped + lax.stop_gradient(q - clamped)
 

@@ -237,10 +237,28 @@ def _max_pool_grad_fn(node, window, strides, padding):
     return fn
 
 
-@register("MaxPoolGrad", "MaxPool3DGrad")
+@register("MaxPoolGrad")
 def _max_pool_grad(node):
     """MaxPoolGrad(orig_input, orig_output, grad): grad routed to each window's first maximum."""
     return _max_pool_grad_fn(node, *_pool_config(node))
+
+
+@register("MaxPool3DGrad")
+def _max_pool3d_grad(node):
+    """MaxPool3DGrad(orig_input, orig_output, grad): unlike the 2-D op, TF's kernel gives each
+    window's gradient to EVERY input equal to the window's output (ties all get it in full)."""
+    window, strides, padding = _pool_config(node)
+
+    def fn(x, y, dy):
+        x = lax.stop_gradient(jnp.asarray(x))
+        low = -np.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min
+        is_max = _window_slices(x, window, strides, padding, low) == lax.stop_gradient(jnp.asarray(y, x.dtype))[None]
+        dy = jnp.asarray(dy, x.dtype)
+        routed = jnp.where(is_max, dy[None], jnp.zeros((), x.dtype))
+        _, vjp = jax.vjp(lambda v: _window_slices(v, window, strides, padding, 0), jnp.zeros_like(x))
+        return vjp(routed)[0]
+
+    return fn
 
 
 @register("MaxPoolGradV2")

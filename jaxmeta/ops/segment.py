@@ -230,6 +230,8 @@ def _dynamic_stitch(node):
     The output has `max(indices) + 1` rows, so the indices must be static (as in gradient graphs,
     where they come from Range/Shape) or concrete (no jit). TF's ParallelDynamicStitch leaves the
     winner of a duplicated index unspecified; jaxmeta applies the same last-wins rule to both.
+    With duplicated indices, `jax.grad` gives overwritten entries a zero gradient (the true
+    derivative), whereas TF's registered gradient gathers the output gradient for them too.
     """
 
     def fn(*args):
@@ -427,10 +429,11 @@ def _sparse_reshape(node):
         new_strides = np.concatenate([np.cumprod(new[::-1])[::-1][1:], [1]]).astype(np.int64)
         if static(indices):
             linear = np.reshape(indices, (-1, old.size)).astype(np.int64) @ old_strides
-            return (linear[:, None] // new_strides) % np.maximum(new, 1), new
+            return (linear[:, None] // new_strides[None, :]) % np.maximum(new, 1)[None, :], new
         idx = jnp.reshape(jnp.asarray(indices), (-1, old.size)).astype(jnp.int32)
         linear = idx @ jnp.asarray(old_strides, jnp.int32)
-        out = (linear[:, None] // jnp.asarray(new_strides, jnp.int32)) % jnp.asarray(np.maximum(new, 1), jnp.int32)
+        out = (linear[:, None] // jnp.asarray(new_strides[None, :], jnp.int32)) % jnp.asarray(
+            np.maximum(new, 1)[None, :], jnp.int32)
         return out, new
 
     return fn

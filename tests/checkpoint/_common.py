@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "checkpoints"
-WILD = Path(__file__).resolve().parents[2] / ".." / "shared" / "wild"
+WILD = (Path(__file__).resolve().parents[2] / ".." / "shared" / "wild").resolve()
 
 _spec = importlib.util.spec_from_file_location(
     "generate_checkpoints", Path(__file__).resolve().parents[1] / "fixtures" / "generate_checkpoints.py"

@@ -98,7 +98,7 @@ CASES = [
     ),
     case(
         "tensor_strided_slice_update",
-        lambda tf, x, v: tf.tensor_strided_slice_update(x, [0, 1], [3, 4], [2, 2], v),
+        lambda tf, x, v: tf.raw_ops.TensorStridedSliceUpdate(input=x, begin=[0, 1], end=[3, 4], strides=[2, 2], value=v),
         rand(3, 4),
         rand(2, 2),
         grads=False,
@@ -119,13 +119,22 @@ CASES = [
             tf.range(5, -3, -2),
             tf.range(0.5, 3.0, 0.25),
             tf.range(0, 0),
-            tf.range(tf.constant(1, tf.int64), 9, 2),
             tf.range(0.1, 10.0, 0.1),
-            tf.range(3, dtype=tf.float64),
+            tf.range(tf.constant(1, tf.int64), tf.constant(9, tf.int64), tf.constant(2, tf.int64)),
+            tf.range(tf.constant(0.0, tf.float64), tf.constant(2.0, tf.float64), tf.constant(0.3, tf.float64)),
         ],
     ),
-    case("linspace", lambda tf: [tf.linspace(0.3, 7.7, 13), tf.linspace(-1.0, 1.0, 1), tf.linspace(2.0, 2.5, 7)]),
-    case("linspace_fed", lambda tf, a, b: tf.linspace(a, b, 5), np.float32(0.1), np.float32(0.9)),
+    case("range_cast", lambda tf: [tf.range(tf.constant(1, tf.int64), 9, 2), tf.range(3, dtype=tf.float64)], _needs=("Cast",)),
+    case(
+        "linspace",
+        lambda tf: [
+            tf.raw_ops.LinSpace(start=0.3, stop=7.7, num=13),
+            tf.raw_ops.LinSpace(start=-1.0, stop=1.0, num=1),
+            tf.raw_ops.LinSpace(start=2.0, stop=2.5, num=7),
+            tf.raw_ops.LinSpace(start=0.1, stop=-0.7, num=tf.constant(10, tf.int64)),
+        ],
+    ),
+    case("linspace_fed", lambda tf, a, b: tf.raw_ops.LinSpace(start=a, stop=b, num=5), np.float32(0.1), np.float32(0.9)),
     case("empty", lambda tf: tf.raw_ops.Empty(shape=[2, 3], dtype=tf.int32, init=True)),
     # -- padding and reversing --
     case("pad", lambda tf, x: [tf.pad(x, [[1, 0], [2, 1], [0, 3]]), tf.pad(x, [[0, 0], [0, 0], [0, 0]])], X234),
@@ -178,7 +187,13 @@ CASES = [
     case("gather_static", lambda tf: tf.gather(tf.constant([5, 6, 7]), [2, 0])),
     case("gather_nd", lambda tf, x, i: tf.gather_nd(x, i), X234, np.int32([[1, 2], [0, 0], [1, 0]])),
     case("gather_nd_full", lambda tf, x, i: tf.gather_nd(x, i), X234, np.int32([[[1, 2, 3]], [[0, 1, 0]]])),
-    case("gather_nd_batch", lambda tf, x, i: tf.gather_nd(x, i, batch_dims=1), X234, np.int32([[1, 2], [0, 3]])),
+    case(
+        "gather_nd_batch",
+        lambda tf, x, i: tf.gather_nd(x, i, batch_dims=1),
+        X234,
+        np.int32([[1, 2], [0, 3]]),
+        _needs=("Cast", "Mul", "Prod", "Sub"),
+    ),
     case("scatter_nd", lambda tf, i, u: tf.scatter_nd(i, u, [4, 3]), np.int32([[1], [3], [1]]), rand(3, 3)),
     case("scatter_nd_elems", lambda tf, i, u: tf.scatter_nd(i, u, [2, 3]), np.int32([[1, 2], [0, 0], [1, 2]]), rand(3)),
     case(
@@ -247,11 +262,11 @@ CASES = [
         ],
         rand(2, 4, 5),
     ),
-    case(
-        "diag_part_v2",
-        lambda tf, x: tf.raw_ops.MatrixDiagPartV2(input=x, k=[-1, 1], padding_value=0.5),
-        rand(5, 3),
-    ),
+    # TF's gradient of MatrixDiagPartV2 unpacks with V3's default alignment (RIGHT_LEFT), not the
+    # LEFT_LEFT the V2 op packs with, so it is wrong where diagonals differ in length: compare the
+    # gradient only where all diagonals of the band have the same length.
+    case("diag_part_v2", lambda tf, x: tf.raw_ops.MatrixDiagPartV2(input=x, k=[-2, 2], padding_value=0.5), rand(4, 5), grads=False),
+    case("diag_part_v2_grad", lambda tf, x: tf.raw_ops.MatrixDiagPartV2(input=x, k=[0, 2], padding_value=0.5), rand(2, 3, 5)),
     case(
         "diag_v3",
         lambda tf, d, b: [
@@ -271,7 +286,8 @@ CASES = [
         "set_diag_v3",
         lambda tf, x, d, b: [
             tf.linalg.set_diag(x, d),
-            tf.linalg.set_diag(x, d[:, :3], k=1),
+            tf.linalg.set_diag(x, d, k=1),
+            tf.linalg.set_diag(x, d[:, :3], k=-1),
             tf.linalg.set_diag(x, b, k=(-1, 1)),
             tf.linalg.set_diag(x, b, k=(-1, 1), align="LEFT_RIGHT"),
         ],
@@ -327,11 +343,15 @@ def test_shape_arithmetic_chain_is_jittable():
         filled = tf.fill(tf.shape(flat), 2.0)
         idx = tf.range(tf.size(x))
         rng = tf.range(s[-1])
-        split = tf.split(x, [tf.shape(x)[2] - 1, 1], axis=2)
+        split = tf.split(x, tf.stack([s[0], s[0]]), axis=2)
         seq = tf.reverse_sequence(x, tf.fill([s[0]], s[1]), seq_axis=1, batch_axis=0)
         one_hot = tf.one_hot(tf.range(s[0]), s[2])
-        expanded = tf.expand_dims(x, tf.rank(x) - 3 + 0 * s[0])
-        return [flat, back, tiled, filled, idx, rng, *split, seq, one_hot, expanded]
+        expanded = tf.expand_dims(x, tf.rank(x))
+        padded = tf.pad(x, tf.ones_like(tf.stack([s, s], axis=1)))
+        broadcast = tf.broadcast_to(x[:1], tf.shape(x))
+        gathered = tf.gather(tf.shape(x), [2, 0])
+        zeros = tf.zeros(tf.gather(s, [2, 1]))
+        return [flat, back, tiled, filled, idx, rng, *split, seq, one_hot, expanded, padded, broadcast, gathered, zeros]
 
     _jit_and_check(build, {"x:0": rand(2, 3, 4)})
 
@@ -355,21 +375,24 @@ def test_shape_arithmetic_with_math_ops_is_jittable():
 def test_shape_outputs_are_static_under_jit():
     def build(tf):
         x = tf.compat.v1.placeholder(tf.float32, [2, 3], name="x")
-        return [tf.shape(x), tf.stack([tf.shape(x)[1], 5])]
+        s = tf.shape(x)
+        return tf.stack([s[1], 5])
 
-    run = run_tf(build, {"x:0": X23})
-    f = run.graph.function(run.fetch_names, feeds=["x:0"])
+    graph = run_tf(build, {"x:0": X23}).graph
+    nodes = {node.type: node for node in graph.get_operations()}
+    fns = {op: jaxmeta.ops.registry.lookup(op).build(nodes[op]) for op in ("Shape", "StridedSlice", "Pack")}
     seen = []
 
     def probe(x):
-        outs = f({}, x)
-        seen.extend(outs)
-        return outs
+        s = fns["Shape"](x)
+        s1 = fns["StridedSlice"](s, np.int32([1]), np.int32([2]), np.int32([1]))
+        seen.extend([s, s1, fns["Pack"](s1, np.int32(5))])
+        return x
 
     jax.jit(probe)(X23)
-    # Fetched values are converted to JAX arrays, but computed without tracing (concrete).
-    assert all(not isinstance(v, jax.core.Tracer) for v in seen)
-    np.testing.assert_array_equal(seen[1], [3, 5])
+    assert all(isinstance(v, np.ndarray) for v in seen), [type(v) for v in seen]
+    np.testing.assert_array_equal(seen[2], [3, 5])
+    assert seen[0].dtype == np.int32
 
 
 def test_reshape_with_runtime_shape_raises_under_jit():
@@ -389,10 +412,26 @@ def test_strided_slice_with_runtime_index():
     def build(tf):
         x = tf.compat.v1.placeholder(tf.float32, [4, 3], name="x")
         i = tf.compat.v1.placeholder(tf.int32, [], name="i")
+        b = tf.stack([i])
+        return [
+            tf.strided_slice(x, b, b, [1], shrink_axis_mask=1),
+            tf.strided_slice(x, tf.stack([0, i]), tf.stack([0, i]), [1, 1], begin_mask=1, end_mask=1, shrink_axis_mask=2),
+        ]
+
+    for i in (0, 2, -1):
+        compare_with_tf(build, {"x:0": rand(4, 3), "i:0": np.int32(i)}, grads=True)
+
+
+def test_python_indexing_with_runtime_index():
+    if not {"AddV2", "Neg"} <= set(jaxmeta.ops.supported_ops()):
+        pytest.skip("needs math ops AddV2 and Neg")
+
+    def build(tf):
+        x = tf.compat.v1.placeholder(tf.float32, [4, 3], name="x")
+        i = tf.compat.v1.placeholder(tf.int32, [], name="i")
         return [x[i], x[:, i], x[-i]]
 
-    for i in (0, 2):
-        compare_with_tf(build, {"x:0": rand(4, 3), "i:0": np.int32(i)}, grads=True)
+    compare_with_tf(build, {"x:0": rand(4, 3), "i:0": np.int32(2)}, grads=True)
 
 
 def test_slice_with_runtime_begin():
@@ -408,7 +447,9 @@ def test_slice_with_runtime_begin():
 
 
 @pytest.mark.parametrize(
-    "value", [rand(3, 4) > 0, rand(5, dtype=np.int32), np.zeros((2, 2), np.float32), rand(2, 2, 3)], ids=str
+    "value",
+    [rand(3, 4) > 0, rand(5, dtype=np.int32), np.zeros((2, 2), np.float32), rand(2, 2, 3)],
+    ids=["bool", "int", "zeros", "float3d"],
 )
 def test_where_indices_outside_jit(value):
     def build(tf):
@@ -482,7 +523,7 @@ def test_broadcast_gradient_args_static_in_gradient_graph():
 
 def test_unsupported_attribute_is_rejected():
     def build(tf):
-        x = tf.compat.v1.placeholder(tf.float32, [1, 2, 2, 4], name="x")
+        x = tf.compat.v1.placeholder(tf.qint8, [1, 1, 4, 4, 4], name="x")
         return tf.raw_ops.SpaceToDepth(input=x, block_size=2, data_format="NCHW_VECT_C", name="s2d")
 
     tf = get_tf()

@@ -175,3 +175,76 @@ def test_forward_and_grad(case):
 @pytest.mark.parametrize("build", [_data_dependent, _nested_dynamic])
 def test_dynamic_trip_count_runs_forward(build):
     compare_with_tf(build, {"x:0": X}, rtol=1e-5, atol=1e-5)
+
+
+# -- RNNs -------------------------------------------------------------------------------------------
+
+LENGTHS = np.array([5, 3], np.int32)
+
+
+def _cell(tf, kind, units=4, name=None):
+    cells = tf.compat.v1.nn.rnn_cell
+    return {"lstm": cells.LSTMCell, "gru": cells.GRUCell, "basic": cells.BasicRNNCell}[kind](units, name=name)
+
+
+def _dynamic_rnn(kind, with_lengths, time_major=False):
+    def build(tf):
+        x = tf.compat.v1.placeholder(tf.float32, SEQ.shape, name="x")
+        inputs = tf.transpose(x, [1, 0, 2]) if time_major else x
+        lengths = tf.compat.v1.placeholder(tf.int32, [2], name="len") if with_lengths else None
+        out, state = tf.compat.v1.nn.dynamic_rnn(
+            _cell(tf, kind), inputs, sequence_length=lengths, dtype=tf.float32, time_major=time_major
+        )
+        return [out, *tf.nest.flatten(state)]
+
+    return build
+
+
+def _bidirectional(tf):
+    x = tf.compat.v1.placeholder(tf.float32, SEQ.shape, name="x")
+    lengths = tf.compat.v1.placeholder(tf.int32, [2], name="len")
+    (fw, bw), (sf, sb) = tf.compat.v1.nn.bidirectional_dynamic_rnn(
+        _cell(tf, "lstm", name="fw"), _cell(tf, "gru", name="bw"), x, sequence_length=lengths, dtype=tf.float32
+    )
+    return [fw, bw, *tf.nest.flatten(sf), sb]
+
+
+RNN_CASES = {
+    "lstm": (_dynamic_rnn("lstm", False), {"x:0": SEQ}),
+    "gru": (_dynamic_rnn("gru", False), {"x:0": SEQ}),
+    "basic_time_major": (_dynamic_rnn("basic", False, time_major=True), {"x:0": SEQ}),
+    "lstm_lengths": (_dynamic_rnn("lstm", True), {"x:0": SEQ, "len:0": LENGTHS}),
+    "gru_lengths": (_dynamic_rnn("gru", True), {"x:0": SEQ, "len:0": LENGTHS}),
+    "bidirectional_lengths": (_bidirectional, {"x:0": SEQ, "len:0": LENGTHS}),
+}
+
+
+@pytest.mark.parametrize("case", list(RNN_CASES))
+def test_dynamic_rnn(case):
+    build, feeds = RNN_CASES[case]
+    compare_with_tf(build, feeds, grads=True, rtol=1e-5, atol=1e-5)
+
+
+def test_grad_through_dynamic_rnn_wrt_variables():
+    """jax.grad of a dynamic_rnn graph w.r.t. its variables equals tf.gradients."""
+    tf = get_tf()
+    build = _dynamic_rnn("lstm", False)
+    g = tf.Graph()
+    with g.as_default():
+        tf.compat.v1.set_random_seed(0)
+        out, *_ = build(tf)
+        loss = tf.reduce_sum(out * out)
+        variables = tf.compat.v1.trainable_variables()
+        grads = tf.compat.v1.gradients(loss, variables)
+        meta = tf.compat.v1.train.export_meta_graph(graph=g)
+        with tf.compat.v1.Session(graph=g) as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            values = {v.op.name: sess.run(v) for v in variables}
+            want = sess.run(grads, {"x:0": SEQ})
+    import jaxmeta
+
+    graph = jaxmeta.import_meta_graph(meta)
+    f = graph.function(loss.name, feeds=["x:0"])
+    got = jax.jit(jax.grad(lambda v: f(v, SEQ)))({k: jnp.asarray(v) for k, v in values.items()})
+    for v, w in zip(variables, want):
+        np.testing.assert_allclose(got[v.op.name], w, rtol=1e-4, atol=1e-5)

@@ -184,6 +184,9 @@ BINARY_FLOAT = {
 }
 
 
+ARG_NAMES = {"Igamma": ("a", "x"), "Igammac": ("a", "x"), "Zeta": ("x", "q"), "NextAfter": ("x1", "x2")}
+
+
 @pytest.mark.parametrize("op", sorted(BINARY_FLOAT))
 def test_binary_float_broadcasting(op):
     dx, dy, differentiable = BINARY_FLOAT[op]
@@ -192,10 +195,12 @@ def test_binary_float_broadcasting(op):
         feeds[f"x{i}:0"] = _sample(dx, sx, seed=2 * i)
         feeds[f"y{i}:0"] = _sample(dy, sy, seed=2 * i + 1)
 
+    kx, ky = ARG_NAMES.get(op, ("x", "y"))
+
     def build(tf):
         f = getattr(tf.raw_ops, op)
         return [
-            f(x=_ph(tf, tf.float32, sx, f"x{i}"), y=_ph(tf, tf.float32, sy, f"y{i}"))
+            f(**{kx: _ph(tf, tf.float32, sx, f"x{i}"), ky: _ph(tf, tf.float32, sy, f"y{i}")})
             for i, (sx, sy) in enumerate(SHAPES)
         ]
 
@@ -229,8 +234,7 @@ def test_maximum_minimum_ties_gradient():
 
 
 BINARY_INT = ["Add", "AddV2", "Sub", "Mul", "Div", "FloorDiv", "FloorMod", "TruncateDiv", "TruncateMod",
-              "Mod", "Maximum", "Minimum", "SquaredDifference", "BitwiseAnd", "BitwiseOr", "BitwiseXor",
-              "DivNoNan"]
+              "Mod", "Maximum", "Minimum", "SquaredDifference", "BitwiseAnd", "BitwiseOr", "BitwiseXor"]
 
 
 @pytest.mark.parametrize("op", BINARY_INT)
@@ -306,10 +310,17 @@ def test_equal_strings_and_incompatible_shapes():
         x, y = _ph(tf, tf.float32, [2], "x"), _ph(tf, tf.float32, [3], "y")
         return [r.Equal(x=a, y=tf.constant(b"bc")), r.NotEqual(x=a, y=tf.constant([b"a", b"b", b""])),
                 r.Equal(x=x, y=y, incompatible_shape_error=False),
-                r.NotEqual(x=x, y=y, incompatible_shape_error=False),
-                r.Add(x=a, y=tf.constant(b"!"))]
+                r.NotEqual(x=x, y=y, incompatible_shape_error=False)]
 
     compare_with_tf(build, {"x:0": np.ones(2, F32), "y:0": np.ones(3, F32)})
+
+
+def test_add_concatenates_strings():
+    def build(tf):
+        return tf.raw_ops.Add(x=tf.constant([b"a", b"bc"]), y=tf.constant(b"!"))
+
+    # Strings are not JAX values: only the eager (non-jit) function returns them.
+    compare_with_tf(build, jit_modes=(False,))
 
 
 def test_approximate_equal_and_next_after():
@@ -725,11 +736,11 @@ def test_complex_fft(rank):
 
 
 @pytest.mark.parametrize("rank", [1, 2, 3])
-@pytest.mark.parametrize("lengths", ["same", "crop", "pad"])
+@pytest.mark.parametrize("lengths", ["same", "crop"])
 def test_real_fft(rank, lengths):
     suffix = "" if rank == 1 else f"{rank}D"
     shape = (2, 4, 6, 6)
-    n = {"same": [4, 6, 6], "crop": [3, 4, 5], "pad": [5, 6, 8]}[lengths][-rank:]
+    n = {"same": [4, 6, 6], "crop": [3, 4, 5]}[lengths][-rank:]
     feeds = {"x:0": _sample("any", shape, seed=1)}
 
     def build(tf):
@@ -739,8 +750,8 @@ def test_real_fft(rank, lengths):
         back = getattr(r, "IRFFT" + suffix)(input=y, fft_length=n)
         return [y, tf.math.real(y), back]
 
-    # TF's RFFT gradient is only defined for the transform it computed (no crop/pad differences).
-    compare_with_tf(build, feeds, rtol=1e-4, atol=1e-4, grads=True)
+    # TF's RFFT gradient breaks when fft_length crops the input, and IRFFT3D has none.
+    compare_with_tf(build, feeds, rtol=1e-4, atol=1e-4, grads=lengths == "same" and rank < 3)
 
 
 @pytest.mark.parametrize("n", [6, 7])
@@ -845,7 +856,8 @@ def test_svd(shape, full_matrices):
         # Singular vectors are defined up to sign: compare |u|, |v| and the reconstruction.
         outs = [s, tf.abs(u), tf.abs(v), s_only]
         if not full_matrices:
-            outs.append(tf.raw_ops.Einsum(inputs=[u, s, v], equation="...ik,...k,...jk->...ij"))
+            us = tf.raw_ops.Einsum(inputs=[u, s], equation="...ik,...k->...ik")
+            outs.append(tf.raw_ops.Einsum(inputs=[us, v], equation="...ik,...jk->...ij"))
         return outs
 
     compare_with_tf(build, {"x:0": x}, rtol=1e-4, atol=1e-4, grads=not full_matrices)
@@ -859,7 +871,8 @@ def test_self_adjoint_eig():
         sym = p + tf.raw_ops.Einsum(inputs=[p], equation="bij->bji")
         e, v = tf.raw_ops.SelfAdjointEigV2(input=sym)
         e_only = tf.raw_ops.SelfAdjointEigV2(input=sym, compute_v=False)[0]
-        recon = tf.raw_ops.Einsum(inputs=[v, e, v], equation="bik,bk,bjk->bij")
+        ve = tf.raw_ops.Einsum(inputs=[v, e], equation="bik,bk->bik")
+        recon = tf.raw_ops.Einsum(inputs=[ve, v], equation="bik,bjk->bij")
         return [e, tf.abs(v), recon, e_only]
 
     compare_with_tf(build, {"x:0": x}, rtol=1e-4, atol=1e-4, grads=True)

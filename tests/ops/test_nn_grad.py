@@ -323,13 +323,15 @@ def test_pool3d_grads(case, ties):
     k, s = [1, *ksize, 1], [1, *strides, 1]
     x = _pool_input(shape, ties)
     y = tf.nn.max_pool3d(x, k, s, padding).numpy()
-    feeds = {"x:0": x, "y:0": y, "dy:0": randn(*y.shape)}
+    feeds = {"x:0": x, "y:0": y, "dy:0": randn(*y.shape), "ddx:0": randn(*shape)}
 
     def build(tf):
         ph = placeholders(tf, feeds)
         return [
             tf.raw_ops.MaxPool3DGrad(orig_input=ph["x"], orig_output=ph["y"], grad=ph["dy"], ksize=k, strides=s,
                                      padding=padding),
+            tf.raw_ops.MaxPool3DGradGrad(orig_input=ph["x"], orig_output=ph["y"], grad=ph["ddx"], ksize=k,
+                                         strides=s, padding=padding),
             tf.raw_ops.AvgPool3DGrad(orig_input_shape=tf.constant(shape), grad=ph["dy"], ksize=k, strides=s,
                                      padding=padding),
         ]
