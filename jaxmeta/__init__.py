@@ -20,13 +20,17 @@ from jaxmeta._errors import (
 from jaxmeta._graph import Graph, Node, Tensor, TensorRef, Variable
 from jaxmeta._import import import_meta_graph, read_meta_graph
 from jaxmeta._interpreter import OpContext, VarRef
+from jaxmeta._saver import Saver
 from jaxmeta._session import Session
+from jaxmeta.checkpoint import CheckpointReader, get_checkpoint_state, latest_checkpoint
+from jaxmeta.checkpoint._orbax import restore_orbax, save_orbax
 from jaxmeta.ops.registry import register_op, supported_ops
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError",
+    "CheckpointReader",
     "FeedError",
     "Graph",
     "GraphError",
@@ -34,6 +38,7 @@ __all__ = [
     "Node",
     "OpContext",
     "PrecisionError",
+    "Saver",
     "Session",
     "SideEffectError",
     "Tensor",
@@ -41,8 +46,12 @@ __all__ = [
     "UnsupportedOpError",
     "VarRef",
     "Variable",
+    "get_checkpoint_state",
     "import_meta_graph",
+    "latest_checkpoint",
     "read_meta_graph",
     "register_op",
+    "restore_orbax",
+    "save_orbax",
     "supported_ops",
 ]

@@ -176,7 +176,7 @@ class _WhileLoop:
         self.loop_cond = conds[0]
         pivot = TensorRef(self.loop_cond.name, 0)
         switches = {n.inputs[0].node: n for n in own if n.type in _SWITCH and n.inputs[1:] == [pivot]}
-        self.merges, self.nexts, self.init_refs, self.var_refs = [], [], [], []
+        self.merges, self.nexts, self.init_refs, self.var_refs, next_controls = [], [], [], [], []
         self.var_of_ref: dict[TensorRef, int] = {}
         for m in own:
             kinds = [graph.nodes[r.node].type for r in m.inputs]
@@ -190,6 +190,7 @@ class _WhileLoop:
             nxt = graph.nodes[next(r for r, k in zip(m.inputs, kinds) if k in _NEXT).node]
             self.init_refs.append(enter)
             self.nexts.append(nxt.inputs[0])
+            next_controls.extend(nxt.control_inputs)  # e.g. TF's gradient stack pushes
             refs = [TensorRef(m.name, 0)]
             if m.name in switches:
                 refs.append(TensorRef(switches[m.name].name, 1))
@@ -211,7 +212,7 @@ class _WhileLoop:
         self.satisfied = {r.node for r in self.fed}
         self.cond_ref = self.loop_cond.inputs[0]
         self.cond_steps = self._block([self.cond_ref], self.satisfied)
-        self.body_steps = self._block(self.nexts, self.satisfied)
+        self.body_steps = self._block(self.nexts, self.satisfied, next_controls)
         steps = self.cond_steps + self.body_steps
         self.assigns = any(s.spec.assigns for s in steps)
         self.random = any(s.spec.random for s in steps)
@@ -219,8 +220,8 @@ class _WhileLoop:
         self.external_controls = sorted({c for n in nodes for c in n.control_inputs if c not in members})
         self._static_blocks: dict[tuple, list] = {}
 
-    def _block(self, fetches, satisfied) -> list:
-        needed = _prune(self.graph, fetches, (), self.fed, satisfied)
+    def _block(self, fetches, satisfied, targets=()) -> list:
+        needed = _prune(self.graph, fetches, targets, self.fed, satisfied)
         return build_steps(self.graph, needed, self.fed, keep=set(fetches), frame=self.frame)
 
     # -- static analysis ----------------------------------------------------------------------

@@ -489,26 +489,39 @@ def _in_top_k_v2(node):
 # -- fake quantization ----------------------------------------------------------------------------
 
 
+def _nudge(lo, hi, qmin: float, qmax: float):
+    """TF's nudged (scale, inverse scale, min, max), so that zero is exactly representable."""
+    if static(lo, hi):
+        f32, xp = np.float32, np
+        lo, hi = np.asarray(lo, f32), np.asarray(hi, f32)
+        span = f32(qmax - qmin)
+    else:
+        f32, xp = jnp.float32, jnp
+        lo, hi = lax.stop_gradient(jnp.asarray(lo, f32)), lax.stop_gradient(jnp.asarray(hi, f32))
+        # XLA turns division by a constant into multiplication by its reciprocal, which moves
+        # exact halves (zero points such as 127.5) by an ulp; the barrier keeps a true division.
+        span = lax.optimization_barrier(jnp.asarray(qmax - qmin, f32))
+    scale = (hi - lo) / span
+    inv_scale = span / (hi - lo)  # TF computes the inverse directly, not as 1 / scale
+    zp_from_min = f32(qmin) - lo / scale
+    # std::round: halves away from zero (zp_from_min is >= qmin >= 0 where it is used).
+    zp = xp.where(zp_from_min < qmin, f32(qmin), xp.where(zp_from_min > qmax, f32(qmax), xp.floor(zp_from_min + f32(0.5))))
+    return scale, inv_scale, (f32(qmin) - zp) * scale, (f32(qmax) - zp) * scale
+
+
 def _fake_quant(x, lo, hi, num_bits: int, narrow: bool):
     """TF's fake quantization with its zero-point nudging; gradients as TF's straight-through
     estimator (to x inside [nudged_min, nudged_max], to min below it, to max above it)."""
     qmin = 1.0 if narrow else 0.0
     qmax = float(2**num_bits - 1)
-    lo = jnp.asarray(lo, jnp.float32)
-    hi = jnp.asarray(hi, jnp.float32)
-    scale = lax.stop_gradient((hi - lo) / (qmax - qmin))
-    # TF multiplies by an inverse scale computed directly (not 1 / scale): it decides exact halves.
-    inv_scale = lax.stop_gradient((qmax - qmin) / (hi - lo))
-    zp_from_min = qmin - lax.stop_gradient(lo) / scale
-    # std::round: halves away from zero (zp_from_min lies in [qmin, qmax] here, so it is >= 0).
-    zp = jnp.where(zp_from_min < qmin, qmin, jnp.where(zp_from_min > qmax, qmax, jnp.floor(zp_from_min + 0.5)))
-    nmin = (qmin - zp) * scale
-    nmax = (qmax - zp) * scale
+    scale, inv_scale, nmin, nmax = _nudge(lo, hi, qmin, qmax)
+    lo, hi = jnp.asarray(lo, jnp.float32), jnp.asarray(hi, jnp.float32)
     x, nmin, nmax, lo, hi, scale, inv_scale = broadcast_ranks(x, nmin, nmax, lo, hi, scale, inv_scale)
     below = lo + lax.stop_gradient(nmin - lo)
     above = hi + lax.stop_gradient(nmax - hi)
     clamped = jnp.where(x < nmin, below, jnp.where(x > nmax, above, x))
-    q = jnp.floor((lax.stop_gradient(clamped) - nmin) * inv_scale + 0.5) * scale + nmin
+    # Distributing inv_scale (c * inv - nmin * inv) reproduces TF's rounding at most exact halves.
+    q = jnp.floor(lax.stop_gradient(clamped) * inv_scale - nmin * inv_scale + 0.5) * scale + nmin
     return clamped + lax.stop_gradient(q - clamped)
 
 

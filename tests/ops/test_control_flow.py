@@ -248,3 +248,74 @@ def test_grad_through_dynamic_rnn_wrt_variables():
     got = jax.jit(jax.grad(lambda v: f(v, SEQ)))({k: jnp.asarray(v) for k, v in values.items()})
     for v, w in zip(variables, want):
         np.testing.assert_allclose(got[v.op.name], w, rtol=1e-4, atol=1e-5)
+
+
+def _train_rnn(kind, with_lengths, optimizer="sgd"):
+    def build(tf):
+        x = tf.compat.v1.placeholder(tf.float32, SEQ.shape, name="x")
+        lengths = tf.compat.v1.placeholder(tf.int32, [2], name="len") if with_lengths else None
+        out, _ = tf.compat.v1.nn.dynamic_rnn(_cell(tf, kind), x, sequence_length=lengths, dtype=tf.float32)
+        loss = tf.reduce_mean(tf.square(out - 0.5), name="loss")
+        opt = {"sgd": tf.compat.v1.train.GradientDescentOptimizer(0.5), "adam": tf.compat.v1.train.AdamOptimizer(0.1)}
+        opt[optimizer].minimize(loss, name="train")
+        return loss
+
+    return build
+
+
+@pytest.mark.parametrize(
+    "kind,with_lengths,optimizer",
+    [("lstm", False, "sgd"), ("gru", True, "sgd"), ("lstm", True, "adam")],
+)
+def test_training_steps_through_tf_gradient_loops(kind, with_lengths, optimizer):
+    """K steps of an RNN's own train_op (TF's gradient while loop: stacks, TensorArray gradients)."""
+    tf = get_tf()
+    build = _train_rnn(kind, with_lengths, optimizer)
+    feeds = {"x:0": SEQ, **({"len:0": LENGTHS} if with_lengths else {})}
+    steps = 3
+    g = tf.Graph()
+    with g.as_default():
+        tf.compat.v1.set_random_seed(0)
+        build(tf)
+        meta = tf.compat.v1.train.export_meta_graph(graph=g)
+        variables = tf.compat.v1.global_variables()
+        with tf.compat.v1.Session(graph=g) as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            init = {v.op.name: sess.run(v) for v in variables}
+            losses = [sess.run(["loss:0", "train"], feeds)[0] for _ in range(steps)]
+            want = {v.op.name: sess.run(v) for v in variables}
+    import jaxmeta
+
+    graph = jaxmeta.import_meta_graph(meta)
+    step = jax.jit(graph.step(["loss:0"], feeds=list(feeds), targets=["train"]))
+    state = {k: jnp.asarray(v) for k, v in init.items()}
+    for k in range(steps):
+        (loss,), state = step(state, *feeds.values())
+        np.testing.assert_allclose(loss, losses[k], rtol=1e-4, atol=1e-6)
+    for name, value in want.items():
+        np.testing.assert_allclose(state[name], value, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def _raw_rnn(tf):
+    x = tf.compat.v1.placeholder(tf.float32, SEQ.shape, name="x")
+    lengths = tf.constant(LENGTHS)
+    inputs_ta = tf.TensorArray(tf.float32, size=SEQ.shape[1]).unstack(tf.transpose(x, [1, 0, 2]))
+    cell = _cell(tf, "lstm")
+
+    def loop_fn(time, cell_output, cell_state, loop_state):
+        emit = cell_output
+        state = cell.zero_state(SEQ.shape[0], tf.float32) if cell_output is None else cell_state
+        finished = time >= lengths
+        next_input = tf.cond(
+            tf.reduce_all(finished), lambda: tf.zeros([SEQ.shape[0], SEQ.shape[2]]), lambda: inputs_ta.read(time)
+        )
+        return finished, next_input, state, emit, None
+
+    outputs_ta, final_state, _ = tf.compat.v1.nn.raw_rnn(cell, loop_fn)
+    return [outputs_ta.stack(), *tf.nest.flatten(final_state)]
+
+
+def test_raw_rnn():
+    # With constant lengths the "all finished" cond is static: a scan of max(lengths) steps, which
+    # also sizes the dynamic-size output TensorArray.
+    compare_with_tf(_raw_rnn, {"x:0": SEQ}, grads=True, rtol=1e-5, atol=1e-5)
