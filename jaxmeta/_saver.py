@@ -359,7 +359,10 @@ def _const_strings(graph: Graph, ref: TensorRef, where: str) -> list[str]:
     if node.type != "Const":
         raise GraphError(f"{where}: input {node.name!r} is a {node.type}, expected a Const of checkpoint keys")
     values = np.asarray(node.attr_tensor("value"), dtype=object).reshape(-1)
-    return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
+    try:
+        return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
+    except UnicodeDecodeError:
+        raise GraphError(f"{where}: the checkpoint keys in {node.name!r} are not UTF-8 text") from None
 
 
 def _variable_of(graph: Graph, ref: TensorRef) -> Node | None:
@@ -410,8 +413,15 @@ def _restore_specs(graph: Graph, restore_op_name: str) -> list[SaveSpec]:
     return specs
 
 
+def _check_arity(node: Node, where: str) -> None:
+    need = 2 if node.type in ("Restore", "Save") else 3
+    if len(node.inputs) < need:
+        raise GraphError(f"{where}: a {node.type} node needs at least {need} inputs, it has {len(node.inputs)}")
+
+
 def _spec_from_restore(graph: Graph, node: Node, index: int, variable: str) -> SaveSpec:
     where = f"restore node {node.name!r}"
+    _check_arity(node, where)
     if node.type == "RestoreV2":
         names = _const_strings(graph, node.inputs[1], where)
         slices = _const_strings(graph, node.inputs[2], where)
@@ -451,6 +461,7 @@ def _save_specs(graph: Graph, save_tensor_name: str) -> list[SaveSpec]:
 
 def _specs_from_save(graph: Graph, node: Node) -> list[SaveSpec]:
     where = f"save node {node.name!r}"
+    _check_arity(node, where)
     names = _const_strings(graph, node.inputs[1], where)
     if node.type == "Save":
         slices, data, dtypes = [""] * len(names), node.inputs[2:], node.attr_dtypes("T")

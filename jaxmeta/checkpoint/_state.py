@@ -60,6 +60,11 @@ def read_state(checkpoint_dir: str, latest_filename: str = DEFAULT_FILENAME) -> 
         return None
     except OSError as e:
         raise CheckpointError(f"cannot read checkpoint state file {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise CheckpointError(
+            f"{path} is not a valid checkpoint state file (not UTF-8 text: {e.reason} at byte {e.start}); "
+            "delete it or pass a checkpoint prefix explicitly"
+        ) from None
     state = checkpoint_pb2.CheckpointState()
     try:
         text_format.Parse(text, state)

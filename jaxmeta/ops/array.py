@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax.extend.core import concrete_or_error
+
 from jaxmeta._errors import GraphError
 from jaxmeta.ops.registry import register, static, xnp
 
@@ -27,17 +29,31 @@ _INT32 = np.dtype(np.int32)
 # -- helpers --------------------------------------------------------------------------------------
 
 
+def _known(value: Any) -> np.ndarray | None:
+    """`value` as NumPy when it is known now: static, a concrete array (outside jit), or a tracer
+    wrapping a concrete value (e.g. under `jax.grad` without jit); None when only known at run time."""
+    if static(value) or not isinstance(value, jax.core.Tracer):
+        return np.asarray(value)
+    try:
+        return np.asarray(concrete_or_error(None, value, ""))
+    except jax.errors.ConcretizationTypeError:
+        return None
+
+
+def _is_traced(value: Any) -> bool:
+    return _known(value) is None
+
+
 def _concrete(node, value: Any, what: str) -> np.ndarray:
     """`value` as NumPy, or a GraphError when it is only known at run time (traced under jit)."""
-    if static(value):
-        return np.asarray(value)
-    if isinstance(value, jax.core.Tracer):
+    known = _known(value)
+    if known is None:
         raise GraphError(
             f"node {node.name!r} ({node.type}): its {what} depends on runtime values, but jaxmeta "
             "needs it when the graph is traced (XLA shapes are static). Compute it from constants "
             "or tensor shapes (tf.shape), or call the function without jax.jit."
         )
-    return np.asarray(value)  # a concrete array outside jit
+    return known
 
 
 def _ints(node, value: Any, what: str) -> list[int]:
@@ -105,9 +121,9 @@ def _reshape(node):
         if -1 in dims:
             known = math.prod(d for d in dims if d != -1)
             size = int(np.size(x))
-            if known == 0 or size % known:
+            if (known == 0 and size) or (known and size % known):
                 raise GraphError(f"node {node.name!r} (Reshape): cannot reshape {np.shape(x)} to {dims}")
-            dims[dims.index(-1)] = size // known
+            dims[dims.index(-1)] = size // known if known else 0
         return xnp(x).reshape(x, dims)
 
     return fn
@@ -267,7 +283,7 @@ def _slice(node):
     def fn(x, begin, size):
         sizes = _ints(node, size, "size")
         shape = np.shape(x)
-        if static(begin) or not isinstance(begin, jax.core.Tracer):
+        if not _is_traced(begin):
             b = _ints(node, begin, "begin")
             ends = [d if s == -1 else bi + s for bi, s, d in zip(b, sizes, shape)]
             return x[tuple(slice(bi, e) for bi, e in zip(b, ends))]
@@ -323,7 +339,7 @@ def _slice_spec(node):
         st = _ints(node, strides, "strides")
 
         def getter(values, what):
-            if static(values) or not isinstance(values, jax.core.Tracer):
+            if not _is_traced(values):
                 values = _ints(node, values, what)
                 return lambda i, as_slice=False: values[i]
 
@@ -345,8 +361,9 @@ def _strided_slice(node):
 
     def fn(x, begin, end, strides):
         idx = spec(np.ndim(x), begin, end, strides)
-        traced = any(isinstance(i, jax.core.Tracer) for i in idx)
-        return (jnp.asarray(x) if traced else _asarray(xnp(x), x))[idx]
+        if static(x) and not any(isinstance(i, jax.core.Tracer) for i in idx):
+            return np.asarray(np.asarray(x)[idx])
+        return jnp.asarray(x)[idx]
 
     return fn
 
@@ -561,7 +578,7 @@ def _reverse_sequence(node):
 def _roll(node):
     def fn(x, shift, axis):
         axes = tuple(_ints(node, axis, "axis"))
-        if isinstance(shift, jax.core.Tracer):  # XLA rolls by a runtime amount with dynamic slices
+        if _is_traced(shift):  # XLA rolls by a runtime amount with dynamic slices
             return jnp.roll(x, jnp.reshape(shift, (-1,)), axis=axes)
         shifts = tuple(_ints(node, shift, "shift"))
         return xnp(x).roll(x, shifts, axis=axes)
@@ -660,14 +677,15 @@ def _where(node):
     def fn(x):
         if np.ndim(x) == 0:
             raise GraphError(f"node {node.name!r} (Where): input must have rank >= 1")
-        if isinstance(x, jax.core.Tracer):
+        value = _known(x)
+        if value is None:
             raise GraphError(
                 f"node {node.name!r} (Where): the 1-input Where returns the indices of true "
                 "elements, whose count depends on runtime values, so it cannot run under jax.jit. "
                 "Call the function without jit, or use the 3-input tf.where."
             )
         # int64 in TF; a concrete input is computed eagerly (outside jit only).
-        return np.argwhere(np.asarray(x)).astype(np.int64)
+        return np.argwhere(value).astype(np.int64)
 
     return fn
 

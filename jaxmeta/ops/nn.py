@@ -502,6 +502,8 @@ def _nudge(lo, hi, qmin: float, qmax: float):
         # exact halves (zero points such as 127.5) by an ulp; the barrier keeps a true division.
         span = lax.optimization_barrier(jnp.asarray(qmax - qmin, f32))
     scale = (hi - lo) / span
+    if xp is jnp:  # keep XLA from reassociating lo / ((hi - lo) / span) below
+        scale = lax.optimization_barrier(scale)
     inv_scale = span / (hi - lo)  # TF computes the inverse directly, not as 1 / scale
     zp_from_min = f32(qmin) - lo / scale
     # std::round: halves away from zero (zp_from_min is >= qmin >= 0 where it is used).

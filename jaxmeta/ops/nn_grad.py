@@ -145,21 +145,15 @@ def _filter_grad(forward, x, filter_shape, dy):
     return vjp(jnp.asarray(dy, w0.dtype))[0]
 
 
-@register("Conv2DBackpropFilter", "Conv3DBackpropFilterV2", "Conv3DBackpropFilter")
+@register("Conv2DBackpropFilter", "Conv3DBackpropFilterV2")
 def _conv_backprop_filter(node):
-    """dL/dfilter of Conv2D/Conv3D given the input and dL/doutput.
-
-    Conv3DBackpropFilter (V1, deprecated) takes the filter itself instead of its shape.
-    """
+    """dL/dfilter of Conv2D/Conv3D given the input and dL/doutput."""
     spatial = 3 if node.type.startswith("Conv3D") else 2
     strides, dilations, padding, data_format, _ = _conv_config(node, spatial)
 
     def fn(x, filter_sizes, dy):
         x = jnp.asarray(x)
-        if node.type == "Conv3DBackpropFilter":
-            shape = tuple(np.shape(filter_sizes))
-        else:
-            shape = _static_shape(node, filter_sizes, "filter_sizes")
+        shape = _static_shape(node, filter_sizes, "filter_sizes")
         forward = lambda x, w: _conv(x, w, strides, dilations, padding, data_format)  # noqa: E731
         return _filter_grad(forward, x, shape, dy)
 
@@ -168,7 +162,12 @@ def _conv_backprop_filter(node):
 
 @register("DepthwiseConv2dNativeBackpropFilter")
 def _depthwise_backprop_filter(node):
-    """dL/dfilter of DepthwiseConv2dNative; the filter is [H, W, in_channels, multiplier]."""
+    """dL/dfilter of DepthwiseConv2dNative; the filter is [H, W, in_channels, multiplier].
+
+    Deliberately not TF-exact for `dilations > 1`: TF's kernels ignore the attribute in this op
+    (though the forward op honors it); jaxmeta returns the gradient of the dilated convolution.
+    `tf.nn.depthwise_conv2d` never emits it (it dilates with SpaceToBatch instead).
+    """
     strides, dilations, padding, data_format, channels_first = _conv_config(node, 2)
 
     def fn(x, filter_sizes, dy):

@@ -365,7 +365,7 @@ def test_top_k(shape, k, sorted_):
         # sorted=False leaves TF's order unspecified (its CPU kernel does not sort): compare as sets.
         return [values, indices] if sorted_ else [tf.sort(values, direction="DESCENDING")]
 
-    compare_with_tf(build, {"x:0": x}, grads=True)
+    compare_with_tf(build, {"x:0": x}, grads=k > 0)  # TF's gradient of sorting an empty k fails
 
 
 def test_top_k_ties_and_ints():
