@@ -93,11 +93,11 @@ class Node:
     def colocation_groups(self) -> list[str]:
         if "_class" not in self.node_def.attr:
             return []
-        return [s.decode() for s in self.node_def.attr["_class"].list.s]
+        return [self._text(s, "_class") for s in self.node_def.attr["_class"].list.s]
 
     def get_attr(self, name: str) -> Any:
         """The attribute decoded into plain Python/NumPy values, as `tf.Operation.get_attr`."""
-        return decode_attr(self._attr(name), where=f"{self.name}.{name}")
+        return decode_attr(self._attr(name), where=f"node {self.name!r} attribute {name!r}")
 
     def has_attr(self, name: str) -> bool:
         return name in self.node_def.attr
@@ -122,7 +122,13 @@ class Node:
 
     def attr_str(self, name: str, default: Any = None) -> str:
         value = self._get(name, _REQUIRED if default is None else default, "s")
-        return value.decode() if isinstance(value, bytes) else value
+        return self._text(value, name) if isinstance(value, bytes) else value
+
+    def _text(self, value: bytes, name: str) -> str:
+        try:
+            return value.decode()
+        except UnicodeDecodeError:
+            raise GraphError(f"node {self.name!r} ({self.type}): attribute {name!r} is not UTF-8 text") from None
 
     def attr_bytes(self, name: str) -> bytes:
         return self._get(name, _REQUIRED, "s")
@@ -164,7 +170,7 @@ class Node:
     def attr_strs(self, name: str, default: Any = None) -> list[str]:
         if default is not None and name not in self.node_def.attr:
             return list(default)
-        return [s.decode() for s in self.attr_list(name).s]
+        return [self._text(s, name) for s in self.attr_list(name).s]
 
     def attr_dtypes(self, name: str) -> list[int]:
         """A `list(type)` attribute as DataType enum values."""

@@ -293,11 +293,11 @@ class _Importer:
             nd.device = canonical_device(nd.device)
         if self.scope:
             if "_class" in nd.attr:
-                values = [self.scoped(s.decode()).encode() for s in nd.attr["_class"].list.s]
+                values = [_scoped_bytes(self.scoped, s) for s in nd.attr["_class"].list.s]
                 del nd.attr["_class"].list.s[:]
                 nd.attr["_class"].list.s.extend(values)
             if nd.op in _LOOP_ENTER_OPS and "frame_name" in nd.attr:
-                nd.attr["frame_name"].s = self.scoped(nd.attr["frame_name"].s.decode()).encode()
+                nd.attr["frame_name"].s = _scoped_bytes(self.scoped, nd.attr["frame_name"].s)
         return Node(nd, self.graph)
 
     def _check_inputs(self, nodes: list[Node]) -> None:
@@ -408,6 +408,11 @@ def _scope_message(msg, scoped) -> None:
         for nested in msg.nested_contexts:
             inner = nested.cond_ctxt if nested.HasField("cond_ctxt") else nested.while_ctxt
             _scope_message(inner, scoped)
+
+
+def _scoped_bytes(scoped, value: bytes) -> bytes:
+    # Names are UTF-8; undecodable bytes (a damaged file) pass through unchanged, errors come later.
+    return scoped(value.decode("utf-8", "surrogateescape")).encode("utf-8", "surrogateescape")
 
 
 def _normalize_key(name: str) -> str:

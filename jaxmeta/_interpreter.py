@@ -223,7 +223,13 @@ def _plan_frees(steps: list[_Step], keep: set[TensorRef]) -> None:
 def run_steps(steps: list[_Step], ctx: OpContext, env: dict[TensorRef, Any], fed: set[TensorRef]) -> None:
     """Evaluates `steps` in order, reading and writing values in `env` (fed values stay)."""
     for step in steps:
-        args = [env[ref] for ref in step.inputs]
+        try:
+            args = [env[ref] for ref in step.inputs]
+        except KeyError as e:
+            raise GraphError(
+                f"node {step.node.name!r} ({step.node.type}) reads {e.args[0]}, which its producer does not "
+                "output; the graph is damaged"
+            ) from None
         if not step.spec.ref_inputs:
             args = [ctx.read(a) if isinstance(a, VarRef) else a for a in args]
         try:
@@ -271,6 +277,7 @@ def _check_runnable(graph: Graph, needed: set[str], fed: set[TensorRef]) -> None
     missing_feeds = []
     for name in sorted(needed):
         node = graph.nodes[name]
+        _check_inputs_exist(graph, node, fed)
         if node.type in ("Placeholder", "PlaceholderV2"):
             missing_feeds.append(name)
         elif node.type in registry.SIDE_EFFECT_OPS and registry.lookup(node.type) is None:
@@ -301,6 +308,21 @@ def _check_runnable(graph: Graph, needed: set[str], fed: set[TensorRef]) -> None
         )
 
 
+def _check_inputs_exist(graph: Graph, node: Node, fed: set[TensorRef]) -> None:
+    """Refuses a data input naming an output its producer does not have (when the OpDef says)."""
+    for ref in node.inputs:
+        if ref in fed:
+            continue
+        producer = graph.nodes[ref.node]
+        if producer.op_def is None and "_output_shapes" not in producer.node_def.attr:
+            continue  # the output count is unknown until the handler runs
+        if ref.index >= producer.num_outputs:
+            raise GraphError(
+                f"node {node.name!r} ({node.type}) reads {ref}, but {producer.type} node {ref.node!r} has "
+                f"{producer.num_outputs} output(s); the graph is damaged"
+            )
+
+
 def _toposort(graph: Graph, needed: set[str], fed: set[TensorRef], loops: dict[str, str]) -> list[Any]:
     """Kahn's algorithm over units: a node name, or `("loop", frame)` for the nodes in `loops`
     (so a loop's NextIteration back edge is no cycle here). Among ready units, those that do not
@@ -320,6 +342,11 @@ def _toposort(graph: Graph, needed: set[str], fed: set[TensorRef], loops: dict[s
         if spec is not None and spec.assigns:
             assigns.add(unit(name))
         deps = {ref.node for ref in node.inputs if ref not in fed} | set(node.control_inputs)
+        if name in deps and name not in loops:
+            raise GraphError(
+                f"node {name!r} ({node.type}) depends on itself (a self-loop); only v1 while loops "
+                "(Enter/Merge/NextIteration) may form cycles"
+            )
         for dep in {unit(d) for d in deps & needed} - {unit(name)}:
             if unit(name) not in users[dep]:
                 users[dep].add(unit(name))
@@ -345,7 +372,13 @@ def _toposort(graph: Graph, needed: set[str], fed: set[TensorRef], loops: dict[s
             if indegree[user] == 0:
                 push(user)
     if len(order) != len(units):
-        stuck = sorted(str(u) for u in units if indegree[u] > 0)
+        blocked = {u for u in units if indegree[u] > 0}
+        while True:  # drop nodes merely downstream of a cycle, to name the ones on it
+            sinks = {u for u in blocked if not users[u] & blocked}
+            if not sinks or sinks == blocked:
+                break
+            blocked -= sinks
+        stuck = sorted(str(u) for u in blocked)
         raise GraphError(
             f"the graph has a cycle through {len(stuck)} node(s), e.g. {', '.join(stuck[:5])}; only v1 "
             "while loops (Enter/Merge/NextIteration) may form cycles"

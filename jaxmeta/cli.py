@@ -132,7 +132,8 @@ def format_report(report: dict[str, Any]) -> str:
         lines += [f"  {count:6d}  {op}" for op, count in sorted(unsupported.items())]
         lines.append("  (register handlers with jaxmeta.register_op; a graph runs if the fetched subgraph avoids them)")
     else:
-        lines.append("\nevery op type is supported by jaxmeta")
+        extra = " (the side-effect ops below run only through jaxmeta's API)" if report["side_effect_ops"] else ""
+        lines.append(f"\nevery op type is supported by jaxmeta{extra}")
     if report["side_effect_ops"]:
         lines.append("\nside-effect ops jaxmeta never runs implicitly:")
         for op, entry in sorted(report["side_effect_ops"].items()):

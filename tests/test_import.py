@@ -531,3 +531,22 @@ def test_oracle_wild_models(meta):
                 v["trainable"] = v["name"] in trainable
         got = as_tf_reports(views.jaxmeta_view(jaxmeta.import_meta_graph(meta, import_scope=scope)), scope)
         assert_same_view(got, want, f"{meta} (scope={scope})")
+
+
+@pytest.mark.oracle
+def test_oracle_side_by_side(regenerated):
+    import generate
+
+    tf, metas = regenerated
+    tf_graph, _ = generate.tf_import(tf, metas["mnist_mlp"], "mlp")
+    generate.tf_import(tf, metas["partitioned"], "part", graph=tf_graph)
+    tf_graph, saver = generate.tf_import(tf, metas["control_flow"], "cf", graph=tf_graph)
+    want = json.loads(json.dumps(views.tf_view(tf, tf_graph, saver)))
+    graph = jaxmeta.import_meta_graph(metas["mnist_mlp"], import_scope="mlp")
+    jaxmeta.import_meta_graph(metas["partitioned"], import_scope="part", graph=graph)
+    jaxmeta.import_meta_graph(metas["control_flow"], import_scope="cf", graph=graph)
+    got = as_tf_reports(views.jaxmeta_view(graph), "mlp")
+    # TF returns the last import's Saver; jaxmeta's graph keeps the first SaverDef.
+    assert want.pop("saver_def")["restore_op_name"] == "cf/save/restore_all"
+    assert got.pop("saver_def")["restore_op_name"] == "mlp/save/restore_all"
+    assert_same_view(got, want, "side by side (live)")

@@ -177,6 +177,8 @@ def _restore_prefix(path: Path) -> str | None:
 def _run_meta(ctx, data: bytes, workdir: str) -> None:
     graph = jaxmeta.import_meta_graph(data)
     _exercise_graph(graph, ctx)
+    scoped = jaxmeta.import_meta_graph(data, import_scope="fuzz", graph=graph)
+    scoped.export_meta_graph()
 
 
 _META_CACHE: dict[int, bytes] = {}
@@ -212,7 +214,7 @@ def _run_node_def(ctx, data: bytes, workdir: str) -> None:
                 f({})
             except JaxmetaError:
                 pass
-    graph.saver
+    _ = graph.saver
 
 
 def _meta_text_seeds():
@@ -300,6 +302,11 @@ def _run_bundle_index(ctx, data: bytes, workdir: str) -> None:
     _read_everything(prefix)
 
 
+def _write_table(path: str, items) -> None:
+    with open(path, "wb") as f:  # no fsync: the fuzz loop writes thousands of these
+        f.write(_sstable.build_table(items))
+
+
 def _bundle_entry_seeds():
     seeds = []
     for prefix in _bundle_prefixes():
@@ -314,7 +321,7 @@ def _run_bundle_entry(ctx, data: bytes, workdir: str) -> None:
     entries = dict(_sstable.Table(str(prefix) + ".index").entries)
     entries[key] = data
     out = _link_data(prefix, workdir)
-    _sstable.write_table(out + ".index", sorted((k, bytes(v)) for k, v in entries.items()))
+    _write_table(out + ".index", sorted((k, bytes(v)) for k, v in entries.items()))
     _read_everything(out)
 
 
@@ -346,7 +353,7 @@ def _run_strings(ctx, data: bytes, workdir: str) -> None:
         f.write(data)
     entry.offset, entry.size, entry.shard_id = 0, len(data), 0
     items = {b"": _bundle.header_proto(1).SerializeToString(), ctx.encode(): entry.SerializeToString()}
-    _sstable.write_table(out + ".index", sorted(items.items()))
+    _write_table(out + ".index", sorted(items.items()))
     _read_everything(out)
     try:
         _bundle.decode_strings(data, max(1, int(np.prod(tuple(d.size for d in entry.shape.dim)))))
@@ -372,7 +379,7 @@ def _run_v1_record(ctx, data: bytes, workdir: str) -> None:
         entries = dict(_sstable.Table(str(other)).entries)
         if other == path:
             entries[key] = data
-        _sstable.write_table(os.path.join(folder, other.name), sorted((k, bytes(v)) for k, v in entries.items()))
+        _write_table(os.path.join(folder, other.name), sorted((k, bytes(v)) for k, v in entries.items()))
     pattern = os.path.join(folder, "model.ckpt" if path.parent.name == "v1" else "model.ckpt-?????-of-00003")
     _read_everything(pattern)
 

@@ -184,7 +184,12 @@ class BundleReader:
             return self._read_sliced(name, entry, out)
         return self._read_entry(name, entry, _shape(entry.shape, where=self._where(name)), out)
 
-    def _read_entry(self, name, entry, shape, out=None) -> np.ndarray:
+    def check_entry(self, name, entry, shape) -> tuple[np.dtype, int, int, str]:
+        """Checks an entry's dtype, size and byte range against its data file, without reading.
+
+        Returns:
+            (dtype, fd, path's size, path), so that nothing is allocated for bytes that are not there.
+        """
         where = self._where(name)
         try:
             dtype = _dtypes.to_numpy(entry.dtype, where=where)
@@ -199,13 +204,21 @@ class BundleReader:
                 f"{where}: bytes [{entry.offset}, {entry.offset + entry.size}) lie past the end of "
                 f"{path} ({file_size} bytes); the data file is truncated or belongs to another checkpoint"
             )
-        if entry.dtype == types_pb2.DT_STRING:
-            return self._read_strings(name, entry, shape, count, fd, path)
-        if count * dtype.itemsize != entry.size:
+        if entry.dtype == types_pb2.DT_STRING and count > entry.size:  # each needs its length byte
+            raise CheckpointError(f"{where}: {count} strings cannot fit in {entry.size} bytes; index corrupt")
+        if entry.dtype != types_pb2.DT_STRING and count * dtype.itemsize != entry.size:
             raise CheckpointError(
                 f"{where}: {entry.size} bytes stored for shape {list(shape)} of {dtype} "
                 f"({count * dtype.itemsize} expected); the index is corrupt"
             )
+        return dtype, fd, file_size, path
+
+    def _read_entry(self, name, entry, shape, out=None) -> np.ndarray:
+        where = self._where(name)
+        dtype, fd, _, path = self.check_entry(name, entry, shape)
+        count = math.prod(shape)
+        if entry.dtype == types_pb2.DT_STRING:
+            return self._read_strings(name, entry, shape, count, fd, path)
         if out is None:
             out = aligned_empty(shape, dtype)
         got = _pread_into(fd, out, entry.offset)
@@ -259,6 +272,7 @@ class BundleReader:
             extents = _slices.check(_slices.from_proto(proto), full_shape, where=where)
             if sentry.dtype != entry.dtype or _shape(sentry.shape, where=where) != _slices.slice_shape(extents):
                 raise CheckpointError(f"{where}: slice {_slices.format_slice(extents)!r} has the wrong shape or dtype")
+            self.check_entry(name, sentry, _slices.slice_shape(extents))  # its bytes exist: safe to allocate
             plan.append((extents, sentry))
         check_cover(plan, full_shape, where)
         if out is None:

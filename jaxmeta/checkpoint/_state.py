@@ -103,6 +103,12 @@ def get_checkpoint_state(
             f"{os.path.join(checkpoint_dir, latest_filename)} names no model_checkpoint_path; pass a "
             "checkpoint prefix explicitly"
         )
+    for path in [state.model_checkpoint_path, *state.all_model_checkpoint_paths]:
+        if "\0" in path:
+            raise CheckpointError(
+                f"{os.path.join(checkpoint_dir, latest_filename)} names a path with a NUL byte ({path!r}); "
+                "the state file is corrupt: delete it or pass a checkpoint prefix explicitly"
+            )
     out = checkpoint_pb2.CheckpointState()
     out.CopyFrom(state)
     out.model_checkpoint_path = _resolve(state.model_checkpoint_path, checkpoint_dir)[0]

@@ -129,13 +129,23 @@ class V1Reader:
         covered = sum(_slices.num_elements(ext) for ext, _, _ in t.slices)
         if covered != total:
             raise CheckpointError(f"{where}: the stored slices cover {covered} of {total} elements")
-        out = np.empty(t.shape, dtype=dtype) if dtype.kind != "O" else np.full(t.shape, b"", dtype=object)
+        records = []
         for extents, table, raw_extents in t.slices:
             key = _slices.encode_key(name, raw_extents)
             raw = table.entries.get(key)
             if raw is None:
                 raise CheckpointError(f"{where}: slice {_slices.format_slice(raw_extents)!r} is missing from "
                                       f"{table.path}")
+            # Every stored value takes at least one byte, so a record this short cannot fill the slice:
+            # refuse before allocating what the declared shape promises.
+            if _slices.num_elements(extents) > len(raw):
+                raise CheckpointError(
+                    f"{where}: slice {_slices.format_slice(raw_extents)!r} claims {_slices.num_elements(extents)} "
+                    f"values but its record in {table.path} holds {len(raw)} bytes; the file is corrupt"
+                )
+            records.append((extents, table, raw))
+        out = np.empty(t.shape, dtype=dtype) if dtype.kind != "O" else np.full(t.shape, b"", dtype=object)
+        for extents, table, raw in records:
             msg = checkpoint_pb2.SavedTensorSlices()
             try:
                 msg.ParseFromString(bytes(raw))

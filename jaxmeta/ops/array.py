@@ -17,7 +17,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 from jax.extend.core import concrete_or_error
 
 from jaxmeta._errors import GraphError
@@ -121,9 +120,16 @@ def _reshape(node):
         if -1 in dims:
             known = math.prod(d for d in dims if d != -1)
             size = int(np.size(x))
-            if (known == 0 and size) or (known and size % known):
+            if known == 0 and size == 0:
+                # TF's rule for empty tensors: the -1 takes the product of the input's nonzero
+                # dimensions over that of the target's nonzero dimensions.
+                dims[dims.index(-1)] = math.prod(d for d in np.shape(x) if d) // math.prod(
+                    d for d in dims if d > 0
+                )
+            elif known == 0 or size % known:
                 raise GraphError(f"node {node.name!r} (Reshape): cannot reshape {np.shape(x)} to {dims}")
-            dims[dims.index(-1)] = size // known if known else 0
+            else:
+                dims[dims.index(-1)] = size // known
         return xnp(x).reshape(x, dims)
 
     return fn
@@ -254,7 +260,9 @@ def _split(node):
     def fn(axis, x):
         a = _axis(node, _int(node, axis, "axis"), np.ndim(x))
         if np.shape(x)[a] % num:
-            raise GraphError(f"node {node.name!r} (Split): dimension {a} of {np.shape(x)} is not divisible by {num}")
+            raise GraphError(
+                f"node {node.name!r} (Split): dimension {a} of {np.shape(x)} is not divisible by {num}"
+            )
         return tuple(xnp(x).split(x, num, axis=a))
 
     return fn
@@ -269,7 +277,9 @@ def _split_v(node):
         if sizes.count(-1) == 1:
             sizes[sizes.index(-1)] = dim - (sum(sizes) + 1)
         if sum(sizes) != dim or min(sizes, default=0) < 0:
-            raise GraphError(f"node {node.name!r} (SplitV): sizes {sizes} do not split dimension {a} of size {dim}")
+            raise GraphError(
+                f"node {node.name!r} (SplitV): sizes {sizes} do not split dimension {a} of size {dim}"
+            )
         return tuple(xnp(x).split(x, np.cumsum(sizes)[:-1].tolist(), axis=a))
 
     return fn
@@ -308,7 +318,9 @@ def _strided_index(node, ndim, begin, end, strides, masks) -> tuple:
     n = len(strides)
     real = sum(1 for i in range(n) if not (ellipsis_mask | new_axis_mask) >> i & 1)
     if real > ndim:
-        raise GraphError(f"node {node.name!r} ({node.type}): slice has {real} indices for a rank-{ndim} tensor")
+        raise GraphError(
+            f"node {node.name!r} ({node.type}): slice has {real} indices for a rank-{ndim} tensor"
+        )
     index: list[Any] = []
     for i in range(n):
         bit = 1 << i
@@ -411,7 +423,9 @@ def _tile(node):
     def fn(x, multiples):
         reps = _ints(node, multiples, "multiples")
         if len(reps) != np.ndim(x):
-            raise GraphError(f"node {node.name!r} (Tile): {len(reps)} multiples for a rank-{np.ndim(x)} tensor")
+            raise GraphError(
+                f"node {node.name!r} (Tile): {len(reps)} multiples for a rank-{np.ndim(x)} tensor"
+            )
         return xnp(x).tile(x, reps)
 
     return fn
@@ -487,7 +501,9 @@ def _lin_space(node):
 def _paddings(node, paddings, ndim):
     p = _concrete(node, paddings, "paddings").astype(np.int64)
     if p.shape != (ndim, 2):
-        raise GraphError(f"node {node.name!r} ({node.type}): paddings of shape {p.shape} for a rank-{ndim} tensor")
+        raise GraphError(
+            f"node {node.name!r} ({node.type}): paddings of shape {p.shape} for a rank-{ndim} tensor"
+        )
     return [(int(a), int(b)) for a, b in p]
 
 
@@ -718,7 +734,9 @@ def _broadcast_args(node):
         try:
             out = np.broadcast_shapes(tuple(a.tolist()), tuple(b.tolist()))
         except ValueError:
-            raise GraphError(f"node {node.name!r} (BroadcastArgs): shapes {a} and {b} do not broadcast") from None
+            raise GraphError(
+                f"node {node.name!r} (BroadcastArgs): shapes {a} and {b} do not broadcast"
+            ) from None
         return np.array(out, dtype=a.dtype)
 
     return fn
@@ -809,7 +827,9 @@ def _block_and_pads(node, x, block_shape, paddings, what):
     block = _ints(node, block_shape, "block_shape")
     pads = _concrete(node, paddings, what).reshape(-1, 2)
     if len(pads) != len(block) or np.ndim(x) < 1 + len(block):
-        raise GraphError(f"node {node.name!r} ({node.type}): block_shape {block} and {what} {pads.tolist()} disagree")
+        raise GraphError(
+            f"node {node.name!r} ({node.type}): block_shape {block} and {what} {pads.tolist()} disagree"
+        )
     return block, [(int(a), int(b)) for a, b in pads]
 
 
@@ -832,7 +852,9 @@ def _batch_to_space_nd(node):
 @register("SpaceToBatch")
 def _space_to_batch_v1(node):
     size = node.attr_int("block_size")
-    return lambda x, paddings: _space_to_batch(x, *_block_and_pads(node, x, [size, size], paddings, "paddings"))
+    return lambda x, paddings: _space_to_batch(
+        x, *_block_and_pads(node, x, [size, size], paddings, "paddings")
+    )
 
 
 @register("BatchToSpace")
@@ -921,8 +943,12 @@ def _extract_image_patches(node):
         x = m.pad(x, [(0, 0), *pads, (0, 0)])
         oh, ow = outs
         patches = [
-            x[:, i * rates[1] : i * rates[1] + (oh - 1) * strides[1] + 1 : strides[1],
-              j * rates[2] : j * rates[2] + (ow - 1) * strides[2] + 1 : strides[2], :]
+            x[
+                :,
+                i * rates[1] : i * rates[1] + (oh - 1) * strides[1] + 1 : strides[1],
+                j * rates[2] : j * rates[2] + (ow - 1) * strides[2] + 1 : strides[2],
+                :,
+            ]
             for i in range(ksizes[1])
             for j in range(ksizes[2])
         ]
@@ -934,6 +960,7 @@ def _extract_image_patches(node):
 @register("UnravelIndex")
 def _unravel_index(node):
     dtype = _dtype(node, "Tidx")
+
     def fn(indices, dims):
         shape = tuple(_ints(node, dims, "dims"))
         m = xnp(indices)
@@ -983,7 +1010,9 @@ def _matrix_band_part(node):
 def _diag_ks(node, k) -> tuple[int, int]:
     ks = _ints(node, k, "k")
     if len(ks) not in (1, 2) or ks[0] > ks[-1]:
-        raise GraphError(f"node {node.name!r} ({node.type}): k={ks} must be one diagonal or a range low <= high")
+        raise GraphError(
+            f"node {node.name!r} ({node.type}): k={ks} must be one diagonal or a range low <= high"
+        )
     return ks[0], ks[-1]
 
 
@@ -1141,3 +1170,80 @@ def _diag_part_op(node):
         return m.reshape(m.diagonal(m.reshape(x, (n, n))), half)
 
     return fn
+
+
+# -- searching, set differences, in-place updates ---------------------------------------------------
+
+
+def _bound(side: str):
+    def build(node):
+        dtype = _dtype(node, "out_type")
+
+        def fn(sorted_inputs, values):
+            """Row-wise searchsorted: both inputs are [batch, n] / [batch, m] (or 1-D)."""
+            m = xnp(sorted_inputs, values)
+            if m is np:
+                rows = [
+                    np.searchsorted(a, v, side=side)
+                    for a, v in zip(np.atleast_2d(sorted_inputs), np.atleast_2d(values))
+                ]
+                return np.asarray(rows, dtype=dtype).reshape(np.shape(values))
+            search = jax.vmap(lambda a, v: jnp.searchsorted(a, v, side=side))
+            rows = search(jnp.atleast_2d(sorted_inputs), jnp.atleast_2d(values))
+            return rows.reshape(np.shape(values)).astype(dtype)
+
+        return fn
+
+    return build
+
+
+register("LowerBound")(_bound("left"))
+register("UpperBound")(_bound("right"))
+
+
+@register("ListDiff")
+def _list_diff(node):
+    dtype = _dtype(node, "out_idx")
+
+    def fn(x, y):
+        xv, yv = _known(x), _known(y)
+        if xv is None or yv is None:
+            raise GraphError(
+                f"node {node.name!r} (ListDiff): its output length depends on runtime values, so it "
+                "cannot run under jax.jit; call the function without jit"
+            )
+        idx = np.flatnonzero(~np.isin(xv, yv))
+        return xv[idx], idx.astype(dtype)
+
+    return fn
+
+
+@register("GuaranteeConst", "DeepCopy")
+def _pass_through(node):
+    return lambda x: x
+
+
+@register("ParallelConcat")
+def _parallel_concat(node):
+    # Concatenates along the first axis (each value has a leading dimension of 1).
+    def fn(*values):
+        m = xnp(*values)
+        return m.concatenate([_asarray(m, v) for v in values], axis=0)
+
+    return fn
+
+
+def _inplace(update):
+    def build(node):
+        def fn(x, i, v):
+            x = jnp.asarray(x)
+            return update(x.at[jnp.asarray(i)], jnp.asarray(v, x.dtype))
+
+        return fn
+
+    return build
+
+
+register("InplaceUpdate")(_inplace(lambda at, v: at.set(v)))
+register("InplaceAdd")(_inplace(lambda at, v: at.add(v)))
+register("InplaceSub")(_inplace(lambda at, v: at.add(-v)))

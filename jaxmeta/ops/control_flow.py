@@ -59,6 +59,7 @@ entries, or the product of the enclosing loops' static trip counts when `max_siz
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 from typing import Any
 
@@ -450,20 +451,42 @@ def _within(frames: _Frames, f: str, frame: str) -> bool:
 
 
 def _trip_bound(graph: Graph, frame: str, members: set[str]) -> int | None:
-    """The static trip count (or bound) of a loop whose Enter inputs need no feeds or variables."""
+    """The static trip count (or bound) of an outermost loop, from a shape-only trace of its Enter
+    inputs (placeholders of fully known shape and variables stand in as abstract values)."""
+    if _frames(graph).parent.get(frame):
+        return None  # an inner loop's Enter values come from its outer loop's iteration
     try:
         loop = _WhileLoop(graph, frame, members)
-        if _frames(graph).parent[frame]:
-            return None  # inner loops: their Enter values come from the outer loop
-        from jaxmeta._interpreter import Program
+        needed = _prune(graph, loop.outer, (), set())
+        feeds = [TensorRef(n, 0) for n in sorted(needed) if graph.nodes[n].type in ("Placeholder", "PlaceholderV2")]
+        fed = set(feeds)
+        needed = _prune(graph, loop.outer, (), fed)
+        steps = build_steps(graph, needed, fed, keep=set(loop.outer))
+        structs = [_struct(graph.nodes[r.node], "dtype", "shape") for r in feeds]
+        variables = {}
+        for n in graph.variable_nodes():
+            with contextlib.suppress(GraphError):
+                variables[n.name] = _struct(n, "dtype", "shape")
+        captured: dict = {}
 
-        values, _ = Program(graph, loop.outer)({}, [])
-    except Exception:
+        def run(variables, *values):
+            env = dict(zip(feeds, values))
+            run_steps(steps, OpContext(graph, variables, None), env, fed)
+            captured.update({r: env[r] for r in loop.outer if r in env and static(env[r])})
+
+        jax.eval_shape(run, variables, *structs)
+    except Exception:  # unknown shapes, unsupported ops: no static bound to show
         return None
-    captured = dict(zip(loop.outer, values))
-    consts = {inner: np.asarray(captured[ref]) for inner, ref in loop.enter_refs.items()}
+    consts = {inner: captured.get(ref, _MISSING) for inner, ref in loop.enter_refs.items()}
     trips = loop._static_trips(consts, [consts[r] for r in loop.init_refs])
     return None if trips is None else trips.n
+
+
+def _struct(node, dtype_attr: str, shape_attr: str) -> jax.ShapeDtypeStruct:
+    shape = node.attr_shape(shape_attr)
+    if shape is None or any(d < 0 for d in shape):
+        raise GraphError(f"{node.name!r} has no fully known shape")
+    return jax.ShapeDtypeStruct(shape, jax.dtypes.canonicalize_dtype(node.attr_dtype(dtype_attr)))
 
 
 # -- conds ----------------------------------------------------------------------------------------

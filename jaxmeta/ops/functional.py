@@ -166,13 +166,18 @@ def _run_branches(ctx: OpContext, branches: list, args: tuple, choose) -> tuple:
 
 
 def _choose_optional(outs: tuple, choose) -> Any:
+    shapes = {np.shape(o) for o in outs if _carryable(o)}
+    if len(shapes) > 1:
+        # Branch outputs of different shapes are TF's gradient intermediates (each branch emits its
+        # own and zeros for the other's); the forward pass never reads them.
+        return outs[0]
     # TF's v2 conds output their intermediates as optionals (a value in one branch, OptionalNone in
     # the others) for the gradient; the forward pass never reads them, so the value is kept.
     if not all(isinstance(o, _Optional) for o in outs):
         return choose(list(outs))
     present = [o for o in outs if o.components is not None]
     if len(present) == len(outs):
-        return _Optional(tuple(choose(list(cs)) for cs in zip(*(o.components for o in outs))))
+        return _Optional(tuple(_choose_optional(cs, choose) for cs in zip(*(o.components for o in outs))))
     return present[0] if present else outs[0]
 
 
@@ -283,9 +288,19 @@ def _while(node):
         vals = [inits[j] for j in carried]
         pending = [k for k, v in enumerate(vals) if isinstance(v, _PendingList)]
         if pending:  # element shapes of lists the graph left open: from a shape-only trace
-            shapes = jax.eval_shape(lambda: [run_body(jnp.int32(0), vals)[carried[k]] for k in pending])
-            for k, s in zip(pending, shapes):
-                vals[k] = jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), s)
+
+            def probe():
+                outs = [run_body(jnp.int32(0), vals)[carried[k]] for k in pending]
+                return [None if isinstance(o, _PendingList) else o for o in outs]
+
+            for k, s in zip(pending, jax.eval_shape(probe)):
+                if s is not None:
+                    vals[k] = jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), s)
+            # Lists that stay empty (TF's gradient bookkeeping of not-yet-written lists) stay fixed.
+            keep = [k for k, v in enumerate(vals) if not isinstance(v, _PendingList)]
+            fixed.update({carried[k]: v for k, v in enumerate(vals) if k not in keep})
+            carried[:] = [carried[k] for k in keep]
+            vals = [vals[k] for k in keep]
         init = (jnp.int32(0), tuple(jax.tree_util.tree_map(_to_carry, v) for v in vals))
         if trips is not None and trips[1]:
             carry, _ = jax.lax.scan(lambda c, _: (step(c), None), init, None, length=trips[0])
@@ -395,6 +410,10 @@ def _empty_list(node):
 @register("TensorListPushBack", context=True)
 def _list_push(node):
     def fn(ctx, items, item):
+        if isinstance(item, _PendingList):
+            # Pushing a list nothing was written to yet (TF's v2 gradients record the loop's lists
+            # at every step): nothing to record for a forward pass.
+            return items
         if isinstance(items, _PendingList):
             size = items.size
             if size is None:

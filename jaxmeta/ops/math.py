@@ -98,6 +98,19 @@ def _with_tout(f_jnp, f_np=None, attr: str = "Tout"):
     return build
 
 
+@jax.custom_jvp
+def _spence(x):
+    return jsp.spence(x)
+
+
+@_spence.defjvp
+def _spence_jvp(primals, tangents):
+    # jax.scipy's own derivative is NaN at some points under jit; d/dx spence(x) = log(x) / (1 - x).
+    (x,), (t,) = primals, tangents
+    safe = jnp.where(x == 1, 2, x)
+    return _spence(x), jnp.where(x == 1, -1, jnp.log(safe) / (1 - safe)).astype(x.dtype) * t
+
+
 def _np_rsqrt(x):
     return (1 / np.sqrt(x)).astype(x.dtype)
 
@@ -139,8 +152,12 @@ register_table({
     "Ndtri": unary(jsp.ndtri),
     "Lgamma": unary(jsp.gammaln),
     "Digamma": unary(jsp.digamma),
+    "BesselI0": unary(jsp.i0),
+    "BesselI1": unary(jsp.i1),
     "BesselI0e": unary(jsp.i0e),
     "BesselI1e": unary(jsp.i1e),
+    "Spence": unary(lambda x: _spence(x)),
+    "Expint": unary(jsp.expi),
     "IsFinite": unary(jnp.isfinite, np.isfinite),
     "IsInf": unary(jnp.isinf, np.isinf),
     "IsNan": unary(jnp.isnan, np.isnan),
@@ -255,12 +272,6 @@ def _polygamma(a, x):
     return jnp.where(n == a, y, jnp.nan).astype(x.dtype)
 
 
-def _pow(x, y):
-    if static(x, y):
-        return np.power(x, y)
-    return jnp.power(x, y)
-
-
 register_table({
     # Add also concatenates strings (NumPy object arrays).
     "Add": binary(jnp.add, np.add),
@@ -278,7 +289,7 @@ register_table({
     # Mod is C's %/fmod (sign of x), not Python's: Mod(-7, 2) == -1.
     "TruncateMod": binary(jnp.fmod, np.fmod),
     "Mod": binary(jnp.fmod, np.fmod),
-    "Pow": binary(_pow, _pow),
+    "Pow": binary(jnp.power, np.power),
     "Maximum": binary(_maximum, _maximum),
     "Minimum": binary(_minimum, _minimum),
     "SquaredDifference": binary(_squared_difference, _squared_difference),
@@ -288,6 +299,7 @@ register_table({
     "Xdivy": binary(_xdivy, _xdivy),
     "Igamma": binary(jsp.gammainc),
     "Igammac": binary(jsp.gammaincc),
+    "IgammaGradA": binary(lambda a, x: lax.igamma_grad_a(*_same_dtype(a, x))),
     "Zeta": binary(jsp.zeta),
     "Polygamma": binary(_polygamma),
     "NextAfter": binary(jnp.nextafter, np.nextafter),
@@ -312,6 +324,8 @@ def _np_equal(f):
 
 @register("Equal", "NotEqual")
 def _equal(node):
+    """Elementwise (in)equality, strings included. With `incompatible_shape_error=False`, operands
+    whose shapes do not broadcast give a scalar: False for Equal, True for NotEqual."""
     equal = node.type == "Equal"
     strict = node.attr_bool("incompatible_shape_error", True)
     f_jnp = jnp.equal if equal else jnp.not_equal
@@ -478,6 +492,11 @@ def _clip_by_value(node):
 
 
 def _scan(node, jnp_scan, np_scan, identity):
+    """Cumsum/Cumprod/CumulativeLogsumexp along a constant `axis`.
+
+    `exclusive` shifts the scan by one (the first output is `identity`); `reverse` scans from the
+    end. NumPy computes static inputs.
+    """
     exclusive = node.attr_bool("exclusive", False)
     reverse = node.attr_bool("reverse", False)
 
@@ -538,7 +557,12 @@ def _axes(node, axis, rank: int) -> tuple[int, ...]:
 
 
 def _reduction(reduce):
-    """Builder for Sum/Prod/Max/...: `reduce(m, x, axes)` with m = numpy or jax.numpy."""
+    """Builder for Sum/Prod/Max/...: `reduce(m, x, axes)` with m = numpy or jax.numpy.
+
+    The axis input must be a constant (scalar or vector, negative values count from the end; an
+    empty list reduces nothing); `keep_dims` keeps reduced axes with size 1. Sums and products keep
+    the input dtype (TF does not widen small integers).
+    """
 
     def build(node):
         keep = node.attr_bool("keep_dims", False)
@@ -739,6 +763,7 @@ def _einsum(node):
 
 
 def _fft(kind: str, rank: int):
+    """Builder for FFT/IFFT/RFFT/IRFFT over the innermost `rank` axes; `fft_length` must be constant."""
     axes = tuple(range(-rank, 0))
 
     def build(node):
@@ -831,6 +856,38 @@ def _matrix_solve(node):
         return jnp.linalg.solve(matrix, jnp.asarray(rhs))
 
     return fn
+
+
+@register("MatrixSolveLs")
+def _matrix_solve_ls(node):
+    """Regularized least squares through the normal equations (TF's `fast=True` path)."""
+    if not node.attr_bool("fast", True):
+        raise GraphError(
+            f"node {node.name!r} (MatrixSolveLs): fast=False (complete orthogonal decomposition) is not "
+            "supported; only fast=True (normal equations, as TF's default)"
+        )
+
+    def fn(matrix, rhs, l2_regularizer):
+        a, b = jnp.asarray(matrix), jnp.asarray(rhs)
+        m, n = a.shape[-2:]
+        l2 = jnp.asarray(l2_regularizer).astype(a.dtype)
+        ah = _adjoint(a)
+        if m >= n:
+            return _cholesky_solve(_add_diagonal(ah @ a, l2), ah @ b)
+        return ah @ _cholesky_solve(_add_diagonal(a @ ah, l2), b)
+
+    return fn
+
+
+def _add_diagonal(x, value):
+    i = jnp.arange(x.shape[-1])
+    return x.at[..., i, i].add(value)
+
+
+def _cholesky_solve(gram, rhs):
+    chol = lax.linalg.cholesky(gram, symmetrize_input=False)
+    y = lax.linalg.triangular_solve(chol, rhs, left_side=True, lower=True)
+    return lax.linalg.triangular_solve(chol, y, left_side=True, lower=True, transpose_a=True, conjugate_a=True)
 
 
 @register("Qr")

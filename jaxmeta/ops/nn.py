@@ -548,3 +548,31 @@ def _fake_quant_vars(node):
 def _fake_quant_vars_per_channel(node):
     bits, narrow = _fake_quant_attrs(node)
     return lambda x, lo, hi: _fake_quant(x, lo, hi, bits, narrow)
+
+
+@register("Dilation2D")
+def _dilation2d(node):
+    """Grayscale morphological dilation (NHWC): the max over the window of `x + filter`."""
+    strides, rates = node.attr_ints("strides"), node.attr_ints("rates")
+    _check_unit(node, "strides", strides, False)
+    _check_unit(node, "rates", rates, False)
+    padding = node.attr_str("padding")
+    if padding not in ("SAME", "VALID"):
+        raise GraphError(f"node {node.name!r} ({node.type}): padding {padding!r} is not supported")
+    (sh, sw), (rh, rw) = strides[1:3], rates[1:3]
+
+    def fn(x, filt):
+        n, h, w, c = x.shape
+        kh, kw, _ = filt.shape
+        (pt, _), (pl, _) = _tf_pads(padding, (h, w), (kh, kw), (sh, sw), (rh, rw))
+        eff_h, eff_w = (kh - 1) * rh + 1, (kw - 1) * rw + 1
+        oh = -(-h // sh) if padding == "SAME" else (h - eff_h) // sh + 1
+        ow = -(-w // sw) if padding == "SAME" else (w - eff_w) // sw + 1
+        ys = (np.arange(oh) * sh - pt)[:, None, None, None] + (np.arange(kh) * rh)[None, None, :, None]
+        xs = (np.arange(ow) * sw - pl)[None, :, None, None] + (np.arange(kw) * rw)[None, None, None, :]
+        valid = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)  # [oh, ow, kh, kw]
+        patches = x[:, np.clip(ys, 0, h - 1), np.clip(xs, 0, w - 1), :]  # [n, oh, ow, kh, kw, c]
+        patches = jnp.where(valid[None, ..., None], patches + filt[None, None, None], -jnp.inf)
+        return jnp.max(patches.reshape(n, oh, ow, kh * kw, c), axis=3)
+
+    return fn

@@ -42,23 +42,46 @@ CASES = [
     # -- shapes and reshapes --
     case(
         "shape",
-        lambda tf, x: [tf.shape(x), tf.shape(x, out_type=tf.int64), tf.size(x), tf.rank(x), tf.size(x, out_type=tf.int64)],
+        lambda tf, x: [
+            tf.shape(x),
+            tf.shape(x, out_type=tf.int64),
+            tf.size(x),
+            tf.rank(x),
+            tf.size(x, out_type=tf.int64),
+        ],
         X234,
         _unknown=True,
     ),
     case("shape_n", lambda tf, x, y: tf.shape_n([x, y]), X234, X23, _unknown=True),
-    case("shape_raw", lambda tf, x: [tf.raw_ops.Shape(input=x), tf.raw_ops.Size(input=x), tf.raw_ops.Rank(input=x)], X23),
+    case(
+        "shape_raw",
+        lambda tf, x: [tf.raw_ops.Shape(input=x), tf.raw_ops.Size(input=x), tf.raw_ops.Rank(input=x)],
+        X23,
+    ),
     case("reshape", lambda tf, x: tf.reshape(x, [4, 6]), X234),
     case("reshape_minus1", lambda tf, x: tf.reshape(x, [-1, 2]), X234),
     case("reshape_scalar", lambda tf, x: tf.reshape(x, []), rand(1, 1)),
     case("reshape_int", lambda tf, x: tf.reshape(x, [3, -1]), rand(2, 3, dtype=np.int32)),
     case("reshape_int64_shape", lambda tf, x: tf.reshape(x, tf.constant([6, -1], tf.int64)), X234),
-    case("reshape_empty", lambda tf, x: [tf.reshape(x, [0, -1]), tf.reshape(x, [3, -1, 2])], rand(0, 6)),
+    case(
+        "reshape_empty",
+        lambda tf, x: [
+            tf.reshape(x, [0, -1]),
+            tf.reshape(x, [3, -1, 2]),
+            tf.reshape(x, [-1, 0]),
+            tf.reshape(x, [5, 0, -1]),
+        ],
+        rand(0, 6),
+    ),
     case("expand_dims_scalar", lambda tf, x: [tf.expand_dims(x, 0), tf.expand_dims(x, -1)], np.float32(2.0)),
     case("expand_dims", lambda tf, x: [tf.expand_dims(x, a) for a in (0, 1, 3, -1, -4)], X234),
     case("squeeze_all", lambda tf, x: tf.squeeze(x), rand(1, 3, 1, 2)),
     case("squeeze_dims", lambda tf, x: [tf.squeeze(x, [0]), tf.squeeze(x, [-2, 0])], rand(1, 3, 1, 2)),
-    case("transpose", lambda tf, x: [tf.transpose(x), tf.transpose(x, [1, 0, 2]), tf.transpose(x, [2, 0, 1])], X234),
+    case(
+        "transpose",
+        lambda tf, x: [tf.transpose(x), tf.transpose(x, [1, 0, 2]), tf.transpose(x, [2, 0, 1])],
+        X234,
+    ),
     case(
         "conjugate_transpose",
         lambda tf, x: [tf.transpose(x, conjugate=True), tf.transpose(x, [1, 0], conjugate=True)],
@@ -70,22 +93,38 @@ CASES = [
     case("concat_3", lambda tf, x, y: tf.concat([x, y, x], 1), X234, rand(2, 1, 4)),
     case("concat_v1", lambda tf, x, y: tf.raw_ops.Concat(concat_dim=0, values=[x, y]), X23, rand(4, 3)),
     case("concat_int", lambda tf, x: tf.concat([x, x], 0), np.int32([1, 2])),
-    case("concat_offset", lambda tf: tf.raw_ops.ConcatOffset(concat_dim=1, shape=[[2, 3, 5], [2, 7, 5], [2, 1, 5]])),
-    case("stack", lambda tf, x, y: [tf.stack([x, y]), tf.stack([x, y], axis=1), tf.stack([x, y], axis=-1)], X23, X23),
+    case(
+        "concat_offset",
+        lambda tf: tf.raw_ops.ConcatOffset(concat_dim=1, shape=[[2, 3, 5], [2, 7, 5], [2, 1, 5]]),
+    ),
+    case(
+        "stack",
+        lambda tf, x, y: [tf.stack([x, y]), tf.stack([x, y], axis=1), tf.stack([x, y], axis=-1)],
+        X23,
+        X23,
+    ),
     case("unstack", lambda tf, x: [*tf.unstack(x), *tf.unstack(x, axis=2), *tf.unstack(x, axis=-2)], X234),
     case("split", lambda tf, x: [*tf.split(x, 2, axis=2), *tf.split(x, 3, axis=1)], X234),
     case("split_v", lambda tf, x: [*tf.split(x, [1, 3], axis=2), *tf.split(x, [2, -1], axis=1)], X234),
     case("split_v_neg_axis", lambda tf, x: tf.split(x, [1, 1, 2], axis=-1), X234),
     # -- slicing --
-    case("slice", lambda tf, x: [tf.slice(x, [0, 1, 1], [2, 2, -1]), tf.slice(x, [1, 0, 0], [-1, -1, 2])], X234),
+    case(
+        "slice", lambda tf, x: [tf.slice(x, [0, 1, 1], [2, 2, -1]), tf.slice(x, [1, 0, 0], [-1, -1, 2])], X234
+    ),
     case("strided_basic", lambda tf, x: [x[1], x[:, 1:], x[..., ::2], x[-1, ::-1, 1:3]], X234),
     case("strided_neg", lambda tf, x: [x[::-1], x[:, ::-2], x[1::-1, -2:0:-1], x[:, -1:, :-1]], X234),
-    case("strided_newaxis", lambda tf, x: [x[None], x[:, None, 1], x[..., None], x[tf.newaxis, ..., 0, tf.newaxis]], X234),
+    case(
+        "strided_newaxis",
+        lambda tf, x: [x[None], x[:, None, 1], x[..., None], x[tf.newaxis, ..., 0, tf.newaxis]],
+        X234,
+    ),
     case("strided_ellipsis", lambda tf, x: [x[..., 1], x[0, ...], x[0, ..., 1:3], x[...]], X234),
     case("strided_clamp", lambda tf, x: [x[-10:10], x[5:], x[10:-10:-1], x[:, 2:1]], X234),
     case(
         "strided_raw",
-        lambda tf, x: tf.strided_slice(x, [1, 0, 3], [2, 3, 0], [1, 2, -1], begin_mask=2, end_mask=4, shrink_axis_mask=1),
+        lambda tf, x: tf.strided_slice(
+            x, [1, 0, 3], [2, 3, 0], [1, 2, -1], begin_mask=2, end_mask=4, shrink_axis_mask=1
+        ),
         X234,
     ),
     case("strided_scalar_from_shape", lambda tf, x: tf.reshape(x, [tf.shape(x)[0], -1]), X234, _unknown=True),
@@ -106,7 +145,9 @@ CASES = [
     ),
     case(
         "tensor_strided_slice_update",
-        lambda tf, x, v: tf.raw_ops.TensorStridedSliceUpdate(input=x, begin=[0, 1], end=[3, 4], strides=[2, 2], value=v),
+        lambda tf, x, v: tf.raw_ops.TensorStridedSliceUpdate(
+            input=x, begin=[0, 1], end=[3, 4], strides=[2, 2], value=v
+        ),
         rand(3, 4),
         rand(2, 2),
         grads=False,
@@ -118,7 +159,12 @@ CASES = [
     case("broadcast_to_int64", lambda tf, x: tf.broadcast_to(x, tf.constant([3, 2], tf.int64)), rand(1, 2)),
     case("fill", lambda tf, v: [tf.fill([2, 3], v), tf.fill([0, 2], v)], np.float32(1.5)),
     case("fill_static", lambda tf: [tf.fill([2, 2], 7), tf.fill(tf.constant([3], tf.int64), 2.5)]),
-    case("zeros_from_shape", lambda tf, x: [tf.zeros(tf.shape(x)), tf.ones(tf.shape(x)[1:], tf.int32)], X23, _unknown=True),
+    case(
+        "zeros_from_shape",
+        lambda tf, x: [tf.zeros(tf.shape(x)), tf.ones(tf.shape(x)[1:], tf.int32)],
+        X23,
+        _unknown=True,
+    ),
     case(
         "range",
         lambda tf: [
@@ -129,10 +175,16 @@ CASES = [
             tf.range(0, 0),
             tf.range(0.1, 10.0, 0.1),
             tf.range(tf.constant(1, tf.int64), tf.constant(9, tf.int64), tf.constant(2, tf.int64)),
-            tf.range(tf.constant(0.0, tf.float64), tf.constant(2.0, tf.float64), tf.constant(0.3, tf.float64)),
+            tf.range(
+                tf.constant(0.0, tf.float64), tf.constant(2.0, tf.float64), tf.constant(0.3, tf.float64)
+            ),
         ],
     ),
-    case("range_cast", lambda tf: [tf.range(tf.constant(1, tf.int64), 9, 2), tf.range(3, dtype=tf.float64)], _needs=("Cast",)),
+    case(
+        "range_cast",
+        lambda tf: [tf.range(tf.constant(1, tf.int64), 9, 2), tf.range(3, dtype=tf.float64)],
+        _needs=("Cast",),
+    ),
     case(
         "linspace",
         lambda tf: [
@@ -142,15 +194,35 @@ CASES = [
             tf.raw_ops.LinSpace(start=0.1, stop=-0.7, num=tf.constant(10, tf.int64)),
         ],
     ),
-    case("linspace_fed", lambda tf, a, b: tf.raw_ops.LinSpace(start=a, stop=b, num=5), np.float32(0.1), np.float32(0.9)),
+    case(
+        "linspace_fed",
+        lambda tf, a, b: tf.raw_ops.LinSpace(start=a, stop=b, num=5),
+        np.float32(0.1),
+        np.float32(0.9),
+    ),
     case("empty", lambda tf: tf.raw_ops.Empty(shape=[2, 3], dtype=tf.int32, init=True)),
     # -- padding and reversing --
-    case("pad", lambda tf, x: [tf.pad(x, [[1, 0], [2, 1], [0, 3]]), tf.pad(x, [[0, 0], [0, 0], [0, 0]])], X234),
+    case(
+        "pad", lambda tf, x: [tf.pad(x, [[1, 0], [2, 1], [0, 3]]), tf.pad(x, [[0, 0], [0, 0], [0, 0]])], X234
+    ),
     case("pad_v2", lambda tf, x: tf.pad(x, [[1, 2], [0, 1]], constant_values=-3.0), X23),
-    case("pad_v2_int", lambda tf, x: tf.pad(x, [[1, 2], [0, 1]], constant_values=9), rand(2, 3, dtype=np.int32)),
-    case("pad_v2_fed_value", lambda tf, x, c: tf.pad(x, [[1, 1], [1, 1]], constant_values=c), X23, np.float32(2.0)),
-    case("mirror_pad_reflect", lambda tf, x: tf.pad(x, [[1, 1], [2, 1], [0, 3]], mode="REFLECT"), rand(3, 4, 5)),
-    case("mirror_pad_symmetric", lambda tf, x: tf.pad(x, [[2, 1], [0, 3], [1, 0]], mode="SYMMETRIC"), rand(3, 4, 5)),
+    case(
+        "pad_v2_int", lambda tf, x: tf.pad(x, [[1, 2], [0, 1]], constant_values=9), rand(2, 3, dtype=np.int32)
+    ),
+    case(
+        "pad_v2_fed_value",
+        lambda tf, x, c: tf.pad(x, [[1, 1], [1, 1]], constant_values=c),
+        X23,
+        np.float32(2.0),
+    ),
+    case(
+        "mirror_pad_reflect", lambda tf, x: tf.pad(x, [[1, 1], [2, 1], [0, 3]], mode="REFLECT"), rand(3, 4, 5)
+    ),
+    case(
+        "mirror_pad_symmetric",
+        lambda tf, x: tf.pad(x, [[2, 1], [0, 3], [1, 0]], mode="SYMMETRIC"),
+        rand(3, 4, 5),
+    ),
     case(
         "mirror_pad_grad",
         lambda tf, g: [
@@ -170,13 +242,34 @@ CASES = [
         rand(3, 5, 2),
         np.int32([2, 5, 0]),
     ),
-    case("reverse_sequence_int64", lambda tf, x, n: tf.reverse_sequence(x, n, seq_axis=2, batch_axis=1), rand(2, 3, 4), np.int64([1, 4, 3])),
-    case("roll", lambda tf, x: [tf.roll(x, 1, 0), tf.roll(x, [-1, 2], [1, 2]), tf.roll(x, [1, 1], [2, 2])], X234),
+    case(
+        "reverse_sequence_int64",
+        lambda tf, x, n: tf.reverse_sequence(x, n, seq_axis=2, batch_axis=1),
+        rand(2, 3, 4),
+        np.int64([1, 4, 3]),
+    ),
+    case(
+        "roll",
+        lambda tf, x: [tf.roll(x, 1, 0), tf.roll(x, [-1, 2], [1, 2]), tf.roll(x, [1, 1], [2, 2])],
+        X234,
+    ),
     case("roll_fed_shift", lambda tf, x, s: tf.roll(x, s, [0, 1]), X23, np.int32([1, -2])),
     # -- gathers and scatters --
-    case("gather", lambda tf, x, i: tf.gather(tf.reshape(x, [4, 3]), i), rand(4, 3), np.int32([[3, 0], [1, 1]])),
-    case("gather_v1", lambda tf, x, i: tf.raw_ops.Gather(params=tf.reshape(x, [4, 3]), indices=i), rand(4, 3), np.int32([2, 0])),
-    case("gather_axis", lambda tf, x, i: [tf.gather(tf.reshape(x, [2, 3, 4]), i, axis=a) for a in (1, 2, -1)], X234, np.int32([0, 2, 1])),
+    case(
+        "gather", lambda tf, x, i: tf.gather(tf.reshape(x, [4, 3]), i), rand(4, 3), np.int32([[3, 0], [1, 1]])
+    ),
+    case(
+        "gather_v1",
+        lambda tf, x, i: tf.raw_ops.Gather(params=tf.reshape(x, [4, 3]), indices=i),
+        rand(4, 3),
+        np.int32([2, 0]),
+    ),
+    case(
+        "gather_axis",
+        lambda tf, x, i: [tf.gather(tf.reshape(x, [2, 3, 4]), i, axis=a) for a in (1, 2, -1)],
+        X234,
+        np.int32([0, 2, 1]),
+    ),
     case(
         "gather_batch_dims",
         lambda tf, x, i: [
@@ -193,7 +286,11 @@ CASES = [
         np.int32([[[0], [3], [1]], [[2], [2], [0]]]),
     ),
     case("gather_static", lambda tf: tf.gather(tf.constant([5, 6, 7]), [2, 0])),
-    case("gather_scalar_index", lambda tf, x: [tf.gather(tf.reshape(x, [2, 3]), 1), tf.gather(tf.reshape(x, [2, 3]), 2, axis=1)], X23),
+    case(
+        "gather_scalar_index",
+        lambda tf, x: [tf.gather(tf.reshape(x, [2, 3]), 1), tf.gather(tf.reshape(x, [2, 3]), 2, axis=1)],
+        X23,
+    ),
     case("gather_nd", lambda tf, x, i: tf.gather_nd(x, i), X234, np.int32([[1, 2], [0, 0], [1, 0]])),
     case("gather_nd_full", lambda tf, x, i: tf.gather_nd(x, i), X234, np.int32([[[1, 2, 3]], [[0, 1, 0]]])),
     case(
@@ -204,7 +301,12 @@ CASES = [
         _needs=("Cast", "Mul", "Prod", "Sub"),
     ),
     case("scatter_nd", lambda tf, i, u: tf.scatter_nd(i, u, [4, 3]), np.int32([[1], [3], [1]]), rand(3, 3)),
-    case("scatter_nd_elems", lambda tf, i, u: tf.scatter_nd(i, u, [2, 3]), np.int32([[1, 2], [0, 0], [1, 2]]), rand(3)),
+    case(
+        "scatter_nd_elems",
+        lambda tf, i, u: tf.scatter_nd(i, u, [2, 3]),
+        np.int32([[1, 2], [0, 0], [1, 2]]),
+        rand(3),
+    ),
     case(
         "tensor_scatter",
         lambda tf, x, u: [
@@ -217,12 +319,19 @@ CASES = [
     ),
     case(
         "tensor_scatter_minmax",
-        lambda tf, x, u: [tf.tensor_scatter_nd_max(x, [[0, 1], [2, 2]], u), tf.tensor_scatter_nd_min(x, [[0, 1], [2, 2]], u)],
+        lambda tf, x, u: [
+            tf.tensor_scatter_nd_max(x, [[0, 1], [2, 2]], u),
+            tf.tensor_scatter_nd_min(x, [[0, 1], [2, 2]], u),
+        ],
         rand(4, 3),
         rand(2),
         grads=False,
     ),
-    case("one_hot", lambda tf, i: [tf.one_hot(i, 4), tf.one_hot(i, 3, axis=0), tf.one_hot(i, 5, 2.0, -1.0, axis=1)], np.int32([[0, 3], [-1, 2]])),
+    case(
+        "one_hot",
+        lambda tf, i: [tf.one_hot(i, 4), tf.one_hot(i, 3, axis=0), tf.one_hot(i, 5, 2.0, -1.0, axis=1)],
+        np.int32([[0, 3], [-1, 2]]),
+    ),
     case("one_hot_int", lambda tf, i: tf.one_hot(i, 3, 7, 1, dtype=tf.int32), np.int64([0, 2, 5])),
     case("one_hot_fed_values", lambda tf, i, a: tf.one_hot(i, 3, a, 0.0), np.int32([1, 0]), np.float32(3.0)),
     # -- broadcasting --
@@ -235,13 +344,31 @@ CASES = [
         _unknown=True,
     ),
     # -- space / batch / depth --
-    case("space_to_batch_nd", lambda tf, x: tf.space_to_batch_nd(x, [2, 2], [[0, 1], [1, 1]]), rand(2, 3, 2, 3)),
+    case(
+        "space_to_batch_nd", lambda tf, x: tf.space_to_batch_nd(x, [2, 2], [[0, 1], [1, 1]]), rand(2, 3, 2, 3)
+    ),
     case("space_to_batch_nd_1d", lambda tf, x: tf.space_to_batch_nd(x, [3], [[1, 2]]), rand(2, 6, 2)),
     case("batch_to_space_nd", lambda tf, x: tf.batch_to_space(x, [2, 2], [[0, 1], [1, 0]]), rand(8, 2, 3, 3)),
-    case("space_to_batch_v1", lambda tf, x: tf.raw_ops.SpaceToBatch(input=x, paddings=[[1, 1], [0, 2]], block_size=2), rand(1, 4, 2, 3)),
-    case("batch_to_space_v1", lambda tf, x: tf.raw_ops.BatchToSpace(input=x, crops=[[1, 0], [0, 1]], block_size=2), rand(4, 2, 2, 3)),
-    case("space_to_depth", lambda tf, x: [tf.nn.space_to_depth(x, 2), tf.nn.space_to_depth(x[:, :2, :2], 2)], rand(2, 4, 6, 3)),
-    case("depth_to_space", lambda tf, x: [tf.nn.depth_to_space(x, 2), tf.nn.depth_to_space(x[..., :4], 2)], rand(2, 2, 3, 8)),
+    case(
+        "space_to_batch_v1",
+        lambda tf, x: tf.raw_ops.SpaceToBatch(input=x, paddings=[[1, 1], [0, 2]], block_size=2),
+        rand(1, 4, 2, 3),
+    ),
+    case(
+        "batch_to_space_v1",
+        lambda tf, x: tf.raw_ops.BatchToSpace(input=x, crops=[[1, 0], [0, 1]], block_size=2),
+        rand(4, 2, 2, 3),
+    ),
+    case(
+        "space_to_depth",
+        lambda tf, x: [tf.nn.space_to_depth(x, 2), tf.nn.space_to_depth(x[:, :2, :2], 2)],
+        rand(2, 4, 6, 3),
+    ),
+    case(
+        "depth_to_space",
+        lambda tf, x: [tf.nn.depth_to_space(x, 2), tf.nn.depth_to_space(x[..., :4], 2)],
+        rand(2, 2, 3, 8),
+    ),
     case(
         "extract_image_patches",
         lambda tf, x: [
@@ -251,15 +378,51 @@ CASES = [
         ],
         rand(2, 5, 6, 2),
     ),
-    case("unravel_index", lambda tf, i: [tf.unravel_index(i, [3, 4]), tf.unravel_index(i[0], [2, 2, 3])], np.int32([0, 5, 11])),
-    case("bitcast", lambda tf, x: [tf.bitcast(x, tf.int32), tf.bitcast(x, tf.uint8), tf.bitcast(x, tf.float16)], X23, grads=False),
-    case("bitcast_static", lambda tf: [tf.bitcast(tf.constant([1.0, 2.0], tf.float64), tf.int32), tf.bitcast(tf.constant([[1, 2]], tf.int16), tf.int32)]),
+    case(
+        "unravel_index",
+        lambda tf, i: [tf.unravel_index(i, [3, 4]), tf.unravel_index(i[0], [2, 2, 3])],
+        np.int32([0, 5, 11]),
+    ),
+    case(
+        "bitcast",
+        lambda tf, x: [tf.bitcast(x, tf.int32), tf.bitcast(x, tf.uint8), tf.bitcast(x, tf.float16)],
+        X23,
+        grads=False,
+    ),
+    case(
+        "bitcast_static",
+        lambda tf: [
+            tf.bitcast(tf.constant([1.0, 2.0], tf.float64), tf.int32),
+            tf.bitcast(tf.constant([[1, 2]], tf.int16), tf.int32),
+        ],
+    ),
     # -- diagonals and bands --
-    case("band_part", lambda tf, x: [tf.linalg.band_part(x, 1, 0), tf.linalg.band_part(x, -1, 1), tf.linalg.band_part(x, 0, -1)], rand(2, 4, 5)),
+    case(
+        "band_part",
+        lambda tf, x: [
+            tf.linalg.band_part(x, 1, 0),
+            tf.linalg.band_part(x, -1, 1),
+            tf.linalg.band_part(x, 0, -1),
+        ],
+        rand(2, 4, 5),
+    ),
     case("band_part_fed", lambda tf, x, lo: tf.linalg.band_part(x, lo, 2), rand(4, 3), np.int64(1)),
-    case("diag_v1", lambda tf, d: [tf.raw_ops.MatrixDiag(diagonal=d), tf.raw_ops.MatrixDiag(diagonal=d[0])], rand(2, 3)),
-    case("diag_part_v1", lambda tf, x: [tf.raw_ops.MatrixDiagPart(input=x), tf.raw_ops.MatrixDiagPart(input=x[:, :, :2])], rand(2, 3, 4)),
-    case("set_diag_v1", lambda tf, x, d: tf.raw_ops.MatrixSetDiag(input=x, diagonal=d), rand(2, 3, 4), rand(2, 3)),
+    case(
+        "diag_v1",
+        lambda tf, d: [tf.raw_ops.MatrixDiag(diagonal=d), tf.raw_ops.MatrixDiag(diagonal=d[0])],
+        rand(2, 3),
+    ),
+    case(
+        "diag_part_v1",
+        lambda tf, x: [tf.raw_ops.MatrixDiagPart(input=x), tf.raw_ops.MatrixDiagPart(input=x[:, :, :2])],
+        rand(2, 3, 4),
+    ),
+    case(
+        "set_diag_v1",
+        lambda tf, x, d: tf.raw_ops.MatrixSetDiag(input=x, diagonal=d),
+        rand(2, 3, 4),
+        rand(2, 3),
+    ),
     case(
         "diag_part_v3",
         lambda tf, x: [
@@ -275,8 +438,17 @@ CASES = [
     # TF's gradient of MatrixDiagPartV2 unpacks with V3's default alignment (RIGHT_LEFT), not the
     # LEFT_LEFT the V2 op packs with, so it is wrong where diagonals differ in length: compare the
     # gradient only where all diagonals of the band have the same length.
-    case("diag_part_v2", lambda tf, x: tf.raw_ops.MatrixDiagPartV2(input=x, k=[-2, 2], padding_value=0.5), rand(4, 5), grads=False),
-    case("diag_part_v2_grad", lambda tf, x: tf.raw_ops.MatrixDiagPartV2(input=x, k=[0, 2], padding_value=0.5), rand(2, 3, 5)),
+    case(
+        "diag_part_v2",
+        lambda tf, x: tf.raw_ops.MatrixDiagPartV2(input=x, k=[-2, 2], padding_value=0.5),
+        rand(4, 5),
+        grads=False,
+    ),
+    case(
+        "diag_part_v2_grad",
+        lambda tf, x: tf.raw_ops.MatrixDiagPartV2(input=x, k=[0, 2], padding_value=0.5),
+        rand(2, 3, 5),
+    ),
     case(
         "diag_v3",
         lambda tf, d, b: [
@@ -291,7 +463,13 @@ CASES = [
         rand(2, 3),
         rand(2, 3, 4),
     ),
-    case("diag_v2", lambda tf, b: tf.raw_ops.MatrixDiagV2(diagonal=b, k=[-1, 0], num_rows=-1, num_cols=-1, padding_value=0.0), rand(2, 3)),
+    case(
+        "diag_v2",
+        lambda tf, b: tf.raw_ops.MatrixDiagV2(
+            diagonal=b, k=[-1, 0], num_rows=-1, num_cols=-1, padding_value=0.0
+        ),
+        rand(2, 3),
+    ),
     case(
         "set_diag_v3",
         lambda tf, x, d, b: [
@@ -305,8 +483,17 @@ CASES = [
         rand(2, 4),
         rand(2, 3, 4),
     ),
-    case("set_diag_v2", lambda tf, x, b: tf.raw_ops.MatrixSetDiagV2(input=x, diagonal=b, k=[0, 1]), rand(3, 4), rand(2, 3)),
-    case("tensor_diag", lambda tf, x: [tf.linalg.tensor_diag(x), tf.linalg.tensor_diag_part(tf.linalg.tensor_diag(x))], X23),
+    case(
+        "set_diag_v2",
+        lambda tf, x, b: tf.raw_ops.MatrixSetDiagV2(input=x, diagonal=b, k=[0, 1]),
+        rand(3, 4),
+        rand(2, 3),
+    ),
+    case(
+        "tensor_diag",
+        lambda tf, x: [tf.linalg.tensor_diag(x), tf.linalg.tensor_diag_part(tf.linalg.tensor_diag(x))],
+        X23,
+    ),
 ]
 
 
@@ -362,7 +549,22 @@ def test_shape_arithmetic_chain_is_jittable():
         broadcast = tf.broadcast_to(x[:1], tf.shape(x))
         gathered = tf.gather(tf.shape(x), [2, 0])
         zeros = tf.zeros(tf.gather(s, [2, 1]))
-        return [flat, back, tiled, filled, idx, rng, *split, seq, one_hot, expanded, padded, broadcast, gathered, zeros]
+        return [
+            flat,
+            back,
+            tiled,
+            filled,
+            idx,
+            rng,
+            *split,
+            seq,
+            one_hot,
+            expanded,
+            padded,
+            broadcast,
+            gathered,
+            zeros,
+        ]
 
     _jit_and_check(build, {"x:0": rand(2, 3, 4)})
 
@@ -426,7 +628,9 @@ def test_strided_slice_with_runtime_index():
         b = tf.stack([i])
         return [
             tf.strided_slice(x, b, b, [1], shrink_axis_mask=1),
-            tf.strided_slice(x, tf.stack([0, i]), tf.stack([0, i]), [1, 1], begin_mask=1, end_mask=1, shrink_axis_mask=2),
+            tf.strided_slice(
+                x, tf.stack([0, i]), tf.stack([0, i]), [1, 1], begin_mask=1, end_mask=1, shrink_axis_mask=2
+            ),
         ]
 
     for i in (0, 2, -1):
@@ -575,9 +779,95 @@ def test_layout_ops_keep_dtype(dtype):
             tf.broadcast_to(x[:1], [3, 3, 2]),
             *tf.split(x, 3, axis=1),
             *tf.unstack(x),
-            tf.space_to_batch_nd(x, [2], [[1, 0]]),
             tf.linalg.band_part(x, 0, 0),
             tf.linalg.diag_part(x),
         ]
 
     compare_with_tf(build, {"x:0": value}, grads=dtype == np.float32)
+
+
+EXTRA_CASES = [
+    case(
+        "search_sorted",
+        lambda tf, a, v: [
+            tf.searchsorted(a, v),
+            tf.searchsorted(a, v, side="right"),
+            tf.searchsorted(a, v, out_type=tf.int64),
+            tf.searchsorted(a[0], v[0]),
+        ],
+        np.sort(rand(2, 5), axis=1),
+        np.float32([[0.0, -3.0, 3.0], [0.5, 0.1, -0.2]]),
+        grads=False,
+    ),
+    case(
+        "search_sorted_int",
+        lambda tf, a, v: tf.searchsorted(a, v, side="right"),
+        np.int32([1, 2, 2, 4]),
+        np.int32([2, 0, 5]),
+    ),
+    case(
+        "parallel_concat",
+        lambda tf, x: tf.raw_ops.ParallelConcat(values=[x[:1], x[1:]], shape=[2, 3]),
+        X23,
+        grads=False,
+    ),
+    # TF's Inplace* ops write into their input's buffer (even a fed NumPy array): each case works
+    # on a fresh copy (a double reverse), one op per graph.
+    case(
+        "inplace_update",
+        lambda tf, x, v: tf.raw_ops.InplaceUpdate(x=tf.reverse(tf.reverse(x, [0]), [0]), i=[1, 3], v=v),
+        rand(4, 3),
+        rand(2, 3),
+        grads=False,
+    ),
+    case(
+        "inplace_add",
+        lambda tf, x, v: tf.raw_ops.InplaceAdd(x=tf.reverse(tf.reverse(x, [0]), [0]), i=[0, 2], v=v),
+        rand(4, 3),
+        rand(2, 3),
+        grads=False,
+    ),
+    case(
+        "inplace_sub",
+        lambda tf, x, v: tf.raw_ops.InplaceSub(x=tf.reverse(tf.reverse(x, [0]), [0]), i=[3, 0], v=v),
+        rand(4, 3),
+        rand(2, 3),
+        grads=False,
+    ),
+    case(
+        "guarantee_const",
+        lambda tf, x: [tf.raw_ops.GuaranteeConst(input=x), tf.raw_ops.DeepCopy(x=x)],
+        X23,
+        grads=False,
+    ),
+]
+
+
+@pytest.mark.parametrize("fn, inputs, grads, kw", EXTRA_CASES)
+def test_extra_array_op(fn, inputs, grads, kw):
+    test_array_op(fn, inputs, grads, kw)
+
+
+def test_list_diff_outside_jit():
+    def build(tf):
+        x = tf.compat.v1.placeholder(tf.int32, [6], name="x")
+        return list(tf.compat.v1.setdiff1d(x, tf.constant([3, 7, 1]), index_dtype=tf.int64))
+
+    compare_with_tf(build, {"x:0": np.int32([1, 5, 3, 9, 5, 0])}, jit_modes=(False,))
+
+
+@pytest.mark.parametrize("op", ["SpaceToDepth", "DepthToSpace"])
+def test_space_depth_nchw_matches_nhwc(op):
+    # TF has no CPU kernel for NCHW: check NCHW against jaxmeta's own NHWC (itself checked with TF).
+    tf = get_tf()
+    g = tf.Graph()
+    with g.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [None, None, None, None], name="x")
+        getattr(tf.raw_ops, op)(input=x, block_size=2, data_format="NHWC", name="nhwc")
+        getattr(tf.raw_ops, op)(input=x, block_size=2, data_format="NCHW", name="nchw")
+        meta = tf.compat.v1.train.export_meta_graph(graph=g)
+    graph = jaxmeta.import_meta_graph(meta)
+    value = rand(2, 4, 6, 8)  # NHWC
+    want = graph.function("nhwc:0", feeds=["x:0"])({}, value)
+    got = jax.jit(graph.function("nchw:0", feeds=["x:0"]))({}, value.transpose(0, 3, 1, 2))
+    np.testing.assert_array_equal(np.asarray(got).transpose(0, 2, 3, 1), want)

@@ -319,3 +319,27 @@ def test_raw_rnn():
     # With constant lengths the "all finished" cond is static: a scan of max(lengths) steps, which
     # also sizes the dynamic-size output TensorArray.
     compare_with_tf(_raw_rnn, {"x:0": SEQ}, grads=True, rtol=1e-5, atol=1e-5)
+
+
+def test_find_loops_reports_frames_and_trip_counts():
+    def build(tf):
+        x = tf.compat.v1.placeholder(tf.float32, SEQ.shape, name="x")
+        out, _ = tf.compat.v1.nn.dynamic_rnn(_cell(tf, "gru"), x, dtype=tf.float32)
+        y = _nested(tf)
+        return [out, y]
+
+    graph = run_tf(build, {"x:0": SEQ, "x_1:0": X}).graph
+    loops = {loop["frame_name"]: loop for loop in control_flow.find_loops(graph)}
+    assert loops["rnn/while/while_context"]["trip_count_bound"] == SEQ.shape[1]
+    assert loops["rnn/while/while_context"]["parent"] is None
+    assert loops["while/while_context"]["trip_count_bound"] == 3
+    inner = [loop for loop in loops.values() if loop["parent"] == "while/while_context"]
+    assert len(inner) == 1 and len(inner[0]["loop_vars"]) == 2
+
+
+def test_static_trip_count_lowers_to_scan():
+    run = run_tf(_dynamic_rnn("lstm", False), {"x:0": SEQ})
+    f = run.graph.function(run.fetch_names, feeds=["x:0"])
+    variables = {k: jnp.asarray(v) for k, v in run.variables.items()}
+    jaxpr = str(jax.make_jaxpr(lambda x: f(variables, x))(SEQ))
+    assert "scan" in jaxpr and "while" not in jaxpr

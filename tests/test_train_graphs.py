@@ -1,0 +1,263 @@
+"""End to end: TF-built training graphs run K steps of their own train_op in jaxmeta.
+
+For each model, K `sess.run(train_op)` in TF and K jitted, donated `graph.step` calls in jaxmeta
+must leave the same variables (slots, batch-norm moving averages and global_step included), and
+`jax.grad` of the graph's loss must equal `tf.gradients` at the initial variables.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from oracle import assert_close, get_tf
+
+import jaxmeta
+
+pytestmark = pytest.mark.oracle
+
+K = 3
+
+
+def check_training(build, batches, *, k=K, rtol=1e-4, atol=1e-5, grad_rtol=1e-4, grad_atol=1e-5):
+    """Builds `build(tf) -> (loss, train_op)` with placeholders named by `batches`' keys.
+
+    `batches(step)` returns the feed dict of one step. Compares every variable after k steps and
+    the gradient of the loss w.r.t. the trainable variables before the first step.
+    """
+    tf = get_tf()
+    g = tf.Graph()
+    with g.as_default():
+        tf.compat.v1.set_random_seed(0)
+        loss, train_op = build(tf)
+        trainable = tf.compat.v1.trainable_variables()
+        grads = [tf.convert_to_tensor(t) for t in tf.compat.v1.gradients(loss, trainable)]
+        meta = tf.compat.v1.train.export_meta_graph(graph=g)
+        tf_vars = tf.compat.v1.global_variables() + tf.compat.v1.local_variables()
+        read = {v.op.name: v.read_value() if hasattr(v, "read_value") else v for v in tf_vars}
+        with tf.compat.v1.Session(graph=g) as sess:
+            sess.run(tf.compat.v1.variables_initializer(tf_vars))
+            before = sess.run(read)
+
+            def feed_dict(step):
+                return {g.get_tensor_by_name(name): value for name, value in batches(step).items()}
+
+            want_grads = sess.run(grads, feed_dict(0))
+            want_losses = []
+            for step in range(k):
+                want_losses.append(sess.run([loss, train_op], feed_dict(step))[0])
+            after = sess.run(read)
+    graph = jaxmeta.import_meta_graph(meta)
+    feed_names = list(batches(0))
+
+    # (a) the graph's own train_op, jitted with donated variables
+    step_fn = jax.jit(graph.step(loss.name, feeds=feed_names, targets=[train_op.name]), donate_argnums=0)
+    variables = {name: jnp.asarray(value) for name, value in before.items()}
+    for step in range(k):
+        got_loss, variables = step_fn(variables, *batches(step).values())
+        assert_close(got_loss, want_losses[step], rtol=rtol, atol=atol, what=f"loss at step {step}")
+    assert set(variables) == set(after)
+    for name, want in after.items():
+        assert_close(variables[name], want, rtol=rtol, atol=atol, what=f"variable {name} after {k} steps")
+
+    # (b) jax.grad of the loss w.r.t. the trainable variables
+    loss_fn = graph.function(loss.name, feeds=feed_names)
+    names = [v.op.name for v in trainable]
+    start = {name: jnp.asarray(value) for name, value in before.items()}
+
+    def loss_of(train_vars):
+        return loss_fn({**start, **train_vars}, *batches(0).values())
+
+    got_grads = jax.jit(jax.grad(loss_of))({n: start[n] for n in names})
+    for name, want in zip(names, want_grads):
+        assert_close(got_grads[name], want, rtol=grad_rtol, atol=grad_atol, what=f"d loss / d {name}")
+
+
+def _images(shape, classes, seed=0):
+    def batches(step):
+        rng = np.random.default_rng(seed + step)
+        return {
+            "x:0": rng.standard_normal(shape).astype(np.float32),
+            "labels:0": rng.integers(0, classes, shape[0]).astype(np.int32),
+        }
+
+    return batches
+
+
+@pytest.mark.parametrize("resource", [False, True], ids=["ref", "resource"])
+def test_sgd_mlp(resource):
+    def build(tf):
+        tf.compat.v1.get_variable_scope().set_use_resource(resource)
+        x = tf.compat.v1.placeholder(tf.float32, [8, 5], name="x")
+        labels = tf.compat.v1.placeholder(tf.int32, [8], name="labels")
+        h = tf.compat.v1.layers.dense(x, 16, activation=tf.nn.relu)
+        h = tf.compat.v1.layers.dense(h, 8, activation=tf.nn.tanh)
+        logits = tf.compat.v1.layers.dense(h, 3)
+        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+        step = tf.compat.v1.train.get_or_create_global_step()
+        return loss, tf.compat.v1.train.GradientDescentOptimizer(0.1).minimize(loss, global_step=step)
+
+    check_training(build, _images((8, 5), 3))
+
+
+def _cnn(tf, x, labels, training=True):
+    """conv -> batch norm -> relu -> max pool -> conv -> avg pool -> dense, with UPDATE_OPS."""
+    h = tf.compat.v1.layers.conv2d(x, 4, 3, padding="same", use_bias=False)
+    h = tf.compat.v1.layers.batch_normalization(h, training=training, momentum=0.9)
+    h = tf.nn.relu(h)
+    h = tf.compat.v1.layers.max_pooling2d(h, 2, 2)
+    # No conv bias before batch norm: its gradient is zero up to rounding, which Adam would
+    # amplify into steps that only reflect float noise.
+    h = tf.compat.v1.layers.conv2d(h, 6, 3, strides=1, padding="valid", use_bias=False)
+    h = tf.nn.elu(tf.compat.v1.layers.batch_normalization(h, training=training, momentum=0.8))
+    h = tf.compat.v1.layers.average_pooling2d(h, 2, 1, padding="same")
+    logits = tf.compat.v1.layers.dense(tf.compat.v1.layers.flatten(h), 3)
+    onehot = tf.one_hot(labels, 3)
+    return tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(labels=onehot, logits=logits))
+
+
+@pytest.mark.parametrize("resource", [False, True], ids=["ref", "resource"])
+@pytest.mark.parametrize("opt", ["momentum", "adam"])
+def test_cnn_with_batch_norm_update_ops(opt, resource):
+    def build(tf):
+        tf.compat.v1.get_variable_scope().set_use_resource(resource)
+        x = tf.compat.v1.placeholder(tf.float32, [4, 8, 8, 2], name="x")
+        labels = tf.compat.v1.placeholder(tf.int32, [4], name="labels")
+        loss = _cnn(tf, x, labels)
+        step = tf.compat.v1.train.get_or_create_global_step()
+        optimizer = (tf.compat.v1.train.MomentumOptimizer(0.05, 0.9, use_nesterov=True) if opt == "momentum"
+                     else tf.compat.v1.train.AdamOptimizer(0.01))
+        update_ops = tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)
+        with tf.control_dependencies(update_ops):
+            train_op = optimizer.minimize(loss, global_step=step)
+        return loss, train_op
+
+    check_training(build, _images((4, 8, 8, 2), 3), rtol=2e-4, atol=2e-5, grad_rtol=2e-4, grad_atol=2e-5)
+
+
+@pytest.mark.parametrize("opt", ["rmsprop", "rmsprop_centered", "adagrad", "adadelta", "ftrl", "proximal_adagrad"])
+def test_mlp_other_optimizers(opt):
+    optimizers = {
+        "rmsprop": lambda tf: tf.compat.v1.train.RMSPropOptimizer(0.01, momentum=0.9),
+        "rmsprop_centered": lambda tf: tf.compat.v1.train.RMSPropOptimizer(0.01, centered=True),
+        "adagrad": lambda tf: tf.compat.v1.train.AdagradOptimizer(0.1),
+        "adadelta": lambda tf: tf.compat.v1.train.AdadeltaOptimizer(1.0),
+        "ftrl": lambda tf: tf.compat.v1.train.FtrlOptimizer(0.1, l1_regularization_strength=0.001),
+        "proximal_adagrad": lambda tf: tf.compat.v1.train.ProximalAdagradOptimizer(0.1, l2_regularization_strength=0.01),
+    }
+
+    def build(tf):
+        x = tf.compat.v1.placeholder(tf.float32, [8, 5], name="x")
+        labels = tf.compat.v1.placeholder(tf.int32, [8], name="labels")
+        h = tf.compat.v1.layers.dense(x, 10, activation=tf.nn.sigmoid)
+        logits = tf.compat.v1.layers.dense(h, 3)
+        loss = tf.compat.v1.losses.sparse_softmax_cross_entropy(labels, logits)
+        step = tf.compat.v1.train.get_or_create_global_step()
+        return loss, optimizers[opt](tf).minimize(loss, global_step=step)
+
+    check_training(build, _images((8, 5), 3))
+
+
+@pytest.mark.parametrize("resource", [False, True], ids=["ref", "resource"])
+@pytest.mark.parametrize("opt", ["adagrad", "momentum", "adam", "ftrl"])
+def test_embedding_sparse_updates(opt, resource):
+    optimizers = {
+        "adagrad": lambda tf: tf.compat.v1.train.AdagradOptimizer(0.5),
+        "momentum": lambda tf: tf.compat.v1.train.MomentumOptimizer(0.1, 0.9),
+        "adam": lambda tf: tf.compat.v1.train.AdamOptimizer(0.05),  # sparse Adam: gather/scatter ops
+        "ftrl": lambda tf: tf.compat.v1.train.FtrlOptimizer(0.5),
+    }
+
+    def build(tf):
+        tf.compat.v1.get_variable_scope().set_use_resource(resource)
+        ids = tf.compat.v1.placeholder(tf.int32, [6, 4], name="ids")
+        labels = tf.compat.v1.placeholder(tf.float32, [6], name="labels")
+        table = tf.compat.v1.get_variable("table", [20, 5], initializer=tf.compat.v1.random_normal_initializer())
+        emb = tf.reduce_mean(tf.nn.embedding_lookup(table, ids), axis=1)
+        pred = tf.squeeze(tf.compat.v1.layers.dense(emb, 1), -1)
+        loss = tf.reduce_mean(tf.square(pred - labels))
+        step = tf.compat.v1.train.get_or_create_global_step()
+        return loss, optimizers[opt](tf).minimize(loss, global_step=step)
+
+    def batches(step):
+        rng = np.random.default_rng(step)
+        ids = rng.integers(0, 20, (6, 4)).astype(np.int32)
+        ids[0, :2] = 7  # repeated ids within a batch: the optimizer sums them first
+        return {"ids:0": ids, "labels:0": rng.standard_normal(6).astype(np.float32)}
+
+    check_training(build, batches)
+
+
+def test_gradient_clipping_and_global_step():
+    def build(tf):
+        x = tf.compat.v1.placeholder(tf.float32, [8, 5], name="x")
+        labels = tf.compat.v1.placeholder(tf.int32, [8], name="labels")
+        h = tf.compat.v1.layers.dense(x, 12, activation=tf.nn.softplus)
+        logits = tf.compat.v1.layers.dense(h, 3)
+        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)) * 20.0
+        step = tf.compat.v1.train.get_or_create_global_step()
+        opt = tf.compat.v1.train.MomentumOptimizer(0.1, 0.9)
+        grads_and_vars = opt.compute_gradients(loss)
+        grads, variables = zip(*grads_and_vars)
+        clipped, _ = tf.clip_by_global_norm(grads, 1.0)
+        train_op = opt.apply_gradients(zip(clipped, variables), global_step=step)
+        return loss, train_op
+
+    check_training(build, _images((8, 5), 3))
+
+
+def test_exponential_moving_average_and_group():
+    def build(tf):
+        x = tf.compat.v1.placeholder(tf.float32, [8, 5], name="x")
+        labels = tf.compat.v1.placeholder(tf.int32, [8], name="labels")
+        logits = tf.compat.v1.layers.dense(tf.compat.v1.layers.dense(x, 6, activation=tf.nn.relu6), 3)
+        loss = tf.compat.v1.losses.sparse_softmax_cross_entropy(labels, logits)
+        step = tf.compat.v1.train.get_or_create_global_step()
+        minimize = tf.compat.v1.train.AdamOptimizer(0.01).minimize(loss, global_step=step)
+        ema = tf.compat.v1.train.ExponentialMovingAverage(0.9, num_updates=step)
+        with tf.control_dependencies([minimize]):
+            averages = ema.apply(tf.compat.v1.trainable_variables())
+        return loss, tf.group(minimize, averages)
+
+    check_training(build, _images((8, 5), 3))
+
+
+OPTIMIZERS = {
+    "sgd": lambda tf: tf.compat.v1.train.GradientDescentOptimizer(0.1),
+    "momentum": lambda tf: tf.compat.v1.train.MomentumOptimizer(0.1, 0.9),
+    "nesterov": lambda tf: tf.compat.v1.train.MomentumOptimizer(0.1, 0.9, use_nesterov=True),
+    "adam": lambda tf: tf.compat.v1.train.AdamOptimizer(0.01),
+    "rmsprop": lambda tf: tf.compat.v1.train.RMSPropOptimizer(0.01, momentum=0.5),
+    "rmsprop_centered": lambda tf: tf.compat.v1.train.RMSPropOptimizer(0.01, momentum=0.5, centered=True),
+    "adagrad": lambda tf: tf.compat.v1.train.AdagradOptimizer(0.1),
+    "adagrad_da": lambda tf: tf.compat.v1.train.AdagradDAOptimizer(
+        0.1, tf.compat.v1.train.get_or_create_global_step(), l1_regularization_strength=0.01),
+    "proximal_adagrad": lambda tf: tf.compat.v1.train.ProximalAdagradOptimizer(0.1, l1_regularization_strength=0.01),
+    "proximal_sgd": lambda tf: tf.compat.v1.train.ProximalGradientDescentOptimizer(0.1, l2_regularization_strength=0.1),
+    "adadelta": lambda tf: tf.compat.v1.train.AdadeltaOptimizer(1.0),
+    "ftrl": lambda tf: tf.compat.v1.train.FtrlOptimizer(0.1, l1_regularization_strength=0.01),
+    "ftrl_v2": lambda tf: tf.compat.v1.train.FtrlOptimizer(0.1, l2_shrinkage_regularization_strength=0.01),
+}
+
+
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+@pytest.mark.parametrize("resource", [False, True], ids=["ref", "resource"])
+@pytest.mark.parametrize("opt", list(OPTIMIZERS))
+def test_optimizer_minimize(opt, resource, sparse):
+    """Every TF1 optimizer's own update ops on a tiny loss, dense and sparse (gathered) gradients."""
+
+    def build(tf):
+        tf.compat.v1.get_variable_scope().set_use_resource(resource)
+        w = tf.compat.v1.get_variable("w", initializer=np.float32(np.linspace(-1, 1, 15).reshape(5, 3)))
+        b = tf.compat.v1.get_variable("b", initializer=np.float32([0.1, -0.2, 0.3]))
+        xs = tf.compat.v1.placeholder(tf.float32, [6, 3], name="x")
+        rows = tf.gather(w, [0, 2, 4, 2, 1, 0]) if sparse else tf.matmul(xs, w[:3])
+        loss = tf.reduce_sum(tf.square(xs * rows + b - 1.0))
+        step = tf.compat.v1.train.get_or_create_global_step()
+        return loss, OPTIMIZERS[opt](tf).minimize(loss, global_step=step)
+
+    def batches(step):
+        return {"x:0": np.random.default_rng(step).standard_normal((6, 3)).astype(np.float32)}
+
+    check_training(build, batches)
