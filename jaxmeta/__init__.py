@@ -8,6 +8,8 @@
 """
 
 from jaxmeta import ops as _ops  # noqa: F401  (registers the op handlers)
+from jaxmeta import parallel
+from jaxmeta._devices import DevicePlacement, DevicePlacementError, DevicePlacementWarning, DeviceSpec
 from jaxmeta._errors import (
     CheckpointError,
     FeedError,
@@ -31,6 +33,10 @@ __version__ = "0.1.0"
 __all__ = [
     "CheckpointError",
     "CheckpointReader",
+    "DevicePlacement",
+    "DevicePlacementError",
+    "DevicePlacementWarning",
+    "DeviceSpec",
     "FeedError",
     "Graph",
     "GraphError",
@@ -49,6 +55,7 @@ __all__ = [
     "get_checkpoint_state",
     "import_meta_graph",
     "latest_checkpoint",
+    "parallel",
     "read_meta_graph",
     "register_op",
     "restore_orbax",

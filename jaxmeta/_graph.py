@@ -373,6 +373,7 @@ class Graph:
         self.sources: list[str] = []  # files or "<MetaGraphDef>" this graph was imported from
         self._consumers: dict[str, list[str]] | None = None
         self._name_scopes: set[str] = set()  # import scopes taken, lowercased (as TF's unique_name)
+        self.placement = None  # a jaxmeta._devices.Placement (placement=, strict_devices=), or None
 
     # -- lookup -------------------------------------------------------------------------------------
     def get_operation_by_name(self, name: str) -> Node:
@@ -555,6 +556,29 @@ class Graph:
         from jaxmeta._export import export_meta_graph
 
         return export_meta_graph(self, filename, **kwargs)
+
+    # -- devices ------------------------------------------------------------------------------------
+    def devices(self) -> dict[str, Any]:
+        """The placement table: device string -> `DevicePlacement(device, nodes, fallback, rule)`.
+
+        Maps each device string of the graph to a JAX device (see `jaxmeta._devices`); warns once
+        when soft placement moves a device this machine lacks to the default device.
+        """
+        from jaxmeta._devices import placement_table
+
+        return placement_table(self)
+
+    def place(self, variables: Any, device: Any = None) -> dict[str, Any]:
+        """`jax.device_put`s each variable on its mapped device, or all of them on `device`.
+
+        Args:
+            variables: `{variable op name: array}`, e.g. from `saver.restore`.
+            device: `"cpu"`, `"gpu:1"`, a TF device string or a `jax.Device` to gather them all on
+                one device (what a single `jax.jit` computation needs).
+        """
+        from jaxmeta._devices import place
+
+        return place(self, variables, device)
 
     @property
     def saver(self):

@@ -9,6 +9,7 @@ from typing import Any
 from google.protobuf import message as _message
 from google.protobuf import text_format
 
+from jaxmeta._devices import Placement, placement_table
 from jaxmeta._errors import GraphError
 from jaxmeta._graph import Graph, Node, Tensor, TensorRef, Variable
 from jaxmeta.proto import (
@@ -100,6 +101,8 @@ def import_meta_graph(
     input_map: Mapping[str, Any] | None = None,
     return_elements: Sequence[str] | None = None,
     graph: Graph | None = None,
+    placement: Mapping[str, Any] | None = None,
+    strict_devices: bool = False,
     **kwargs: Any,
 ) -> Graph | tuple[Graph, list[Any]]:
     """Imports a TensorFlow 1 MetaGraphDef into a jaxmeta `Graph`, as `tf.train.import_meta_graph`.
@@ -114,6 +117,11 @@ def import_meta_graph(
             `graph` (names or Tensor handles); consumers are rewired to them.
         return_elements: unscoped names whose handles are returned beside the graph.
         graph: an existing graph to import into (several MetaGraphDefs side by side).
+        placement: remaps device strings to JAX devices, `{pattern: target}` such as
+            `{"/job:ps": "cpu", "/job:worker/task:*": "gpu"}`; the most specific pattern wins
+            (see docs/devices.md). `graph.devices()` shows the resulting table.
+        strict_devices: raise `DevicePlacementError` (now, and from `graph.devices()`) when a device
+            string names a device this machine lacks, instead of soft placement on the default device.
         **kwargs: accepted for TF compatibility; unknown keys raise.
 
     Returns:
@@ -139,9 +147,14 @@ def import_meta_graph(
     else:
         raise GraphError(f"import_meta_graph needs a path or a MetaGraphDef, got {type(meta_graph_or_file)}")
 
+    rules = Placement(placement, strict_devices) if placement is not None or strict_devices else None
     graph = graph if graph is not None else Graph()
     scope = _unique_scope(graph, import_scope) if import_scope else ""
     _Importer(graph, meta, source, scope, clear_devices, input_map or {}).run()
+    if rules is not None:
+        graph.placement = rules
+        if strict_devices:
+            placement_table(graph)  # raises now for devices this machine lacks
     if return_elements is None:
         return graph
     elements = [graph.as_graph_element(prepend_scope(name, scope)) for name in return_elements]

@@ -76,6 +76,12 @@ def inspect_report(path: str) -> dict[str, Any]:
         )
 
     devices = collections.Counter(node.device for node in graph)
+    from jaxmeta import _devices
+
+    placement = {
+        text: {"device": _devices.device_name(row.device), "nodes": row.nodes, "fallback": row.fallback}
+        for text, row in _devices.placement_table(graph, warn=False).items()
+    }
     return {
         "file": path,
         "tensorflow_version": info.tensorflow_version,
@@ -93,6 +99,7 @@ def inspect_report(path: str) -> dict[str, Any]:
         "uncollected_variable_ops": uncollected,
         "saver": saver,
         "devices": dict(devices.most_common()),
+        "placement": placement,
         "loops": _loops(graph),
         "functions": sorted(graph.functions),
         "signature_defs": sorted(graph.signature_defs),
@@ -166,8 +173,11 @@ def format_report(report: dict[str, Any]) -> str:
                 lines.append(f"  {field}: {saver[field]}")
 
     lines.append("\ndevices:")
+    placement = report.get("placement", {})
     for device, count in report["devices"].items():
-        lines.append(f"  {count:6d}  {device or '(none)'}")
+        row = placement.get(device)
+        where = "" if row is None else f"  -> {row['device']}" + (" (not on this machine: soft placement)" if row["fallback"] else "")
+        lines.append(f"  {count:6d}  {device or '(none)'}{where}")
 
     loops = report["loops"]
     lines.append(f"\nwhile loops: {len(loops)}")

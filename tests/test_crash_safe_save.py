@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 META = ROOT / "tests" / "fixtures" / "checkpoints" / "v2_tf1" / "model.ckpt-7.meta"
 TRIALS = 20
 ORBAX_TRIALS = 8
-BATCH = 5
+BATCH = 10
 
 CHILD = textwrap.dedent(
     """
@@ -163,9 +163,10 @@ def test_saver_killed_mid_save_keeps_previous_checkpoint(tmp_path, scripts, grap
     folders = []
     for i in range(TRIALS):
         folder = tmp_path / f"trial{i}"
-        graph.saver.save(values_for(graph, 0), str(folder / "model.ckpt"), global_step=0)
+        jaxmeta.Saver(graph).save(values_for(graph, 0), str(folder / "model.ckpt"), global_step=0)
         folders.append(folder)
     completed = run_trials(scripts, "saver", folders, rng)
+    print("saves completed per trial before the kill:", completed)
     assert sum(completed) > 0, "no child finished a save: the kills came too early to test anything"
     for folder, done in zip(folders, completed):
         latest = jaxmeta.latest_checkpoint(str(folder))
@@ -190,6 +191,7 @@ def test_orbax_killed_mid_save_keeps_previous_checkpoint(tmp_path, scripts, grap
         jaxmeta.save_orbax(str(folder / "step_0"), values_for(graph, 0), extra={"step": np.int32(0)})
         folders.append(folder)
     completed = run_trials(scripts, "orbax", folders, rng)
+    print("orbax saves completed per trial before the kill:", completed)
     for folder, done in zip(folders, completed):
         final = sorted(p for p in folder.iterdir() if p.name.startswith("step_") and p.name[5:].isdigit())
         steps = sorted(int(p.name[5:]) for p in final)

@@ -126,14 +126,38 @@ def test_cnn_with_batch_norm_update_ops(opt, resource):
         labels = tf.compat.v1.placeholder(tf.int32, [4], name="labels")
         loss = _cnn(tf, x, labels)
         step = tf.compat.v1.train.get_or_create_global_step()
+        # Adam's first steps are ~lr * sign(grad): a larger epsilon keeps gradient entries that are
+        # rounding noise (TF's threaded reductions vary run to run) from becoming full steps.
         optimizer = (tf.compat.v1.train.MomentumOptimizer(0.05, 0.9, use_nesterov=True) if opt == "momentum"
-                     else tf.compat.v1.train.AdamOptimizer(0.01))
+                     else tf.compat.v1.train.AdamOptimizer(0.01, epsilon=1e-3))
         update_ops = tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)
         with tf.control_dependencies(update_ops):
             train_op = optimizer.minimize(loss, global_step=step)
         return loss, train_op
 
     check_training(build, _images((4, 8, 8, 2), 3), rtol=2e-4, atol=2e-5, grad_rtol=2e-4, grad_atol=2e-5)
+
+
+def test_batch_norm_mode_from_placeholder():
+    """`training` is a bool placeholder (default True): batch norm goes through tf.cond (v1
+    Switch/Merge), and its moving-average updates only happen in training mode."""
+
+    def build(tf):
+        x = tf.compat.v1.placeholder(tf.float32, [4, 8, 8, 2], name="x")
+        labels = tf.compat.v1.placeholder(tf.int32, [4], name="labels")
+        training = tf.compat.v1.placeholder_with_default(True, [], name="training")
+        loss = _cnn(tf, x, labels, training=training)
+        update_ops = tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)
+        with tf.control_dependencies(update_ops):
+            train_op = tf.compat.v1.train.GradientDescentOptimizer(0.1).minimize(loss)
+        return loss, train_op
+
+    check_training(build, _images((4, 8, 8, 2), 3), rtol=2e-4, atol=2e-5, grad_rtol=2e-4, grad_atol=2e-5)
+
+    def inference(step):
+        return {**_images((4, 8, 8, 2), 3)(step), "training:0": np.bool_(False)}
+
+    check_training(build, inference, rtol=2e-4, atol=2e-5, grad_rtol=2e-4, grad_atol=2e-5)
 
 
 @pytest.mark.parametrize("opt", ["rmsprop", "rmsprop_centered", "adagrad", "adadelta", "ftrl", "proximal_adagrad"])

@@ -84,6 +84,11 @@ def _asarray(m, x):
     return np.asarray(x) if m is np else x
 
 
+def _jax_dtype(dtype: Any) -> np.dtype:
+    """The dtype JAX computes `dtype` with (64-bit types narrow unless x64 is on)."""
+    return jax.dtypes.canonicalize_dtype(dtype)
+
+
 # -- shapes ---------------------------------------------------------------------------------------
 
 
@@ -964,7 +969,8 @@ def _unravel_index(node):
     def fn(indices, dims):
         shape = tuple(_ints(node, dims, "dims"))
         m = xnp(indices)
-        return m.stack(m.unravel_index(_asarray(m, indices), shape), axis=0).astype(dtype)
+        out = m.stack(m.unravel_index(_asarray(m, indices), shape), axis=0)
+        return out.astype(dtype if m is np else _jax_dtype(dtype))
 
     return fn
 
@@ -1190,7 +1196,7 @@ def _bound(side: str):
                 return np.asarray(rows, dtype=dtype).reshape(np.shape(values))
             search = jax.vmap(lambda a, v: jnp.searchsorted(a, v, side=side))
             rows = search(jnp.atleast_2d(sorted_inputs), jnp.atleast_2d(values))
-            return rows.reshape(np.shape(values)).astype(dtype)
+            return rows.reshape(np.shape(values)).astype(_jax_dtype(dtype))
 
         return fn
 

@@ -143,11 +143,13 @@ def _depthwise_conv2d(node):
     return conv
 
 
-def _transpose_of(conv, node):
+def _transpose_of(conv, cf: bool, node):
     """The input-gradient of `conv` (a transposed convolution), for a static input shape."""
 
     def fn(input_sizes, w, dy):
         shape = tuple(_static_ints(input_sizes, node, "input_sizes"))
+        if len(shape) == dy.ndim - 2:  # spatial sizes only: batch from dy, channels from the filter
+            shape = (dy.shape[0], w.shape[-2], *shape) if cf else (dy.shape[0], *shape, w.shape[-2])
         # conv is linear in x, so its VJP at any point is the transposed convolution.
         _, vjp = jax.vjp(lambda x: conv(x, w), jnp.zeros(shape, dy.dtype))
         return vjp(dy)[0]
@@ -157,26 +159,23 @@ def _transpose_of(conv, node):
 
 @register("Conv2DBackpropInput")
 def _conv2d_backprop_input(node):
-    conv, _ = _conv_builder(node, 4)
-    return _transpose_of(conv, node)
+    return _transpose_of(*_conv_builder(node, 4), node)
 
 
 @register("DepthwiseConv2dNativeBackpropInput")
 def _depthwise_backprop_input(node):
-    conv, _ = _conv_builder(node, 4, depthwise=True)
-    return _transpose_of(conv, node)
+    return _transpose_of(*_conv_builder(node, 4, depthwise=True), node)
 
 
 @register("Conv3DBackpropInputV2")
 def _conv3d_backprop_input_v2(node):
-    conv, _ = _conv_builder(node, 5)
-    return _transpose_of(conv, node)
+    return _transpose_of(*_conv_builder(node, 5), node)
 
 
 @register("Conv3DBackpropInput")
 def _conv3d_backprop_input(node):
     # V1 takes the input tensor itself (only its shape matters).
-    fn = _transpose_of(_conv_builder(node, 5)[0], node)
+    fn = _transpose_of(*_conv_builder(node, 5), node)
     return lambda x, w, dy: fn(np.asarray(x.shape), w, dy)
 
 
@@ -186,20 +185,20 @@ def _conv3d_backprop_input(node):
 def _pool_attrs(node, rank: int, ksize=None, strides=None):
     default = "NHWC" if rank == 4 else "NDHWC"
     _, cf = _layout(node, default, rank)
-    padding = node.attr_str("padding")
-    if padding not in ("SAME", "VALID"):
+    padding, explicit = _padding_attr(node)
+    if padding == "EXPLICIT" and node.type != "MaxPool":  # only MaxPool has explicit padding
         raise GraphError(f"node {node.name!r} ({node.type}): padding {padding!r} is not supported")
     if ksize is not None:
         _check_unit(node, "ksize", ksize, cf)
         _check_unit(node, "strides", strides, cf)
-    return cf, padding
+    return cf, padding, explicit and _spatial(explicit, cf)
 
 
-def _pool(x, kind: str, ksize: list[int], strides: list[int], padding: str, cf: bool):
+def _pool(x, kind: str, ksize: list[int], strides: list[int], padding: str, cf: bool, explicit=None):
     """Max or average pooling with TF's padding; `ksize`/`strides` are full rank."""
     sizes = _spatial(list(x.shape), cf)
     ones = [1] * len(sizes)
-    sp_pads = _tf_pads(padding, sizes, _spatial(ksize, cf), _spatial(strides, cf), ones)
+    sp_pads = _tf_pads(padding, sizes, _spatial(ksize, cf), _spatial(strides, cf), ones, explicit)
     pads = _full(sp_pads, cf, (0, 0))
     if kind == "max":
         if jnp.issubdtype(x.dtype, jnp.floating):
@@ -222,8 +221,8 @@ def _pool(x, kind: str, ksize: list[int], strides: list[int], padding: str, cf: 
 def _pool_op(kind: str, rank: int):
     def build(node):
         ksize, strides = node.attr_ints("ksize"), node.attr_ints("strides")
-        cf, padding = _pool_attrs(node, rank, ksize, strides)
-        return lambda x: _pool(x, kind, ksize, strides, padding, cf)
+        cf, padding, explicit = _pool_attrs(node, rank, ksize, strides)
+        return lambda x: _pool(x, kind, ksize, strides, padding, cf, explicit)
 
     return build
 
@@ -236,7 +235,7 @@ register("AvgPool3D")(_pool_op("avg", 5))
 
 @register("MaxPoolV2")
 def _max_pool_v2(node):
-    cf, padding = _pool_attrs(node, 4)
+    cf, padding, _ = _pool_attrs(node, 4)
 
     def fn(x, ksize, strides):
         ksize = _static_ints(ksize, node, "ksize")

@@ -98,6 +98,13 @@ def _scatter_nd(node):
     return fn
 
 
+@register("VariableShape", context=True, ref_inputs=True)
+def _variable_shape(node):
+    # A NumPy result: the shape is static, so gradient graphs' shape arithmetic stays static.
+    out_type = node.attr_dtype("out_type", np.dtype(np.int32))
+    return lambda ctx, ref: np.asarray(np.shape(ctx.read(ref)), out_type)
+
+
 @register("ResourceGather", context=True, ref_inputs=True)
 def _resource_gather(node):
     batch_dims = node.attr_int("batch_dims", 0)

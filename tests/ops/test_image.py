@@ -248,3 +248,19 @@ def test_resize_dynamic_size_is_an_error():
     f = run.graph.function(run.fetch_names, feeds=["x:0", "size:0"])
     with pytest.raises(jaxmeta.GraphError, match="size"):
         jax.jit(f)({}, x, np.int32([2, 2]))
+
+
+def test_soft_nms_is_an_error():
+    boxes, scores = _nms_data()
+
+    def build(tf):
+        return tf.raw_ops.NonMaxSuppressionV5(
+            boxes=ph(tf, "b", boxes), scores=ph(tf, "s", scores), max_output_size=tf.constant(5),
+            iou_threshold=tf.constant(0.5), score_threshold=tf.constant(0.0), soft_nms_sigma=tf.constant(0.5),
+            pad_to_max_output_size=True,
+        )
+
+    run = run_tf(build, {"b:0": boxes, "s:0": scores})
+    f = run.graph.function(run.fetch_names, feeds=["b:0", "s:0"])
+    with pytest.raises(jaxmeta.GraphError, match="soft"):
+        f({}, boxes, scores)

@@ -101,18 +101,27 @@ HEAVY = {"Ndtri", "Digamma", "Lgamma", "Erfinv", "BesselI0e", "BesselI1e", "Bess
 JIT_ONLY = (True,)
 
 
-@pytest.mark.parametrize("op", sorted(UNARY))
-def test_unary_float(op):
-    domain, differentiable = UNARY[op]
+def _grouped(table, key):
+    """Ops sharing inputs and settings run as one graph (one TF session, one compile): much faster
+    than a graph per op. Failures still name the op: fetches are named after their op type."""
+    groups: dict = {}
+    for op in sorted(table):
+        groups.setdefault(key(op), []).append(op)
+    return [pytest.param(k, ops, id="-".join(ops)) for k, ops in sorted(groups.items(), key=str)]
+
+
+@pytest.mark.parametrize("group,ops", _grouped(UNARY, lambda op: (*UNARY[op], op in HEAVY)))
+def test_unary_float(group, ops):
+    domain, differentiable, heavy = group
     x = _sample(domain, (2, 3))
     x64 = _sample(domain, (4,), np.float64, seed=1)
 
     def build(tf):
-        f = getattr(tf.raw_ops, op)
-        return [f(x=_ph(tf, tf.float32, [2, 3], "x")), f(x=_ph(tf, tf.float64, [4], "x64"))]
+        p, p64 = _ph(tf, tf.float32, [2, 3], "x"), _ph(tf, tf.float64, [4], "x64")
+        return [getattr(tf.raw_ops, op)(x=v) for op in ops for v in (p, p64)]
 
     compare_with_tf(build, {"x:0": x, "x64:0": x64}, rtol=2e-5, atol=1e-5, grads=differentiable,
-                    jit_modes=JIT_ONLY if op in HEAVY else (False, True))
+                    jit_modes=JIT_ONLY if heavy else (False, True))
 
 
 def test_unary_half():
@@ -201,27 +210,25 @@ BINARY_FLOAT = {
 ARG_NAMES = {"Igamma": ("a", "x"), "Igammac": ("a", "x"), "IgammaGradA": ("a", "x"), "Zeta": ("x", "q"), "NextAfter": ("x1", "x2")}
 
 
-@pytest.mark.parametrize("op", sorted(BINARY_FLOAT))
-def test_binary_float_broadcasting(op):
-    dx, dy, differentiable = BINARY_FLOAT[op]
-    shapes = SHAPES[2:3] if op in HEAVY else SHAPES  # broadcasting is shared; keep slow ops small
+@pytest.mark.parametrize("group,ops", _grouped(BINARY_FLOAT, lambda op: (*BINARY_FLOAT[op], op in HEAVY)))
+def test_binary_float_broadcasting(group, ops):
+    dx, dy, differentiable, heavy = group
+    shapes = SHAPES[2:3] if heavy else SHAPES  # broadcasting is shared; keep slow ops small
     feeds = {}
     for i, (sx, sy) in enumerate(shapes):
         feeds[f"x{i}:0"] = _sample(dx, sx, seed=2 * i)
         feeds[f"y{i}:0"] = _sample(dy, sy, seed=2 * i + 1)
 
-    kx, ky = ARG_NAMES.get(op, ("x", "y"))
-
     def build(tf):
-        f = getattr(tf.raw_ops, op)
-        return [
-            f(**{kx: _ph(tf, tf.float32, sx, f"x{i}"), ky: _ph(tf, tf.float32, sy, f"y{i}")})
-            for i, (sx, sy) in enumerate(shapes)
-        ]
+        ps = [(_ph(tf, tf.float32, sx, f"x{i}"), _ph(tf, tf.float32, sy, f"y{i}")) for i, (sx, sy) in enumerate(shapes)]
+        outs = []
+        for op in ops:
+            kx, ky = ARG_NAMES.get(op, ("x", "y"))
+            outs += [getattr(tf.raw_ops, op)(**{kx: x, ky: y}) for x, y in ps]
+        return outs
 
-    tol = 1e-4 if op in ("Igamma", "Igammac", "Zeta", "Pow") else 1e-5
-    compare_with_tf(build, feeds, rtol=tol, atol=tol, grads=differentiable,
-                    jit_modes=JIT_ONLY if op in HEAVY else (False, True))
+    compare_with_tf(build, feeds, rtol=1e-4, atol=1e-5, grads=differentiable,
+                    jit_modes=JIT_ONLY if heavy else (False, True))
 
 
 def test_binary_float_zero_and_nan_quirks():

@@ -237,6 +237,18 @@ def case_pool2d(xs, k, s, padding, fmt, op):
     return case(build, {"x:0": x}, grads=True)
 
 
+def test_max_pool_explicit_padding():
+    x = randn(2, 5, 6, 3)
+
+    def build(tf):
+        return tf.raw_ops.MaxPool(
+            input=ph(tf, "x", x), ksize=[1, 3, 2, 1], strides=[1, 2, 2, 1], padding="EXPLICIT",
+            explicit_paddings=[0, 0, 1, 2, 0, 1, 0, 0],
+        )
+
+    compare_with_tf(build, {"x:0": x}, grads=True)
+
+
 def test_max_pool_int_and_v2():
     xi = np.random.default_rng(0).integers(-50, 50, (1, 5, 5, 2)).astype(np.int32)
     x = randn(2, 6, 5, 3)
@@ -636,3 +648,46 @@ def test_batch_norm_with_global_normalization(scale_after):
     want = (t - m) / np.sqrt(v + 0.01) * (gamma if scale_after else 1) + beta
     for fn in (f, jax.jit(f)):
         np.testing.assert_allclose(fn({}, t), want, rtol=1e-5, atol=1e-5)
+
+
+def _rewritten_graph(build, node_name, **attrs):
+    """Exports `build`'s graph with string attributes of one node replaced."""
+    tf = get_tf()
+    g = tf.Graph()
+    with g.as_default():
+        build(tf)
+        meta = tf.compat.v1.train.export_meta_graph(graph=g)
+    node = next(n for n in meta.graph_def.node if n.name == node_name)
+    for key, value in attrs.items():
+        node.attr[key].s = value.encode()
+    return jaxmeta.import_meta_graph(meta)
+
+
+@pytest.mark.parametrize(
+    "attrs,match", [({"data_format": "NCHW_VECT_C"}, "data_format"), ({"padding": "REFLECT"}, "padding")]
+)
+def test_unsupported_attributes_are_errors(attrs, match):
+    x = randn(1, 4, 4, 2)
+
+    def build(tf):
+        xp = ph(tf, "x", x)
+        tf.raw_ops.Conv2D(input=xp, filter=tf.ones([2, 2, 2, 2]), strides=[1, 1, 1, 1], padding="SAME", name="conv")
+        tf.raw_ops.MaxPool(input=xp, ksize=[1, 2, 2, 1], strides=[1, 1, 1, 1], padding="SAME", name="pool")
+
+    for name in ("conv", "pool"):
+        graph = _rewritten_graph(build, name, **attrs)
+        with pytest.raises(jaxmeta.GraphError, match=match):
+            graph.function(f"{name}:0", feeds=["x:0"])({}, x)
+
+
+def test_conv2d_backprop_input_spatial_sizes():
+    # TF also accepts input_sizes with the spatial dimensions only.
+    dy, w = randn(2, 3, 3, 4), randn(3, 3, 2, 4, seed=1)
+
+    def build(tf):
+        return tf.raw_ops.Conv2DBackpropInput(
+            input_sizes=tf.constant([6, 5]), filter=ph(tf, "w", w), out_backprop=ph(tf, "dy", dy),
+            strides=[1, 2, 2, 1], padding="SAME",
+        )
+
+    compare_with_tf(build, {"dy:0": dy, "w:0": w}, grads=True, **CONV_TOL)

@@ -231,7 +231,7 @@ def test_stateless(name, build, check):
     np.testing.assert_array_equal(a, c)  # same seed (constant or fed, under jit) -> same values
     assert not np.array_equal(a, b)
     (a2, _, _), _ = _draws(graph, {"seed:0": np.int64([1, 2])}, key=None, jit=False)
-    np.testing.assert_allclose(a, a2, rtol=1e-5)  # jit may round transcendental functions differently
+    np.testing.assert_allclose(a, a2, rtol=1e-5, atol=1e-6)  # jit may round transcendental functions differently
 
 
 # -- candidate samplers -----------------------------------------------------------------------------
