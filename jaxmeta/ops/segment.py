@@ -296,6 +296,8 @@ def _unique_static(rows: np.ndarray):
 def _unique_traced(rows):
     """Padded, jit-able unique on a `[n, m]` array (see the module docstring)."""
     n = rows.shape[0]
+    if n == 0:
+        return rows, jnp.zeros((0,), jnp.int32), jnp.zeros((0,), jnp.int32)
     keys = [rows[:, j] for j in range(rows.shape[1] - 1, -1, -1)]
     order = jnp.lexsort(keys) if len(keys) > 1 else jnp.argsort(keys[0], stable=True)
     sorted_rows = rows[order]

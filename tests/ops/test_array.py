@@ -835,6 +835,12 @@ EXTRA_CASES = [
         grads=False,
     ),
     case(
+        "scatter_nd_non_aliasing_add",
+        lambda tf, x, u: tf.raw_ops.ScatterNdNonAliasingAdd(input=x, indices=[[1], [3], [1]], updates=u),
+        rand(4, 3),
+        rand(3, 3),
+    ),
+    case(
         "guarantee_const",
         lambda tf, x: [tf.raw_ops.GuaranteeConst(input=x), tf.raw_ops.DeepCopy(x=x)],
         X23,

@@ -102,7 +102,6 @@ V2_CASES = {
     "case_0": (_case, {"x:0": X, "k:0": np.int32(0)}, True),
     "case_1": (_case, {"x:0": X, "k:0": np.int32(1)}, True),
     "case_out_of_range": (_case, {"x:0": X, "k:0": np.int32(7)}, True),
-    "dynamic_rnn_gru": (_dynamic_rnn(False), {"x:0": SEQ}, True),
     "dynamic_rnn_gru_lengths": (_dynamic_rnn(True), {"x:0": SEQ, "len:0": LENGTHS}, True),
     "dynamic_rnn_lstm": (_dynamic_rnn_lstm, {"x:0": SEQ}, True),
     "map_fn": (_map_fn, {"x:0": X}, True),

@@ -571,7 +571,8 @@ def test_depthwise_conv2d(fmt):
 
 def test_transposed_convolutions():
     run_cases(
-        [case_conv2d_backprop_input(*c, fmt) for c in TRANSPOSED for fmt in ("NHWC", "NCHW")]
+        [case_conv2d_backprop_input(*c, "NHWC") for c in TRANSPOSED]
+        + [case_conv2d_backprop_input(*c, "NCHW") for c in TRANSPOSED[:2]]
         + [case_depthwise_backprop_input(*c) for c in TRANSPOSED[:3]]
         + [case_conv3d_transpose(*c) for c in CONV3D_TRANSPOSE]
     )
@@ -589,7 +590,7 @@ def test_pool3d(op):
 
 
 def test_max_pool_with_argmax():
-    run_cases([case_max_pool_with_argmax(*c, with_batch) for c in POOL2D for with_batch in (False, True)])
+    run_cases([case_max_pool_with_argmax(*c, i % 2 == 1) for i, c in enumerate(POOL2D + POOL2D[1:2])])
 
 
 def test_bias_add():

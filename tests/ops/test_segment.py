@@ -39,6 +39,14 @@ def test_sorted_segment(ids):
     compare_with_tf(build, {"x:0": DATA}, grads=True)
 
 
+def test_sorted_segment_ties():
+    def build(tf):
+        x = _ph(tf, TIES, "x")
+        return [getattr(tf.math, op)(x, tf.constant([0, 0, 1, 1, 1, 3])) for op in SEGMENT_OPS]
+
+    compare_with_tf(build, {"x:0": TIES}, grads=True)
+
+
 def test_sorted_segment_int_and_1d():
     def build(tf):
         x = _ph(tf, INTS, "x")
@@ -63,8 +71,11 @@ def test_sorted_segment_traced_ids():
         jax.jit(f)({}, *feeds.values())
 
 
+TIES = np.float32([[1, 2], [1, 0], [3, 2], [3, 5], [0, 0], [-1, -1]])
+
 UNSORTED = [
     (DATA, np.int32([3, -1, 0, 3, 1, 0]), 5),
+    (TIES, np.int32([0, 0, 1, 1, 2, 2]), 3),  # max/min ties share the gradient evenly, as in TF
     (DATA, np.int64([4, 4, 4, 4, 4, 4]), 6),
     (DATA3, np.int32([[1, 0, 1], [-1, 2, 2]]), 4),
     (INTS, np.int32([0, 2, 2, 0, 1, 1]), 4),
@@ -76,7 +87,7 @@ UNSORTED_OPS = ["unsorted_segment_sum", "unsorted_segment_max", "unsorted_segmen
 
 
 @pytest.mark.parametrize("data,ids,num,fed_ids", [(*c, False) for c in UNSORTED] + [(*UNSORTED[2], True)],
-                         ids=["2d", "one-segment", "3d-prefix", "int", "fed-ids"])
+                         ids=["2d", "ties", "one-segment", "3d-prefix", "int", "fed-ids"])
 def test_unsorted_segment(data, ids, num, fed_ids):
     # TF defines mean and sqrt_n for floats only.
     ops = UNSORTED_OPS[:4] if data.dtype.kind == "i" else UNSORTED_OPS
@@ -315,6 +326,24 @@ def test_embedding_training_with_duplicate_ids(optimizer, resource):
         return opt.minimize(loss)
 
     _train_step_vs_tf(build, {"ids:0": ids}, steps=3)
+
+
+@pytest.mark.parametrize("combiner", ["sum", "mean", "sqrtn"])
+def test_embedding_lookup_sparse_with_fed_ids(combiner):
+    # The SparseTensor's indices are constant and its ids fed: Unique runs on traced ids (padded
+    # output) and the combiner's segments are static, so the whole lookup is jit-able.
+    params = RNG.standard_normal((8, 3)).astype(np.float32)
+    ids = np.int64([5, 1, 5, 7, 1, 0])
+    weights = np.float32([0.5, 1.0, 2.0, 1.0, 1.5, 1.0])
+
+    def build(tf):
+        p = _ph(tf, params, "params") * 1.0  # a dense gradient for the oracle
+        sp = tf.sparse.SparseTensor([[0, 0], [0, 1], [1, 0], [2, 0], [2, 1], [2, 3]], _ph(tf, ids, "ids"), [4, 4])
+        w = tf.sparse.SparseTensor(sp.indices, _ph(tf, weights, "w"), sp.dense_shape)
+        return [tf.compat.v1.nn.embedding_lookup_sparse(p, sp, None, combiner=combiner),
+                tf.compat.v1.nn.embedding_lookup_sparse(p, sp, w, combiner=combiner)]
+
+    compare_with_tf(build, {"params:0": params, "ids:0": ids, "w:0": weights}, grads=True)
 
 
 # -- embedding lookup over a partitioned variable --------------------------------------------------

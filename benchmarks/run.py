@@ -1,0 +1,464 @@
+"""jaxmeta vs TensorFlow 1 (and OpenVINO where installed), side by side, in one run.
+
+    .venv/bin/python benchmarks/run.py [--models mlp,resnet50,inception3,lstm,cnn_train]
+        [--size 96] [--repeats 10] [--quick] [--compile-cache DIR] [--dir DIR] [--out benchmarks/results]
+
+For every model (built with TensorFlow by `benchmarks/models.py`, exported as `.meta` + checkpoint
+to `--dir`, a temporary directory by default), each framework is measured in its own fresh Python
+process, so import time and peak memory are its own:
+
+- module import: `import jaxmeta` (+ backend start) vs `import tensorflow`;
+- graph import: `jaxmeta.import_meta_graph` vs `tf.train.import_meta_graph` + `Session()`;
+- restore: `graph.saver.restore` until the arrays are ready vs TF's `saver.restore(sess, ...)`,
+  warm page cache (the files were just written), and its throughput in GB/s;
+- first call at batch 1: jaxmeta's trace + XLA compile + run vs TF's first `sess.run`;
+- steady-state latency at batch 1 and throughput at a large batch;
+- one training step: the graph's own `train_op`; jaxmeta as
+  `jax.jit(graph.step([], feeds, targets=[train_op]), donate_argnums=0)`;
+- peak resident memory of the process (`ru_maxrss`).
+
+jaxmeta is jitted once per signature, inputs are put on the device before timing, every timed
+call ends with `jax.block_until_ready`, and nothing leaves the device inside timing loops. Times
+are medians of `--repeats` runs with [min–max]; the last column is jaxmeta / TF (below 1: jaxmeta
+faster; for GB/s and samples/s above 1 is better). Writes `latest.md` (and `latest.png` when
+matplotlib is importable) to `--out`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import models  # noqa: E402  (no TensorFlow at import time)
+
+FRAMEWORKS = ("jaxmeta", "tf", "openvino")
+DEFAULT_MODELS = "mlp,resnet50,inception3,lstm,cnn_train"
+RESULT_TAG = "BENCH-RESULT "
+
+# (key, label, unit, lower is better)
+METRICS = [
+    ("module_import_s", "module import", "s", True),
+    ("graph_import_s", "graph import", "s", True),
+    ("restore_s", "restore", "s", True),
+    ("restore_gbps", "restore throughput", "GB/s", False),
+    ("first_call_s", "first call, batch 1 (trace+compile / first run)", "s", True),
+    ("latency_ms", "latency, batch 1", "ms", True),
+    ("throughput", "throughput, large batch", "samples/s", False),
+    ("train_first_s", "train step, first call", "s", True),
+    ("train_step_ms", "train step", "ms", True),
+    ("peak_rss_mb", "peak resident memory", "MB", True),
+]
+
+
+# -- measuring, inside a worker process -------------------------------------------------------------
+
+
+def _timed(fn, repeats: int) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+class Recorder:
+    """Collects metric samples; prints them as one JSON line even when a phase fails."""
+
+    def __init__(self):
+        self.samples: dict[str, list[float]] = {}
+        self.error: str | None = None
+
+    def put(self, key: str, values, scale: float = 1.0) -> None:
+        values = values if isinstance(values, list) else [values]
+        self.samples[key] = [v * scale for v in values]
+
+    def emit(self) -> None:
+        self.samples["peak_rss_mb"] = [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024]
+        print(RESULT_TAG + json.dumps({"samples": self.samples, "error": self.error}), flush=True)
+
+
+def worker_jaxmeta(rec: Recorder, directory: str, spec: models.ModelSpec, args) -> None:
+    t = time.perf_counter()
+    import jax
+
+    import jaxmeta
+
+    jax.devices()  # start the backend
+    rec.put("module_import_s", time.perf_counter() - t)
+    if args.compile_cache:
+        jax.config.update("jax_compilation_cache_dir", args.compile_cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+    prefix = os.path.join(directory, "model.ckpt")
+    t = time.perf_counter()
+    graph = jaxmeta.import_meta_graph(prefix + ".meta")
+    rec.put("graph_import_s", time.perf_counter() - t)
+
+    variables = None
+
+    def restore():
+        nonlocal variables
+        variables = None  # let the previous copy go before reading the next
+        variables = jax.block_until_ready(graph.saver.restore(prefix))
+
+    times = _timed(restore, args.repeats)
+    rec.put("restore_s", times)
+    rec.put("restore_gbps", [spec.checkpoint_bytes / s / 1e9 for s in times])
+
+    feed_names = [f.name for f in spec.infer_feeds]
+    f = graph.function(spec.fetch, feeds=feed_names)
+    kw = {"key": jax.random.key(0)} if f.program.random else {}
+    infer = jax.jit(f)
+    x1 = jax.device_put(models.make_inputs(spec.infer_feeds, 1))
+    t = time.perf_counter()
+    jax.block_until_ready(infer(variables, *x1, **kw))
+    rec.put("first_call_s", time.perf_counter() - t)
+    rec.put("latency_ms", _timed(lambda: jax.block_until_ready(infer(variables, *x1, **kw)), args.repeats), 1e3)
+    big = spec.large_batch
+    xb = jax.device_put(models.make_inputs(spec.infer_feeds, big))
+    jax.block_until_ready(infer(variables, *xb, **kw))  # compiles the large-batch signature
+    times = _timed(lambda: jax.block_until_ready(infer(variables, *xb, **kw)), args.repeats)
+    rec.put("throughput", [big / s for s in times])
+    del x1, xb
+
+    s = graph.step([], feeds=[f.name for f in spec.train_feeds], targets=[spec.train_op])
+    kw = {"key": jax.random.key(0)} if s.program.random else {}
+    train = jax.jit(s, donate_argnums=0)
+    xt = jax.device_put(models.make_inputs(spec.train_feeds, spec.train_batch))
+    state = dict(variables)
+    del variables
+
+    def one_step():
+        nonlocal state
+        _, state = train(state, *xt, **kw)
+        jax.block_until_ready(state)
+
+    rec.put("train_first_s", _timed(one_step, 1))
+    rec.put("train_step_ms", _timed(one_step, args.repeats), 1e3)
+
+
+def worker_tf(rec: Recorder, directory: str, spec: models.ModelSpec, args) -> None:
+    t = time.perf_counter()
+    import tensorflow as tf
+
+    rec.put("module_import_s", time.perf_counter() - t)
+    v1 = models._v1(tf)
+    prefix = os.path.join(directory, "model.ckpt")
+    graph = tf.Graph()
+    t = time.perf_counter()
+    with graph.as_default():
+        saver = v1.train.import_meta_graph(prefix + ".meta")
+    sess = v1.Session(graph=graph)
+    rec.put("graph_import_s", time.perf_counter() - t)
+
+    times = _timed(lambda: saver.restore(sess, prefix), args.repeats)
+    rec.put("restore_s", times)
+    rec.put("restore_gbps", [spec.checkpoint_bytes / s / 1e9 for s in times])
+
+    fetch = graph.get_tensor_by_name(spec.fetch)
+
+    def feed(feeds, batch):
+        return {graph.get_tensor_by_name(f.name): v for f, v in zip(feeds, models.make_inputs(feeds, batch))}
+
+    f1 = feed(spec.infer_feeds, 1)
+    t = time.perf_counter()
+    sess.run(fetch, f1)
+    rec.put("first_call_s", time.perf_counter() - t)
+    rec.put("latency_ms", _timed(lambda: sess.run(fetch, f1), args.repeats), 1e3)
+    big = spec.large_batch
+    fb = feed(spec.infer_feeds, big)
+    sess.run(fetch, fb)
+    rec.put("throughput", [big / s for s in _timed(lambda: sess.run(fetch, fb), args.repeats)])
+
+    train_op = graph.get_operation_by_name(spec.train_op)
+    ft = feed(spec.train_feeds, spec.train_batch)
+    rec.put("train_first_s", _timed(lambda: sess.run(train_op, ft), 1))
+    rec.put("train_step_ms", _timed(lambda: sess.run(train_op, ft), args.repeats), 1e3)
+
+
+def worker_openvino(rec: Recorder, directory: str, spec: models.ModelSpec, args) -> None:
+    """OpenVINO CPU inference (f32 precision hint) from the MetaGraphDef; inference rows only.
+
+    Untested here: openvino was not installed where this was written. Any failure becomes the
+    row's error.
+    """
+    t = time.perf_counter()
+    import openvino as ov
+
+    rec.put("module_import_s", time.perf_counter() - t)
+    prefix = os.path.join(directory, "model.ckpt")
+    t = time.perf_counter()
+    model = ov.convert_model(prefix + ".meta", output=[spec.fetch.split(":")[0]])
+    rec.put("graph_import_s", time.perf_counter() - t)
+    core = ov.Core()
+    t = time.perf_counter()
+    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    x1 = models.make_inputs(spec.infer_feeds, 1)
+    compiled(x1)
+    rec.put("first_call_s", time.perf_counter() - t)
+    rec.put("latency_ms", _timed(lambda: compiled(x1), args.repeats), 1e3)
+    big = spec.large_batch
+    xb = models.make_inputs(spec.infer_feeds, big)
+    compiled(xb)
+    rec.put("throughput", [big / s for s in _timed(lambda: compiled(xb), args.repeats)])
+
+
+def worker_main(args) -> None:
+    directory = os.path.join(args.dir, args.model)
+    spec = models.load_spec(directory)
+    rec = Recorder()
+    try:
+        {"jaxmeta": worker_jaxmeta, "tf": worker_tf, "openvino": worker_openvino}[args.framework](
+            rec, directory, spec, args)
+    except BaseException as e:  # the table shows the error; earlier metrics are kept
+        rec.error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+    rec.emit()
+
+
+# -- orchestrating, in the parent process (which imports neither jax nor TensorFlow) ----------------
+
+
+@dataclasses.dataclass
+class Result:
+    samples: dict[str, list[float]]
+    error: str | None
+    seconds: float
+
+
+def _subprocess(argv: list[str], timeout: float) -> tuple[dict | None, str, float]:
+    t = time.perf_counter()
+    try:
+        proc = subprocess.run([sys.executable, os.path.abspath(__file__), *argv], capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None, f"timed out after {timeout:.0f} s", time.perf_counter() - t
+    elapsed = time.perf_counter() - t
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_TAG):
+            return json.loads(line[len(RESULT_TAG):]), "", elapsed
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
+    return None, tail[0][:300], elapsed
+
+
+def measure(model: str, framework: str, args) -> Result:
+    argv = ["--worker", "--framework", framework, "--model", model, "--dir", args.dir, "--repeats", str(args.repeats)]
+    if args.compile_cache:
+        argv += ["--compile-cache", args.compile_cache]
+    data, error, elapsed = _subprocess(argv, args.timeout)
+    if data is None:
+        return Result({}, error, elapsed)
+    return Result(data["samples"], data["error"], elapsed)
+
+
+def export(model: str, args) -> str | None:
+    """Builds and saves `model` with TF in a subprocess; returns an error message or None."""
+    code = (f"import sys; sys.path.insert(0, {HERE!r}); import models; "
+            f"models.export({model!r}, {os.path.join(args.dir, model)!r}, {args.size}, {args.quick})")
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        return "export timed out"
+    if proc.returncode:
+        return "export failed: " + ((proc.stderr.strip().splitlines() or ["?"])[-1])[:300]
+    return None
+
+
+def _fmt(value: float) -> str:
+    if value >= 100:
+        return f"{value:.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    if value >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3g}"
+
+
+def cell(result: Result | None, key: str) -> str:
+    if result is None:
+        return "n/a"
+    values = result.samples.get(key)
+    if not values:
+        return "error" if result.error else "—"
+    med = statistics.median(values)
+    if len(values) == 1:
+        return _fmt(med)
+    return f"{_fmt(med)} [{_fmt(min(values))}–{_fmt(max(values))}]"
+
+
+def ratio(a: Result | None, b: Result | None, key: str) -> float | None:
+    if a is None or b is None or not a.samples.get(key) or not b.samples.get(key):
+        return None
+    den = statistics.median(b.samples[key])
+    return statistics.median(a.samples[key]) / den if den else None
+
+
+def machine_info() -> list[str]:
+    cpu = platform.processor() or "?"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+
+    def version(name):
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return "not installed"
+
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return [
+        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"- CPU: {cpu}, {os.cpu_count()} cores; {platform.system()} {platform.release()}; Python {platform.python_version()}",
+        f"- jax {version('jax')} / jaxlib {version('jaxlib')}, jaxmeta {version('jaxmeta')}, "
+        f"tensorflow {version('tensorflow-cpu') if version('tensorflow') == 'not installed' else version('tensorflow')}, "
+        f"tf-slim {version('tf-slim')}, openvino {version('openvino')}",
+        f"- load average at the end of the run (1, 5, 15 min): {load}",
+    ]
+
+
+def render(results: dict, specs: dict, args, notes: list[str]) -> str:
+    lines = ["# jaxmeta vs TensorFlow 1: benchmark results", "",
+             f"`{' '.join(['python benchmarks/run.py', *sys.argv[1:]])}`", "", *machine_info(), ""]
+    lines += [f"- {n}" for n in notes]
+    lines += ["", f"Medians of {args.repeats} runs, [min–max]; every (model, framework) in a fresh process. "
+              "jaxmeta/TF < 1 means jaxmeta is faster for times, > 1 means better for GB/s and samples/s.", ""]
+    for model, per_fw in results.items():
+        spec = specs.get(model)
+        header = f"## {model}"
+        if spec is not None:
+            header += (f" — {spec.description}; {spec.node_count} nodes, checkpoint "
+                       f"{spec.checkpoint_bytes / 1e6:.1f} MB, large batch {spec.large_batch}, "
+                       f"train batch {spec.train_batch}")
+        lines += [header, ""]
+        if isinstance(per_fw, str):
+            lines += [f"**not measured**: {per_fw}", ""]
+            continue
+        lines += ["| metric | jaxmeta | TF1 Session | OpenVINO | jaxmeta/TF |", "|---|---:|---:|---:|---:|"]
+        for key, label, unit, _ in METRICS:
+            r = ratio(per_fw["jaxmeta"], per_fw["tf"], key)
+            lines.append(f"| {label} ({unit}) | {cell(per_fw['jaxmeta'], key)} | {cell(per_fw['tf'], key)} | "
+                         f"{cell(per_fw['openvino'], key)} | {'' if r is None else f'{r:.2f}'} |")
+        for fw in FRAMEWORKS:
+            if per_fw[fw] is not None and per_fw[fw].error:
+                lines.append(f"\n**{fw} error**: `{per_fw[fw].error}`")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, path: str) -> bool:
+    """A bar chart of jaxmeta/TF time ratios per model and metric; False when matplotlib is missing."""
+    if importlib.util.find_spec("matplotlib") is None:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [(k, label) for k, label, _, lower in METRICS if lower]
+    names = [m for m, r in results.items() if not isinstance(r, str)]
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(names) * 1.2), 4.5))
+    width = 0.8 / len(keys)
+    for i, (key, label) in enumerate(keys):
+        heights = [ratio(results[m]["jaxmeta"], results[m]["tf"], key) or 0.0 for m in names]
+        ax.bar([j + i * width for j in range(len(names))], heights, width, label=label)
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.axhline(0.8, color="g", lw=0.8, ls="--")
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(names))], names)
+    ax.set_ylabel("jaxmeta time / TF1 time (lower is better)")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=DEFAULT_MODELS, help=f"comma-separated, from {DEFAULT_MODELS}")
+    parser.add_argument("--size", type=int, default=96, help="input side of ResNet-50 / Inception-v3")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--quick", action="store_true", help="small models and batches, 3 repeats, 75 px")
+    parser.add_argument("--compile-cache", default=None, help="XLA persistent compilation cache directory")
+    parser.add_argument("--dir", default=None, help="where to export the models (default: a temp dir)")
+    parser.add_argument("--out", default=os.path.join(HERE, "results"), help="where latest.md/.png go")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds per subprocess")
+    parser.add_argument("--note", action="append", default=[], help="a line added to the report")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--framework", choices=FRAMEWORKS, help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        worker_main(args)
+        return
+    if args.quick:
+        args.size = min(args.size, 75)
+        args.repeats = min(args.repeats, 3)
+    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in names if m not in models.MODELS]
+    if unknown:
+        parser.error(f"unknown models {unknown}; choose from {', '.join(models.MODELS)}")
+    tmp = None
+    if args.dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="jaxmeta-bench-")
+        args.dir = tmp.name
+    have_openvino = importlib.util.find_spec("openvino") is not None
+    notes = list(args.note)
+    if not have_openvino:
+        notes.append("OpenVINO column: n/a — `openvino` is not importable in this environment.")
+    if args.compile_cache:
+        notes.append(f"XLA persistent compilation cache: {args.compile_cache}")
+    results: dict = {}
+    specs: dict = {}
+    for model in names:
+        t = time.perf_counter()
+        error = export(model, args)
+        print(f"[{model}] exported in {time.perf_counter() - t:.1f} s" + (f": {error}" if error else ""),
+              file=sys.stderr, flush=True)
+        if error:
+            results[model] = error
+            continue
+        specs[model] = models.load_spec(os.path.join(args.dir, model))
+        per_fw = {}
+        for fw in FRAMEWORKS:
+            if fw == "openvino" and not have_openvino:
+                per_fw[fw] = None
+                continue
+            per_fw[fw] = measure(model, fw, args)
+            print(f"[{model}] {fw}: {per_fw[fw].seconds:.1f} s" + (f", error: {per_fw[fw].error}"
+                  if per_fw[fw].error else ""), file=sys.stderr, flush=True)
+        results[model] = per_fw
+    table = render(results, specs, args, notes)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "latest.md"), "w", encoding="utf-8") as f:
+        f.write(table)
+    png = os.path.join(args.out, "latest.png")
+    if plot(results, png):
+        print(f"wrote {png}", file=sys.stderr)
+    else:
+        print("matplotlib is not importable: no PNG written", file=sys.stderr)
+    print(table)
+    if tmp is not None:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""`benchmarks/run.py` runs end to end on the MLP with its smallest settings and writes a table.
+
+No timing is asserted: benchmarks report ratios, tests only check that the script works.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.oracle
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="TensorFlow builds the benchmark graphs")
+def test_run_writes_a_table_for_the_mlp(tmp_path):
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "run.py"), "--models", "mlp", "--quick", "--repeats", "2",
+         "--dir", str(tmp_path / "models"), "--out", str(out), "--timeout", "300"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = (out / "latest.md").read_text()
+    assert "## mlp" in table
+    assert "| metric | jaxmeta | TF1 Session | OpenVINO | jaxmeta/TF |" in table
+    rows = [line for line in table.splitlines() if line.startswith("| latency, batch 1")]
+    assert len(rows) == 1
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert cells[1][0].isdigit() and cells[2][0].isdigit(), rows[0]  # jaxmeta and TF both measured
+    assert "error" not in table, table
