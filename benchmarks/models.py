@@ -109,6 +109,8 @@ def _slim_net(tf, size: int, quick: bool, which: str) -> ModelSpec:
     if which == "resnet50":
         with slim.arg_scope(resnet_v1.resnet_arg_scope()):
             logits, _ = resnet_v1.resnet_v1_50(images, num_classes=1000, is_training=False)
+        if logits.shape.rank == 4:  # this tf_slim version does not squeeze the 1x1 logits
+            logits = tf.squeeze(logits, [1, 2], name="logits")
         name = "TF-slim ResNet-v1-50"
     else:
         with slim.arg_scope(inception_v3.inception_v3_arg_scope()):
@@ -120,7 +122,7 @@ def _slim_net(tf, size: int, quick: bool, which: str) -> ModelSpec:
     train_op = v1.train.MomentumOptimizer(0.01, 0.9).minimize(loss, global_step=step)
     x = Feed(images.name, [size, size, 3])
     return ModelSpec([x], logits.name, [x, Feed(labels.name, [], "int32", 1000)], loss.name, train_op.name,
-                     large_batch=4 if quick else 16, train_batch=2 if quick else 8,
+                     large_batch=4 if quick else 8, train_batch=2 if quick else 4,
                      description=f"{name}, eval mode (frozen batch norm), {size}x{size} input, Momentum")
 
 

@@ -136,14 +136,12 @@ def worker_jaxmeta(rec: Recorder, directory: str, spec: models.ModelSpec, args) 
     jax.block_until_ready(infer(variables, *xb, **kw))  # compiles the large-batch signature
     times = _timed(lambda: jax.block_until_ready(infer(variables, *xb, **kw)), args.repeats)
     rec.put("throughput", [big / s for s in times])
-    del x1, xb
 
     s = graph.step([], feeds=[f.name for f in spec.train_feeds], targets=[spec.train_op])
     kw = {"key": jax.random.key(0)} if s.program.random else {}
     train = jax.jit(s, donate_argnums=0)
     xt = jax.device_put(models.make_inputs(spec.train_feeds, spec.train_batch))
-    state = dict(variables)
-    del variables
+    state = dict(variables)  # donated: the restored arrays are consumed by the first step
 
     def one_step():
         nonlocal state

@@ -17,7 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-_spec = importlib.util.spec_from_file_location("jaxmeta_fuzz", Path(__file__).resolve().parents[1] / "tools" / "fuzz.py")
+_spec = importlib.util.spec_from_file_location(
+    "jaxmeta_fuzz", Path(__file__).resolve().parents[1] / "tools" / "fuzz.py"
+)
 fuzz = importlib.util.module_from_spec(_spec)
 sys.modules["jaxmeta_fuzz"] = fuzz  # dataclasses look their module up
 _spec.loader.exec_module(fuzz)

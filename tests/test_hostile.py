@@ -69,7 +69,9 @@ sys.addaudithook(_audit)
 @contextlib.contextmanager
 def no_file_access(*roots):
     """Fails if the block opens, lists, writes or deletes anything under `roots`."""
-    _WATCH["roots"] = [os.path.realpath(os.fspath(r)) for r in roots] + [os.path.abspath(os.fspath(r)) for r in roots]
+    _WATCH["roots"] = [os.path.realpath(os.fspath(r)) for r in roots] + [
+        os.path.abspath(os.fspath(r)) for r in roots
+    ]
     _WATCH["events"] = []
     try:
         yield
@@ -148,7 +150,14 @@ def _const(shape, dtype=1, **fields) -> tensor_pb2.TensorProto:
         (_const([3], float_val=[1.0, 2.0, 3.0, 4.0]), "4 values for shape [3]"),
         (_const([-5, 2], float_val=[1.0]), "negative or unknown dimension"),
     ],
-    ids=["terabyte_fill", "terabyte_strings", "overflowing_shape", "content_too_short", "too_many_values", "negative"],
+    ids=[
+        "terabyte_fill",
+        "terabyte_strings",
+        "overflowing_shape",
+        "content_too_short",
+        "too_many_values",
+        "negative",
+    ],
 )
 def test_const_that_does_not_fit_its_bytes_is_refused_before_allocating(proto, words):
     graph = jaxmeta.import_meta_graph(make_meta([("huge", "Const", [], {"value": proto})]))
@@ -200,7 +209,14 @@ def test_self_loop_is_refused(nodes):
 def test_cycle_that_is_not_a_while_loop_is_refused(control):
     b_inputs = ["c", "c", "^a"] if control else ["a", "c"]
     graph = jaxmeta.import_meta_graph(
-        make_meta([("c", "Const", []), ("a", "AddV2", ["b", "c"]), ("b", "AddV2", b_inputs), ("out", "Identity", ["a"])])
+        make_meta(
+            [
+                ("c", "Const", []),
+                ("a", "AddV2", ["b", "c"]),
+                ("b", "AddV2", b_inputs),
+                ("out", "Identity", ["a"]),
+            ]
+        )
     )
     with pytest.raises(GraphError) as info:
         graph.function("out:0")
@@ -471,8 +487,22 @@ def _tf_cases(tf, tmp):
         _, value = tf.compat.v1.TFRecordReader().read(q)
         return value, None, "ReaderReadV2"
 
-    return {f.__name__: f for f in (read_file, write_file, matching_files, py_func, eager_py_func, print_to_file,
-                                     saver_save, saver_restore, queue, iterator, record_reader)}
+    return {
+        f.__name__: f
+        for f in (
+            read_file,
+            write_file,
+            matching_files,
+            py_func,
+            eager_py_func,
+            print_to_file,
+            saver_save,
+            saver_restore,
+            queue,
+            iterator,
+            record_reader,
+        )
+    }
 
 
 SIDE_EFFECT_CASES = ["read_file", "write_file", "matching_files", "py_func", "eager_py_func", "print_to_file",
@@ -560,3 +590,13 @@ def test_malformed_state_file_is_a_checkpoint_error(tmp_path, content):
     with pytest.raises(CheckpointError) as info:
         jaxmeta.latest_checkpoint(str(tmp_path))
     assert str(tmp_path / "checkpoint") in str(info.value)
+
+
+def test_the_file_watch_sees_access(tmp_path):
+    (tmp_path / "f").write_bytes(b"x")
+    with pytest.raises(AssertionError, match="file system touched"):
+        with no_file_access(tmp_path):
+            open(tmp_path / "f", "rb").close()
+    with pytest.raises(AssertionError, match="file system touched"):
+        with no_file_access(tmp_path):
+            os.listdir(tmp_path)

@@ -65,12 +65,12 @@ TOKENS = [
     b"dim { size: 1099511627776 } ",
     b"dim { size: -7 } ",
     b"unknown_rank: true ",
-    b"input: \"^",
+    b'input: "^',
     b":99",
     b"../../",
     b"/etc/passwd",
     b"\\",
-    b"\"",
+    b'"',
     b"{",
     b"}",
 ]
@@ -162,7 +162,10 @@ def _exercise_graph(graph: jaxmeta.Graph, restore_prefix: str | None) -> None:
 
 
 def _meta_binary_seeds():
-    paths = sorted(GRAPHS.glob("*.meta")) + [EXAMPLE / "mnist_mlp-100.meta", CHECKPOINTS / "v2_tf1" / "model.ckpt-7.meta"]
+    paths = sorted(GRAPHS.glob("*.meta")) + [
+        EXAMPLE / "mnist_mlp-100.meta",
+        CHECKPOINTS / "v2_tf1" / "model.ckpt-7.meta",
+    ]
     return [(_restore_prefix(p), p.read_bytes()) for p in paths]
 
 
@@ -363,7 +366,10 @@ def _run_strings(ctx, data: bytes, workdir: str) -> None:
 
 def _v1_record_seeds():
     seeds = []
-    for path in [CHECKPOINTS / "v1" / "model.ckpt", *sorted((CHECKPOINTS / "v1_sharded").glob("model.ckpt-*"))]:
+    for path in [
+        CHECKPOINTS / "v1" / "model.ckpt",
+        *sorted((CHECKPOINTS / "v1_sharded").glob("model.ckpt-*")),
+    ]:
         table = _sstable.Table(str(path))
         for key, value in table.entries.items():
             seeds.append(((path, bytes(key)), bytes(value)))
@@ -456,7 +462,9 @@ def run_one(target: Target, ctx, data: bytes, workdir: str) -> BaseException | N
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--target", action="append", help="target(s) to run (default: all)")
     parser.add_argument("-n", type=int, default=None, help="inputs per target (default: until --seconds)")
     parser.add_argument("--seconds", type=float, default=300.0, help="total time budget")
@@ -471,14 +479,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     budget = args.seconds / len(chosen)
     rng = random.Random(args.seed)
     total_escapes = 0
-    print(f"{'target':<14} {'seeds':>5} {'inputs':>7} {'rejected':>8} {'accepted':>8} {'escapes':>7} {'slow':>4}  secs")
+    print(
+        f"{'target':<14} {'seeds':>5} {'inputs':>7} {'rejected':>8} {'accepted':>8} {'escapes':>7} {'slow':>4}  secs"
+    )
     with tempfile.TemporaryDirectory(prefix="jaxmeta-fuzz-") as workdir:
         for target in chosen:
             others = [d for _, d in target.seeds]
             tried = rejected = escapes = slow = 0
             kinds: dict[str, int] = {}
             start = time.monotonic()
-            while (args.n is None or tried < args.n) and time.monotonic() - start < (budget if args.n is None else 1e9):
+            while (args.n is None or tried < args.n) and time.monotonic() - start < (
+                budget if args.n is None else 1e9
+            ):
                 ctx, seed = target.seeds[rng.randrange(len(target.seeds))]
                 data = mutate(seed, random_mutations(rng), others)
                 t0 = time.monotonic()

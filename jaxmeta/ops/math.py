@@ -820,8 +820,12 @@ def _log_matrix_determinant(node):
 
 @register("Cholesky", "BatchCholesky")
 def _cholesky(node):
-    # TF reads only the lower triangle; its gradient is symmetrized like JAX's symmetrize_input.
-    return lambda x: lax.linalg.cholesky(jnp.asarray(x), symmetrize_input=True)
+    # TF reads only the lower triangle (the upper one may hold anything): mirror it before factoring.
+    def fn(x):
+        x = jnp.asarray(x)
+        return lax.linalg.cholesky(jnp.tril(x) + _adjoint(jnp.tril(x, -1)), symmetrize_input=False)
+
+    return fn
 
 
 def _broadcast_batch(a, b):

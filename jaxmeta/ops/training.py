@@ -16,8 +16,9 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from jaxmeta.ops.registry import register
+from jaxmeta.ops.registry import register, static
 
 Rule = Callable[[types.SimpleNamespace], dict]
 
@@ -215,6 +216,7 @@ def _sparse_update(rule, attrs, state, values, indices):
     they sum duplicates first) take one vectorized gather-update-scatter; duplicates fall back to
     a sequential loop over the rows.
     """
+    known = np.asarray(indices) if static(indices) else None
     indices = jnp.asarray(indices).astype(jnp.int32)
     grad = values["grad"]
     scalars = {k: v for k, v in values.items() if k != "grad"}
@@ -241,6 +243,8 @@ def _sparse_update(rule, attrs, state, values, indices):
         out, _ = jax.lax.scan(body, st, (indices, grad))
         return out
 
+    if known is not None:  # constant indices: decide at trace time
+        return sequential(state) if len(np.unique(known)) < n else vectorized(state)
     if n == 1:
         return vectorized(state)
     ordered = jnp.sort(indices)

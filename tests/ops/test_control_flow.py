@@ -343,3 +343,22 @@ def test_static_trip_count_lowers_to_scan():
     variables = {k: jnp.asarray(v) for k, v in run.variables.items()}
     jaxpr = str(jax.make_jaxpr(lambda x: f(variables, x))(SEQ))
     assert "scan" in jaxpr and "while" not in jaxpr
+
+
+@pytest.mark.parametrize("taken", [True, False])
+def test_assignment_inside_cond_branch_takes_effect_only_when_taken(taken):
+    def build(tf):
+        p = tf.compat.v1.placeholder(tf.bool, [], name="p")
+        v = tf.compat.v1.get_variable("v", initializer=np.float32([1.0, 2.0]), use_resource=True)
+
+        def inc():
+            with tf.control_dependencies([v.assign_add([1.0, 1.0])]):
+                return tf.identity(v.read_value())
+
+        return tf.identity(tf.cond(p, inc, lambda: v.read_value() * 3.0), name="y")
+
+    run = run_tf(build, {"p:0": np.bool_(taken)})
+    step = jax.jit(run.graph.step(["y:0"], feeds=["p:0"]))
+    (y,), new = step({k: jnp.asarray(v) for k, v in run.variables.items()}, np.bool_(taken))
+    np.testing.assert_allclose(y, run.expected[0])
+    np.testing.assert_allclose(new["v"], [2.0, 3.0] if taken else [1.0, 2.0])

@@ -829,7 +829,8 @@ def test_cholesky():
     def build(tf):
         p = _ph(tf, tf.float32, [2, 3, 3], "x")
         spd = tf.matmul(p, p, transpose_b=True) + tf.constant(3 * np.eye(3, dtype=F32))
-        return tf.raw_ops.Cholesky(input=spd)
+        junk_above = tf.constant(np.triu(np.full((3, 3), 5.0, F32), 1))  # TF reads the lower triangle only
+        return [tf.raw_ops.Cholesky(input=spd), tf.raw_ops.Cholesky(input=spd + junk_above)]
 
     compare_with_tf(build, {"x:0": x}, rtol=1e-4, atol=1e-5, grads=True)
 
