@@ -53,7 +53,7 @@ def test_variables_and_assign_step():
         np.testing.assert_allclose(new["v"], [2.0, 3.0])
         np.testing.assert_allclose(new["r"], [5.0])
     with pytest.raises(jaxmeta.GraphError, match="graph.step"):
-        g.function([], feeds=()) and g.function("inc_v/value:0" if "inc_v/value" in g else "inc_v")
+        g.function("inc_v")
     init = g.init_variables()
     np.testing.assert_allclose(init["v"], [1.0, 2.0])
 
@@ -63,7 +63,7 @@ def test_missing_feed_and_unknown_names():
         x = tf.compat.v1.placeholder(tf.float32, [2], name="x")
         return tf.identity(x, name="y")
 
-    g = run_tf(build).graph
+    g = run_tf(build, {"x:0": np.float32([1, 2])}).graph
     with pytest.raises(jaxmeta.FeedError, match="x:0"):
         g.function("y:0")
     with pytest.raises(jaxmeta.GraphError, match="no operation"):
@@ -80,6 +80,7 @@ def test_session_run_structures():
     run = run_tf(build, {"x:0": np.float32([1, 1])})
     sess = jaxmeta.Session(run.graph, run.variables)
     out = sess.run({"a": "y:0", "b": ["y:0", "inc"]}, feed_dict={"x:0": np.float32([1, 1])})
-    np.testing.assert_allclose(out["a"], [2.0, 3.0])
+    # The read of v is unordered with the increment: like a TF step, it sees the old value.
+    np.testing.assert_allclose(out["a"], [1.0, 2.0])
     assert out["b"][1] is None
     np.testing.assert_allclose(sess.run("y:0"), [2.0, 3.0])
