@@ -35,7 +35,9 @@ def _resize_flags(node) -> tuple[bool, bool]:
     align = node.attr_bool("align_corners", False)
     half = node.attr_bool("half_pixel_centers", False)
     if align and half:
-        raise GraphError(f"node {node.name!r} ({node.type}): align_corners and half_pixel_centers cannot both be set")
+        raise GraphError(
+            f"node {node.name!r} ({node.type}): align_corners and half_pixel_centers cannot both be set"
+        )
     return align, half
 
 
@@ -125,6 +127,7 @@ def _cubic_weights(in_size: int, out_size: int, align: bool, half: bool):
     base = np.floor(pos)
     delta = pos - base
     offset = np.rint(delta * _TABLE_SIZE).astype(np.int64)  # lrintf: round half to even
+
     def near(t):  # |t| <= 1
         return ((a + 2) * t - (a + 3)) * t * t + 1
 
@@ -359,7 +362,9 @@ def _nms_builder(node, *, iou_attr=False, score_input=False, soft_input=False):
         if not isinstance(max_out, (np.ndarray, np.generic, int)):
             raise GraphError(f"node {node.name!r} ({version}): max_output_size must be a constant")
         if sigma is not None and (not isinstance(sigma, (np.ndarray, np.generic)) or float(sigma) != 0.0):
-            raise GraphError(f"node {node.name!r} ({version}): soft NMS (soft_nms_sigma != 0) is not supported")
+            raise GraphError(
+                f"node {node.name!r} ({version}): soft NMS (soft_nms_sigma != 0) is not supported"
+            )
         selected, sel_scores, count = _nms_padded(boxes, scores, int(max_out), iou_threshold, score_threshold)
         if not pad:
             if isinstance(count, jax.core.Tracer):
@@ -390,7 +395,13 @@ def _nms_builder(node, *, iou_attr=False, score_input=False, soft_input=False):
     return lambda boxes, scores, max_out, iou, thr, sigma: run(boxes, scores, max_out, iou, thr, sigma)
 
 
-@register("NonMaxSuppression", "NonMaxSuppressionV2", "NonMaxSuppressionV3", "NonMaxSuppressionV4", "NonMaxSuppressionV5")
+@register(
+    "NonMaxSuppression",
+    "NonMaxSuppressionV2",
+    "NonMaxSuppressionV3",
+    "NonMaxSuppressionV4",
+    "NonMaxSuppressionV5",
+)
 def _non_max_suppression(node):
     """Greedy hard non-maximum suppression (TF's ordering: score, then lower index first).
 

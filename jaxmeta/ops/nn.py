@@ -279,7 +279,9 @@ def _max_pool_with_argmax(node):
         k = jnp.argmax(patches, axis=3)  # the first maximum, as TF's strict `>` scan
         out = jnp.max(patches, axis=3)
         flat = (ys * w + xs).reshape(oh, ow, kh * kw)  # [oh, ow, kh*kw]
-        idx = jnp.take_along_axis(jnp.asarray(flat)[None, :, :, :, None], k[:, :, :, None, :], axis=3)[:, :, :, 0]
+        idx = jnp.take_along_axis(jnp.asarray(flat)[None, :, :, :, None], k[:, :, :, None, :], axis=3)[
+            :, :, :, 0
+        ]
         idx = idx * c + jnp.arange(c)[None, None, None, :]
         if with_batch:
             idx = idx + (jnp.arange(n) * (h * w * c))[:, None, None, None]
@@ -371,7 +373,9 @@ def _batch_norm_global(node):
         inv = lax.rsqrt(v + eps)
         if scale_after:
             inv = inv * gamma
-        return (t - jnp.broadcast_to(m, t.shape)) * jnp.broadcast_to(inv, t.shape) + jnp.broadcast_to(beta, t.shape)
+        return (t - jnp.broadcast_to(m, t.shape)) * jnp.broadcast_to(inv, t.shape) + jnp.broadcast_to(
+            beta, t.shape
+        )
 
     return fn
 
@@ -506,7 +510,11 @@ def _nudge(lo, hi, qmin: float, qmax: float):
     inv_scale = span / (hi - lo)  # TF computes the inverse directly, not as 1 / scale
     zp_from_min = f32(qmin) - lo / scale
     # std::round: halves away from zero (zp_from_min is >= qmin >= 0 where it is used).
-    zp = xp.where(zp_from_min < qmin, f32(qmin), xp.where(zp_from_min > qmax, f32(qmax), xp.floor(zp_from_min + f32(0.5))))
+    zp = xp.where(
+        zp_from_min < qmin,
+        f32(qmin),
+        xp.where(zp_from_min > qmax, f32(qmax), xp.floor(zp_from_min + f32(0.5))),
+    )
     return scale, inv_scale, (f32(qmin) - zp) * scale, (f32(qmax) - zp) * scale
 
 

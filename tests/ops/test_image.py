@@ -46,7 +46,14 @@ def ph(tf, name, value):
 
 
 # (input HxW, output HxW): up, down, mixed, identity, to 1 pixel
-SIZES = [((4, 5), (8, 10)), ((6, 7), (3, 4)), ((5, 3), (7, 2)), ((4, 4), (4, 4)), ((3, 5), (1, 1)), ((1, 1), (3, 2))]
+SIZES = [
+    ((4, 5), (8, 10)),
+    ((6, 7), (3, 4)),
+    ((5, 3), (7, 2)),
+    ((4, 4), (4, 4)),
+    ((3, 5), (1, 1)),
+    ((1, 1), (3, 2)),
+]
 MODES = [(False, False), (True, False), (False, True)]  # (align_corners, half_pixel_centers)
 
 
@@ -55,7 +62,10 @@ def case_resize(op, insize, outsize, align, half):
 
     def build(tf):
         return getattr(tf.raw_ops, op)(
-            images=ph(tf, "x", x), size=tf.constant(list(outsize)), align_corners=align, half_pixel_centers=half
+            images=ph(tf, "x", x),
+            size=tf.constant(list(outsize)),
+            align_corners=align,
+            half_pixel_centers=half,
         )
 
     return case(build, {"x:0": x}, grads=True, rtol=1e-4, atol=1e-4)
@@ -85,7 +95,9 @@ def case_resize_area(insize, outsize, align):
     x = rand(2, *insize, 2)
 
     def build(tf):
-        return tf.raw_ops.ResizeArea(images=ph(tf, "x", x), size=tf.constant(list(outsize)), align_corners=align)
+        return tf.raw_ops.ResizeArea(
+            images=ph(tf, "x", x), size=tf.constant(list(outsize)), align_corners=align
+        )
 
     return case(build, {"x:0": x}, rtol=1e-4, atol=1e-5)
 
@@ -109,7 +121,13 @@ def test_resize_high_level_v1():
 
 
 BOXES = np.array(
-    [[0.1, 0.2, 0.7, 0.9], [0.0, 0.0, 1.0, 1.0], [0.5, 0.6, 0.2, 0.1], [-0.2, 0.3, 0.6, 1.3], [0.3, 0.3, 0.3, 0.8]],
+    [
+        [0.1, 0.2, 0.7, 0.9],
+        [0.0, 0.0, 1.0, 1.0],
+        [0.5, 0.6, 0.2, 0.1],
+        [-0.2, 0.3, 0.6, 1.3],
+        [0.3, 0.3, 0.3, 0.8],
+    ],
     np.float32,
 )
 
@@ -120,8 +138,12 @@ def case_crop_and_resize(method, extrapolation, crop):
 
     def build(tf):
         return tf.raw_ops.CropAndResize(
-            image=ph(tf, "image", image), boxes=tf.constant(BOXES), box_ind=tf.constant(box_ind),
-            crop_size=tf.constant(list(crop)), method=method, extrapolation_value=extrapolation,
+            image=ph(tf, "image", image),
+            boxes=tf.constant(BOXES),
+            box_ind=tf.constant(box_ind),
+            crop_size=tf.constant(list(crop)),
+            method=method,
+            extrapolation_value=extrapolation,
         )
 
     return case(build, {"image:0": image}, grads=method == "bilinear", rtol=1e-4, atol=1e-5)
@@ -138,26 +160,46 @@ def test_crop_and_resize_box_gradients():
 
     def build(tf):
         return tf.raw_ops.CropAndResize(
-            image=ph(tf, "image", image), boxes=ph(tf, "boxes", boxes), box_ind=tf.constant([0, 0]),
+            image=ph(tf, "image", image),
+            boxes=ph(tf, "boxes", boxes),
+            box_ind=tf.constant([0, 0]),
             crop_size=tf.constant([3, 4]),
         )
 
     compare_with_tf(build, {"image:0": image, "boxes:0": boxes}, grads=True, rtol=1e-4, atol=1e-4)
 
 
-RGB = np.concatenate(
-    [
-        np.random.default_rng(0).uniform(0, 1, (4, 5, 3)).reshape(-1, 3),
-        np.array([[0, 0, 0], [1, 1, 1], [0.5, 0.5, 0.5], [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [0.2, 0.8, 0.8]]),
-    ]
-).astype(np.float32).reshape(4, 7, 3)
+RGB = (
+    np.concatenate(
+        [
+            np.random.default_rng(0).uniform(0, 1, (4, 5, 3)).reshape(-1, 3),
+            np.array(
+                [
+                    [0, 0, 0],
+                    [1, 1, 1],
+                    [0.5, 0.5, 0.5],
+                    [1, 0, 0],
+                    [0, 1, 0],
+                    [0, 0, 1],
+                    [1, 1, 0],
+                    [0.2, 0.8, 0.8],
+                ]
+            ),
+        ]
+    )
+    .astype(np.float32)
+    .reshape(4, 7, 3)
+)
 
 
 def test_rgb_hsv_round_trip():
     hsv = np.random.default_rng(3).uniform(0, 1, (4, 7, 3)).astype(np.float32)
 
     def build(tf):
-        return [tf.raw_ops.RGBToHSV(images=ph(tf, "rgb", RGB)), tf.raw_ops.HSVToRGB(images=ph(tf, "hsv", hsv))]
+        return [
+            tf.raw_ops.RGBToHSV(images=ph(tf, "rgb", RGB)),
+            tf.raw_ops.HSVToRGB(images=ph(tf, "hsv", hsv)),
+        ]
 
     compare_with_tf(build, {"rgb:0": RGB, "hsv:0": hsv}, rtol=1e-5, atol=1e-6)
 
@@ -183,7 +225,9 @@ def test_adjust_contrast(shape):
     x = rand(*shape)
 
     def build(tf):
-        return tf.raw_ops.AdjustContrastv2(images=ph(tf, "x", x), contrast_factor=tf.constant(np.float32(1.7)))
+        return tf.raw_ops.AdjustContrastv2(
+            images=ph(tf, "x", x), contrast_factor=tf.constant(np.float32(1.7))
+        )
 
     compare_with_tf(build, {"x:0": x}, rtol=1e-5, atol=1e-6)  # TF defines no gradient for it
 
@@ -205,10 +249,17 @@ def test_non_max_suppression_padded(max_out, iou, thr):
 
     def build(tf):
         b, s = ph(tf, "b", boxes), ph(tf, "s", scores)
-        common = dict(boxes=b, scores=s, max_output_size=tf.constant(max_out), iou_threshold=tf.constant(np.float32(iou)),
-                      score_threshold=tf.constant(np.float32(thr)))
+        common = dict(
+            boxes=b,
+            scores=s,
+            max_output_size=tf.constant(max_out),
+            iou_threshold=tf.constant(np.float32(iou)),
+            score_threshold=tf.constant(np.float32(thr)),
+        )
         v4 = tf.raw_ops.NonMaxSuppressionV4(pad_to_max_output_size=True, **common)
-        v5 = tf.raw_ops.NonMaxSuppressionV5(soft_nms_sigma=tf.constant(np.float32(0)), pad_to_max_output_size=True, **common)
+        v5 = tf.raw_ops.NonMaxSuppressionV5(
+            soft_nms_sigma=tf.constant(np.float32(0)), pad_to_max_output_size=True, **common
+        )
         return [*v4, *v5]
 
     compare_with_tf(build, {"b:0": boxes, "s:0": scores})
@@ -224,10 +275,20 @@ def test_non_max_suppression_unpadded(seed):
         return [
             tf.raw_ops.NonMaxSuppression(boxes=b, scores=s, max_output_size=m, iou_threshold=0.4),
             tf.raw_ops.NonMaxSuppressionV2(boxes=b, scores=s, max_output_size=m, iou_threshold=iou),
-            tf.raw_ops.NonMaxSuppressionV3(boxes=b, scores=s, max_output_size=m, iou_threshold=iou,
-                                           score_threshold=tf.constant(np.float32(0.3))),
-            *tf.raw_ops.NonMaxSuppressionV4(boxes=b, scores=s, max_output_size=m, iou_threshold=iou,
-                                            score_threshold=tf.constant(np.float32(0.3))),
+            tf.raw_ops.NonMaxSuppressionV3(
+                boxes=b,
+                scores=s,
+                max_output_size=m,
+                iou_threshold=iou,
+                score_threshold=tf.constant(np.float32(0.3)),
+            ),
+            *tf.raw_ops.NonMaxSuppressionV4(
+                boxes=b,
+                scores=s,
+                max_output_size=m,
+                iou_threshold=iou,
+                score_threshold=tf.constant(np.float32(0.3)),
+            ),
         ]
 
     # The unpadded forms have data-dependent shapes: they run outside jit only.
@@ -255,8 +316,12 @@ def test_soft_nms_is_an_error():
 
     def build(tf):
         return tf.raw_ops.NonMaxSuppressionV5(
-            boxes=ph(tf, "b", boxes), scores=ph(tf, "s", scores), max_output_size=tf.constant(5),
-            iou_threshold=tf.constant(0.5), score_threshold=tf.constant(0.0), soft_nms_sigma=tf.constant(0.5),
+            boxes=ph(tf, "b", boxes),
+            scores=ph(tf, "s", scores),
+            max_output_size=tf.constant(5),
+            iou_threshold=tf.constant(0.5),
+            score_threshold=tf.constant(0.0),
+            soft_nms_sigma=tf.constant(0.5),
             pad_to_max_output_size=True,
         )
 

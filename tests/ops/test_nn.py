@@ -86,8 +86,13 @@ def case_conv2d(xs, ws, stride, padding, dil, explicit, fmt):
 
     def build(tf):
         return tf.raw_ops.Conv2D(
-            input=ph(tf, "x", x), filter=ph(tf, "w", w), strides=strides, padding=padding,
-            explicit_paddings=explicit or [], dilations=dilations, data_format=fmt,
+            input=ph(tf, "x", x),
+            filter=ph(tf, "w", w),
+            strides=strides,
+            padding=padding,
+            explicit_paddings=explicit or [],
+            dilations=dilations,
+            data_format=fmt,
         )
 
     # TF's CPU kernels cannot differentiate NCHW with EXPLICIT padding.
@@ -106,8 +111,12 @@ def case_conv3d(xs, ws, stride, padding, dil, fmt):
 
     def build(tf):
         return tf.raw_ops.Conv3D(
-            input=ph(tf, "x", x), filter=ph(tf, "w", w), strides=strides, padding=padding,
-            dilations=dilations, data_format=fmt,
+            input=ph(tf, "x", x),
+            filter=ph(tf, "w", w),
+            strides=strides,
+            padding=padding,
+            dilations=dilations,
+            data_format=fmt,
         )
 
     return case(build, {"x:0": x, "w:0": w}, grads=True, **CONV_TOL)
@@ -122,8 +131,12 @@ def case_depthwise_conv2d(xs, ws, stride, padding, dil, fmt):
 
     def build(tf):
         return tf.raw_ops.DepthwiseConv2dNative(
-            input=ph(tf, "x", x), filter=ph(tf, "w", w), strides=strides, padding=padding,
-            dilations=dilations, data_format=fmt,
+            input=ph(tf, "x", x),
+            filter=ph(tf, "w", w),
+            strides=strides,
+            padding=padding,
+            dilations=dilations,
+            data_format=fmt,
         )
 
     # TF's depthwise backprop kernels ignore dilations (its gradients are wrong there; the forward
@@ -157,8 +170,12 @@ def case_conv2d_backprop_input(xs, ws, stride, padding, fmt):
 
     def build(tf):
         return tf.raw_ops.Conv2DBackpropInput(
-            input_sizes=tf.constant(sizes), filter=ph(tf, "w", w), out_backprop=ph(tf, "dy", dy),
-            strides=strides, padding=padding, data_format=fmt,
+            input_sizes=tf.constant(sizes),
+            filter=ph(tf, "w", w),
+            out_backprop=ph(tf, "dy", dy),
+            strides=strides,
+            padding=padding,
+            data_format=fmt,
         )
 
     return case(build, {"dy:0": dy, "w:0": w}, grads=True, **CONV_TOL)
@@ -173,14 +190,20 @@ def case_depthwise_backprop_input(xs, ws, stride, padding):
 
     def build(tf):
         return tf.raw_ops.DepthwiseConv2dNativeBackpropInput(
-            input_sizes=tf.constant(list(xs)), filter=ph(tf, "w", w), out_backprop=ph(tf, "dy", dy),
-            strides=[1, stride, stride, 1], padding=padding,
+            input_sizes=tf.constant(list(xs)),
+            filter=ph(tf, "w", w),
+            out_backprop=ph(tf, "dy", dy),
+            strides=[1, stride, stride, 1],
+            padding=padding,
         )
 
     return case(build, {"dy:0": dy, "w:0": w}, grads=True, **CONV_TOL)
 
 
-CONV3D_TRANSPOSE = [((1, 4, 5, 6, 2), (3, 3, 3, 2, 3), 2, "SAME"), ((1, 5, 5, 5, 2), (2, 2, 2, 2, 3), 1, "VALID")]
+CONV3D_TRANSPOSE = [
+    ((1, 4, 5, 6, 2), (3, 3, 3, 2, 3), 2, "SAME"),
+    ((1, 5, 5, 5, 2), (2, 2, 2, 2, 3), 1, "VALID"),
+]
 
 
 def case_conv3d_transpose(xs, ws, stride, padding):
@@ -192,8 +215,11 @@ def case_conv3d_transpose(xs, ws, stride, padding):
 
     def build(tf):
         return tf.raw_ops.Conv3DBackpropInputV2(
-            input_sizes=tf.constant(list(xs)), filter=ph(tf, "w", w), out_backprop=ph(tf, "dy", dy),
-            strides=[1, stride, stride, stride, 1], padding=padding,
+            input_sizes=tf.constant(list(xs)),
+            filter=ph(tf, "w", w),
+            out_backprop=ph(tf, "dy", dy),
+            strides=[1, stride, stride, stride, 1],
+            padding=padding,
         )
 
     return case(build, {"dy:0": dy, "w:0": w}, grads=True, **CONV_TOL)
@@ -242,7 +268,10 @@ def test_max_pool_explicit_padding():
 
     def build(tf):
         return tf.raw_ops.MaxPool(
-            input=ph(tf, "x", x), ksize=[1, 3, 2, 1], strides=[1, 2, 2, 1], padding="EXPLICIT",
+            input=ph(tf, "x", x),
+            ksize=[1, 3, 2, 1],
+            strides=[1, 2, 2, 1],
+            padding="EXPLICIT",
             explicit_paddings=[0, 0, 1, 2, 0, 1, 0, 0],
         )
 
@@ -254,9 +283,14 @@ def test_max_pool_int_and_v2():
     x = randn(2, 6, 5, 3)
 
     def build(tf):
-        a = tf.raw_ops.MaxPool(input=ph(tf, "xi", xi), ksize=[1, 2, 2, 1], strides=[1, 2, 2, 1], padding="SAME")
+        a = tf.raw_ops.MaxPool(
+            input=ph(tf, "xi", xi), ksize=[1, 2, 2, 1], strides=[1, 2, 2, 1], padding="SAME"
+        )
         b = tf.raw_ops.MaxPoolV2(
-            input=ph(tf, "x", x), ksize=tf.constant([1, 3, 2, 1]), strides=tf.constant([1, 2, 1, 1]), padding="SAME"
+            input=ph(tf, "x", x),
+            ksize=tf.constant([1, 3, 2, 1]),
+            strides=tf.constant([1, 2, 1, 1]),
+            padding="SAME",
         )
         return [a, b]
 
@@ -271,7 +305,9 @@ def case_pool3d(xs, k, s, padding, fmt, op):
         ksize, strides = nchw_attr(ksize), nchw_attr(strides)
 
     def build(tf):
-        return getattr(tf.raw_ops, op)(input=ph(tf, "x", x), ksize=ksize, strides=strides, padding=padding, data_format=fmt)
+        return getattr(tf.raw_ops, op)(
+            input=ph(tf, "x", x), ksize=ksize, strides=strides, padding=padding, data_format=fmt
+        )
 
     return case(build, {"x:0": x}, grads=True)
 
@@ -281,7 +317,10 @@ def case_max_pool_with_argmax(xs, k, s, padding, with_batch):
 
     def build(tf):
         out, idx = tf.raw_ops.MaxPoolWithArgmax(
-            input=ph(tf, "x", x), ksize=[1, *_hw(k), 1], strides=[1, *_hw(s), 1], padding=padding,
+            input=ph(tf, "x", x),
+            ksize=[1, *_hw(k), 1],
+            strides=[1, *_hw(s), 1],
+            padding=padding,
             include_batch_in_index=with_batch,
         )
         return [out, idx]
@@ -340,8 +379,15 @@ def case_fused_batch_norm_training(op, fmt, shape, factor, grads):
         m = ph(tf, "mean", mean) if factor != 1.0 else tf.zeros([0])
         v = ph(tf, "var", var) if factor != 1.0 else tf.zeros([0])
         outs = getattr(tf.raw_ops, op)(
-            x=ph(tf, "x", x), scale=ph(tf, "scale", scale), offset=ph(tf, "offset", offset), mean=m,
-            variance=v, epsilon=0.01, is_training=True, data_format=fmt, **extra,
+            x=ph(tf, "x", x),
+            scale=ph(tf, "scale", scale),
+            offset=ph(tf, "offset", offset),
+            mean=m,
+            variance=v,
+            epsilon=0.01,
+            is_training=True,
+            data_format=fmt,
+            **extra,
         )
         # TF's gradient only follows y; the statistics outputs are compared without gradients.
         return outs[0] if grads else list(outs[:5])
@@ -360,8 +406,13 @@ def case_fused_batch_norm_inference(op, fmt, shape, factor):
 
     def build(tf):
         outs = getattr(tf.raw_ops, op)(
-            x=ph(tf, "x", x), scale=ph(tf, "scale", scale), offset=ph(tf, "offset", offset),
-            mean=ph(tf, "mean", mean), variance=ph(tf, "var", var), epsilon=0.001, is_training=False,
+            x=ph(tf, "x", x),
+            scale=ph(tf, "scale", scale),
+            offset=ph(tf, "offset", offset),
+            mean=ph(tf, "mean", mean),
+            variance=ph(tf, "var", var),
+            epsilon=0.001,
+            is_training=False,
             data_format=fmt,
         )
         # Only y: TF's grappler folds inference batch norm and then cannot fetch outputs 1..4.
@@ -376,8 +427,12 @@ def test_fused_batch_norm_half():
 
     def build(tf):
         outs = tf.raw_ops.FusedBatchNormV3(
-            x=ph(tf, "x", x), scale=ph(tf, "scale", scale), offset=ph(tf, "offset", offset),
-            mean=tf.zeros([0]), variance=tf.zeros([0]), is_training=True,
+            x=ph(tf, "x", x),
+            scale=ph(tf, "scale", scale),
+            offset=ph(tf, "offset", offset),
+            mean=tf.zeros([0]),
+            variance=tf.zeros([0]),
+            is_training=True,
         )
         return list(outs[:3])
 
@@ -436,13 +491,17 @@ def test_softmax_cross_entropy(shape):
     labels = np.random.default_rng(1).dirichlet(np.ones(shape[1]), shape[0]).astype(np.float32)
 
     def build(tf):
-        loss, backprop = tf.raw_ops.SoftmaxCrossEntropyWithLogits(features=ph(tf, "x", logits), labels=tf.constant(labels))
+        loss, backprop = tf.raw_ops.SoftmaxCrossEntropyWithLogits(
+            features=ph(tf, "x", logits), labels=tf.constant(labels)
+        )
         return [loss, backprop]
 
     compare_with_tf(build, {"x:0": logits}, grads=True)
 
     def build_loss(tf):
-        loss, _ = tf.raw_ops.SoftmaxCrossEntropyWithLogits(features=ph(tf, "x", logits), labels=ph(tf, "y", labels))
+        loss, _ = tf.raw_ops.SoftmaxCrossEntropyWithLogits(
+            features=ph(tf, "x", logits), labels=ph(tf, "y", labels)
+        )
         return loss
 
     compare_with_tf(build_loss, {"x:0": logits, "y:0": labels}, grads=True)
@@ -463,7 +522,9 @@ def test_sparse_softmax_cross_entropy(label_dtype):
     labels = np.array([0, 5, 2, 3], label_dtype)
 
     def build(tf):
-        loss, backprop = tf.raw_ops.SparseSoftmaxCrossEntropyWithLogits(features=ph(tf, "x", logits), labels=ph(tf, "y", labels))
+        loss, backprop = tf.raw_ops.SparseSoftmaxCrossEntropyWithLogits(
+            features=ph(tf, "x", logits), labels=ph(tf, "y", labels)
+        )
         return [loss, backprop]
 
     compare_with_tf(build, {"x:0": logits, "y:0": labels}, grads=True)
@@ -471,20 +532,30 @@ def test_sparse_softmax_cross_entropy(label_dtype):
 
 def case_in_top_k(k):
     preds = np.array(
-        [[0.1, 0.5, 0.5, 0.2, 0.0, 0.3], [1, 2, 3, 4, 5, 6], [np.inf, 1, 2, 3, 4, 5], [0, 0, 0, 0, 0, 0]], np.float32
+        [[0.1, 0.5, 0.5, 0.2, 0.0, 0.3], [1, 2, 3, 4, 5, 6], [np.inf, 1, 2, 3, 4, 5], [0, 0, 0, 0, 0, 0]],
+        np.float32,
     )
     targets = np.array([2, 0, 0, 3], np.int32)
 
     def build(tf):
         p, t = ph(tf, "p", preds), ph(tf, "t", targets)
-        return [tf.raw_ops.InTopK(predictions=p, targets=t, k=k), tf.raw_ops.InTopKV2(predictions=p, targets=t, k=tf.constant(k))]
+        return [
+            tf.raw_ops.InTopK(predictions=p, targets=t, k=k),
+            tf.raw_ops.InTopKV2(predictions=p, targets=t, k=tf.constant(k)),
+        ]
 
     return case(build, {"p:0": preds, "t:0": targets})
 
 
 # -- fake quantization ----------------------------------------------------------------------------
 
-FAKE_QUANT = [(-6.0, 6.0, 8, False), (-1.0, 3.0, 8, True), (0.1, 2.5, 4, False), (-2.3, -0.2, 5, False), (-3.7, 5.1, 7, True)]
+FAKE_QUANT = [
+    (-6.0, 6.0, 8, False),
+    (-1.0, 3.0, 8, True),
+    (0.1, 2.5, 4, False),
+    (-2.3, -0.2, 5, False),
+    (-3.7, 5.1, 7, True),
+]
 
 
 def case_fake_quant_args(lo, hi, bits, narrow):
@@ -492,7 +563,9 @@ def case_fake_quant_args(lo, hi, bits, narrow):
     x = np.random.default_rng(0).uniform(-8, 8, 200).astype(np.float32)
 
     def build(tf):
-        return tf.raw_ops.FakeQuantWithMinMaxArgs(inputs=ph(tf, "x", x), min=lo, max=hi, num_bits=bits, narrow_range=narrow)
+        return tf.raw_ops.FakeQuantWithMinMaxArgs(
+            inputs=ph(tf, "x", x), min=lo, max=hi, num_bits=bits, narrow_range=narrow
+        )
 
     return case(build, {"x:0": x}, grads=True)
 
@@ -504,7 +577,10 @@ def case_fake_quant_vars(lo, hi, bits, narrow):
 
     def build(tf):
         return tf.raw_ops.FakeQuantWithMinMaxVars(
-            inputs=ph(tf, "x", x), min=ph(tf, "lo", feeds["lo:0"]), max=ph(tf, "hi", feeds["hi:0"]), num_bits=bits,
+            inputs=ph(tf, "x", x),
+            min=ph(tf, "lo", feeds["lo:0"]),
+            max=ph(tf, "hi", feeds["hi:0"]),
+            num_bits=bits,
             narrow_range=narrow,
         )
 
@@ -516,7 +592,9 @@ def test_fake_quant_per_channel():
     lo, hi = np.float32([-1, -6, 0.5]), np.float32([1, 6, 3])
 
     def build(tf):
-        return tf.raw_ops.FakeQuantWithMinMaxVarsPerChannel(inputs=ph(tf, "x", x), min=ph(tf, "lo", lo), max=ph(tf, "hi", hi))
+        return tf.raw_ops.FakeQuantWithMinMaxVarsPerChannel(
+            inputs=ph(tf, "x", x), min=ph(tf, "lo", lo), max=ph(tf, "hi", hi)
+        )
 
     compare_with_tf(build, {"x:0": x, "lo:0": lo, "hi:0": hi}, grads=True)
 
@@ -526,7 +604,10 @@ def case_dilation2d(xs, ks, stride, rate, padding):
 
     def build(tf):
         return tf.raw_ops.Dilation2D(
-            input=ph(tf, "x", x), filter=ph(tf, "f", f), strides=[1, stride, stride, 1], rates=[1, rate, rate, 1],
+            input=ph(tf, "x", x),
+            filter=ph(tf, "f", f),
+            strides=[1, stride, stride, 1],
+            rates=[1, rate, rate, 1],
             padding=padding,
         )
 
@@ -594,7 +675,13 @@ def test_max_pool_with_argmax():
 
 
 def test_bias_add():
-    shapes = [((2, 3), "NHWC"), ((2, 4, 5, 3), "NHWC"), ((2, 3, 4, 5), "NCHW"), ((2, 3, 4), "NCHW"), ((2, 3, 2, 2, 2), "NCHW")]
+    shapes = [
+        ((2, 3), "NHWC"),
+        ((2, 4, 5, 3), "NHWC"),
+        ((2, 3, 4, 5), "NCHW"),
+        ((2, 3, 4), "NCHW"),
+        ((2, 3, 2, 2, 2), "NCHW"),
+    ]
     run_cases([case_bias_add(*c) for c in shapes])
 
 
@@ -603,7 +690,12 @@ def test_fused_batch_norm_inference():
 
 
 def test_lrn():
-    run_cases([case_lrn(kw) for kw in ({}, {"depth_radius": 2, "bias": 2.0, "alpha": 0.5, "beta": 0.75}, {"depth_radius": 1})])
+    run_cases(
+        [
+            case_lrn(kw)
+            for kw in ({}, {"depth_radius": 2, "bias": 2.0, "alpha": 0.5, "beta": 0.75}, {"depth_radius": 1})
+        ]
+    )
 
 
 @pytest.mark.parametrize("op", ACTIVATIONS)
@@ -672,7 +764,9 @@ def test_unsupported_attributes_are_errors(attrs, match):
 
     def build(tf):
         xp = ph(tf, "x", x)
-        tf.raw_ops.Conv2D(input=xp, filter=tf.ones([2, 2, 2, 2]), strides=[1, 1, 1, 1], padding="SAME", name="conv")
+        tf.raw_ops.Conv2D(
+            input=xp, filter=tf.ones([2, 2, 2, 2]), strides=[1, 1, 1, 1], padding="SAME", name="conv"
+        )
         tf.raw_ops.MaxPool(input=xp, ksize=[1, 2, 2, 1], strides=[1, 1, 1, 1], padding="SAME", name="pool")
 
     for name in ("conv", "pool"):
@@ -687,8 +781,11 @@ def test_conv2d_backprop_input_spatial_sizes():
 
     def build(tf):
         return tf.raw_ops.Conv2DBackpropInput(
-            input_sizes=tf.constant([6, 5]), filter=ph(tf, "w", w), out_backprop=ph(tf, "dy", dy),
-            strides=[1, 2, 2, 1], padding="SAME",
+            input_sizes=tf.constant([6, 5]),
+            filter=ph(tf, "w", w),
+            out_backprop=ph(tf, "dy", dy),
+            strides=[1, 2, 2, 1],
+            padding="SAME",
         )
 
     compare_with_tf(build, {"dy:0": dy, "w:0": w}, grads=True, **CONV_TOL)
