@@ -35,6 +35,7 @@ import json
 import os
 import platform
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -334,10 +335,11 @@ def machine_info() -> list[str]:
 
 def render(results: dict, specs: dict, args, notes: list[str]) -> str:
     lines = ["# jaxmeta vs TensorFlow 1: benchmark results", "",
-             f"`{' '.join(['python benchmarks/run.py', *sys.argv[1:]])}`", "", *machine_info(), ""]
+             f"`{shlex.join(['python', 'benchmarks/run.py', *sys.argv[1:]])}`", "", *machine_info(), ""]
     lines += [f"- {n}" for n in notes]
     lines += ["", f"Medians of {args.repeats} runs, [min–max]; every (model, framework) in a fresh process. "
               "jaxmeta/TF < 1 means jaxmeta is faster for times, > 1 means better for GB/s and samples/s.", ""]
+    lines += summary(results)
     for model, per_fw in results.items():
         spec = specs.get(model)
         header = f"## {model}"
@@ -359,6 +361,34 @@ def render(results: dict, specs: dict, args, notes: list[str]) -> str:
                 lines.append(f"\n**{fw} error**: `{per_fw[fw].error}`")
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def summary(results: dict) -> list[str]:
+    """The issue's targets per model: jaxmeta time <= 0.8 x TF for steady inference and the train
+    step; restore >= 1 GB/s and not slower than TF."""
+    lines = ["## Summary against the targets", "",
+             "Time ratios jaxmeta/TF (target ≤ 0.8); restore in GB/s (target ≥ 1 and ≥ TF).", "",
+             "| model | latency b1 | large-batch time | train step | restore GB/s jaxmeta / TF | targets met |",
+             "|---|---:|---:|---:|---:|---|"]
+    for model, per_fw in results.items():
+        if isinstance(per_fw, str):
+            lines.append(f"| {model} | — | — | — | — | not measured |")
+            continue
+        jm, tf = per_fw["jaxmeta"], per_fw["tf"]
+        lat, thr, train = ratio(jm, tf, "latency_ms"), ratio(jm, tf, "throughput"), ratio(jm, tf, "train_step_ms")
+        thr_time = 1 / thr if thr else None
+        gb = [statistics.median(r.samples["restore_gbps"]) if r and r.samples.get("restore_gbps") else None
+              for r in (jm, tf)]
+        checks = [x is not None and x <= 0.8 for x in (lat, thr_time, train)]
+        checks.append(gb[0] is not None and gb[1] is not None and gb[0] >= 1 and gb[0] >= gb[1])
+        missed = [name for name, ok in zip(("latency", "throughput", "train", "restore"), checks) if not ok]
+
+        def show(x):
+            return "error" if x is None else f"{x:.2f}"
+
+        lines.append(f"| {model} | {show(lat)} | {show(thr_time)} | {show(train)} | "
+                     f"{show(gb[0])} / {show(gb[1])} | {'all' if not missed else 'missed: ' + ', '.join(missed)} |")
+    return [*lines, ""]
 
 
 def plot(results: dict, path: str) -> bool:

@@ -187,9 +187,9 @@ def _cell(tf, kind, units=4, name=None):
     return {"lstm": cells.LSTMCell, "gru": cells.GRUCell, "basic": cells.BasicRNNCell}[kind](units, name=name)
 
 
-def _dynamic_rnn(kind, with_lengths, time_major=False):
+def _dynamic_rnn(kind, with_lengths, time_major=False, shape=SEQ.shape):
     def build(tf):
-        x = tf.compat.v1.placeholder(tf.float32, SEQ.shape, name="x")
+        x = tf.compat.v1.placeholder(tf.float32, shape, name="x")
         inputs = tf.transpose(x, [1, 0, 2]) if time_major else x
         lengths = tf.compat.v1.placeholder(tf.int32, [2], name="len") if with_lengths else None
         out, state = tf.compat.v1.nn.dynamic_rnn(
@@ -216,6 +216,8 @@ RNN_CASES = {
     "lstm_lengths": (_dynamic_rnn("lstm", True), {"x:0": SEQ, "len:0": LENGTHS}),
     "gru_lengths": (_dynamic_rnn("gru", True), {"x:0": SEQ, "len:0": LENGTHS}),
     "bidirectional_lengths": (_bidirectional, {"x:0": SEQ, "len:0": LENGTHS}),
+    # Unknown batch and time in the graph: shapes are static once traced, so still a scan.
+    "lstm_unknown_shape": (_dynamic_rnn("lstm", True, shape=(None, None, 3)), {"x:0": SEQ, "len:0": LENGTHS}),
 }
 
 
