@@ -151,6 +151,8 @@ def worker_jaxmeta(rec: Recorder, directory: str, spec: models.ModelSpec, args) 
 
     rec.put("train_first_s", _timed(one_step, 1))
     rec.put("train_step_ms", _timed(one_step, args.repeats), 1e3)
+    if "tensorflow" in sys.modules:  # the jaxmeta process must run without TensorFlow
+        raise RuntimeError("the jaxmeta worker imported TensorFlow")
 
 
 def worker_tf(rec: Recorder, directory: str, spec: models.ModelSpec, args) -> None:

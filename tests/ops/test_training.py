@@ -160,29 +160,36 @@ def _build_update(op_type, attrs, scalars, *, sparse, indices=None, shape=(4, 3)
     return build
 
 
-@pytest.mark.parametrize("resource", [False, True], ids=["ref", "resource"])
-@pytest.mark.parametrize("case", DENSE, ids=_case_id)
+def _forms(cases, *extra):
+    """(case, resource, *extra) params; TF defines some ops only in the resource form."""
+    params = []
+    for case in cases:
+        for resource in (False, True):
+            if resource or case[0] not in RESOURCE_ONLY:
+                for more in extra or [()]:
+                    params.append(pytest.param(case, resource, *more, id="-".join(
+                        [_case_id(case), "resource" if resource else "ref", *[str(m) for m in more[2:]]])))
+    return params
+
+
+@pytest.mark.parametrize("case,resource", _forms(DENSE))
 def test_dense_apply(case, resource):
     name, attrs, scalars = case
-    if name in RESOURCE_ONLY and not resource:
-        pytest.skip(f"TF defines {name} only as a resource op")
     op_type = f"{'Resource' if resource else ''}Apply{name}"
     g0 = np.random.default_rng(1).standard_normal((4, 3)).astype(np.float32)
     run_steps(_build_update(op_type, attrs, scalars, sparse=False), {"g0:0": g0})
 
 
-@pytest.mark.parametrize("indices,fed", [([3, 0, 4], False), ([2], False), ([1, 4, 1, 1], False),
-                                         ([3, 0, 4], True), ([1, 4, 1, 1], True)],
-                         ids=["unique", "one", "duplicates", "unique-fed", "duplicates-fed"])
-@pytest.mark.parametrize("resource", [False, True], ids=["ref", "resource"])
-@pytest.mark.parametrize("case", SPARSE, ids=_case_id)
-def test_sparse_apply(case, resource, indices, fed):
+INDICES = [  # (indices, fed through a placeholder (traced), id)
+    ([3, 0, 4], False, "unique"), ([2], False, "one"), ([1, 4, 1, 1], False, "duplicates"),
+    ([3, 0, 4], True, "unique-fed"), ([1, 4, 1, 1], True, "duplicates-fed"),
+]
+
+
+@pytest.mark.parametrize("case,resource,indices,fed,_id", _forms(SPARSE, *INDICES))
+def test_sparse_apply(case, resource, indices, fed, _id):
     """TF's sparse kernels update a repeated index once per occurrence, in order."""
     name, attrs, scalars = case
-    if name in RESOURCE_ONLY and not resource:
-        pytest.skip(f"TF defines {name} only as a resource op")
-    if fed and resource and name not in ("Momentum", "Adagrad", "Ftrl"):
-        pytest.skip("fed indices: the ref form covers every op, the resource form a few")
     op_type = f"{'Resource' if resource else ''}SparseApply{name}"
     g0 = np.random.default_rng(1).standard_normal((len(indices), 3)).astype(np.float32)
     feeds = {"g0:0": g0, **({"idx:0": np.int32(indices)} if fed else {})}
