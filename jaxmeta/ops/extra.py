@@ -1,0 +1,426 @@
+"""Ops that peer converters support and no other family covers: the fused LSTM block kernels,
+XLA's own dot/convolution ops (`XlaDotV2`, `XlaConvV2`, as tf2xla/`jit_compile` graphs contain
+them), `CombinedNonMaxSuppression`, `TensorListResize`, `SparseFillEmptyRows`,
+`CTCGreedyDecoder`, and `Placeholder` (registered only so the supported-op list names it).
+
+`SparseFillEmptyRows` and `CTCGreedyDecoder` produce sparse tensors whose size depends on the
+data: they run on concrete values outside `jax.jit` and raise a `GraphError` inside it.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jaxmeta._errors import FeedError, GraphError
+from jaxmeta.ops.functional import _items, _PendingList, _PushList
+from jaxmeta.ops.image import _nms_padded
+from jaxmeta.ops.registry import register, static
+
+# -- Placeholder ----------------------------------------------------------------------------------
+
+
+@register("Placeholder", "PlaceholderV2")
+def _placeholder(node):
+    # The interpreter reports unfed placeholders before tracing; this handler exists so that the
+    # supported-op list names them, and is a last guard should a placeholder ever be evaluated.
+    def fn():
+        raise FeedError(f"placeholder {node.name!r} must be fed: pass {node.name}:0 in feeds= / feed_dict")
+
+    return fn
+
+
+# -- fused LSTM cells -----------------------------------------------------------------------------
+
+
+def _lstm_attrs(node, default_forget: float, default_clip: float) -> tuple[float, float, bool]:
+    forget = node.attr_float("forget_bias", default_forget) if node.has_attr("forget_bias") else default_forget
+    clip = node.attr_float("cell_clip", default_clip) if node.has_attr("cell_clip") else default_clip
+    return forget, clip, node.attr_bool("use_peephole", False) if node.has_attr("use_peephole") else False
+
+
+def _lstm_step(x, cs_prev, h_prev, w, wci, wcf, wco, b, *, forget, clip, peephole, ifco):
+    """One step of TF's block LSTM: returns (i, cs, f, o, ci, co, h)."""
+    gates = jnp.concatenate([x, h_prev], axis=1) @ w + b[None, :]
+    # TF's LSTMBlockCell/BlockLSTM lay the gates out i, ci, f, o; BlockLSTMV2 uses i, f, ci, o.
+    if ifco:
+        i, f, ci, o = jnp.split(gates, 4, axis=1)
+    else:
+        i, ci, f, o = jnp.split(gates, 4, axis=1)
+    if peephole:
+        i = i + wci[None, :] * cs_prev
+        f = f + wcf[None, :] * cs_prev
+    i = jax.nn.sigmoid(i)
+    f = jax.nn.sigmoid(f + jnp.asarray(forget, f.dtype))
+    ci = jnp.tanh(ci)
+    cs = ci * i + cs_prev * f
+    if clip > 0:  # TF: cell_clip <= 0 means no clipping
+        cs = jnp.clip(cs, -clip, clip)
+    if peephole:
+        o = o + wco[None, :] * cs
+    o = jax.nn.sigmoid(o)
+    co = jnp.tanh(cs)
+    return i, cs, f, o, ci, co, co * o
+
+
+@register("LSTMBlockCell")
+def _lstm_block_cell(node):
+    """One LSTM step: inputs x, cs_prev, h_prev, w, wci, wcf, wco, b; outputs i, cs, f, o, ci, co, h.
+
+    `w` is `[input + cell, 4 * cell]` with gates i, ci, f, o; `forget_bias` is added to the forget
+    gate; `cell_clip > 0` clips the cell state; `use_peephole` adds the wci/wcf/wco connections.
+    """
+    forget, clip, peephole = _lstm_attrs(node, 1.0, 3.0)
+
+    def fn(x, cs_prev, h_prev, w, wci, wcf, wco, b):
+        return _lstm_step(x, cs_prev, h_prev, w, wci, wcf, wco, b, forget=forget, clip=clip,
+                          peephole=peephole, ifco=False)
+
+    return fn
+
+
+@register("BlockLSTM", "BlockLSTMV2")
+def _block_lstm(node):
+    """The LSTM cell scanned over time: x is `[time, batch, input]`; every output is
+    `[time, batch, cell]`, zero from step `seq_len_max` on (as TF's kernel leaves them)."""
+    v2 = node.type == "BlockLSTMV2"
+    forget, clip, peephole = _lstm_attrs(node, 0.0 if v2 else 1.0, 0.0 if v2 else 3.0)
+
+    def fn(seq_len_max, x, cs_prev, h_prev, w, wci, wcf, wco, b):
+        def step(carry, xt):
+            cs, h = carry
+            outs = _lstm_step(xt, cs, h, w, wci, wcf, wco, b, forget=forget, clip=clip,
+                              peephole=peephole, ifco=v2)
+            return (outs[1], outs[6]), outs
+
+        _, outs = lax.scan(step, (cs_prev, h_prev), x)
+        live = (jnp.arange(x.shape[0]) < jnp.asarray(seq_len_max))[:, None, None]
+        return tuple(jnp.where(live, o, jnp.zeros((), o.dtype)) for o in outs)
+
+    return fn
+
+
+# -- XLA dot and convolution (attributes are serialized xla_data.proto messages) -----------------
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(data):
+            raise ValueError("truncated varint")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+
+
+def _signed(v: int) -> int:
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def _proto_ints(data: bytes) -> dict[int, list[int]]:
+    """Decodes a message of integer fields (scalar or repeated, packed or not): field -> values."""
+    fields: dict[int, list[int]] = {}
+    pos = 0
+    while pos < len(data):
+        key, pos = _varint(data, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(data, pos)
+            fields.setdefault(number, []).append(_signed(value))
+        elif wire == 2:  # a packed repeated field
+            length, pos = _varint(data, pos)
+            end = pos + length
+            if end > len(data):
+                raise ValueError("truncated field")
+            while pos < end:
+                value, pos = _varint(data, pos)
+                fields.setdefault(number, []).append(_signed(value))
+        elif wire in (1, 5):
+            pos += 8 if wire == 1 else 4
+        else:
+            raise ValueError(f"unsupported wire type {wire}")
+    return fields
+
+
+def _decode(node, name: str) -> dict[int, list[int]]:
+    try:
+        return _proto_ints(node.attr_bytes(name))
+    except ValueError as e:
+        raise GraphError(f"node {node.name!r} ({node.type}): attribute {name!r} is not a valid proto: {e}") from None
+
+
+_PRECISIONS = {0: lax.Precision.DEFAULT, 1: lax.Precision.HIGH, 2: lax.Precision.HIGHEST}
+
+
+def _precision(node):
+    """PrecisionConfig: operand_precision (field 1, DEFAULT/HIGH/HIGHEST) and algorithm (field 2)."""
+    fields = _decode(node, "precision_config")
+    if any(fields.get(2, [])):
+        raise GraphError(f"node {node.name!r} ({node.type}): precision_config.algorithm is not supported")
+    ops = fields.get(1, [])
+    if any(p not in _PRECISIONS for p in ops):
+        raise GraphError(f"node {node.name!r} ({node.type}): precision_config {ops} is not supported")
+    if not ops:
+        return None
+    if len(ops) == 1:
+        ops = ops * 2
+    return (_PRECISIONS[ops[0]], _PRECISIONS[ops[1]])
+
+
+def _preferred(node):
+    if not node.has_attr("preferred_element_type"):
+        return None
+    return jax.dtypes.canonicalize_dtype(node.attr_dtype("preferred_element_type"))
+
+
+@register("XlaDot", "XlaDotV2")
+def _xla_dot(node):
+    """XLA's DotGeneral; `dimension_numbers` is a serialized DotDimensionNumbers (fields 1-4:
+    lhs/rhs contracting, lhs/rhs batch dimensions)."""
+    fields = _decode(node, "dimension_numbers")
+    dims = ((tuple(fields.get(1, [])), tuple(fields.get(2, []))), (tuple(fields.get(3, [])), tuple(fields.get(4, []))))
+    precision = _precision(node)
+    preferred = _preferred(node)
+
+    def fn(lhs, rhs):
+        out = lax.dot_general(lhs, rhs, dims, precision=precision, preferred_element_type=preferred)
+        return out if preferred is None else out.astype(preferred)
+
+    return fn
+
+
+def _conv_numbers(node) -> lax.ConvDimensionNumbers:
+    f = _decode(node, "dimension_numbers")
+
+    def one(n):
+        return f.get(n, [0])[0]
+
+    return lax.ConvDimensionNumbers(
+        lhs_spec=(one(7), one(8), *f.get(11, [])),
+        rhs_spec=(one(4), one(3), *f.get(6, [])),
+        out_spec=(one(9), one(10), *f.get(12, [])),
+    )
+
+
+def _static_list(node, value, what: str) -> list[int]:
+    if not static(value):
+        raise GraphError(f"node {node.name!r} ({node.type}): {what} must be a constant, not computed from fed values")
+    return [int(v) for v in np.asarray(value).reshape(-1)]
+
+
+@register("XlaConv", "XlaConvV2")
+def _xla_conv(node):
+    """XLA's ConvGeneralDilated; the window inputs (strides, `[n, 2]` padding, dilations, feature
+    group count) must be constants; `dimension_numbers` is a serialized ConvolutionDimensionNumbers."""
+    dn = _conv_numbers(node)
+    precision = _precision(node)
+    preferred = _preferred(node)
+    batch_groups = node.attr_int("batch_group_count", 1) if node.has_attr("batch_group_count") else 1
+
+    def fn(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, feature_group_count):
+        pads = _static_list(node, padding, "padding")
+        out = lax.conv_general_dilated(
+            lhs, rhs,
+            window_strides=_static_list(node, window_strides, "window_strides"),
+            padding=[(pads[i], pads[i + 1]) for i in range(0, len(pads), 2)],
+            lhs_dilation=_static_list(node, lhs_dilation, "lhs_dilation"),
+            rhs_dilation=_static_list(node, rhs_dilation, "rhs_dilation"),
+            dimension_numbers=dn,
+            feature_group_count=_static_list(node, feature_group_count, "feature_group_count")[0],
+            batch_group_count=batch_groups,
+            precision=precision,
+            preferred_element_type=preferred,
+        )
+        return out if preferred is None else out.astype(preferred)
+
+    return fn
+
+
+# -- CombinedNonMaxSuppression --------------------------------------------------------------------
+
+
+@register("CombinedNonMaxSuppression")
+def _combined_nms(node):
+    """Per-class greedy NMS over a batch, merged by score (jit-able; outputs padded with zeros).
+
+    boxes `[batch, num_boxes, q, 4]` (q is 1 or num_classes), scores `[batch, num_boxes,
+    num_classes]`; `max_output_size_per_class` and `max_total_size` must be constants.
+    """
+    pad_per_class = node.attr_bool("pad_per_class", False)
+    clip_boxes = node.attr_bool("clip_boxes", True)
+
+    def fn(boxes, scores, max_per_class, max_total, iou_threshold, score_threshold):
+        per_class = _static_list(node, max_per_class, "max_output_size_per_class")[0]
+        total = _static_list(node, max_total, "max_total_size")[0]
+        batch, n, q, _ = boxes.shape
+        classes = scores.shape[2]
+        k = min(per_class, n)
+        out_size = min(total, per_class * classes) if pad_per_class else total
+        boxes = jnp.asarray(boxes, jnp.float32)
+        scores = jnp.asarray(scores, jnp.float32)
+
+        def one_class(b, s):  # b [n, 4], s [n]
+            return _nms_padded(b, s, k, iou_threshold, score_threshold)
+
+        def one_image(b, s):  # b [n, q, 4], s [n, classes]
+            cls_boxes = jnp.broadcast_to(jnp.moveaxis(b, 1, 0), (classes, n, 4)) if q == 1 else jnp.moveaxis(b, 1, 0)
+            idx, sel, count = jax.vmap(one_class)(cls_boxes, s.T)  # [classes, k]
+            valid = jnp.arange(k)[None, :] < count[:, None]
+            cand_scores = jnp.where(valid, sel, -jnp.inf).reshape(-1)
+            cand_boxes = jnp.take_along_axis(cls_boxes, idx[:, :, None], axis=1).reshape(-1, 4)
+            cand_class = jnp.broadcast_to(jnp.arange(classes, dtype=jnp.float32)[:, None], (classes, k)).reshape(-1)
+            # Merge: by score, descending (ties keep class order, then selection order).
+            order = jnp.argsort(-cand_scores, stable=True)
+            m = min(out_size, order.shape[0])
+            order = order[:m]
+            n_valid = jnp.minimum(jnp.sum(count), out_size).astype(jnp.int32)
+            keep = jnp.arange(m) < n_valid
+            out_boxes = jnp.where(keep[:, None], cand_boxes[order], 0.0)
+            if clip_boxes:
+                out_boxes = jnp.clip(out_boxes, 0.0, 1.0)
+            out_scores = jnp.where(keep, cand_scores[order], 0.0)
+            out_class = jnp.where(keep, cand_class[order], 0.0)
+            pad = out_size - m
+            if pad:
+                out_boxes = jnp.pad(out_boxes, ((0, pad), (0, 0)))
+                out_scores, out_class = jnp.pad(out_scores, (0, pad)), jnp.pad(out_class, (0, pad))
+            return out_boxes, out_scores, out_class, n_valid
+
+        if batch == 0 or classes == 0 or k == 0:
+            z = jnp.zeros((batch, out_size), jnp.float32)
+            return jnp.zeros((batch, out_size, 4), jnp.float32), z, z, jnp.zeros((batch,), jnp.int32)
+        return jax.vmap(one_image)(boxes, scores)
+
+    return fn
+
+
+# -- TensorListResize -----------------------------------------------------------------------------
+
+
+@register("TensorListResize")
+def _list_resize(node):
+    """Truncates a TensorList or pads it with zero elements to `size` (which must be a constant)."""
+
+    def fn(items, size):
+        size = _static_list(node, size, "size")[0]
+        if size < 0:
+            raise GraphError(f"node {node.name!r} (TensorListResize): size {size} is negative")
+        if isinstance(items, _PendingList):
+            return _PendingList(size, items.dtype, items.push)
+        if isinstance(items, _PushList):
+            buffer = items.buffer
+            live = jnp.arange(buffer.shape[0]) < jnp.minimum(items.count, size)
+            buffer = jnp.where(live.reshape(-1, *[1] * (buffer.ndim - 1)), buffer, jnp.zeros((), buffer.dtype))
+            if size > buffer.shape[0]:
+                buffer = jnp.pad(buffer, [(0, size - buffer.shape[0])] + [(0, 0)] * (buffer.ndim - 1))
+            return _PushList(buffer, jnp.int32(size))
+        items = _items(items)
+        if size <= items.shape[0]:
+            return items[:size]
+        return jnp.pad(items, [(0, size - items.shape[0])] + [(0, 0)] * (items.ndim - 1))
+
+    return fn
+
+
+# -- sparse outputs of data-dependent size --------------------------------------------------------
+
+
+def _concrete(node, what: str, *xs) -> list[np.ndarray]:
+    """NumPy values of concrete inputs; a `GraphError` under jit (the output size depends on them)."""
+    if any(isinstance(x, jax.core.Tracer) for x in xs):
+        raise GraphError(
+            f"node {node.name!r} ({node.type}): the size of its outputs depends on the values of {what}, "
+            "so it cannot run under jax.jit with those values traced; make them constants in the graph "
+            "or call the function without jit"
+        )
+    return [np.asarray(x) for x in xs]
+
+
+@register("SparseFillEmptyRows")
+def _sparse_fill_empty_rows(node):
+    """Adds `[row, 0, ...]` with `default_value` for every empty row of a sparse tensor.
+
+    Outputs (TF's order: by row, input order within a row, the filled entry for an empty row):
+    output_indices, output_values, empty_row_indicator, reverse_index_map. The indices and
+    dense_shape must be concrete (constants, or any value outside jit); values may be traced.
+    """
+
+    def fn(indices, values, dense_shape, default_value):
+        indices, dense_shape = _concrete(node, "indices and dense_shape", indices, dense_shape)
+        index_dtype = jax.dtypes.canonicalize_dtype(indices.dtype)
+        rows = int(dense_shape[0]) if dense_shape.size else 0
+        n, rank = indices.shape
+        row_of = indices[:, 0].astype(np.int64) if n else np.zeros((0,), np.int64)
+        if n and (row_of.min() < 0 or row_of.max() >= rows):
+            raise GraphError(f"node {node.name!r} (SparseFillEmptyRows): an index row is outside [0, {rows})")
+        counts = np.bincount(row_of, minlength=rows)
+        empty = counts == 0
+        per_row = np.maximum(counts, 1)
+        start = np.concatenate([[0], np.cumsum(per_row)[:-1]]).astype(np.int64)
+        # Entries keep their input order within a row (a stable sort by row).
+        order = np.argsort(row_of, kind="stable")
+        reverse = np.empty((n,), np.int64)
+        rank_in_row = np.arange(n) - np.concatenate([[0], np.cumsum(counts)[:-1]])[row_of[order]] if n else order
+        reverse[order] = start[row_of[order]] + rank_in_row
+        total = int(per_row.sum()) if rows else 0
+        out_indices = np.zeros((total, rank), indices.dtype)
+        out_indices[reverse] = indices
+        empty_rows = np.nonzero(empty)[0]
+        out_indices[start[empty_rows], 0] = empty_rows
+        # Values: a gather (so gradients reach values and default_value), -1 marks the default.
+        source = np.full((total,), -1, np.int64)
+        source[reverse] = np.arange(n)
+        values = jnp.asarray(values)
+        default = jnp.asarray(default_value, values.dtype)
+        gathered = values[np.maximum(source, 0)] if n else jnp.zeros((total,), values.dtype)
+        out_values = jnp.where(source >= 0, gathered, default)
+        if static(values, default_value):
+            out_values = np.asarray(out_values)
+        return (out_indices.astype(index_dtype), out_values, empty,
+                reverse.astype(index_dtype))
+
+    return fn
+
+
+@register("CTCGreedyDecoder")
+def _ctc_greedy_decoder(node):
+    """Best-path CTC decoding of `[time, batch, classes]` logits: the arg-max class per step,
+    repeats merged (`merge_repeated`), blanks (`blank_index`, -1: the last class) dropped.
+
+    Outputs decoded_indices, decoded_values, decoded_shape (a sparse tensor of data-dependent
+    size: concrete inputs only, a `GraphError` under jit) and log_probability `[batch, 1]`, the
+    negative sum of each step's maximum logit.
+    """
+    merge = node.attr_bool("merge_repeated", False)
+    blank_attr = node.attr_int("blank_index", -1) if node.has_attr("blank_index") else -1
+
+    def fn(inputs, sequence_length):
+        inputs, sequence_length = _concrete(node, "inputs and sequence_length", inputs, sequence_length)
+        time, batch, classes = inputs.shape
+        blank = blank_attr if blank_attr >= 0 else classes + blank_attr
+        best = np.argmax(inputs, axis=2)  # ties: the lowest class
+        steps = np.arange(time)[:, None] < sequence_length[None, :].astype(np.int64)
+        log_prob = -np.sum(np.where(steps, np.max(inputs, axis=2), 0), axis=0, dtype=inputs.dtype)
+        decoded: list[list[int]] = []
+        for b in range(batch):
+            labels, prev = [], -1
+            for t in range(int(min(sequence_length[b], time))):
+                c = int(best[t, b])
+                if c != blank and not (merge and c == prev):
+                    labels.append(c)
+                prev = c
+            decoded.append(labels)
+        idx = [(b, j) for b, labels in enumerate(decoded) for j in range(len(labels))]
+        indices = np.asarray(idx, np.int64).reshape(-1, 2)
+        values = np.asarray([v for labels in decoded for v in labels], np.int64)
+        shape = np.asarray([batch, max((len(lab) for lab in decoded), default=0)], np.int64)
+        i64 = jax.dtypes.canonicalize_dtype(np.int64)
+        return (indices.astype(i64), values.astype(i64), shape.astype(i64),
+                log_prob.astype(jax.dtypes.canonicalize_dtype(inputs.dtype))[:, None])
+
+    return fn
