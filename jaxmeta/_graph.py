@@ -196,7 +196,14 @@ class Node:
         return [_tensor_util.shape_from_proto(s) for s in attr.list.shape]
 
     def __repr__(self) -> str:
-        return f"<Node {self.name!r} type={self.type}>"
+        from jaxmeta._repr import node_repr
+
+        return node_repr(self)
+
+    def _repr_html_(self) -> str:
+        from jaxmeta._repr import node_html
+
+        return node_html(self)
 
 
 _REQUIRED = object()
@@ -275,8 +282,14 @@ class Tensor:
         return hash((id(self.graph), self.ref))
 
     def __repr__(self) -> str:
-        dtype = self.dtype
-        return f"<Tensor {self.name!r}" + (f" dtype={dtype}" if dtype else "") + ">"
+        from jaxmeta._repr import tensor_repr
+
+        return tensor_repr(self)
+
+    def _repr_html_(self) -> str:
+        from jaxmeta._repr import tensor_html
+
+        return tensor_html(self)
 
 
 @dataclasses.dataclass
@@ -592,10 +605,14 @@ class Graph:
         return self._saver
 
     def __repr__(self) -> str:
-        return (
-            f"<jaxmeta.Graph {len(self.nodes)} nodes, {len(self.global_variables())} variables, "
-            f"{len(self.collections)} collections>"
-        )
+        from jaxmeta._repr import graph_repr
+
+        return graph_repr(self)
+
+    def _repr_html_(self) -> str:
+        from jaxmeta._repr import graph_html
+
+        return graph_html(self)
 
 
 VARIABLE_OPS = frozenset({"VariableV2", "Variable", "VarHandleOp", "TemporaryVariable"})

@@ -75,4 +75,11 @@ class Session:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<jaxmeta.Session {len(self.variables)} variables, {len(self._cache)} compiled signatures>"
+        from jaxmeta._repr import session_repr
+
+        return session_repr(self)
+
+    def _repr_html_(self) -> str:
+        from jaxmeta._repr import session_html
+
+        return session_html(self)

@@ -32,10 +32,29 @@ def get_tf():
     global _TF
     if _TF is None:
         tf = pytest.importorskip("tensorflow")
+        _alias_legacy_layers()
         tf.compat.v1.disable_control_flow_v2()
         tf.get_logger().setLevel("ERROR")
         _TF = tf
     return _TF
+
+
+def _alias_legacy_layers() -> None:
+    """tf_slim's layers make TF 2.21 load `tf_keras.legacy_tf_layers.*`, which tf_keras 2.21 ships
+    as `tf_keras.src.legacy_tf_layers.*` only: alias the modules when they are missing."""
+    import importlib
+    import sys
+
+    try:
+        importlib.import_module("tf_keras.legacy_tf_layers.normalization")
+    except ImportError:
+        for sub in ("", ".base", ".convolutional", ".core", ".normalization", ".pooling"):
+            try:
+                sys.modules["tf_keras.legacy_tf_layers" + sub] = importlib.import_module(
+                    "tf_keras.src.legacy_tf_layers" + sub
+                )
+            except ImportError:
+                return
 
 
 @dataclasses.dataclass

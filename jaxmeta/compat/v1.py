@@ -12,6 +12,8 @@ from __future__ import annotations
 import types
 from typing import Any
 
+import numpy as np
+
 from jaxmeta import _session
 from jaxmeta._graph import Graph
 
@@ -97,14 +99,17 @@ class Session(_session.Session):
         super().__init__(graph if graph is not None else _default_graph, seed=seed)
         self._graph_size = len(self.graph)
 
-    def run(self, fetches: Any, feed_dict: dict[Any, Any] | None = None, options: Any = None, run_metadata: Any = None):
+    def run(
+        self,
+        fetches: Any,
+        feed_dict: dict[Any, Any] | None = None,
+        options: Any = None,
+        run_metadata: Any = None,
+    ):
         if len(self.graph) != self._graph_size:
             self._cache.clear()
             self._graph_size = len(self.graph)
         return super().run(fetches, feed_dict)
-
-
-InteractiveSession = Session
 
 
 class Saver:
@@ -114,20 +119,66 @@ class Saver:
     save/restore subgraph is not rebuilt, since jaxmeta runs the graph TF wrote.
     """
 
-    def __init__(self, var_list: Any = None, max_to_keep: int = 5, *, saver_def: Any = None, graph: Graph | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        var_list: Any = None,
+        max_to_keep: int = 5,
+        *,
+        saver_def: Any = None,
+        graph: Graph | None = None,
+        _missing_saver_def: bool = False,
+        **kwargs: Any,
+    ):
         from jaxmeta._saver import Saver as NativeSaver
 
+        if var_list is not None:
+            raise _unsupported(
+                "train.Saver(var_list=...)",
+                "a Saver over chosen variables needs new save/restore ops; use the graph's own saver, or "
+                "read and write tensors with jaxmeta.CheckpointReader / jaxmeta.checkpoint",
+            )
         self._graph = graph if graph is not None else _default_graph
-        self._native = NativeSaver(self._graph, saver_def if saver_def is not None else self._graph.saver_def)
+        self._native = None
+        if not _missing_saver_def:
+            source = saver_def if saver_def is not None else self._graph.saver_def
+            if source is not None and max_to_keep != 5:
+                source = type(source).FromString(source.SerializeToString())  # not the graph's own
+                source.max_to_keep = max_to_keep
+            self._native = NativeSaver(self._graph, source)
         self._max_to_keep = max_to_keep
+
+    def _saver(self):
+        if self._native is None:
+            raise _unsupported(
+                "a Saver for a MetaGraphDef without a SaverDef",
+                "TF would build new save/restore ops; export the MetaGraphDef with its saver "
+                "(tf.compat.v1.train.Saver().export_meta_graph) or read the checkpoint with "
+                "jaxmeta.CheckpointReader",
+            )
+        return self._native
 
     @property
     def saver_def(self):
-        return self._native.saver_def
+        return self._saver().saver_def
 
     def restore(self, sess: Session, save_path: str) -> None:
-        """Restores the checkpoint's variables into the session."""
-        sess.variables = self._native.restore(save_path, variables=sess.variables)
+        """Restores the checkpoint's variables into the session (as TF, returns None)."""
+        if save_path is None:
+            raise ValueError("Can't load save_path when it is None.")
+        sess.variables = self._saver().restore(save_path, variables=sess.variables)
+
+    def export_meta_graph(
+        self, filename: str | None = None, collection_list: Any = None, as_text: bool = False, **kwargs
+    ):
+        """Writes the graph with this saver's SaverDef, as `Saver.export_meta_graph`."""
+        return _export_meta_graph(
+            filename,
+            collection_list=collection_list,
+            as_text=as_text,
+            graph=self._graph,
+            saver_def=self.saver_def,
+            **kwargs,
+        )
 
     def save(
         self,
@@ -139,31 +190,62 @@ class Saver:
         write_meta_graph: bool = True,
         **kwargs: Any,
     ) -> str:
-        """Saves the session's variables; returns the checkpoint prefix (as TF does)."""
-        if global_step is not None and not isinstance(global_step, (int,)):
-            global_step = int(sess.run(global_step) if isinstance(global_step, str) else global_step)
-        return self._native.save(
+        """Saves the session's variables; returns the checkpoint prefix (as TF does).
+
+        `global_step` may be an int, an array, or a tensor (name, handle or Variable) whose value
+        the session computes, as TF's `training_util.global_step(sess, global_step)`.
+        """
+        if global_step is not None and not isinstance(global_step, int):
+            if isinstance(global_step, str) or hasattr(global_step, "graph"):
+                if isinstance(global_step, str) and ":" not in global_step:
+                    global_step += ":0"  # TF accepts the variable's op name too
+                global_step = sess.run(global_step)
+            global_step = int(np.asarray(global_step))
+        default_suffix = meta_graph_suffix == "meta"
+        prefix = self._saver().save(
             sess.variables,
             save_path,
             global_step=global_step,
             latest_filename=latest_filename or "checkpoint",
-            write_meta_graph=write_meta_graph,
+            write_meta_graph=write_meta_graph and default_suffix,
         )
+        if write_meta_graph and not default_suffix:
+            self._graph.export_meta_graph(f"{prefix}.{meta_graph_suffix}", saver_def=self.saver_def)
+        return prefix
 
 
-def _import_meta_graph(meta_graph_or_file: Any, clear_devices: bool = False, import_scope: str | None = None, **kwargs: Any):
-    """Imports into the default graph; returns a Saver, or None when there are no variables."""
+InteractiveSession = Session
+
+
+def _import_meta_graph(
+    meta_graph_or_file: Any, clear_devices: bool = False, import_scope: str | None = None, **kwargs: Any
+):
+    """Imports into the default graph, as `tf.compat.v1.train.import_meta_graph`.
+
+    Returns:
+        A `Saver` over the imported MetaGraphDef's SaverDef (names under `import_scope`); when the
+        MetaGraphDef has no SaverDef, a `Saver` if it has variables (whose restore/save explain
+        what is missing), else None — TF's rule.
+    """
     from jaxmeta._import import import_meta_graph
 
-    before = len(_default_graph.global_variables())
-    graph = import_meta_graph(
-        meta_graph_or_file, clear_devices=clear_devices, import_scope=import_scope, graph=_default_graph, **kwargs
-    )
-    if len(graph.global_variables()) == before and not graph.variable_nodes():
-        return None
-    if graph.saver_def is None:
-        return None
-    return Saver(graph=graph)
+    graph = _default_graph
+    previous = graph.saver_def
+    before = {v.op_name for v in graph.global_variables()} | {n.name for n in graph.variable_nodes()}
+    graph.saver_def = None  # capture this import's (scoped) SaverDef, not an earlier one
+    try:
+        import_meta_graph(
+            meta_graph_or_file, clear_devices=clear_devices, import_scope=import_scope, graph=graph, **kwargs
+        )
+        imported = graph.saver_def
+    finally:
+        graph.saver_def = previous if previous is not None else graph.saver_def
+    if imported is not None:
+        return Saver(saver_def=imported, graph=graph)
+    after = {v.op_name for v in graph.global_variables()} | {n.name for n in graph.variable_nodes()}
+    if after - before:
+        return Saver(graph=graph, _missing_saver_def=True)
+    return None
 
 
 def _export_meta_graph(
@@ -196,13 +278,21 @@ def _export_meta_graph(
 def _latest_checkpoint(checkpoint_dir: str, latest_filename: str | None = None):
     from jaxmeta.checkpoint import latest_checkpoint
 
-    return latest_checkpoint(checkpoint_dir, latest_filename) if latest_filename else latest_checkpoint(checkpoint_dir)
+    return (
+        latest_checkpoint(checkpoint_dir, latest_filename)
+        if latest_filename
+        else latest_checkpoint(checkpoint_dir)
+    )
 
 
 def _get_checkpoint_state(checkpoint_dir: str, latest_filename: str | None = None):
     from jaxmeta.checkpoint import get_checkpoint_state
 
-    return get_checkpoint_state(checkpoint_dir, latest_filename) if latest_filename else get_checkpoint_state(checkpoint_dir)
+    return (
+        get_checkpoint_state(checkpoint_dir, latest_filename)
+        if latest_filename
+        else get_checkpoint_state(checkpoint_dir)
+    )
 
 
 train = types.SimpleNamespace(
@@ -213,3 +303,31 @@ train = types.SimpleNamespace(
     get_checkpoint_state=_get_checkpoint_state,
 )
 train.__doc__ = "The `tf.compat.v1.train` functions jaxmeta provides."
+
+
+class UnsupportedTFAPIError(NotImplementedError, AttributeError):
+    """A TF1 API that would build new TF ops: jaxmeta runs imported graphs, it does not grow them.
+
+    (An AttributeError too, so `hasattr(tf, "matmul")` is False.)
+    """
+
+
+_JAX_WAY = (
+    "jaxmeta runs the graph a MetaGraphDef describes and does not build new TF ops. Extend an imported "
+    "graph in JAX instead: `f = tf.get_default_graph().function(fetches, feeds)` is a pure "
+    "`f(variables, *feed_values)` to compose with jax.numpy (new layers), jax.grad and optax (new "
+    "losses and optimizers); `sess.variables` holds the current variables."
+)
+
+
+def _unsupported(what: str, hint: str = "") -> UnsupportedTFAPIError:
+    return UnsupportedTFAPIError(
+        f"jaxmeta.compat.v1 does not provide {what}: {hint + '. ' if hint else ''}{_JAX_WAY}"
+    )
+
+
+def __getattr__(name: str) -> Any:
+    # Module attribute fallback (PEP 562): any TF1 symbol not emulated here names itself and the JAX way.
+    if name.startswith("__"):
+        raise AttributeError(name)
+    raise _unsupported(f"tf.{name}")

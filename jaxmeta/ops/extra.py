@@ -36,9 +36,9 @@ def _placeholder(node):
 
 
 def _lstm_attrs(node, default_forget: float, default_clip: float) -> tuple[float, float, bool]:
-    forget = node.attr_float("forget_bias", default_forget) if node.has_attr("forget_bias") else default_forget
-    clip = node.attr_float("cell_clip", default_clip) if node.has_attr("cell_clip") else default_clip
-    return forget, clip, node.attr_bool("use_peephole", False) if node.has_attr("use_peephole") else False
+    """(forget_bias, cell_clip, use_peephole); BlockLSTMV2 has no forget_bias (it is 0)."""
+    forget = node.attr_float("forget_bias", default_forget) if node.type != "BlockLSTMV2" else 0.0
+    return forget, node.attr_float("cell_clip", default_clip), node.attr_bool("use_peephole", False)
 
 
 def _lstm_step(x, cs_prev, h_prev, w, wci, wcf, wco, b, *, forget, clip, peephole, ifco):
@@ -84,7 +84,8 @@ def _lstm_block_cell(node):
 @register("BlockLSTM", "BlockLSTMV2")
 def _block_lstm(node):
     """The LSTM cell scanned over time: x is `[time, batch, input]`; every output is
-    `[time, batch, cell]`, zero from step `seq_len_max` on (as TF's kernel leaves them)."""
+    `[time, batch, cell]`, zero from step `seq_len_max` on (TF zeroes cs and h there and leaves
+    the gate outputs unset)."""
     v2 = node.type == "BlockLSTMV2"
     forget, clip, peephole = _lstm_attrs(node, 0.0 if v2 else 1.0, 0.0 if v2 else 3.0)
 
@@ -220,7 +221,7 @@ def _xla_conv(node):
     dn = _conv_numbers(node)
     precision = _precision(node)
     preferred = _preferred(node)
-    batch_groups = node.attr_int("batch_group_count", 1) if node.has_attr("batch_group_count") else 1
+    batch_groups = node.attr_int("batch_group_count", 1)
 
     def fn(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, feature_group_count):
         pads = _static_list(node, padding, "padding")
@@ -313,12 +314,10 @@ def _list_resize(node):
         if isinstance(items, _PendingList):
             return _PendingList(size, items.dtype, items.push)
         if isinstance(items, _PushList):
+            # The result has exactly `size` elements: a fixed-size list (pushing onto it raises).
             buffer = items.buffer
             live = jnp.arange(buffer.shape[0]) < jnp.minimum(items.count, size)
-            buffer = jnp.where(live.reshape(-1, *[1] * (buffer.ndim - 1)), buffer, jnp.zeros((), buffer.dtype))
-            if size > buffer.shape[0]:
-                buffer = jnp.pad(buffer, [(0, size - buffer.shape[0])] + [(0, 0)] * (buffer.ndim - 1))
-            return _PushList(buffer, jnp.int32(size))
+            items = jnp.where(live.reshape(-1, *[1] * (buffer.ndim - 1)), buffer, jnp.zeros((), buffer.dtype))
         items = _items(items)
         if size <= items.shape[0]:
             return items[:size]
@@ -335,8 +334,8 @@ def _concrete(node, what: str, *xs) -> list[np.ndarray]:
     if any(isinstance(x, jax.core.Tracer) for x in xs):
         raise GraphError(
             f"node {node.name!r} ({node.type}): the size of its outputs depends on the values of {what}, "
-            "so it cannot run under jax.jit with those values traced; make them constants in the graph "
-            "or call the function without jit"
+            "so it cannot run under jax.jit (or another transformation) with those values traced; make "
+            "them constants in the graph or call the function without jit"
         )
     return [np.asarray(x) for x in xs]
 
@@ -360,14 +359,15 @@ def _sparse_fill_empty_rows(node):
             raise GraphError(f"node {node.name!r} (SparseFillEmptyRows): an index row is outside [0, {rows})")
         counts = np.bincount(row_of, minlength=rows)
         empty = counts == 0
-        per_row = np.maximum(counts, 1)
-        start = np.concatenate([[0], np.cumsum(per_row)[:-1]]).astype(np.int64)
+        per_row = np.maximum(counts, 1)  # an empty row gets one (default) entry
+        start = np.cumsum(per_row) - per_row  # each row's first output position
         # Entries keep their input order within a row (a stable sort by row).
         order = np.argsort(row_of, kind="stable")
+        sorted_rows = row_of[order]
+        rank_in_row = np.arange(n) - (np.cumsum(counts) - counts)[sorted_rows]
         reverse = np.empty((n,), np.int64)
-        rank_in_row = np.arange(n) - np.concatenate([[0], np.cumsum(counts)[:-1]])[row_of[order]] if n else order
-        reverse[order] = start[row_of[order]] + rank_in_row
-        total = int(per_row.sum()) if rows else 0
+        reverse[order] = start[sorted_rows] + rank_in_row
+        total = int(per_row.sum())
         out_indices = np.zeros((total, rank), indices.dtype)
         out_indices[reverse] = indices
         empty_rows = np.nonzero(empty)[0]
@@ -397,7 +397,7 @@ def _ctc_greedy_decoder(node):
     negative sum of each step's maximum logit.
     """
     merge = node.attr_bool("merge_repeated", False)
-    blank_attr = node.attr_int("blank_index", -1) if node.has_attr("blank_index") else -1
+    blank_attr = node.attr_int("blank_index", -1)
 
     def fn(inputs, sequence_length):
         inputs, sequence_length = _concrete(node, "inputs and sequence_length", inputs, sequence_length)
