@@ -177,6 +177,20 @@ def test_xla_dot_int8_to_int32():
     compare_with_tf(build, {"a:0": lhs, "b:0": rhs})
 
 
+def test_xla_dot_unsupported_precision_algorithm():
+    xla, pb = _xla()
+    dn = pb.DotDimensionNumbers(lhs_contracting_dimensions=[1], rhs_contracting_dimensions=[0]).SerializeToString()
+    pc = pb.PrecisionConfig(algorithm=pb.PrecisionConfig.ALG_DOT_F32_F32_F32).SerializeToString()
+    a = randn(2, 3)
+
+    def build(tf):
+        return xla.xla_dot_v2(ph(tf, "a", a), tf.ones([3, 2]), dn, pc, preferred_element_type=tf.float32)
+
+    run = run_tf(build, {"a:0": a})
+    with pytest.raises(jaxmeta.GraphError, match="algorithm"):
+        run.graph.function(run.fetch_names, feeds=["a:0"])({}, a)
+
+
 def test_proto_decoder_unpacked_and_negative():
     from jaxmeta.ops.extra import _proto_ints
 
