@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # (a) The graph's own training op, as TF1 would run it.
     train = jax.jit(graph.step(loss, feeds=feeds, targets=[train_op]), donate_argnums=0)
-    tf_vars = dict(variables)
+    tf_vars = jax.tree.map(jnp.copy, variables)  # donated below: keep `variables` for the optax run
     for i, (x, y) in enumerate(batches(args.steps)):
         loss_value, tf_vars = train(tf_vars, x, y)
         if i % 5 == 0 or i == args.steps - 1:
