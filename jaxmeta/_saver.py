@@ -152,7 +152,7 @@ class Saver:
             prefix = found
         with CheckpointReader(prefix) as reader:
             arrays = self._read(reader, partial, progress)
-        restored = {name: _to_device(value, name) for name, value in arrays.items()}
+        restored = _all_to_device(arrays)
         out = dict(variables or {})
         out.update(restored)
         if sess is not None:
@@ -326,9 +326,35 @@ def _delete_checkpoint(prefix: str) -> None:
             pass
 
 
+def _all_to_device(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Every value as a jax.Array (string variables stay NumPy object arrays), in ONE transfer.
+
+    A single batched `jax.device_put` of the list costs about what one call per variable costs
+    for one variable; per-variable calls made small checkpoints restore several times slower
+    than TF.
+    """
+    out: dict[str, Any] = {}
+    names, values = [], []
+    for name, value in arrays.items():
+        if value.dtype == object:
+            out[name] = value
+            continue
+        names.append(name)
+        values.append(_canonical(value, name))
+    for name, array in zip(names, jax.device_put(values)):
+        out[name] = array
+    return {name: out[name] for name in arrays}  # the checkpoint's order, as before
+
+
 def _to_device(value: np.ndarray, name: str) -> Any:
+    """One value as a jax.Array (a string variable stays a NumPy object array)."""
     if value.dtype == object:
         return value
+    return jax.device_put(_canonical(value, name))
+
+
+def _canonical(value: np.ndarray, name: str) -> np.ndarray:
+    """`value` in the dtype JAX will hold it as (a copy only when the dtype changes)."""
     target = jax.dtypes.canonicalize_dtype(value.dtype)
     if target != value.dtype:
         if value.dtype.kind in "iu" and value.size:
@@ -339,7 +365,7 @@ def _to_device(value: np.ndarray, name: str) -> Any:
                     "with x64 off; enable it with jax.config.update('jax_enable_x64', True)"
                 )
         value = value.astype(target)
-    return jax.device_put(value)
+    return value
 
 
 # --- reading the saver subgraphs ---------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import pathlib
+import subprocess
 import sys
 
 import pytest
@@ -43,9 +44,12 @@ TF_CHECKPOINT_MODULES = [
 
 def test_generated_modules_match_protos(tmp_path):
     pytest.importorskip("grpc_tools", reason="regenerating needs grpcio-tools (test extra)")
-    import generate_protos
-
-    generate_protos.generate(tmp_path)
+    # protoc runs in its own process: in-process it can crash once TensorFlow's protobuf
+    # runtime is loaded (xdist workers share a process across test files).
+    subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "generate_protos.py"), str(tmp_path)],
+        check=True, capture_output=True, timeout=120,
+    )
     for name in MODULES:
         fresh = (tmp_path / "jaxmeta" / "proto" / f"{name}.py").read_text()
         shipped = (ROOT / "jaxmeta" / "proto" / f"{name}.py").read_text()

@@ -314,12 +314,13 @@ class _WhileLoop:
 
         def body(carry, record=None):
             i, vals, state, variables = carry
-            sub = ctx.for_iteration(i, bound, {**ctx.variables, **variables}, {**ctx.state, **state})
+            before = {**ctx.state, **state}
+            sub = ctx.for_iteration(i, bound, {**ctx.variables, **variables}, before)
             env = self._env(consts, {**fixed, **dict(zip(carried, vals))})
             run_steps(self.body_steps, sub, env, self.fed)
             new = tuple(_like(env[self.nexts[j]], old) for j, old in zip(carried, vals))
             if record is not None:  # the shape probe: which state the body touches
-                record["state"] = [k for k, v in sub.state.items() if v is not ctx.state.get(k, _MISSING)]
+                record["state"] = [k for k, v in sub.state.items() if v is not before.get(k, _MISSING)]
                 record["variables"] = sorted(sub.assigned)
                 return i + 1, new, {k: sub.state[k] for k in record["state"]}, {
                     k: sub.variables[k] for k in record["variables"]
@@ -337,9 +338,12 @@ class _WhileLoop:
         if self.stateful or self.assigns:
             # Trace the body once for shapes only: which state it touches, and the shapes of
             # TensorArrays/stacks it creates (their element shape may come from the first write).
+            # The probe gets the carry and all state as traced arguments, as the loop will: a stack
+            # it finds pushed only static values (`_StackState.const`) then stays so in the loop.
             record: dict = {}
-            shapes = jax.eval_shape(lambda: body(init, record))
-            state = {k: _zeros_if_pending(ctx.state.get(k), shapes[2][k]) for k in record["state"]}
+            known = {k: v for k, v in ctx.state.items() if v is not None}
+            shapes = jax.eval_shape(lambda c: body(c, record), (*init[:2], known, {}))
+            state = {k: _conform(ctx.state.get(k), shapes[2][k]) for k in record["state"]}
             variables = {k: ctx.variables.get(k, None) for k in record["variables"]}
             variables = {k: v if v is not None else _zeros(shapes[3][k]) for k, v in variables.items()}
             init = (init[0], init[1], state, {k: jnp.asarray(v) for k, v in variables.items()})
@@ -393,8 +397,14 @@ def _zeros(shape_struct: Any) -> Any:
     return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shape_struct)
 
 
-def _zeros_if_pending(value: Any, shape_struct: Any) -> Any:
-    return _zeros(shape_struct) if value is None else value
+def _conform(value: Any, shape_struct: Any) -> Any:
+    """A loop's initial state: zeros when pending; a stack's static value dropped when the probe
+    found the loop body pushes other values."""
+    if value is None:
+        return _zeros(shape_struct)
+    if isinstance(value, _StackState) and value.const != shape_struct.const:
+        return dataclasses.replace(value, const=None)
+    return value
 
 
 def _stateful(step: _Step) -> bool:
@@ -554,6 +564,14 @@ def _select(live: Any, a: Any, b: Any) -> Any:
     return jnp.where(live, a, b)
 
 
+def _select_state(live: Any, new: Any, old: Any) -> Any:
+    if static(live):
+        return new if bool(live) else old
+    if isinstance(new, _StackState) and isinstance(old, _StackState) and new.const != old.const:
+        new, old = dataclasses.replace(new, const=None), dataclasses.replace(old, const=None)
+    return jax.tree_util.tree_map(lambda a, b: _select(live, a, b), new, old)
+
+
 def _select_merge(step: _Step, extras: list) -> None:
     n = len(step.inputs)
     pred_refs = sorted({r for e in extras for r, _ in e})
@@ -586,7 +604,7 @@ def _guard(step: _Step, literals: frozenset) -> None:
             for k, v in list(store.items()):
                 old = before.get(k)
                 if old is not None and v is not old:
-                    store[k] = jax.tree_util.tree_map(lambda a, b: _select(live, a, b), v, old)
+                    store[k] = _select_state(live, v, old)
         return out
 
     step.inputs = (*step.inputs, *pred_refs)
@@ -787,6 +805,44 @@ class StackHandle:
     max_size: int | None
 
 
+class _Const:
+    """A static NumPy value as hashable, comparable pytree aux data."""
+
+    def __init__(self, value: np.ndarray):
+        self.value = value
+        self._key = (value.dtype.str, value.shape, value.tobytes())
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Const) and self._key == other._key
+
+    def __hash__(self) -> int:
+        return hash(self._key)
+
+
+@jax.tree_util.register_pytree_node_class
+@dataclasses.dataclass(frozen=True)
+class _StackState:
+    """A stack's contents: `buf[:top]`, and `const` when every push was the same static value.
+
+    TF's gradient loops push the forward loop's `Shape` values (unknown dims in the graph) and pop
+    them for `BroadcastGradientArgs`/`Reshape`, which need them static. Under JAX shapes are static
+    and the same every iteration, so a stack that only ever received one static value pops it as
+    NumPy. `const` is pytree aux data, so a loop carrying the stack keeps it static; it only goes
+    from a value to None (a traced or different push), never back.
+    """
+
+    buf: Any
+    top: Any
+    const: _Const | None
+
+    def tree_flatten(self):
+        return (self.buf, self.top), self.const
+
+    @classmethod
+    def tree_unflatten(cls, const, children):
+        return cls(*children, const)
+
+
 @register("StackV2", "Stack", context=True)
 def _stack(node):
     dtype = jax.dtypes.canonicalize_dtype(node.attr_dtype("elem_type"))
@@ -803,7 +859,8 @@ def _stack(node):
 @register("StackPushV2", "StackPush", context=True)
 def _stack_push(node):
     def fn(ctx, handle, elem):
-        elem = jnp.asarray(elem, handle.dtype)
+        const = _Const(np.asarray(elem).astype(handle.dtype)) if static(elem) else None
+        value = jnp.asarray(elem, handle.dtype)
         state = ctx.state.get(handle.key)
         if state is None:
             size = handle.max_size
@@ -815,9 +872,10 @@ def _stack_push(node):
                         "jaxmeta needs one (a fixed sequence length or maximum_iterations)"
                     )
                 size = int(np.prod(bounds))
-            state = (jnp.zeros((size, *elem.shape), handle.dtype), jnp.int32(0))
-        buf, top = state
-        ctx.state[handle.key] = (buf.at[top].set(elem), top + 1)
+            state = _StackState(jnp.zeros((size, *value.shape), handle.dtype), jnp.int32(0), const)
+        ctx.state[handle.key] = _StackState(
+            state.buf.at[state.top].set(value), state.top + 1, const if const == state.const else None
+        )
         return elem
 
     return fn
@@ -829,9 +887,8 @@ def _stack_pop(node):
         state = ctx.state.get(handle.key)
         if state is None:
             raise GraphError(f"node {node.name!r} pops from {handle.key}, which nothing was pushed to")
-        buf, top = state
-        ctx.state[handle.key] = (buf, top - 1)
-        return buf[top - 1]
+        ctx.state[handle.key] = dataclasses.replace(state, top=state.top - 1)
+        return state.const.value if state.const is not None else state.buf[state.top - 1]
 
     return fn
 
@@ -839,4 +896,3 @@ def _stack_pop(node):
 @register("StackCloseV2", "StackClose")
 def _stack_close(node):
     return lambda handle: None
-

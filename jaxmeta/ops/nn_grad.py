@@ -224,14 +224,57 @@ def _avg_pool(x, window, strides, padding):
     return total / count.astype(x.dtype)
 
 
+def _tiled_max_pool_grad(x, dy, window):
+    """MaxPoolGrad for windows that tile the input (strides == ksize, no padding), scatter-free.
+
+    Each window becomes one row of a [outputs, window size] matrix; the gradient goes to the
+    row's argmax, which is its FIRST maximum in row-major window order (TF's CPU tie rule). Input
+    rows and columns past the last whole window (VALID) get zero. XLA CPU compiles the vjp of
+    `reduce_window` into serial scatters, about 40x slower than this for 2x2 pools.
+    """
+    rank = x.ndim
+    out = [n // k for n, k in zip(x.shape, window)]
+    used = [m * k for m, k in zip(out, window)]
+    tiles = lax.slice(x, (0,) * rank, used).reshape([d for m, k in zip(out, window) for d in (m, k)])
+    # [m0, k0, m1, k1, ...] -> [m0, m1, ..., k0, k1, ...] -> [m0, m1, ..., K]
+    to_windows = [2 * i for i in range(rank)] + [2 * i + 1 for i in range(rank)]
+    tiles = tiles.transpose(to_windows).reshape(*out, int(np.prod(window)))
+    first = jnp.argmax(tiles, axis=-1)
+    hit = first[..., None] == jnp.arange(tiles.shape[-1], dtype=first.dtype).reshape((1,) * rank + (-1,))
+    routed = jnp.where(hit, dy.reshape(*out, 1), jnp.zeros((), x.dtype))
+    routed = routed.reshape(*out, *window).transpose(np.argsort(to_windows)).reshape(used)
+    return jnp.pad(routed, [(0, n - u) for n, u in zip(x.shape, used)])
+
+
+def _tiles(x_shape, window, strides, padding):
+    """Whether the pool's windows tile the input: no overlap, no gap and no padding."""
+    if tuple(strides) != tuple(window):
+        return False
+    if padding == "VALID":
+        return True
+    pads = lax.padtype_to_pads(x_shape, window, strides, padding) if isinstance(padding, str) else padding
+    return all(tuple(p) == (0, 0) for p in pads)
+
+
 def _max_pool_grad_fn(node, window, strides, padding):
     def fn(x, _orig_output, dy):
-        # The vjp of max pooling sends each window's gradient to the window's FIRST maximum (XLA's
-        # select-and-scatter keeps the earlier element on ties), as TF's CPU kernel does. The
-        # routing is piecewise constant in x, so no gradient flows back to it.
+        # The routing is piecewise constant in x, so no gradient flows back to it.
         x = lax.stop_gradient(jnp.asarray(x))
-        _, vjp = jax.vjp(lambda v: _max_pool(v, window, strides, padding), x)
-        return vjp(jnp.asarray(dy, x.dtype))[0]
+        dy = jnp.asarray(dy, x.dtype)
+        if _tiles(x.shape, window, strides, padding):
+            return _tiled_max_pool_grad(x, dy, window)
+        # Overlapping or padded windows: the argmax over the stacked window views is each window's
+        # FIRST maximum in row-major order (TF's CPU tie rule; padding is filled with the lowest
+        # value, so it only wins a window of lowest values, as in XLA's select-and-scatter). The
+        # routed gradients are summed back through the views' vjp (pads and adds). It matches the
+        # vjp of `reduce_window` (which XLA CPU compiles into slow serial scatters) and is ~2x faster.
+        low = -np.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min
+        first = jnp.argmax(_window_slices(x, window, strides, padding, low), axis=0)
+        size = int(np.prod(window))
+        hit = first[None] == jnp.arange(size, dtype=first.dtype).reshape((size,) + (1,) * x.ndim)
+        routed = jnp.where(hit, dy[None], jnp.zeros((), x.dtype))
+        _, vjp = jax.vjp(lambda v: _window_slices(v, window, strides, padding, 0), jnp.zeros_like(x))
+        return vjp(routed)[0]
 
     return fn
 

@@ -227,10 +227,11 @@ def test_dynamic_rnn(case):
     compare_with_tf(build, feeds, grads=True, rtol=1e-5, atol=1e-5)
 
 
-def test_grad_through_dynamic_rnn_wrt_variables():
+@pytest.mark.parametrize("shape", [SEQ.shape, (None, *SEQ.shape[1:])], ids=["static", "unknown_batch"])
+def test_grad_through_dynamic_rnn_wrt_variables(shape):
     """jax.grad of a dynamic_rnn graph w.r.t. its variables equals tf.gradients."""
     tf = get_tf()
-    build = _dynamic_rnn("lstm", False)
+    build = _dynamic_rnn("lstm", False, shape=shape)
     g = tf.Graph()
     with g.as_default():
         tf.compat.v1.set_random_seed(0)
@@ -252,9 +253,9 @@ def test_grad_through_dynamic_rnn_wrt_variables():
         np.testing.assert_allclose(got[v.op.name], w, rtol=1e-4, atol=1e-5)
 
 
-def _train_rnn(kind, with_lengths, optimizer="sgd"):
+def _train_rnn(kind, with_lengths, optimizer="sgd", shape=SEQ.shape):
     def build(tf):
-        x = tf.compat.v1.placeholder(tf.float32, SEQ.shape, name="x")
+        x = tf.compat.v1.placeholder(tf.float32, shape, name="x")
         lengths = tf.compat.v1.placeholder(tf.int32, [2], name="len") if with_lengths else None
         out, _ = tf.compat.v1.nn.dynamic_rnn(_cell(tf, kind), x, sequence_length=lengths, dtype=tf.float32)
         loss = tf.reduce_mean(tf.square(out - 0.5), name="loss")
@@ -265,14 +266,24 @@ def _train_rnn(kind, with_lengths, optimizer="sgd"):
     return build
 
 
+# An unknown batch dim makes TF's gradient loop push the forward loop's `Shape` values onto stacks
+# and pop them for `BroadcastGradientArgs`, which needs them static.
 @pytest.mark.parametrize(
-    "kind,with_lengths,optimizer",
-    [("lstm", False, "sgd"), ("gru", True, "sgd"), ("lstm", True, "adam")],
+    "kind,with_lengths,optimizer,shape",
+    [
+        ("lstm", False, "sgd", SEQ.shape),
+        ("gru", True, "sgd", SEQ.shape),
+        ("lstm", True, "adam", SEQ.shape),
+        ("lstm", False, "sgd", (None, *SEQ.shape[1:])),
+        ("lstm", False, "adam", (None, *SEQ.shape[1:])),
+        ("lstm", True, "adam", (None, None, SEQ.shape[2])),
+        ("gru", True, "sgd", (None, *SEQ.shape[1:])),
+    ],
 )
-def test_training_steps_through_tf_gradient_loops(kind, with_lengths, optimizer):
+def test_training_steps_through_tf_gradient_loops(kind, with_lengths, optimizer, shape):
     """K steps of an RNN's own train_op (TF's gradient while loop: stacks, TensorArray gradients)."""
     tf = get_tf()
-    build = _train_rnn(kind, with_lengths, optimizer)
+    build = _train_rnn(kind, with_lengths, optimizer, shape)
     feeds = {"x:0": SEQ, **({"len:0": LENGTHS} if with_lengths else {})}
     steps = 3
     g = tf.Graph()

@@ -253,6 +253,18 @@ POOL2D = [
 ]
 
 
+# Windows that tile the input (strides == ksize, no padding): MaxPoolGrad's scatter-free path.
+# (POOL2D's first case is one too.) The last case has SAME padding that does not divide evenly, so it takes the general path.
+MAX_POOL_TILED = [
+    ((2, 6, 6, 3), (2, 2), (2, 2), "SAME"),
+    ((2, 7, 5, 3), (2, 2), (2, 2), "VALID"),  # the last row and column get no gradient
+    ((1, 6, 9, 2), (3, 3), (3, 3), "SAME"),
+    ((1, 6, 4, 2), (3, 1), (3, 1), "VALID"),
+    ((2, 4, 4, 2), (1, 1), (1, 1), "SAME"),
+    ((1, 7, 5, 2), (2, 2), (2, 2), "SAME"),
+]
+
+
 def _pool_input(shape, ties):
     if ties:  # many equal maxima: the gradient must go to the first one in each window
         return RNG.integers(0, 3, shape).astype(np.float32)
@@ -260,7 +272,7 @@ def _pool_input(shape, ties):
 
 
 @pytest.mark.parametrize("ties", [False, True], ids=["distinct", "ties"])
-@pytest.mark.parametrize("case", POOL2D, ids=str)
+@pytest.mark.parametrize("case", POOL2D + MAX_POOL_TILED, ids=str)
 def test_max_pool_grad(case, ties):
     tf = get_tf()
     shape, ksize, strides, padding = case
@@ -286,27 +298,33 @@ def test_max_pool_grad(case, ties):
     compare_with_tf(build, feeds, grads=not ties)
 
 
-def test_max_pool_grad_nchw_layout_attrs():
+@pytest.mark.parametrize("ties", [False, True], ids=["distinct", "ties"])
+@pytest.mark.parametrize("case", [((2, 6, 6, 3), (3, 3), (2, 2), "SAME"), *MAX_POOL_TILED], ids=str)
+def test_max_pool_grad_nchw_layout_attrs(case, ties):
     """NCHW MaxPoolGrad has no CPU kernel in TF; check it equals the transposed NHWC result."""
     import jax.numpy as jnp
 
     from jaxmeta.ops import registry
 
+    shape, ksize, strides, padding = case
+    k, s = [1, *ksize, 1], [1, *strides, 1]
+
     class FakeNode:
         name, type = "mpg", "MaxPoolGrad"
 
         def attr_ints(self, name, default=None):
-            return {"ksize": [1, 1, 3, 3], "strides": [1, 1, 2, 2], "explicit_paddings": []}[name]
+            nchw = {"ksize": [1, 1, *ksize], "strides": [1, 1, *strides], "explicit_paddings": []}
+            return nchw[name]
 
         def attr_str(self, name, default=None):
-            return {"data_format": "NCHW", "padding": "SAME"}[name]
+            return {"data_format": "NCHW", "padding": padding}[name]
 
     tf = get_tf()
-    x = randn(2, 6, 6, 3)
-    y = tf.nn.max_pool2d(x, 3, 2, "SAME").numpy()
+    x = _pool_input(shape, ties)
+    y = tf.nn.max_pool2d(x, k, s, padding).numpy()
     dy = randn(*y.shape)
-    want = tf.raw_ops.MaxPoolGrad(orig_input=x, orig_output=y, grad=dy, ksize=[1, 3, 3, 1], strides=[1, 2, 2, 1],
-                                  padding="SAME").numpy()
+    want = tf.raw_ops.MaxPoolGrad(orig_input=x, orig_output=y, grad=dy, ksize=k, strides=s,
+                                  padding=padding).numpy()
     fn = registry.lookup("MaxPoolGrad").build(FakeNode())
     got = fn(jnp.asarray(x.transpose(0, 3, 1, 2)), None, jnp.asarray(dy.transpose(0, 3, 1, 2)))
     np.testing.assert_allclose(np.asarray(got).transpose(0, 2, 3, 1), want, rtol=1e-6)
