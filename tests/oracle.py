@@ -174,3 +174,34 @@ def compare_with_tf(
                     what=f"d/d{k} (jit={jit})",
                 )
     return run
+
+
+def case(build, feeds, **opts):
+    """One comparison case: `build(tf)`, its feeds (names local to the case) and compare options."""
+    return build, feeds, opts
+
+
+def run_cases(cases) -> None:
+    """Runs cases with equal options as ONE TF graph (one session, one export, one jit), each case
+    under its own name scope; mismatches name the case (`case3/Conv2D:0`). None cases are skipped."""
+    groups: dict = {}
+    for c in cases:
+        if c is not None:
+            groups.setdefault(tuple(sorted(c[2].items())), []).append(c)
+    for opts, group in groups.items():
+        feeds = {f"case{i}/{k}": v for i, (_, f, _) in enumerate(group) for k, v in f.items()}
+
+        def build(tf, group=group):
+            outs = []
+            for i, (b, _, _) in enumerate(group):
+                with tf.compat.v1.name_scope(f"case{i}"):
+                    o = b(tf)
+                outs.extend(o if isinstance(o, (list, tuple)) else [o])
+            return outs
+
+        compare_with_tf(build, feeds, **dict(opts))
+
+
+def ph(tf, name, value):
+    """A placeholder with the dtype and shape of `value`."""
+    return tf.compat.v1.placeholder(tf.as_dtype(value.dtype), value.shape, name=name)

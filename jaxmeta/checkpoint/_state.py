@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import time
 
 from google.protobuf import text_format
 
 from jaxmeta._errors import CheckpointError
+from jaxmeta._fileio import atomic_write
 from jaxmeta.checkpoint import _bundle, _v1
 from jaxmeta.proto import checkpoint_pb2
 
@@ -176,17 +176,6 @@ def write_state(
         all_model_checkpoint_timestamps=list(timestamps or []),
         last_preserved_timestamp=time.time() if last_preserved_timestamp is None else last_preserved_timestamp,
     )
-    os.makedirs(save_dir or ".", exist_ok=True)
-    path = os.path.join(save_dir, latest_filename)
-    fd, tmp = tempfile.mkstemp(dir=save_dir or ".", prefix=f".{latest_filename}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text_format.MessageToString(state))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    path = os.path.join(save_dir or ".", latest_filename)
+    atomic_write(path, text_format.MessageToString(state).encode("utf-8"))
     return path

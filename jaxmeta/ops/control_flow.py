@@ -53,7 +53,9 @@ scalar, as in TF, which is what TF's gradient code adds and accumulates). A Tens
 trip count for `dynamic_size` arrays); an element shape the graph leaves open comes from the
 first write (for writes in a loop, from a shape-only trace of the loop body). Gradient
 TensorArrays accumulate writes, as TF's do. A stack is `(buffer, pointer)` with `max_size`
-entries, or the product of the enclosing loops' static trip counts when `max_size` is -1.
+entries, or the product of the enclosing loops' static trip counts when `max_size` is -1; a stack
+that only ever receives one static value (the forward loop's `Shape`s, which TF's gradient loop
+pushes when the graph leaves a dim unknown) pops it as NumPy, so shape arithmetic stays static.
 """
 
 from __future__ import annotations

@@ -6,43 +6,18 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
-from oracle import compare_with_tf, get_tf, run_tf
+from oracle import case, compare_with_tf, get_tf, ph, run_cases, run_tf
 
 import jaxmeta
 
 pytestmark = pytest.mark.oracle
 
 
-def case(build, feeds, **opts):
-    """One comparison case: `build(tf)`, its feeds (names local to the case) and compare options."""
-    return build, feeds, opts
-
-
-def run_cases(cases) -> None:
-    """Runs cases with equal options as ONE TF graph, each case under its own name scope."""
-    groups: dict = {}
-    for c in cases:
-        groups.setdefault(tuple(sorted(c[2].items())), []).append(c)
-    for opts, group in groups.items():
-        feeds = {f"case{i}/{k}": v for i, (_, f, _) in enumerate(group) for k, v in f.items()}
-
-        def build(tf, group=group):
-            outs = []
-            for i, (b, _, _) in enumerate(group):
-                with tf.compat.v1.name_scope(f"case{i}"):
-                    o = b(tf)
-                outs.extend(o if isinstance(o, (list, tuple)) else [o])
-            return outs
-
-        compare_with_tf(build, feeds, **dict(opts))
 
 
 def randn(*shape, seed=0, dtype=np.float32):
     return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
 
-
-def ph(tf, name, value):
-    return tf.compat.v1.placeholder(tf.as_dtype(value.dtype), value.shape, name=name)
 
 
 # -- LSTM block kernels ---------------------------------------------------------------------------
