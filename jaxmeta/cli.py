@@ -226,12 +226,8 @@ def _ops(args: argparse.Namespace) -> int:
 
 # -- convert ---------------------------------------------------------------------------------------
 def _convert(args: argparse.Namespace) -> int:
-    try:
-        from jaxmeta.checkpoint import _convert as convert_module
-    except ImportError:
-        raise JaxmetaError(
-            "checkpoint conversion is not available in this version of jaxmeta (jaxmeta.checkpoint._convert is missing)"
-        ) from None
+    from jaxmeta.checkpoint import _convert as convert_module
+
     result = convert_module.convert(args.model, args.checkpoint, to_orbax=args.to_orbax, to_tf=args.to_tf)
     if result is not None:
         print(result)
