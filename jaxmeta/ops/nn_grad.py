@@ -15,6 +15,7 @@ import numpy as np
 from jax import lax
 
 from jaxmeta._errors import GraphError
+from jaxmeta.ops.image import _nearest_index, _scale
 from jaxmeta.ops.registry import broadcast_ranks, register, static
 
 # -- elementwise ----------------------------------------------------------------------------------
@@ -441,33 +442,15 @@ def _lrn_grad(node):
 # -- image resizing -------------------------------------------------------------------------------
 
 
-def _resize_scale(in_size: int, out_size: int, align_corners: bool) -> np.float32:
-    if align_corners and out_size > 1:
-        return np.float32((in_size - 1) / (out_size - 1))
-    return np.float32(in_size / out_size)
-
-
 def _bilinear_weights(in_size, out_size, align_corners, half_pixel):
     """TF's (lower, upper, lerp) for every output position, computed in float32 as TF does."""
-    scale = _resize_scale(in_size, out_size, align_corners)
+    scale = _scale(in_size, out_size, align_corners)
     pos = np.arange(out_size, dtype=np.float32)
     src = (pos + np.float32(0.5)) * scale - np.float32(0.5) if half_pixel else pos * scale
     floor = np.floor(src)
     lower = np.maximum(floor, 0).astype(np.int32)
     upper = np.minimum(np.ceil(src), in_size - 1).astype(np.int32)
     return lower, upper, (src - floor).astype(np.float32)
-
-
-def _nearest_index(in_size, out_size, align_corners, half_pixel):
-    scale = _resize_scale(in_size, out_size, align_corners)
-    pos = np.arange(out_size, dtype=np.float32)
-    src = (pos + np.float32(0.5)) * scale if half_pixel else pos * scale
-    # TF rounds half away from zero (roundf) with align_corners and floors otherwise.
-    idx = np.floor(src + np.float32(0.5)) if align_corners else np.floor(src)
-    idx = np.minimum(idx, in_size - 1)
-    if half_pixel:
-        idx = np.maximum(idx, 0)
-    return idx.astype(np.int32)
 
 
 @register("ResizeBilinearGrad")
