@@ -43,6 +43,14 @@ class OpContext:
         # Static trip-count bounds of the enclosing while loops (None: unbounded), outermost first.
         self.loop_bounds: tuple[int | None, ...] = tuple(loop_bounds)
 
+    @property
+    def static_trip_count(self) -> int | None:
+        """Iterations of the enclosing while loops in total (the product of their bounds), or None
+        when any of them has no static bound or there is no enclosing loop."""
+        if not self.loop_bounds or any(b is None for b in self.loop_bounds):
+            return None
+        return int(np.prod(self.loop_bounds))
+
     def for_iteration(self, iteration: Any, bound: int | None, variables: dict, state: dict) -> OpContext:
         """The context of one while-loop iteration: a key folded with the iteration number (so
         random ops draw fresh numbers each iteration) and the loop's carried variables/state."""

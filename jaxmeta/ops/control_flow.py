@@ -683,9 +683,9 @@ def _tensor_array(node):
 def _size(ctx: OpContext, handle: TensorArrayHandle) -> int:
     if handle.size is not None and not handle.dynamic_size:
         return handle.size
-    bounds = ctx.loop_bounds
-    if bounds and all(b is not None for b in bounds):
-        return max(handle.size or 0, int(np.prod(bounds)))
+    trips = ctx.static_trip_count
+    if trips is not None:
+        return max(handle.size or 0, trips)
     raise GraphError(
         f"{handle.key}: a dynamic-size TensorArray needs a static bound (written in a loop of static trip count)"
     )
@@ -867,13 +867,12 @@ def _stack_push(node):
         if state is None:
             size = handle.max_size
             if size is None:
-                bounds = ctx.loop_bounds
-                if not bounds or any(b is None for b in bounds):
+                size = ctx.static_trip_count
+                if size is None:
                     raise GraphError(
                         f"node {node.name!r}: a stack push in a while loop without a static trip-count bound; "
                         "jaxmeta needs one (a fixed sequence length or maximum_iterations)"
                     )
-                size = int(np.prod(bounds))
             state = _StackState(jnp.zeros((size, *value.shape), handle.dtype), jnp.int32(0), const)
         ctx.state[handle.key] = _StackState(
             state.buf.at[state.top].set(value), state.top + 1, const if const == state.const else None

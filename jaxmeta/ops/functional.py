@@ -417,13 +417,12 @@ def _list_push(node):
         if isinstance(items, _PendingList):
             size = items.size
             if size is None:
-                bounds = ctx.loop_bounds
-                if not bounds or any(b is None for b in bounds):
+                size = ctx.static_trip_count
+                if size is None:
                     raise GraphError(
                         f"node {node.name!r}: TensorListPushBack in a while loop without a static trip-count "
                         "bound; jaxmeta needs one (fixed sequence lengths or maximum_iterations)"
                     )
-                size = int(np.prod(bounds))
             item = _items(item)
             dtype = items.dtype or jnp.result_type(item)
             items = _PushList(jnp.zeros((size, *jnp.shape(item)), dtype), jnp.int32(0))
