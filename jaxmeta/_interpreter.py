@@ -30,6 +30,17 @@ class VarRef:
     name: str
 
 
+@dataclasses.dataclass(frozen=True)
+class ReadAlias(VarRef):
+    """A ref variable read through `Identity` (how `var/read` is built): TF forwards the variable's
+    buffer, which in-place updates (Assign, AssignSub, ApplyAdam, …) change under it, so an op
+    consuming the read sees the variable as it is when that op runs. Read when consumed."""
+
+
+# Ops that pass a `ReadAlias` on unread, as TF's kernels forward the buffer.
+_FORWARDS_READS = frozenset({"Identity"})
+
+
 class OpContext:
     """What stateful and random ops see while a program runs: variables and the random key."""
 
@@ -240,6 +251,8 @@ def run_steps(steps: list[_Step], ctx: OpContext, env: dict[TensorRef, Any], fed
             ) from None
         if not step.spec.ref_inputs:
             args = [ctx.read(a) if isinstance(a, VarRef) else a for a in args]
+        elif step.node.type not in _FORWARDS_READS:
+            args = [ctx.read(a) if isinstance(a, ReadAlias) else a for a in args]
         try:
             out = step.fn(ctx, *args) if step.spec.context else step.fn(*args)
         except (GraphError, FeedError, UnsupportedOpError, SideEffectError):

@@ -36,6 +36,9 @@ def get_tf():
         tf.compat.v1.disable_control_flow_v2()
         tf.get_logger().setLevel("ERROR")
         _TF = tf
+    # TF 2's default, every time: `tests/fixtures/generate.py` switches the process to ref
+    # variables (TF1's), which would otherwise leak into the tests that run after it.
+    _TF.compat.v1.enable_resource_variables()
     return _TF
 
 

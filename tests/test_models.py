@@ -98,7 +98,8 @@ def test_partitioned_embedding_model(tmp_path, strategy):
     """A partitioned embedding (3 shards) + dense head, restored from TF's sliced checkpoint.
 
     The ids are fed. TF's lookup partitions them with DynamicPartition, whose output sizes depend
-    on the ids, so this runs without jit (see the segment ops' docs); with constant ids it jits.
+    on the ids; jaxmeta lowers partition -> gather -> stitch to masked partitions (see the segment
+    ops' docs), so the model runs under jax.jit and jax.grad reaches exactly the looked-up rows.
     """
     ids = np.array([[0, 5, 9], [3, 3, 17]], np.int32)
     feeds = {"ids:0": ids}
@@ -116,5 +117,23 @@ def test_partitioned_embedding_model(tmp_path, strategy):
     graph = jaxmeta.import_meta_graph(prefix + ".meta")
     variables = graph.saver.restore(prefix)
     assert {"embedding/part_0", "embedding/part_1", "embedding/part_2"} <= set(variables)
-    got = graph.function(fetch, feeds=["ids:0"])(variables, ids)
-    assert_close(got, expected, rtol=1e-5, atol=1e-6, what="partitioned embedding logits")
+    predict = graph.function(fetch, feeds=["ids:0"])
+    assert_close(predict(variables, ids), expected, rtol=1e-5, atol=1e-6, what="partitioned embedding logits")
+    assert_close(jax.jit(predict)(variables, ids), expected, rtol=1e-5, atol=1e-6, what="... under jax.jit")
+    other = np.array([[1, 2, 4], [19, 0, 0]], np.int32)  # same compiled function, new ids
+    assert_close(jax.jit(predict)(variables, other), predict(variables, other), rtol=1e-6, atol=1e-6,
+                 what="jit vs eager on other ids")
+
+    grads = jax.jit(jax.grad(lambda v: predict(v, ids).sum()))(variables)
+    shards = [np.asarray(variables[f"embedding/part_{p}"]).shape[0] for p in range(3)]
+    starts = np.cumsum([0] + shards)
+    touched = set()
+    for flat_id in ids.reshape(-1):
+        if strategy == "mod":
+            touched.add((flat_id % 3, flat_id // 3))
+        else:
+            p = int(np.searchsorted(starts, flat_id, side="right") - 1)
+            touched.add((p, flat_id - starts[p]))
+    for p in range(3):
+        rows = set(np.nonzero(np.asarray(grads[f"embedding/part_{p}"]).any(axis=1))[0].tolist())
+        assert rows == {r for q, r in touched if q == p}, f"part_{p}: gradient rows {rows}"

@@ -233,8 +233,12 @@ def test_gradient_clipping_and_global_step():
     check_training(build, _images((8, 5), 3))
 
 
-def test_exponential_moving_average_and_group():
+@pytest.mark.parametrize("resource", [False, True], ids=["ref", "resource"])
+def test_exponential_moving_average_and_group(resource):
+    # With ref variables, the averages read `var/read` (made before the update) after minimize:
+    # TF's Identity aliases the buffer ApplyAdam updates in place, so they see the new weights.
     def build(tf):
+        tf.compat.v1.get_variable_scope().set_use_resource(resource)
         x = tf.compat.v1.placeholder(tf.float32, [8, 5], name="x")
         labels = tf.compat.v1.placeholder(tf.int32, [8], name="labels")
         logits = tf.compat.v1.layers.dense(tf.compat.v1.layers.dense(x, 6, activation=tf.nn.relu6), 3)

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 
 from jaxmeta import _dtypes
-from jaxmeta._interpreter import VarRef
+from jaxmeta._interpreter import ReadAlias, VarRef
 from jaxmeta.ops.registry import register
 
 
@@ -24,12 +24,18 @@ def _placeholder_with_default(node):
 
 @register("Identity", "Snapshot", "RefIdentity", ref_inputs=True, context=True)
 def _identity(node):
-    # Identity of a resource handle passes the handle on; of a ref variable, it reads the value
-    # (that is how `var/read` snapshots a ref variable). RefIdentity keeps the ref.
+    # Identity of a resource handle passes the handle on; RefIdentity keeps the ref. Identity of
+    # a ref variable (how `var/read` is built) aliases the variable's buffer in TF, so later
+    # in-place updates show through: it becomes a `ReadAlias`, read when consumed. Snapshot copies.
     keep_ref = node.type == "RefIdentity" or node.attr_dtype_enum("T", 0) == _dtypes.RESOURCE
+    alias = node.type == "Identity"
 
     def fn(ctx, x):
-        return x if keep_ref or not isinstance(x, VarRef) else ctx.read(x)
+        if keep_ref or not isinstance(x, VarRef):
+            return x
+        if alias:
+            return x if isinstance(x, ReadAlias) else ReadAlias(x.name)
+        return ctx.read(x)
 
     return fn
 

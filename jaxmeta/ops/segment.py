@@ -9,9 +9,15 @@ jaxmeta's policy, op by op:
   which must be static.
 - `DynamicStitch`: output size `max(indices) + 1`, so the indices must be static or concrete (in
   gradient graphs they come from `Range`/`Shape` and are static). `DynamicPartition`: the
-  partitions must be static or concrete. Both therefore work under `jax.jit` only when those
-  inputs are constants; `embedding_lookup` over a partitioned variable with fed ids runs
-  without jit (and under `jax.grad` w.r.t. the embeddings), not under jit.
+  partitions must be static or concrete, with one exception that keeps `embedding_lookup` over a
+  partitioned variable jit-able with fed ids: *partition, gather, stitch back*. When every output
+  of a `DynamicPartition` goes (through `Identity`/`Cast`) only to a stitch, or to a gather's
+  indices whose rows go only to a stitch, and the stitch's indices are the partitioned positions
+  `0..n-1`, traced partitions give *masked* outputs: output `p` keeps all n entries, those not in
+  partition `p` replaced by -1 (0 for non-integers), and the stitch drops the masked entries and
+  has n rows. Each row of the result is then TF's. (TF rejects partition ids outside
+  `[0, num_partitions)`; under jit their rows stay zero.) Anything else that reads a partition
+  under jit raises a `GraphError`.
 - `Unique`, `UniqueV2`, `UniqueWithCounts`: with static input the result is TF's exactly. With a
   traced input the outputs are padded to the input's length so they stay jit-able: `y[:k]` are
   the k unique values in order of first appearance and `idx` is exact (so `y[idx] == x`), while
@@ -234,9 +240,13 @@ def _dynamic_stitch(node):
     derivative), whereas TF's registered gradient gathers the output gradient for them too.
     """
 
+    masked_ok = _stitch_of_partitions(node)
+
     def fn(*args):
         n = len(args) // 2
         indices, data = args[:n], args[n:]
+        if masked_ok and not static(*indices) and any(isinstance(i, jax.core.Tracer) for i in indices):
+            return _stitch_masked(indices, data)
         idx = [_need_concrete(node, i, "indices", "the output size (max index + 1) depends on them")
                for i in indices]
         flat_idx = np.concatenate([np.reshape(i, -1) for i in idx]).astype(np.int64)
@@ -265,8 +275,13 @@ def _dynamic_partition(node):
     with traced partitions (e.g. fed ids under jax.jit) a GraphError explains the limitation.
     """
     num = node.attr_int("num_partitions")
+    masked_ok, feeds_stitch_indices = _partition_plan(node)
 
     def fn(data, partitions):
+        if masked_ok and _concrete(partitions) is None:
+            return _partition_masked(node, data, partitions, num, feeds_stitch_indices)
+        if feeds_stitch_indices and _concrete(data) is None:
+            _need_concrete(node, data, "data", "its outputs are a stitch's indices")
         parts = _need_concrete(node, partitions, "partitions", "each output's size is a count of its values")
         flat_parts = np.reshape(parts, -1)
         shape = tuple(np.shape(data))
@@ -278,6 +293,102 @@ def _dynamic_partition(node):
         return tuple(jnp.take(flat, np.nonzero(flat_parts == p)[0], axis=0) for p in range(num))
 
     return fn
+
+
+# Partition -> gather -> stitch with traced partitions (see the module docstring): which consumers
+# keep a masked partition's meaning. Input positions are those that carry the partition's rows.
+_PASS_THROUGH = {"Identity": 0, "Cast": 0}
+_GATHERS = {"Gather": 1, "GatherV2": 1, "ResourceGather": 1}
+_STITCHES = ("DynamicStitch", "ParallelDynamicStitch")
+
+
+def _uses(node):
+    """(consumer node, input position) for every data use of `node`'s outputs."""
+    graph = node.graph
+    for name in dict.fromkeys(graph.consumers(node.name)):
+        user = graph.nodes[name]
+        for k, ref in enumerate(user.inputs):
+            if ref.node == node.name:
+                yield user, k
+
+
+def _masked_sinks(node, allow_gather: bool):
+    """The (stitch, input position) pairs that `node`'s outputs reach through pass-through ops
+    (and at most one gather's indices when `allow_gather`), or None if they reach anything else."""
+    sinks = []
+    for user, k in _uses(node):
+        if user.type in _STITCHES:
+            sinks.append((user, k))
+        elif _PASS_THROUGH.get(user.type) == k:
+            more = _masked_sinks(user, allow_gather)
+        elif allow_gather and _GATHERS.get(user.type) == k:
+            more = _masked_sinks(user, False)
+            if more is not None and any(j < len(s.inputs) // 2 for s, j in more):
+                return None  # gathered rows must be stitch data, not stitch indices
+        else:
+            return None
+        if user.type not in _STITCHES:
+            if more is None:
+                return None
+            sinks += more
+    return sinks
+
+
+def _partition_plan(node):
+    """(whether traced partitions may give masked outputs, whether they feed a stitch's indices)."""
+    sinks = _masked_sinks(node, allow_gather=True)
+    if not sinks:
+        return False, False
+    feeds_indices = any(k < len(s.inputs) // 2 for s, k in sinks)
+    return all(_stitch_of_partitions(s) for s, _ in sinks), feeds_indices
+
+
+def _producer_through_pass(node, ref):
+    graph = node.graph
+    producer = graph.nodes.get(ref.node)
+    while producer is not None and producer.type in _PASS_THROUGH and producer.inputs:
+        ref = producer.inputs[0]
+        producer = graph.nodes.get(ref.node)
+    return producer, ref
+
+
+def _stitch_of_partitions(node) -> bool:
+    """Whether each of the stitch's indices is an output of one DynamicPartition node."""
+    n = len(node.inputs) // 2
+    sources = {_producer_through_pass(node, ref) for ref in node.inputs[:n]}
+    producers = {p.name if p is not None and p.type == "DynamicPartition" else None for p, _ in sources}
+    return n > 0 and None not in producers and len(producers) == 1
+
+
+def _partition_masked(node, data, partitions, num: int, feeds_stitch_indices: bool):
+    parts = jnp.reshape(jnp.asarray(partitions), (-1,))
+    shape = tuple(np.shape(data))
+    tail = shape[np.ndim(partitions):]
+    if feeds_stitch_indices:
+        positions = _concrete(data)
+        n = parts.shape[0]
+        if positions is None or not np.array_equal(np.sort(np.reshape(positions, -1)), np.arange(n)):
+            raise GraphError(
+                f"node {node.name!r} (DynamicPartition): its partitions are traced and its outputs are a "
+                "stitch's indices, which jaxmeta supports under jax.jit only for the positions 0..n-1 "
+                "(as embedding_lookup makes them). Run this graph without jax.jit."
+            )
+    flat = jnp.reshape(jnp.asarray(data), (-1,) + tail)
+    fill = jnp.asarray(-1 if jnp.issubdtype(flat.dtype, jnp.signedinteger) else 0, flat.dtype)
+    member = jnp.reshape(parts, (-1,) + (1,) * len(tail))
+    return tuple(jnp.where(member == p, flat, fill) for p in range(num))
+
+
+def _stitch_masked(indices, data):
+    """Stitches masked partitions: n rows, masked (negative) indices dropped."""
+    n = int(np.size(indices[0]))
+    tail = tuple(np.shape(data[0]))[np.ndim(indices[0]):]
+    dtype = jnp.result_type(*data)
+    out = jnp.zeros((n,) + tail, dtype)
+    for i, d in zip(indices, data):
+        i = jnp.reshape(jnp.asarray(i), (-1,))
+        out = out.at[jnp.where(i >= 0, i, n)].set(jnp.reshape(jnp.asarray(d, dtype), (-1,) + tail), mode="drop")
+    return out
 
 
 # -- unique ------------------------------------------------------------------------------------------

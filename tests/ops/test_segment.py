@@ -370,14 +370,12 @@ def test_partitioned_embedding_lookup_constant_ids(strategy):
 @pytest.mark.parametrize("strategy", ["mod", "div"])
 def test_partitioned_embedding_lookup_fed_ids(strategy):
     ids = np.int64([[6, 0, 3], [3, 1, 5]])
-    # Fed ids make DynamicPartition's sizes data dependent: exact without jit, a clear error under jit.
-    run = compare_with_tf(_partitioned_lookup(strategy, ids, fed=True), {"ids:0": ids}, jit_modes=(False,))
+    # Fed ids make DynamicPartition's sizes data dependent; partition -> gather -> stitch is
+    # lowered to masked partitions, so the lookup matches TF with and without jit.
+    run = compare_with_tf(_partitioned_lookup(strategy, ids, fed=True), {"ids:0": ids})
     f = run.graph.function(run.fetch_names, feeds=["ids:0"])
     variables = {k: jnp.asarray(v) for k, v in run.variables.items()}
-    with pytest.raises(jaxmeta.GraphError, match="partitions is traced"):
-        jax.jit(f)(variables, ids)
-    # Gradients w.r.t. the partitions still work (ids stay concrete under jax.grad without jit).
-    grads = jax.grad(lambda v: f(v, ids)[1])(variables)
+    # Gradients w.r.t. the partitions, eager and jitted: exactly the looked-up rows.
     parts = sorted(run.variables)  # emb/part_0 .. part_2 with 3, 2, 2 rows
     want = {k: np.zeros_like(run.variables[k]) for k in parts}
     offsets = [0, 3, 5]
@@ -385,8 +383,37 @@ def test_partitioned_embedding_lookup_fed_ids(strategy):
         p, r = (i % 3, i // 3) if strategy == "mod" else (np.searchsorted(offsets, i, "right") - 1, 0)
         r = r if strategy == "mod" else i - offsets[p]
         want[parts[p]][r] += 2 * run.variables[parts[p]][r]
-    for k in parts:
-        np.testing.assert_allclose(grads[k], want[k], rtol=1e-6, err_msg=k)
+    for grad_fn in (jax.grad(lambda v: f(v, ids)[1]), jax.jit(jax.grad(lambda v: f(v, ids)[1]))):
+        grads = grad_fn(variables)
+        for k in parts:
+            np.testing.assert_allclose(grads[k], want[k], rtol=1e-6, err_msg=k)
+
+
+def test_partition_stitch_round_trip_with_fed_partitions():
+    parts = np.int32([2, 0, 1, 0, 2, 2])
+
+    def build(tf):
+        x, p = _ph(tf, DATA, "x"), _ph(tf, parts, "p")
+        positions = tf.dynamic_partition(tf.range(6), p, 3)
+        values = tf.dynamic_partition(x * 2.0, p, 3)
+        return tf.dynamic_stitch(positions, [tf.identity(v) for v in values])
+
+    compare_with_tf(build, {"x:0": DATA, "p:0": parts}, grads=True)
+
+
+def test_partition_stitch_with_fed_partitions_refuses_other_positions():
+    parts = np.int32([1, 0, 1])
+
+    def build(tf):
+        x, p = _ph(tf, DATA[:3], "x"), _ph(tf, parts, "p")
+        positions = tf.dynamic_partition(tf.constant([4, 0, 2]), p, 2)  # not 0..n-1: TF gives 5 rows
+        return tf.dynamic_stitch(positions, tf.dynamic_partition(x, p, 2))
+
+    feeds = {"x:0": DATA[:3], "p:0": parts}
+    run = compare_with_tf(build, feeds, jit_modes=(False,))
+    f = run.graph.function(run.fetch_names, feeds=list(feeds))
+    with pytest.raises(jaxmeta.GraphError, match="positions 0..n-1"):
+        jax.jit(f)({}, *feeds.values())
 
 
 # -- top-k -------------------------------------------------------------------------------------------
