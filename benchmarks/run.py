@@ -42,6 +42,8 @@ import sys
 import tempfile
 import time
 
+import numpy as np
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
@@ -63,6 +65,7 @@ METRICS = [
     ("train_first_s", "train step, first call", "s", True),
     ("train_step_ms", "train step", "ms", True),
     ("peak_rss_mb", "peak resident memory", "MB", True),
+    ("output_abs_sum", "Σ|output| at the large batch (all columns must agree)", "", None),
 ]
 
 
@@ -134,7 +137,8 @@ def worker_jaxmeta(rec: Recorder, directory: str, spec: models.ModelSpec, args) 
     rec.put("latency_ms", _timed(lambda: jax.block_until_ready(infer(variables, *x1, **kw)), args.repeats), 1e3)
     big = spec.large_batch
     xb = jax.device_put(models.make_inputs(spec.infer_feeds, big))
-    jax.block_until_ready(infer(variables, *xb, **kw))  # compiles the large-batch signature
+    out = jax.block_until_ready(infer(variables, *xb, **kw))  # compiles the large-batch signature
+    rec.put("output_abs_sum", float(np.abs(np.asarray(out, np.float64)).sum()))
     times = _timed(lambda: jax.block_until_ready(infer(variables, *xb, **kw)), args.repeats)
     rec.put("throughput", [big / s for s in times])
 
@@ -185,7 +189,7 @@ def worker_tf(rec: Recorder, directory: str, spec: models.ModelSpec, args) -> No
     rec.put("latency_ms", _timed(lambda: sess.run(fetch, f1), args.repeats), 1e3)
     big = spec.large_batch
     fb = feed(spec.infer_feeds, big)
-    sess.run(fetch, fb)
+    rec.put("output_abs_sum", float(np.abs(sess.run(fetch, fb).astype(np.float64)).sum()))
     rec.put("throughput", [big / s for s in _timed(lambda: sess.run(fetch, fb), args.repeats)])
 
     train_op = graph.get_operation_by_name(spec.train_op)
@@ -197,16 +201,22 @@ def worker_tf(rec: Recorder, directory: str, spec: models.ModelSpec, args) -> No
 def worker_openvino(rec: Recorder, directory: str, spec: models.ModelSpec, args) -> None:
     """OpenVINO CPU inference (f32 precision hint) from the MetaGraphDef; inference rows only.
 
-    Untested here: openvino was not installed where this was written. Any failure becomes the
-    row's error.
+    OpenVINO's TF frontend reads the `.meta` and its checkpoint; the graph is cut at the inference
+    feeds and fetch (its `convert_model(output=...)` does not find inner tensors of a MetaGraph,
+    and the training ops around them would not convert).
     """
     t = time.perf_counter()
     import openvino as ov
+    from openvino.frontend import FrontEndManager
 
     rec.put("module_import_s", time.perf_counter() - t)
     prefix = os.path.join(directory, "model.ckpt")
     t = time.perf_counter()
-    model = ov.convert_model(prefix + ".meta", output=[spec.fetch.split(":")[0]])
+    frontend = FrontEndManager().load_by_framework("tf")
+    loaded = frontend.load(prefix + ".meta")
+    loaded.override_all_inputs([loaded.get_place_by_tensor_name(f.name) for f in spec.infer_feeds])
+    loaded.override_all_outputs([loaded.get_place_by_tensor_name(spec.fetch)])
+    model = frontend.convert(loaded)
     rec.put("graph_import_s", time.perf_counter() - t)
     core = ov.Core()
     t = time.perf_counter()
@@ -217,7 +227,8 @@ def worker_openvino(rec: Recorder, directory: str, spec: models.ModelSpec, args)
     rec.put("latency_ms", _timed(lambda: compiled(x1), args.repeats), 1e3)
     big = spec.large_batch
     xb = models.make_inputs(spec.infer_feeds, big)
-    compiled(xb)
+    out = next(iter(compiled(xb).values()))
+    rec.put("output_abs_sum", float(np.abs(np.asarray(out, np.float64)).sum()))
     rec.put("throughput", [big / s for s in _timed(lambda: compiled(xb), args.repeats)])
 
 
@@ -356,7 +367,7 @@ def render(results: dict, specs: dict, args, notes: list[str]) -> str:
         lines += ["| metric | jaxmeta | TF1 Session | OpenVINO | jaxmeta/TF |", "|---|---:|---:|---:|---:|"]
         for key, label, unit, _ in METRICS:
             r = ratio(per_fw["jaxmeta"], per_fw["tf"], key)
-            lines.append(f"| {label} ({unit}) | {cell(per_fw['jaxmeta'], key)} | {cell(per_fw['tf'], key)} | "
+            lines.append(f"| {label}{f' ({unit})' if unit else ''} | {cell(per_fw['jaxmeta'], key)} | {cell(per_fw['tf'], key)} | "
                          f"{cell(per_fw['openvino'], key)} | {'' if r is None else f'{r:.2f}'} |")
         for fw in FRAMEWORKS:
             if per_fw[fw] is not None and per_fw[fw].error:

@@ -90,6 +90,21 @@ def _static_ints(value, node, what: str) -> list[int]:
 # -- convolutions ---------------------------------------------------------------------------------
 
 
+def convolve(x, w, strides, padding, dilation, dimension_numbers, groups=1, precision=None):
+    """`lax.conv_general_dilated`, except that an unpadded, ungrouped, channels-last 1x1
+    convolution (most of a ResNet's) is one matrix product: XLA's CPU backend runs it, and
+    both its gradients, 2-3x faster as a dot."""
+    nsp = x.ndim - 2
+    unpadded = padding in ("SAME", "VALID") or all(tuple(p) == (0, 0) for p in padding)
+    if groups == 1 and dimension_numbers[0][-1] == "C" and tuple(w.shape[:nsp]) == (1,) * nsp and unpadded:
+        x = x[(slice(None), *(slice(None, None, s) for s in strides), slice(None))]
+        return lax.dot_general(x, jnp.reshape(w, w.shape[-2:]), (((x.ndim - 1,), (0,)), ((), ())),
+                               precision=precision)
+    return lax.conv_general_dilated(x, w, strides, padding, rhs_dilation=dilation,
+                                    dimension_numbers=dimension_numbers, feature_group_count=groups,
+                                    precision=precision)
+
+
 def _conv_builder(node, rank: int, depthwise: bool = False):
     """Parses a Conv2D/Conv3D/DepthwiseConv2dNative node; returns (conv(x, w), channels_first)."""
     default = "NHWC" if rank == 4 else "NDHWC"
@@ -118,9 +133,7 @@ def _conv_builder(node, rank: int, depthwise: bool = False):
             in_ch = x.shape[1] if cf else x.shape[-1]
             groups = in_ch // w.shape[-2]  # TF allows grouped convolutions through Conv2D
         pads = _tf_pads(padding, sizes, w.shape[:nsp], sp_strides, sp_dil, explicit)
-        return lax.conv_general_dilated(
-            x, w, sp_strides, pads, rhs_dilation=sp_dil, dimension_numbers=dn, feature_group_count=groups
-        )
+        return convolve(x, w, sp_strides, pads, sp_dil, dn, groups)
 
     return conv, cf
 

@@ -16,6 +16,7 @@ from jax import lax
 
 from jaxmeta._errors import GraphError
 from jaxmeta.ops.image import _nearest_index, _scale
+from jaxmeta.ops.nn import convolve
 from jaxmeta.ops.registry import broadcast_ranks, register, static
 
 # -- elementwise ----------------------------------------------------------------------------------
@@ -132,11 +133,8 @@ def _conv(x, w, strides, dilations, padding, data_format, groups=1):
     """TF's convolution: `w` is [spatial..., in/groups, out] whatever the data format."""
     spatial = x.ndim - 2
     kernel = "HWIO" if spatial == 2 else "DHWIO"
-    return lax.conv_general_dilated(
-        x, w, window_strides=strides, padding=padding, rhs_dilation=dilations,
-        dimension_numbers=(data_format, kernel, data_format), feature_group_count=groups,
-        precision=lax.Precision.HIGHEST,
-    )
+    return convolve(x, w, strides, padding, dilations, (data_format, kernel, data_format), groups,
+                    precision=lax.Precision.HIGHEST)
 
 
 def _filter_grad(forward, x, filter_shape, dy):
