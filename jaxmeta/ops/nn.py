@@ -91,18 +91,35 @@ def _static_ints(value, node, what: str) -> list[int]:
 
 
 def convolve(x, w, strides, padding, dilation, dimension_numbers, groups=1, precision=None):
-    """`lax.conv_general_dilated`, except that an unpadded, ungrouped, channels-last 1x1
-    convolution (most of a ResNet's) is one matrix product: XLA's CPU backend runs it, and
-    both its gradients, 2-3x faster as a dot."""
+    """`lax.conv_general_dilated`, with two rewrites that XLA's CPU backend runs 2-3x faster
+    (forward and both gradients) as one matrix product, for ungrouped channels-last convolutions:
+    an unpadded 1x1 kernel (most of a ResNet's), and a kernel over few input channels (an RGB
+    image's first 3x3 layer), whose shifted windows are stacked along the channels first."""
     nsp = x.ndim - 2
-    unpadded = padding in ("SAME", "VALID") or all(tuple(p) == (0, 0) for p in padding)
-    if groups == 1 and dimension_numbers[0][-1] == "C" and tuple(w.shape[:nsp]) == (1,) * nsp and unpadded:
+    window = tuple(w.shape[:nsp])
+    if groups != 1 or dimension_numbers[0][-1] != "C":
+        return lax.conv_general_dilated(x, w, strides, padding, rhs_dilation=dilation,
+                                        dimension_numbers=dimension_numbers, feature_group_count=groups,
+                                        precision=precision)
+    span = [(k - 1) * d + 1 for k, d in zip(window, dilation)]
+    pads = lax.padtype_to_pads(x.shape[1:-1], span, strides, padding) if isinstance(padding, str) else padding
+    pads = [tuple(int(v) for v in p) for p in pads]
+    if window == (1,) * nsp and all(p == (0, 0) for p in pads):
         x = x[(slice(None), *(slice(None, None, s) for s in strides), slice(None))]
-        return lax.dot_general(x, jnp.reshape(w, w.shape[-2:]), (((x.ndim - 1,), (0,)), ((), ())),
-                               precision=precision)
-    return lax.conv_general_dilated(x, w, strides, padding, rhs_dilation=dilation,
-                                    dimension_numbers=dimension_numbers, feature_group_count=groups,
-                                    precision=precision)
+    elif 1 < math.prod(window) * w.shape[-2] <= 32:
+        x = jnp.pad(x, [(0, 0), *pads, (0, 0)])
+        out = [(n - sp) // st + 1 for n, sp, st in zip(x.shape[1:-1], span, strides)]
+        windows = []
+        for offset in np.ndindex(*window):
+            start = (0, *(o * d for o, d in zip(offset, dilation)), 0)
+            limit = (x.shape[0], *(s + (n - 1) * st + 1 for s, n, st in zip(start[1:], out, strides)), x.shape[-1])
+            windows.append(lax.slice(x, start, limit, (1, *strides, 1)))
+        x = jnp.concatenate(windows, axis=-1)  # [..., window position * in channels]
+    else:
+        return lax.conv_general_dilated(x, w, strides, pads, rhs_dilation=dilation,
+                                        dimension_numbers=dimension_numbers, precision=precision)
+    w = jnp.reshape(w, (-1, w.shape[-1]))
+    return lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())), precision=precision)
 
 
 def _conv_builder(node, rank: int, depthwise: bool = False):
