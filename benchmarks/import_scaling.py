@@ -92,9 +92,9 @@ def main(argv: list[str] | None = None) -> None:
             path = os.path.join(tmp, name + ".meta")
             description, nodes = _export(build, path)
             size = os.path.getsize(path)
-            ours = _time(lambda: jaxmeta.import_meta_graph(path), args.repeats)
+            ours = _time(lambda path=path: jaxmeta.import_meta_graph(path), args.repeats)
 
-            def tf_import():
+            def tf_import(path=path):
                 with tf.Graph().as_default():
                     tf.compat.v1.train.import_meta_graph(path)
 
