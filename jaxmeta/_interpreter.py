@@ -153,7 +153,8 @@ class Program:
         fed = set(self.feeds)
         needed = _prune(graph, self.fetches, self.targets, fed)
         _check_runnable(graph, needed, fed)
-        self.steps = build_steps(graph, needed, fed, keep=set(self.fetches))
+        with registry.building(needed):
+            self.steps = build_steps(graph, needed, fed, keep=set(self.fetches))
         self.assigns = [s.node.name for s in self.steps if s.spec.assigns]
         self.random = [s.node.name for s in self.steps if s.spec.random]
         self.feed_dtypes = [_feed_dtype(graph, ref) for ref in self.feeds]
@@ -162,7 +163,9 @@ class Program:
         """Runs the program; returns (fetched values, variables after the run)."""
         if len(feed_values) != len(self.feeds):
             raise FeedError(f"expected {len(self.feeds)} feed values ({self._feed_names()}), got {len(feed_values)}")
-        ctx = OpContext(self.graph, variables, key)
+        # NumPy variables (a user's dict, or TF's values) become JAX arrays: a variable is never a
+        # trace-time constant, and updates (`.at[]`) need JAX arrays.
+        ctx = OpContext(self.graph, {name: to_jax(value) for name, value in variables.items()}, key)
         env: dict[TensorRef, Any] = {}
         for ref, value, dtype in zip(self.feeds, feed_values, self.feed_dtypes):
             env[ref] = value if dtype is None else jnp.asarray(value, dtype)

@@ -24,8 +24,10 @@ Closure conventions:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import jax.numpy as jnp
@@ -106,6 +108,28 @@ def _add(spec: OpSpec) -> None:
     if spec.op_type in _REGISTRY:
         raise ValueError(f"op type {spec.op_type!r} is registered twice; pass override=True to replace it")
     _REGISTRY[spec.op_type] = spec
+
+
+_PROGRAM_NODES: contextvars.ContextVar[frozenset[str] | None] = contextvars.ContextVar(
+    "jaxmeta_program_nodes", default=None)
+
+
+@contextlib.contextmanager
+def building(names: Iterable[str]) -> Iterator[None]:
+    """While a program's nodes are built: `program_nodes()` returns their names."""
+    token = _PROGRAM_NODES.set(frozenset(names))
+    try:
+        yield
+    finally:
+        _PROGRAM_NODES.reset(token)
+
+
+def program_nodes() -> frozenset[str] | None:
+    """The nodes of the program being built (its pruned subgraph), or None outside a build.
+
+    For a builder that inspects a node's consumers: only those in the program will run.
+    """
+    return _PROGRAM_NODES.get()
 
 
 def lookup(op_type: str) -> OpSpec | None:

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmeta._errors import GraphError
-from jaxmeta.ops.registry import register, static
+from jaxmeta.ops.registry import program_nodes, register, static
 
 # -- helpers ----------------------------------------------------------------------------------------
 
@@ -303,9 +303,13 @@ _STITCHES = ("DynamicStitch", "ParallelDynamicStitch")
 
 
 def _uses(node):
-    """(consumer node, input position) for every data use of `node`'s outputs."""
+    """(consumer node, input position) for every data use of `node`'s outputs in the program
+    being built (a training graph's gradient ops do not count when only the forward pass runs)."""
     graph = node.graph
+    program = program_nodes()
     for name in dict.fromkeys(graph.consumers(node.name)):
+        if program is not None and name not in program:
+            continue
         user = graph.nodes[name]
         for k, ref in enumerate(user.inputs):
             if ref.node == node.name:

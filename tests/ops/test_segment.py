@@ -389,6 +389,40 @@ def test_partitioned_embedding_lookup_fed_ids(strategy):
             np.testing.assert_allclose(grads[k], want[k], rtol=1e-6, err_msg=k)
 
 
+def test_partitioned_lookup_in_a_training_graph():
+    """A .meta saved from training also holds TF's gradient ops on the partitions: the forward
+    function (pruned to the lookup) still jits; the train_op, which reads the partitions through
+    the sparse gradients, runs without jit and equals TF's step."""
+    tf = get_tf()
+    ids = np.int32([[6, 0, 3], [3, 1, 5]])
+    g = tf.Graph()
+    with g.as_default():
+        tf.compat.v1.set_random_seed(1)
+        params = tf.compat.v1.get_variable(
+            "emb", [7, 2], partitioner=tf.compat.v1.fixed_size_partitioner(3), use_resource=False)
+        x = tf.compat.v1.placeholder(tf.int32, [2, 3], name="ids")
+        out = tf.identity(tf.compat.v1.nn.embedding_lookup(params, x), name="out")
+        loss = tf.reduce_sum(out * out)
+        train_op = tf.compat.v1.train.GradientDescentOptimizer(0.1).minimize(loss)
+        variables = tf.compat.v1.global_variables()
+        meta = tf.compat.v1.train.export_meta_graph()
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.variables_initializer(variables))
+            before = {v.op.name: sess.run(v) for v in variables}
+            want_out = sess.run(out, {x: ids})
+            sess.run(train_op, {x: ids})
+            after = {v.op.name: sess.run(v) for v in variables}
+    graph = jaxmeta.import_meta_graph(meta)
+    got = jax.jit(graph.function("out:0", feeds=["ids:0"]))(before, ids)
+    np.testing.assert_allclose(got, want_out, rtol=1e-6)
+    step = graph.step([], feeds=["ids:0"], targets=[train_op.name])
+    with pytest.raises(jaxmeta.GraphError, match="partitions is traced"):
+        jax.jit(step)(before, ids)
+    _, new = step(before, ids)
+    for name, value in after.items():
+        np.testing.assert_allclose(new[name], value, rtol=1e-6, err_msg=name)
+
+
 def test_partition_stitch_round_trip_with_fed_partitions():
     parts = np.int32([2, 0, 1, 0, 2, 2])
 
