@@ -16,12 +16,12 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import models  # noqa: E402  (sets TF's environment before TensorFlow is imported)
+from run import _timed  # noqa: E402
 
 
 def _inception_train(tf):
@@ -64,15 +64,6 @@ def _export(build, path: str) -> tuple[str, int]:
         return description, len(graph.get_operations())
 
 
-def _time(fn, repeats: int) -> list[float]:
-    out = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return out
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -92,13 +83,13 @@ def main(argv: list[str] | None = None) -> None:
             path = os.path.join(tmp, name + ".meta")
             description, nodes = _export(build, path)
             size = os.path.getsize(path)
-            ours = _time(lambda path=path: jaxmeta.import_meta_graph(path), args.repeats)
+            ours = _timed(lambda path=path: jaxmeta.import_meta_graph(path), args.repeats)
 
             def tf_import(path=path):
                 with tf.Graph().as_default():
                     tf.compat.v1.train.import_meta_graph(path)
 
-            theirs = _time(tf_import, args.repeats)
+            theirs = _timed(tf_import, args.repeats)
             rows.append((description, nodes, size, statistics.median(ours), min(ours), max(ours),
                          statistics.median(theirs)))
             print(f"[{name}] {nodes} nodes: jaxmeta {statistics.median(ours):.3f} s, TF "
