@@ -58,6 +58,34 @@ def test_variables_and_assign_step():
     np.testing.assert_allclose(init["v"], [1.0, 2.0])
 
 
+def test_ref_read_ordered_after_an_update_sees_it():
+    """`v/read` is made with the variable; an op ordered after an update reads through it. TF1's
+    Identity aliases a ref variable's buffer, which AssignAdd updates in place, so whenever the
+    read runs, the op sees the new value. (Unordered reads are a race in TF; jaxmeta gives them
+    the old value.)"""
+    from oracle import get_tf
+
+    tf = get_tf()
+    g = tf.Graph()
+    with g.as_default():
+        v = tf.compat.v1.get_variable("v", initializer=np.float32([1.0, 2.0]), use_resource=False)
+        early = tf.identity(v.value(), name="early")  # Identity(v/read), created before the update
+        update = tf.compat.v1.assign_add(v, [10.0, 10.0], name="inc")
+        with tf.control_dependencies([update]):
+            after = tf.identity(early * 2.0, name="after")
+        meta = tf.compat.v1.train.export_meta_graph()
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            start = {"v": sess.run(v.value())}
+            want = sess.run(after)
+    np.testing.assert_allclose(want, [22.0, 24.0])
+    f = jaxmeta.import_meta_graph(meta).step("after:0")
+    for fn in (f, jax.jit(f)):
+        got, new = fn(start)
+        np.testing.assert_allclose(got, want)
+        np.testing.assert_allclose(new["v"], [11.0, 12.0])
+
+
 def test_missing_feed_and_unknown_names():
     def build(tf):
         x = tf.compat.v1.placeholder(tf.float32, [2], name="x")
