@@ -245,7 +245,7 @@ def _dynamic_stitch(node):
     def fn(*args):
         n = len(args) // 2
         indices, data = args[:n], args[n:]
-        if masked_ok and not static(*indices) and any(isinstance(i, jax.core.Tracer) for i in indices):
+        if masked_ok and any(isinstance(i, jax.core.Tracer) for i in indices):
             return _stitch_masked(indices, data)
         idx = [_need_concrete(node, i, "indices", "the output size (max index + 1) depends on them")
                for i in indices]
@@ -323,18 +323,18 @@ def _masked_sinks(node, allow_gather: bool):
     for user, k in _uses(node):
         if user.type in _STITCHES:
             sinks.append((user, k))
-        elif _PASS_THROUGH.get(user.type) == k:
+            continue
+        if _PASS_THROUGH.get(user.type) == k:
             more = _masked_sinks(user, allow_gather)
         elif allow_gather and _GATHERS.get(user.type) == k:
             more = _masked_sinks(user, False)
-            if more is not None and any(j < len(s.inputs) // 2 for s, j in more):
+            if more and any(j < len(s.inputs) // 2 for s, j in more):
                 return None  # gathered rows must be stitch data, not stitch indices
         else:
             return None
-        if user.type not in _STITCHES:
-            if more is None:
-                return None
-            sinks += more
+        if more is None:
+            return None
+        sinks += more
     return sinks
 
 
@@ -347,27 +347,24 @@ def _partition_plan(node):
     return all(_stitch_of_partitions(s) for s, _ in sinks), feeds_indices
 
 
-def _producer_through_pass(node, ref):
-    graph = node.graph
+def _producer_through_pass(graph, ref):
     producer = graph.nodes.get(ref.node)
     while producer is not None and producer.type in _PASS_THROUGH and producer.inputs:
-        ref = producer.inputs[0]
-        producer = graph.nodes.get(ref.node)
-    return producer, ref
+        producer = graph.nodes.get(producer.inputs[0].node)
+    return producer
 
 
 def _stitch_of_partitions(node) -> bool:
     """Whether each of the stitch's indices is an output of one DynamicPartition node."""
     n = len(node.inputs) // 2
-    sources = {_producer_through_pass(node, ref) for ref in node.inputs[:n]}
-    producers = {p.name if p is not None and p.type == "DynamicPartition" else None for p, _ in sources}
-    return n > 0 and None not in producers and len(producers) == 1
+    producers = {_producer_through_pass(node.graph, ref) for ref in node.inputs[:n]}
+    names = {p.name if p is not None and p.type == "DynamicPartition" else None for p in producers}
+    return n > 0 and None not in names and len(names) == 1
 
 
 def _partition_masked(node, data, partitions, num: int, feeds_stitch_indices: bool):
     parts = jnp.reshape(jnp.asarray(partitions), (-1,))
-    shape = tuple(np.shape(data))
-    tail = shape[np.ndim(partitions):]
+    tail = tuple(np.shape(data))[np.ndim(partitions):]
     if feeds_stitch_indices:
         positions = _concrete(data)
         n = parts.shape[0]

@@ -3,7 +3,8 @@
 Both kinds of variable evaluate to a `VarRef` naming the variable; reads happen when an op that
 does not take refs consumes it (the interpreter reads the value then) or through
 `ReadVariableOp`. A ref variable's `Identity` (`var/read`) stays a `ReadAlias`, read when
-consumed, because TF1's Identity aliases the buffer that in-place updates change. Assignments update the `OpContext`'s variables, which `Graph.step` returns.
+consumed, because TF1's Identity aliases the buffer that in-place updates change. Assignments
+update the `OpContext`'s variables, which `Graph.step` returns.
 """
 
 from __future__ import annotations
