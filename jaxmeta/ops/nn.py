@@ -103,7 +103,9 @@ def convolve(x, w, strides, padding, dilation, dimension_numbers, groups=1, prec
                                         precision=precision)
     span = [(k - 1) * d + 1 for k, d in zip(window, dilation)]
     pads = lax.padtype_to_pads(x.shape[1:-1], span, strides, padding) if isinstance(padding, str) else padding
-    pads = [tuple(int(v) for v in p) for p in pads]
+    w, pads = _crop_to_reach(w, x.shape[1:-1], [tuple(int(v) for v in p) for p in pads], strides, dilation)
+    window = tuple(w.shape[:nsp])
+    span = [(k - 1) * d + 1 for k, d in zip(window, dilation)]
     if window == (1,) * nsp and all(p == (0, 0) for p in pads):
         x = x[(slice(None), *(slice(None, None, s) for s in strides), slice(None))]
     elif 1 < math.prod(window) * w.shape[-2] <= 32:
@@ -120,6 +122,21 @@ def convolve(x, w, strides, padding, dilation, dimension_numbers, groups=1, prec
                                         dimension_numbers=dimension_numbers, precision=precision)
     w = jnp.reshape(w, (-1, w.shape[-1]))
     return lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())), precision=precision)
+
+
+def _crop_to_reach(w, sizes, pads, strides, dilation):
+    """Drops the kernel taps that only ever meet padding (a 3x3 SAME kernel over a 1x1 map uses its
+    centre alone), adjusting the padding so the output is unchanged."""
+    for axis, (n, (lo, hi), s, d) in enumerate(zip(sizes, pads, strides, dilation)):
+        k = w.shape[axis]
+        out = (n + lo + hi - (k - 1) * d - 1) // s + 1
+        taps = [t for t in range(k) if any(0 <= o * s - lo + t * d < n for o in range(out))]
+        if not taps or (taps[0], taps[-1]) == (0, k - 1):
+            continue
+        first, last = taps[0], taps[-1]
+        w = lax.slice_in_dim(w, first, last + 1, axis=axis)
+        pads = [*pads[:axis], (lo - first * d, hi - (k - 1 - last) * d), *pads[axis + 1:]]
+    return w, pads
 
 
 def _conv_builder(node, rank: int, depthwise: bool = False):

@@ -47,6 +47,9 @@ CONV2D = [
     ((2, 7, 6, 3), (1, 1, 3, 4), 2, "VALID", 1, None),
     ((1, 7, 7, 4), (1, 1, 2, 4), 2, "SAME", 1, None),  # 1x1 grouped: a convolution
     ((1, 5, 6, 2), (1, 1, 2, 2), 1, "EXPLICIT", 1, [0, 0, 1, 0, 0, 2, 0, 0]),
+    ((2, 1, 1, 8), (3, 3, 8, 4), 1, "SAME", 1, None),  # taps that only meet padding are dropped
+    ((1, 2, 3, 8), (3, 5, 8, 4), 2, "SAME", 1, None),
+    ((1, 1, 4, 8), (7, 1, 8, 3), 1, "SAME", 1, None),
 ]
 
 
