@@ -50,13 +50,27 @@ def aligned_empty(shape, dtype) -> np.ndarray:
     return raw[start : start + nbytes].view(dtype).reshape(shape)
 
 
+_PREADV = getattr(os, "preadv", None)  # missing on Windows
+_SEEK_LOCK = threading.Lock()
+
+
+def _read_at(fd: int, view: memoryview, offset: int) -> int:
+    if _PREADV is not None:
+        return _PREADV(fd, [view], offset)
+    with _SEEK_LOCK:  # without preadv: seek + read (one extra copy), one thread at a time
+        os.lseek(fd, offset, os.SEEK_SET)
+        data = os.read(fd, len(view))
+    view[: len(data)] = data
+    return len(data)
+
+
 def _pread_into(fd: int, buf: np.ndarray, offset: int) -> int:
     """Reads `buf.nbytes` bytes at `offset` into `buf`; returns how many were there."""
     view = memoryview(buf.reshape(-1).view(np.uint8))
     done = 0
     total = len(view)
     while done < total:
-        n = os.preadv(fd, [view[done:]], offset + done)
+        n = _read_at(fd, view[done:], offset + done)
         if n <= 0:
             break
         done += n

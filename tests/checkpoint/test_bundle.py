@@ -37,6 +37,20 @@ def test_sharded():
         assert_same(reader.read(name), gen.value_for(name, dtype, shape))
 
 
+def test_without_preadv(monkeypatch, tmp_path):
+    """Platforms without os.preadv (Windows) read through seek + read: same values, same errors."""
+    monkeypatch.setattr(_bundle, "_PREADV", None)
+    test_sharded()
+    for name in gen.DTYPE_TENSORS:
+        test_every_dtype(name)
+    prefix = str(copy_fixture("v2_tf1", tmp_path) / "model.ckpt-7")
+    path = _bundle.data_path(prefix, 0, 1)
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) - 1)
+    with pytest.raises(CheckpointError, match="truncated|ended|checksum"):
+        _read_all(prefix)
+
+
 def _read_all(prefix):
     reader = BundleReader(prefix)
     try:
