@@ -63,9 +63,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # (b) The JAX way: the graph's loss, jax.grad and optax.
     loss_fn = graph.function(loss, feeds=feeds)
-    trainable = {v.op_name for v in graph.trainable_variables()}
-    params = {k: v for k, v in variables.items() if k in trainable}
-    frozen = {k: v for k, v in variables.items() if k not in trainable}
+    params, frozen = graph.split_trainable(variables)
     optimizer = optax.adam(1e-3)
     opt_state = optimizer.init(params)
 

@@ -55,9 +55,7 @@ def train_op_run(graph, variables, steps, batch, mesh=None):
 def optax_run(graph, variables, steps, batch, mesh=None):
     """`steps` of `jax.grad` + optax SGD on the graph's loss; data-parallel over `mesh` when given."""
     loss_fn = graph.function(graph.get_collection("loss")[0], feeds=["images:0", "labels:0"])
-    trainable = {v.op_name for v in graph.trainable_variables()}
-    params = {k: v for k, v in variables.items() if k in trainable}
-    frozen = {k: v for k, v in variables.items() if k not in trainable}
+    params, frozen = graph.split_trainable(variables)
     optimizer = optax.sgd(0.01, momentum=0.9)
     if mesh is not None:
         params, frozen = parallel.replicate((params, frozen), mesh)

@@ -511,6 +511,16 @@ class Graph:
     def trainable_variables(self) -> list[Variable]:
         return self._variables_of("trainable_variables")
 
+    def split_trainable(self, variables: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Splits a variables dict into (trainable, the rest) by the graph's trainable collection.
+
+        For `jax.grad` + optax: differentiate w.r.t. the first and pass `{**rest, **params}` to
+        the graph's function.
+        """
+        names = {v.op_name for v in self.trainable_variables()}
+        params = {k: v for k, v in variables.items() if k in names}
+        return params, {k: v for k, v in variables.items() if k not in names}
+
     def local_variables(self) -> list[Variable]:
         return self._variables_of("local_variables")
 

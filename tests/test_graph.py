@@ -85,6 +85,10 @@ def test_variables(case):
         assert graph.as_graph_element(var) == graph.get_tensor_by_name(var.name)
     assert [v.name for v in graph.trainable_variables()] == tf["trainable_variables"]
     assert {n.name for n in graph.variable_nodes()} == {v["op_name"] for v in tf["global_variables"]}
+    everything = {v["op_name"]: v["op_name"] for v in tf["global_variables"]}
+    params, rest = graph.split_trainable(everything)
+    assert set(params) == {v.op_name for v in graph.trainable_variables()}
+    assert params.keys() | rest.keys() == everything.keys() and not params.keys() & rest.keys()
 
 
 def test_get_collection_with_scope_filters_as_tf(case):

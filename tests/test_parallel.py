@@ -49,9 +49,7 @@ def train_op_steps(graph, variables, batches, feeds, mesh=None):
 def optax_steps(graph, variables, batches, feeds, mesh=None):
     """`jax.grad` of the graph's loss + optax momentum SGD; data-parallel when a mesh is given."""
     loss_fn = graph.function(graph.get_collection("loss")[0], feeds=feeds)
-    trainable = {v.op_name for v in graph.trainable_variables()}
-    params = {k: v for k, v in variables.items() if k in trainable}
-    frozen = {k: v for k, v in variables.items() if k not in trainable}
+    params, frozen = graph.split_trainable(variables)
     optimizer = optax.sgd(0.05, momentum=0.9)
     if mesh is not None:
         params, frozen = parallel.replicate((params, frozen), mesh)
