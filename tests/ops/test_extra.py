@@ -31,17 +31,22 @@ LSTM = [
 ]
 
 
-def case_lstm_cell(batch, inp, cell, forget, clip, peephole, seed):
-    feeds = {
-        "x:0": randn(batch, inp, seed=seed),
+def _lstm_feeds(x_shape, batch, inp, cell, seed, w_scale=1.0):
+    """Inputs of the fused LSTM ops: x, previous state, weights, peepholes, bias."""
+    return {
+        "x:0": randn(*x_shape, seed=seed),
         "cs:0": randn(batch, cell, seed=seed + 1),
         "h:0": randn(batch, cell, seed=seed + 2),
-        "w:0": randn(inp + cell, 4 * cell, seed=seed + 3),
+        "w:0": randn(inp + cell, 4 * cell, seed=seed + 3) * w_scale,
         "wci:0": randn(cell, seed=seed + 4),
         "wcf:0": randn(cell, seed=seed + 5),
         "wco:0": randn(cell, seed=seed + 6),
         "b:0": randn(4 * cell, seed=seed + 7),
     }
+
+
+def case_lstm_cell(batch, inp, cell, forget, clip, peephole, seed):
+    feeds = _lstm_feeds((batch, inp), batch, inp, cell, seed)
 
     def build(tf):
         p = {k[:-2]: ph(tf, k[:-2], v) for k, v in feeds.items()}
@@ -55,16 +60,7 @@ def case_lstm_cell(batch, inp, cell, forget, clip, peephole, seed):
 
 
 def case_block_lstm(time, seq_len, batch, inp, cell, forget, clip, peephole, v2, seed, grads=False):
-    feeds = {
-        "x:0": randn(time, batch, inp, seed=seed),
-        "cs:0": randn(batch, cell, seed=seed + 1),
-        "h:0": randn(batch, cell, seed=seed + 2),
-        "w:0": randn(inp + cell, 4 * cell, seed=seed + 3) * 0.5,
-        "wci:0": randn(cell, seed=seed + 4),
-        "wcf:0": randn(cell, seed=seed + 5),
-        "wco:0": randn(cell, seed=seed + 6),
-        "b:0": randn(4 * cell, seed=seed + 7),
-    }
+    feeds = _lstm_feeds((time, batch, inp), batch, inp, cell, seed, w_scale=0.5)
 
     def build(tf):
         p = {k[:-2]: ph(tf, k[:-2], v) for k, v in feeds.items()}
