@@ -27,6 +27,7 @@ from jaxmeta._session import Session
 from jaxmeta.checkpoint import CheckpointReader, get_checkpoint_state, latest_checkpoint
 from jaxmeta.checkpoint._orbax import restore_orbax, save_orbax
 from jaxmeta.ops.registry import register_op, supported_ops
+from jaxmeta.tuning import Tuned, autotune
 
 __version__ = "0.1.0"
 
@@ -49,9 +50,11 @@ __all__ = [
     "SideEffectError",
     "Tensor",
     "TensorRef",
+    "Tuned",
     "UnsupportedOpError",
     "VarRef",
     "Variable",
+    "autotune",
     "get_checkpoint_state",
     "import_meta_graph",
     "latest_checkpoint",

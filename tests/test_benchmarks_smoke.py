@@ -29,8 +29,11 @@ def test_run_writes_a_table_for_the_mlp(tmp_path):
     table = (out / "latest.md").read_text()
     assert "## mlp" in table
     assert "| metric | jaxmeta | TF1 Session | OpenVINO | jaxmeta/TF |" in table
-    rows = [line for line in table.splitlines() if line.startswith("| latency, batch 1")]
+    rows = [line for line in table.splitlines() if line.startswith("| latency, batch 1 (ms)")]
     assert len(rows) == 1
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
     assert cells[1][0].isdigit() and cells[2][0].isdigit(), rows[0]  # jaxmeta and TF both measured
+    tuned = [line for line in table.splitlines() if line.startswith("| train step, autotuned (ms)")]
+    assert len(tuned) == 1 and tuned[0].split("|")[2].strip()[0].isdigit(), tuned
+    assert "XLA options chosen by `jaxmeta.autotune`: latency: " in table
     assert "error" not in table, table
