@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
-from oracle import case, compare_with_tf, get_tf, ph, run_cases
+from oracle import assert_close, case, compare_with_tf, get_tf, ph, run_cases
 
 import jaxmeta
 
@@ -50,6 +51,13 @@ CONV2D = [
     ((2, 1, 1, 8), (3, 3, 8, 4), 1, "SAME", 1, None),  # taps that only meet padding are dropped
     ((1, 2, 3, 8), (3, 5, 8, 4), 2, "SAME", 1, None),
     ((1, 1, 4, 8), (7, 1, 8, 3), 1, "SAME", 1, None),
+    # window x in channels > 32 and few output positions (<= window x in): XLA's convolution
+    # forward, both gradients as matrix products; many positions: XLA's convolution throughout
+    ((2, 6, 6, 5), (3, 3, 5, 4), 1, "SAME", 1, None),
+    ((1, 3, 3, 16), (3, 3, 16, 4), 1, "SAME", 1, None),
+    ((1, 7, 8, 6), (3, 3, 6, 3), 2, "SAME", 1, None),
+    ((1, 5, 5, 8), (3, 3, 8, 2), 1, "SAME", 2, None),
+    ((1, 4, 3, 12), (2, 2, 12, 3), 1, "EXPLICIT", 1, [0, 0, 1, 2, 0, 1, 0, 0]),
 ]
 
 
@@ -131,6 +139,8 @@ TRANSPOSED = [
     ((1, 5, 5, 2), (3, 3, 2, 3), 1, "SAME"),
     ((1, 8, 9, 2), (4, 4, 2, 2), 3, "SAME"),
     ((2, 7, 7, 3), (1, 1, 3, 2), 2, "SAME"),
+    ((1, 6, 6, 8), (3, 3, 8, 4), 2, "SAME"),  # window x in > 32, few positions: a matrix product
+    ((2, 5, 5, 6), (3, 3, 6, 5), 1, "SAME"),
 ]
 
 
@@ -770,3 +780,34 @@ def test_conv2d_backprop_input_spatial_sizes():
         )
 
     compare_with_tf(build, {"dy:0": dy, "w:0": w}, grads=True, **CONV_TOL)
+
+
+@pytest.mark.parametrize("strides,padding,dilation", [((1, 1), "SAME", (1, 1)), ((2, 1), "VALID", (1, 2))])
+@pytest.mark.parametrize("batch", [1, 6])  # few positions (filter gradient by matmul) and many
+def test_convolve_derivatives_match_xla_convolution(strides, padding, dilation, batch):
+    """`convolve`'s matrix-product gradients equal lax's in reverse, forward and second order."""
+    from jax import lax
+
+    from jaxmeta.ops.nn import convolve
+
+    dn = ("NHWC", "HWIO", "NHWC")
+    x, w = jnp.asarray(randn(batch, 5, 6, 6)), jnp.asarray(randn(3, 3, 6, 4, seed=1))
+
+    def ours(x, w):
+        return jnp.sum(jnp.sin(convolve(x, w, strides, padding, dilation, dn)))
+
+    def ref(x, w):
+        return jnp.sum(jnp.sin(lax.conv_general_dilated(x, w, strides, padding, rhs_dilation=dilation,
+                                                         dimension_numbers=dn)))
+
+    few = batch * (5 if padding == "SAME" else 2) * (6 if padding == "SAME" else 2) <= 3 * 3 * 6
+    # few output positions: no reversed kernel (XLA's input gradient) in the gradient's program
+    assert ("rev[" in str(jax.make_jaxpr(jax.grad(ours, (0, 1)))(x, w))) != few
+    for a, b in zip(jax.jit(jax.grad(ours, (0, 1)))(x, w), jax.grad(ref, (0, 1))(x, w)):
+        assert_close(a, b, rtol=1e-4, atol=1e-4, what="grad")
+    tangents = (jnp.ones_like(x), jnp.full_like(w, 0.5))
+    assert_close(jax.jvp(ours, (x, w), tangents)[1], jax.jvp(ref, (x, w), tangents)[1], rtol=1e-4, atol=1e-4,
+                 what="jvp")
+    hw = jax.hessian(lambda w: ours(x[:1, ..., :4], w))(w[:, :, :4, :1])
+    assert_close(hw, jax.hessian(lambda w: ref(x[:1, ..., :4], w))(w[:, :, :4, :1]), rtol=1e-4, atol=1e-4,
+                 what="hessian")

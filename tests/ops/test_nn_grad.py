@@ -147,6 +147,12 @@ CONV2D = [
     # kernel taps that only meet padding (a small map) are dropped
     ((2, 1, 1, 8), (3, 3, 8, 4), (1, 1), "SAME", (1, 1)),
     ((1, 2, 3, 8), (3, 5, 8, 4), (2, 2), "SAME", (1, 1)),
+    # window x in channels > 32, few output positions: gradients as matrix products (`convolve`)
+    ((2, 6, 6, 5), (3, 3, 5, 4), (1, 1), "SAME", (1, 1)),
+    ((1, 3, 3, 16), (3, 3, 16, 4), (1, 1), "SAME", (1, 1)),
+    ((1, 7, 8, 6), (3, 3, 6, 3), (2, 2), "VALID", (1, 1)),
+    ((1, 5, 5, 8), (3, 3, 8, 2), (1, 1), "SAME", (2, 2)),
+    ((1, 4, 3, 12), (2, 2, 12, 3), (1, 1), [(0, 0), (1, 2), (0, 1), (0, 0)], (1, 1)),
 ]
 
 
