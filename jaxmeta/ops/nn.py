@@ -118,6 +118,7 @@ def convolve(x, w, strides, padding, dilation, dimension_numbers, groups=1, prec
     pads = lax.padtype_to_pads(x.shape[1:-1], span, strides, padding) if isinstance(padding, str) else padding
     w, pads = _crop_to_reach(w, x.shape[1:-1], [tuple(int(v) for v in p) for p in pads], strides, dilation)
     window = tuple(w.shape[:nsp])
+    span = [(k - 1) * d + 1 for k, d in zip(window, dilation)]
     config = (tuple(strides), tuple(pads), tuple(dilation), tuple(dimension_numbers), precision)
     if window == (1,) * nsp and all(p == (0, 0) for p in pads):
         x = x[(slice(None), *(slice(None, None, s) for s in strides), slice(None))]
