@@ -15,6 +15,8 @@ process, so import time and peak memory are its own:
 - steady-state latency at batch 1 and throughput at a large batch;
 - one training step: the graph's own `train_op`; jaxmeta as
   `jax.jit(graph.step([], feeds, targets=[train_op]), donate_argnums=0)`;
+- for jaxmeta, latency, throughput and the train step again with the XLA options
+  `jaxmeta.autotune` picks (timed in alternation with XLA's defaults), and the time tuning took;
 - peak resident memory of the process (`ru_maxrss`).
 
 jaxmeta is jitted once per signature, inputs are put on the device before timing, every timed
@@ -87,6 +89,17 @@ def _timed(fn, repeats: int) -> list[float]:
     return out
 
 
+def _timed_alternately(fns, repeats: int) -> list[list[float]]:
+    """Times each of `fns` `repeats` times, taking turns; one list of seconds per function."""
+    out = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, times in zip(fns, out):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+    return out
+
+
 class Recorder:
     """Collects metric samples; prints them as one JSON line even when a phase fails."""
 
@@ -107,6 +120,7 @@ class Recorder:
 def worker_jaxmeta(rec: Recorder, directory: str, spec: models.ModelSpec, args) -> None:
     t = time.perf_counter()
     import jax
+    import jax.numpy as jnp
 
     import jaxmeta
 
@@ -141,45 +155,46 @@ def worker_jaxmeta(rec: Recorder, directory: str, spec: models.ModelSpec, args) 
     t = time.perf_counter()
     jax.block_until_ready(infer(variables, *x1, **kw))
     rec.put("first_call_s", time.perf_counter() - t)
-    rec.put("latency_ms", _timed(lambda: jax.block_until_ready(infer(variables, *x1, **kw)), args.repeats), 1e3)
     big = spec.large_batch
     xb = jax.device_put(models.make_inputs(spec.infer_feeds, big))
     out = jax.block_until_ready(infer(variables, *xb, **kw))  # compiles the large-batch signature
     rec.put("output_abs_sum", float(np.abs(np.asarray(out, np.float64)).sum()))
-    times = _timed(lambda: jax.block_until_ready(infer(variables, *xb, **kw)), args.repeats)
-    rec.put("throughput", [big / s for s in times])
 
-    t = time.perf_counter()
-    tuned = jaxmeta.autotune(f, variables, *x1, **kw)
-    tuning = time.perf_counter() - t
-    rec.info["latency"] = tuned.choice
-    rec.put("latency_tuned_ms", _timed(lambda: jax.block_until_ready(tuned(variables, *x1, **kw)), args.repeats), 1e3)
-    t = time.perf_counter()
-    tuned = jaxmeta.autotune(f, variables, *xb, **kw)
-    tuning += time.perf_counter() - t
-    rec.info["throughput"] = tuned.choice
-    times = _timed(lambda: jax.block_until_ready(tuned(variables, *xb, **kw)), args.repeats)
-    rec.put("throughput_tuned", [big / s for s in times])
+    # XLA's default options and `jaxmeta.autotune`'s choice, timed in alternation so that drift in
+    # the machine's speed during the run falls on both alike.
+    tuning = time.perf_counter()
+    tuned1 = jaxmeta.autotune(f, variables, *x1, **kw)
+    tuned_b = jaxmeta.autotune(f, variables, *xb, **kw)
+    tuning = time.perf_counter() - tuning
+    rec.info["latency"], rec.info["throughput"] = tuned1.choice, tuned_b.choice
+    default, tuned = _timed_alternately([lambda: jax.block_until_ready(infer(variables, *x1, **kw)),
+                                         lambda: jax.block_until_ready(tuned1(variables, *x1, **kw))], args.repeats)
+    rec.put("latency_ms", default, 1e3)
+    rec.put("latency_tuned_ms", tuned, 1e3)
+    default, tuned = _timed_alternately([lambda: jax.block_until_ready(infer(variables, *xb, **kw)),
+                                         lambda: jax.block_until_ready(tuned_b(variables, *xb, **kw))], args.repeats)
+    rec.put("throughput", [big / s for s in default])
+    rec.put("throughput_tuned", [big / s for s in tuned])
 
     s = graph.step([], feeds=[f.name for f in spec.train_feeds], targets=[spec.train_op])
     kw = {"key": jax.random.key(0)} if s.program.random else {}
     train = jax.jit(s, donate_argnums=0)
     xt = jax.device_put(models.make_inputs(spec.train_feeds, spec.train_batch))
-    state = dict(variables)  # donated: the restored arrays are consumed by the first step
+    states = [jax.tree.map(jnp.copy, variables), dict(variables)]  # donated: each step consumes its input
+    variables = None
 
-    def one_step():
-        nonlocal state
-        _, state = train(state, *xt, **kw)
-        jax.block_until_ready(state)
+    def one_step(i, step):
+        _, states[i] = step(states[i], *xt, **kw)
+        jax.block_until_ready(states[i])
 
-    rec.put("train_first_s", _timed(one_step, 1))
-    rec.put("train_step_ms", _timed(one_step, args.repeats), 1e3)
-
+    rec.put("train_first_s", _timed(lambda: one_step(0, train), 1))
     t = time.perf_counter()
-    train = jaxmeta.autotune(s, state, *xt, jit_kwargs={"donate_argnums": 0}, **kw)
+    tuned = jaxmeta.autotune(s, states[1], *xt, jit_kwargs={"donate_argnums": 0}, **kw)
     rec.put("autotune_s", tuning + time.perf_counter() - t)
-    rec.info["train"] = train.choice
-    rec.put("train_step_tuned_ms", _timed(one_step, args.repeats), 1e3)
+    rec.info["train"] = tuned.choice
+    default, tuned = _timed_alternately([lambda: one_step(0, train), lambda: one_step(1, tuned)], args.repeats)
+    rec.put("train_step_ms", default, 1e3)
+    rec.put("train_step_tuned_ms", tuned, 1e3)
     if "tensorflow" in sys.modules:  # the jaxmeta process must run without TensorFlow
         raise RuntimeError("the jaxmeta worker imported TensorFlow")
 
