@@ -179,6 +179,19 @@ def _conv_jvp(strides, pads, dilation, dimension_numbers, precision, primals, ta
 _conv_with_matmul_grads.defjvp(_conv_jvp, symbolic_zeros=True)
 
 
+def channel_sum(x, axes):
+    """`jnp.sum(x, axis=axes)`; a large float32 sum over every axis but the last (batch norm's
+    statistics and gradients, bias gradients) runs as ones @ x[rows, channels]: without YNNPACK,
+    XLA's CPU reduction of a 128x32x32x32 activation to its 32 channels takes 22 ms, the product
+    1.7 ms (with YNNPACK 1.1 and 1.5 ms)."""
+    x = jnp.asarray(x)
+    rows = math.prod(x.shape[:-1])
+    if x.dtype != jnp.float32 or tuple(axes) != tuple(range(x.ndim - 1)) or rows < 4096:
+        return jnp.sum(x, axis=axes)
+    return lax.dot_general(jnp.ones((rows,), x.dtype), x.reshape(rows, x.shape[-1]), (((0,), (0,)), ((), ())),
+                           precision=lax.Precision.HIGHEST)
+
+
 def _crop_to_reach(w, sizes, pads, strides, dilation):
     """Drops the kernel taps that only ever meet padding (a 3x3 SAME kernel over a 1x1 map uses its
     centre alone), adjusting the padding so the output is unchanged."""
@@ -440,10 +453,10 @@ def _fused_batch_norm(node):
         shape[axis] = x.shape[axis]
         xf = x.astype(jnp.float32)
         if training:
-            batch_mean = jnp.mean(xf, axis=axes)
-            batch_var = jnp.mean(jnp.square(xf - batch_mean.reshape(shape)), axis=axes)
-            m, v = batch_mean, batch_var
             count = math.prod(x.shape) // x.shape[axis]
+            batch_mean = channel_sum(xf, axes) / count
+            batch_var = channel_sum(jnp.square(xf - batch_mean.reshape(shape)), axes) / count
+            m, v = batch_mean, batch_var
             unbiased = batch_var * (count / max(count - 1, 1))
             if factor != 1.0:
                 out_mean = (1.0 - factor) * mean + factor * batch_mean

@@ -18,7 +18,7 @@ from jax import lax
 
 from jaxmeta._errors import GraphError
 from jaxmeta.ops.image import _nearest_index, _scale
-from jaxmeta.ops.nn import convolve
+from jaxmeta.ops.nn import channel_sum, convolve
 from jaxmeta.ops.registry import broadcast_ranks, register, static
 
 # -- elementwise ----------------------------------------------------------------------------------
@@ -88,7 +88,7 @@ def _bias_add_grad(node):
         # BiasAdd's NCHW bias runs along axis 1 (TF's "C" of NC...), for any rank >= 3; a rank-2
         # input has its channels last in both formats.
         channel = 1 if data_format == "NCHW" and g.ndim >= 3 else g.ndim - 1
-        return jnp.sum(g, axis=tuple(i for i in range(g.ndim) if i != channel))
+        return channel_sum(g, tuple(i for i in range(g.ndim) if i != channel))
 
     return fn
 
@@ -400,17 +400,17 @@ def _fused_batch_norm_grad(node):
         # Closed form, as TF's kernels: two reductions and one elementwise pass (autodiff of the
         # forward materializes broadcasts of every per-channel intermediate).
         xf, dyf = x.astype(u), jnp.asarray(dy, u)
+        n = math.prod(x.shape[i] for i in axes)
         if is_training:
-            m = jnp.mean(xf, axis=axes, keepdims=True)
-            var = jnp.mean(jnp.square(xf - m), axis=axes, keepdims=True)
+            m = per_channel(channel_sum(xf, axes) / n)
+            var = per_channel(channel_sum(jnp.square(xf - m), axes) / n)
         else:
             m, var = per_channel(jnp.asarray(mean, u)), per_channel(jnp.asarray(variance, u))
         inv = lax.rsqrt(var + epsilon)
         x_hat = (xf - m) * inv
-        doffset = jnp.sum(dyf, axis=axes)
-        dscale = jnp.sum(dyf * x_hat, axis=axes)
+        doffset = channel_sum(dyf, axes)
+        dscale = channel_sum(dyf * x_hat, axes)
         if is_training:
-            n = math.prod(x.shape[i] for i in axes)
             dx = (per_channel(scale) * inv) * (dyf - (per_channel(doffset) + x_hat * per_channel(dscale)) / n)
         else:
             dx = dyf * (per_channel(scale) * inv)

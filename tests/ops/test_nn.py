@@ -348,6 +348,7 @@ BN_CASES = [
     ("FusedBatchNormV3", "NCHW", (2, 4, 3, 3), 1.0),
     ("FusedBatchNormV3", "NHWC", (2, 3, 3, 4), 0.3),
     ("FusedBatchNormV3", "NDHWC", (2, 2, 3, 3, 4), 1.0),
+    ("FusedBatchNormV3", "NHWC", (8, 24, 24, 5), 1.0),  # >= 4096 rows: statistics by matrix product
 ]
 
 

@@ -117,6 +117,7 @@ def test_leaky_relu_grad(alpha):
 @pytest.mark.parametrize("shape,data_format", [
     ((4, 3), "NHWC"), ((2, 3, 4), "NHWC"), ((2, 3, 4), "NCHW"),
     ((2, 3, 4, 5), "NHWC"), ((2, 3, 4, 5), "NCHW"), ((2, 3, 2, 2, 2), "NCHW"),
+    ((8, 24, 24, 5), "NHWC"),  # >= 4096 rows: a matrix product (`channel_sum`)
 ], ids=str)
 def test_bias_add_grad(shape, data_format):
     feeds = {"g:0": randn(*shape)}
@@ -396,6 +397,7 @@ def test_pool3d_grads(case, ties):
 @pytest.mark.parametrize("is_training", [True, False], ids=["training", "inference"])
 @pytest.mark.parametrize("version,shape,data_format", [
     ("", (4, 3, 3, 2), "NHWC"), ("V2", (2, 5, 2, 3), "NHWC"), ("V3", (4, 3, 3, 2), "NHWC"), ("V3", (3, 2, 4, 4), "NCHW"),
+    ("V3", (8, 24, 24, 5), "NHWC"),  # >= 4096 rows: channel sums as a matrix product (`channel_sum`)
 ], ids=str)
 def test_fused_batch_norm_grad(version, is_training, shape, data_format):
     tf = get_tf()
