@@ -4,7 +4,7 @@ XLA's CPU backend can hand convolutions, matrix products and elementwise fusions
 run them with its own kernels (Eigen and generated loops), and which is faster depends on the
 model, the batch size and whether the function is a training step: on a 2-core Xeon, turning
 YNNPACK off makes TF-slim Inception-v3's batch-8 inference 1.4x faster, while keeping it for
-everything but convolutions makes a small CNN's training step 1.7x faster, and both changes
+everything but convolutions makes a small CNN's training step 1.5x faster, and both changes
 slow other functions down. `autotune` compiles the function with each candidate set of options
 for the example arguments, times a few calls of each in turn, and keeps the fastest, much as XLA
 autotunes kernels on GPUs. On other backends there is nothing to choose and it returns a plain
