@@ -192,6 +192,14 @@ def channel_sum(x, axes):
                            precision=lax.Precision.HIGHEST)
 
 
+def batch_moments(x, axes):
+    """Per-channel mean and biased variance of `x` over `axes` (batch norm's batch statistics)."""
+    count = math.prod(x.shape[i] for i in axes)
+    keep = [1 if i in axes else d for i, d in enumerate(x.shape)]
+    mean = channel_sum(x, axes) / count
+    return mean, channel_sum(jnp.square(x - mean.reshape(keep)), axes) / count
+
+
 def _crop_to_reach(w, sizes, pads, strides, dilation):
     """Drops the kernel taps that only ever meet padding (a 3x3 SAME kernel over a 1x1 map uses its
     centre alone), adjusting the padding so the output is unchanged."""
@@ -454,8 +462,7 @@ def _fused_batch_norm(node):
         xf = x.astype(jnp.float32)
         if training:
             count = math.prod(x.shape) // x.shape[axis]
-            batch_mean = channel_sum(xf, axes) / count
-            batch_var = channel_sum(jnp.square(xf - batch_mean.reshape(shape)), axes) / count
+            batch_mean, batch_var = batch_moments(xf, axes)
             m, v = batch_mean, batch_var
             unbiased = batch_var * (count / max(count - 1, 1))
             if factor != 1.0:

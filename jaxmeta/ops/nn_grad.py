@@ -18,7 +18,7 @@ from jax import lax
 
 from jaxmeta._errors import GraphError
 from jaxmeta.ops.image import _nearest_index, _scale
-from jaxmeta.ops.nn import channel_sum, convolve
+from jaxmeta.ops.nn import batch_moments, channel_sum, convolve
 from jaxmeta.ops.registry import broadcast_ranks, register, static
 
 # -- elementwise ----------------------------------------------------------------------------------
@@ -402,8 +402,7 @@ def _fused_batch_norm_grad(node):
         xf, dyf = x.astype(u), jnp.asarray(dy, u)
         n = math.prod(x.shape[i] for i in axes)
         if is_training:
-            m = per_channel(channel_sum(xf, axes) / n)
-            var = per_channel(channel_sum(jnp.square(xf - m), axes) / n)
+            m, var = map(per_channel, batch_moments(xf, axes))
         else:
             m, var = per_channel(jnp.asarray(mean, u)), per_channel(jnp.asarray(variance, u))
         inv = lax.rsqrt(var + epsilon)
