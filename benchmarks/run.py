@@ -81,12 +81,7 @@ REFERENCE = {"latency_tuned_ms": "latency_ms", "throughput_tuned": "throughput",
 
 
 def _timed(fn, repeats: int) -> list[float]:
-    out = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return out
+    return _timed_alternately([fn], repeats)[0]
 
 
 def _peak_rss_mb() -> float:

@@ -118,18 +118,22 @@ def convolve(x, w, strides, padding, dilation, dimension_numbers, groups=1, prec
     pads = lax.padtype_to_pads(x.shape[1:-1], span, strides, padding) if isinstance(padding, str) else padding
     w, pads = _crop_to_reach(w, x.shape[1:-1], [tuple(int(v) for v in p) for p in pads], strides, dilation)
     window = tuple(w.shape[:nsp])
-    span = [(k - 1) * d + 1 for k, d in zip(window, dilation)]
     config = (tuple(strides), tuple(pads), tuple(dilation), tuple(dimension_numbers), precision)
     if window == (1,) * nsp and all(p == (0, 0) for p in pads):
         x = x[(slice(None), *(slice(None, None, s) for s in strides), slice(None))]
         return _matmul(x, w, precision)
     if 1 < math.prod(window) * w.shape[-2] <= 32:
         return _window_matmul(x, w, *config)
-    sizes = [(n + lo + hi - sp) // st + 1 for n, (lo, hi), sp, st in zip(x.shape[1:-1], pads, span, strides)]
+    sizes = [_out_size(n, lo, hi, k, d, s) for n, (lo, hi), k, d, s in zip(x.shape[1:-1], pads, window, dilation, strides)]
     if x.shape[0] * math.prod(sizes) <= math.prod(window) * w.shape[-2]:
         return _conv_with_matmul_grads(x, w, *config)
     return lax.conv_general_dilated(x, w, strides, pads, rhs_dilation=dilation, dimension_numbers=dimension_numbers,
                                     precision=precision)
+
+
+def _out_size(n, lo, hi, k, d, s):
+    """Output length of a window of k taps, dilation d, stride s over n inputs padded by lo, hi."""
+    return (n + lo + hi - (k - 1) * d - 1) // s + 1
 
 
 def _matmul(x, w, precision):
@@ -144,7 +148,7 @@ def _window_matmul(x, w, strides, pads, dilation, dimension_numbers, precision):
     transposes (the gradients) are a matrix product and a sum of padded slices."""
     window = w.shape[:-2]
     x = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0)])
-    out = [(n - (k - 1) * d - 1) // s + 1 for n, k, d, s in zip(x.shape[1:-1], window, dilation, strides)]
+    out = [_out_size(n, 0, 0, k, d, s) for n, k, d, s in zip(x.shape[1:-1], window, dilation, strides)]
     windows = []
     for offset in np.ndindex(*window):
         start = (0, *(o * d for o, d in zip(offset, dilation)), 0)
@@ -205,7 +209,7 @@ def _crop_to_reach(w, sizes, pads, strides, dilation):
     centre alone), adjusting the padding so the output is unchanged."""
     for axis, (n, (lo, hi), s, d) in enumerate(zip(sizes, pads, strides, dilation)):
         k = w.shape[axis]
-        out = (n + lo + hi - (k - 1) * d - 1) // s + 1
+        out = _out_size(n, lo, hi, k, d, s)
         taps = [t for t in range(k) if any(0 <= o * s - lo + t * d < n for o in range(out))]
         if not taps or (taps[0], taps[-1]) == (0, k - 1):
             continue
