@@ -18,6 +18,9 @@ from jaxmeta.proto import types_pb2
 _SUFFIX = re.compile(r"(\.index|\.meta|\.data-\d{5}-of-\d{5})$")
 
 
+_BYTES_PER_WORKER = 8 << 20
+
+
 def _find_prefix(prefix: str) -> tuple[str, str]:
     """(prefix, "v2" | "v1"), accepting a directory or a file name of the checkpoint as well."""
     if os.path.isdir(prefix):
@@ -121,14 +124,17 @@ class CheckpointReader:
 
         Args:
             names: checkpoint keys.
-            workers: threads (default: up to 8, one per CPU).
+            workers: threads (default: one per 8 MB to read, up to 8 and one per CPU; below 8 MB
+                a thread pool costs more than it saves).
             on_done: called with (name, bytes) after each tensor, e.g. for a progress bar.
 
         Raises:
             CheckpointError: for the first tensor that fails; nothing is returned then.
         """
         names = list(names)
-        workers = workers or min(8, os.cpu_count() or 1, max(1, len(names)))
+        if not workers:
+            total = sum(self.nbytes(n) for n in names if self.has_tensor(n))
+            workers = max(1, min(8, os.cpu_count() or 1, len(names), total // _BYTES_PER_WORKER))
 
         outs = self._arena(names)
 

@@ -9,7 +9,6 @@ the other gradient kernels are in `nn_grad.py`.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import jax
@@ -23,6 +22,9 @@ from jaxmeta.ops.registry import broadcast_ranks, register, register_table, stat
 
 # -- layout and padding helpers ---------------------------------------------------------------------
 
+# Stacked windows (positions x window x in channels) up to which a few-input-channel convolution's
+# gradients are matrix products too; beyond it XLA's convolution gradients are faster.
+_WINDOWS_FOR_MATMUL_GRADS = 1 << 18
 _CHANNELS_LAST = {"NHWC": 4, "NDHWC": 5, "NWC": 3}
 _CHANNELS_FIRST = {"NCHW": 4, "NCDHW": 5, "NCW": 3}
 
@@ -99,10 +101,12 @@ def convolve(x, w, strides, padding, dilation, dimension_numbers, groups=1, prec
     - an unpadded 1x1 kernel (most of a ResNet's) is one matrix product, forward and both
       gradients (2-3x faster);
     - a kernel over few input channels (an RGB image's first layer) stacks its shifted windows
-      along the channels and multiplies once;
+      along the channels and multiplies once; its gradients are matrix products too while the
+      stacked windows are few, XLA's convolution gradients beyond (transposing millions of stacked
+      windows for the filter gradient tripled a 64x32x32x3 CNN stem's backward pass);
     - where output positions (batch x spatial) are few, at most window x in channels (deep layers,
       small maps), XLA's convolution runs forward and both gradients are matrix products (see
-      `_conv_jvp`): XLA's own input gradient reverses and transposes the whole kernel on every
+      `_differentiated_as`): XLA's own input gradient reverses and transposes the whole kernel on every
       call, 4.5 ms of a ResNet-50 training step for each 3x3x512x512 kernel on a 2-core Xeon,
       against 1.2 ms as a product;
     - anything else is XLA's convolution.
@@ -122,10 +126,13 @@ def convolve(x, w, strides, padding, dilation, dimension_numbers, groups=1, prec
     if window == (1,) * nsp and all(p == (0, 0) for p in pads):
         x = x[(slice(None), *(slice(None, None, s) for s in strides), slice(None))]
         return _matmul(x, w, precision)
-    if 1 < math.prod(window) * w.shape[-2] <= 32:
-        return _window_matmul(x, w, *config)
     sizes = [_out_size(n, lo, hi, k, d, s) for n, (lo, hi), k, d, s in zip(x.shape[1:-1], pads, window, dilation, strides)]
-    if x.shape[0] * math.prod(sizes) <= math.prod(window) * w.shape[-2]:
+    positions = x.shape[0] * math.prod(sizes)
+    if 1 < math.prod(window) * w.shape[-2] <= 32:
+        if positions * math.prod(window) * w.shape[-2] <= _WINDOWS_FOR_MATMUL_GRADS:
+            return _window_matmul(x, w, *config)
+        return _matmul_with_conv_grads(x, w, *config)
+    if positions <= math.prod(window) * w.shape[-2]:
         return _conv_with_matmul_grads(x, w, *config)
     return lax.conv_general_dilated(x, w, strides, pads, rhs_dilation=dilation, dimension_numbers=dimension_numbers,
                                     precision=precision)
@@ -157,30 +164,41 @@ def _window_matmul(x, w, strides, pads, dilation, dimension_numbers, precision):
     return _matmul(jnp.concatenate(windows, axis=-1), w, precision)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4, 5, 6))
-def _conv_with_matmul_grads(x, w, strides, pads, dilation, dimension_numbers, precision):
+def _xla_conv(x, w, strides, pads, dilation, dimension_numbers, precision):
     return lax.conv_general_dilated(x, w, strides, pads, rhs_dilation=dilation,
                                     dimension_numbers=dimension_numbers, precision=precision)
 
 
-def _conv_jvp(strides, pads, dilation, dimension_numbers, precision, primals, tangents):
-    """Tangents through `_window_matmul`, so reverse mode (its transpose) is matrix products: the
-    input gradient is dy @ kernel^T scattered back by padded slices, never a reversed, transposed
-    copy of the kernel; the filter gradient is the stacked windows of x (few: see `convolve`)
-    times dy."""
-    x, w = primals
-    dx, dw = tangents
-    config = (strides, pads, dilation, dimension_numbers, precision)
-    y = _conv_with_matmul_grads(x, w, *config)
-    parts = []
-    if not isinstance(dx, SymbolicZero):
-        parts.append(_window_matmul(dx, w, *config))
-    if not isinstance(dw, SymbolicZero):
-        parts.append(_window_matmul(x, dw, *config))
-    return y, sum(parts[1:], parts[0]) if parts else jnp.zeros_like(y)
+def _differentiated_as(forward, tangent):
+    """The convolution computed by `forward`, differentiated through `tangent` (the same
+    convolution computed another way): a `jax.custom_jvp` whose tangent is `tangent(dx, w) +
+    tangent(x, dw)`, so reverse mode (its transpose) is the transpose of `tangent`'s form. Forward
+    mode and higher orders go through it too."""
+    fn = jax.custom_jvp(forward, nondiff_argnums=(2, 3, 4, 5, 6))
+
+    def jvp(strides, pads, dilation, dimension_numbers, precision, primals, tangents):
+        x, w = primals
+        dx, dw = tangents
+        config = (strides, pads, dilation, dimension_numbers, precision)
+        parts = []
+        if not isinstance(dx, SymbolicZero):
+            parts.append(tangent(dx, w, *config))
+        if not isinstance(dw, SymbolicZero):
+            parts.append(tangent(x, dw, *config))
+        y = fn(x, w, *config)
+        return y, sum(parts[1:], parts[0]) if parts else jnp.zeros_like(y)
+
+    fn.defjvp(jvp, symbolic_zeros=True)
+    return fn
 
 
-_conv_with_matmul_grads.defjvp(_conv_jvp, symbolic_zeros=True)
+# XLA's convolution forward, gradients as matrix products: the input gradient is dy @ kernel^T
+# scattered back by padded slices, never a reversed, transposed copy of the kernel; the filter
+# gradient is the stacked windows of x (few: see `convolve`) times dy.
+_conv_with_matmul_grads = _differentiated_as(_xla_conv, _window_matmul)
+# The stacked-windows product forward, XLA's convolution gradients: for few input channels and many
+# output positions, where transposing the stacked windows for the filter gradient is slow.
+_matmul_with_conv_grads = _differentiated_as(_window_matmul, _xla_conv)
 
 
 def channel_sum(x, axes):

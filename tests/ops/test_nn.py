@@ -812,3 +812,33 @@ def test_convolve_derivatives_match_xla_convolution(strides, padding, dilation, 
     hw = jax.hessian(lambda w: ours(x[:1, ..., :4], w))(w[:, :, :4, :1])
     assert_close(hw, jax.hessian(lambda w: ref(x[:1, ..., :4], w))(w[:, :, :4, :1]), rtol=1e-4, atol=1e-4,
                  what="hessian")
+
+
+@pytest.mark.parametrize("windows_for_matmul_grads", [0, 1 << 30])  # XLA's gradients / matrix products
+def test_few_input_channels_convolve_derivatives(monkeypatch, windows_for_matmul_grads):
+    """A few-input-channel convolution (stacked windows times the kernel) differentiates like lax,
+    with XLA's convolution gradients once its stacked windows are many."""
+    from jax import lax
+
+    from jaxmeta.ops import nn
+
+    monkeypatch.setattr(nn, "_WINDOWS_FOR_MATMUL_GRADS", windows_for_matmul_grads)
+    dn = ("NHWC", "HWIO", "NHWC")
+    x, w = jnp.asarray(randn(2, 7, 7, 3)), jnp.asarray(randn(3, 3, 3, 4, seed=1))
+
+    def ours(x, w):
+        return jnp.sum(jnp.sin(nn.convolve(x, w, (2, 1), "SAME", (1, 1), dn)))
+
+    def ref(x, w):
+        return jnp.sum(jnp.sin(lax.conv_general_dilated(x, w, (2, 1), "SAME", dimension_numbers=dn)))
+
+    assert "conv_general_dilated" not in str(jax.make_jaxpr(ours)(x, w))  # the windows' product forward
+    grad_program = str(jax.make_jaxpr(jax.grad(ours, (0, 1)))(x, w))
+    assert ("conv_general_dilated" in grad_program) == (windows_for_matmul_grads == 0)
+    for a, b in zip(jax.jit(jax.grad(ours, (0, 1)))(x, w), jax.grad(ref, (0, 1))(x, w)):
+        assert_close(a, b, rtol=1e-4, atol=1e-4, what="grad")
+    tangents = (jnp.ones_like(x), jnp.full_like(w, 0.5))
+    assert_close(jax.jvp(ours, (x, w), tangents)[1], jax.jvp(ref, (x, w), tangents)[1], rtol=1e-4, atol=1e-4,
+                 what="jvp")
+    hw = jax.hessian(lambda w: ours(x[:1], w))(w[..., :1])
+    assert_close(hw, jax.hessian(lambda w: ref(x[:1], w))(w[..., :1]), rtol=1e-4, atol=1e-4, what="hessian")
