@@ -22,9 +22,6 @@ from jaxmeta.ops.registry import broadcast_ranks, register, register_table, stat
 
 # -- layout and padding helpers ---------------------------------------------------------------------
 
-# Stacked windows (positions x window x in channels) up to which a few-input-channel convolution's
-# gradients are matrix products too; beyond it XLA's convolution gradients are faster.
-_WINDOWS_FOR_MATMUL_GRADS = 1 << 18
 _CHANNELS_LAST = {"NHWC": 4, "NDHWC": 5, "NWC": 3}
 _CHANNELS_FIRST = {"NCHW": 4, "NCDHW": 5, "NCW": 3}
 
@@ -92,6 +89,11 @@ def _static_ints(value, node, what: str) -> list[int]:
 
 
 # -- convolutions ---------------------------------------------------------------------------------
+
+
+# Stacked windows (positions x window x in channels) up to which a few-input-channel convolution's
+# gradients are matrix products too; beyond it XLA's convolution gradients are faster.
+_WINDOWS_FOR_MATMUL_GRADS = 1 << 18
 
 
 def convolve(x, w, strides, padding, dilation, dimension_numbers, groups=1, precision=None):
