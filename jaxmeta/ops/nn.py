@@ -130,11 +130,12 @@ def convolve(x, w, strides, padding, dilation, dimension_numbers, groups=1, prec
         return _matmul(x, w, precision)
     sizes = [_out_size(n, lo, hi, k, d, s) for n, (lo, hi), k, d, s in zip(x.shape[1:-1], pads, window, dilation, strides)]
     positions = x.shape[0] * math.prod(sizes)
-    if 1 < math.prod(window) * w.shape[-2] <= 32:
-        if positions * math.prod(window) * w.shape[-2] <= _WINDOWS_FOR_MATMUL_GRADS:
+    window_size = math.prod(window) * w.shape[-2]  # a stacked window's length: taps x in channels
+    if 1 < window_size <= 32:
+        if positions * window_size <= _WINDOWS_FOR_MATMUL_GRADS:
             return _window_matmul(x, w, *config)
         return _matmul_with_conv_grads(x, w, *config)
-    if positions <= math.prod(window) * w.shape[-2]:
+    if positions <= window_size:
         return _conv_with_matmul_grads(x, w, *config)
     return lax.conv_general_dilated(x, w, strides, pads, rhs_dilation=dilation, dimension_numbers=dimension_numbers,
                                     precision=precision)
