@@ -804,14 +804,19 @@ def test_convolve_derivatives_match_xla_convolution(strides, padding, dilation, 
     few = batch * (5 if padding == "SAME" else 2) * (6 if padding == "SAME" else 2) <= 3 * 3 * 6
     # few output positions: no reversed kernel (XLA's input gradient) in the gradient's program
     assert ("rev[" in str(jax.make_jaxpr(jax.grad(ours, (0, 1)))(x, w))) != few
+    _assert_derivatives_match(ours, ref, x, w, x[:1, ..., :4], w[:, :, :4, :1])
+
+
+def _assert_derivatives_match(ours, ref, x, w, x_small, w_small):
+    """`ours(x, w)` differentiates like `ref`: jitted gradient, jvp, and the hessian in the kernel
+    at the (small) point x_small, w_small."""
     for a, b in zip(jax.jit(jax.grad(ours, (0, 1)))(x, w), jax.grad(ref, (0, 1))(x, w)):
         assert_close(a, b, rtol=1e-4, atol=1e-4, what="grad")
     tangents = (jnp.ones_like(x), jnp.full_like(w, 0.5))
     assert_close(jax.jvp(ours, (x, w), tangents)[1], jax.jvp(ref, (x, w), tangents)[1], rtol=1e-4, atol=1e-4,
                  what="jvp")
-    hw = jax.hessian(lambda w: ours(x[:1, ..., :4], w))(w[:, :, :4, :1])
-    assert_close(hw, jax.hessian(lambda w: ref(x[:1, ..., :4], w))(w[:, :, :4, :1]), rtol=1e-4, atol=1e-4,
-                 what="hessian")
+    hw = jax.hessian(lambda w: ours(x_small, w))(w_small)
+    assert_close(hw, jax.hessian(lambda w: ref(x_small, w))(w_small), rtol=1e-4, atol=1e-4, what="hessian")
 
 
 @pytest.mark.parametrize("windows_for_matmul_grads", [0, 1 << 30])  # XLA's gradients / matrix products
@@ -835,10 +840,4 @@ def test_few_input_channels_convolve_derivatives(monkeypatch, windows_for_matmul
     assert "conv_general_dilated" not in str(jax.make_jaxpr(ours)(x, w))  # the windows' product forward
     grad_program = str(jax.make_jaxpr(jax.grad(ours, (0, 1)))(x, w))
     assert ("conv_general_dilated" in grad_program) == (windows_for_matmul_grads == 0)
-    for a, b in zip(jax.jit(jax.grad(ours, (0, 1)))(x, w), jax.grad(ref, (0, 1))(x, w)):
-        assert_close(a, b, rtol=1e-4, atol=1e-4, what="grad")
-    tangents = (jnp.ones_like(x), jnp.full_like(w, 0.5))
-    assert_close(jax.jvp(ours, (x, w), tangents)[1], jax.jvp(ref, (x, w), tangents)[1], rtol=1e-4, atol=1e-4,
-                 what="jvp")
-    hw = jax.hessian(lambda w: ours(x[:1], w))(w[..., :1])
-    assert_close(hw, jax.hessian(lambda w: ref(x[:1], w))(w[..., :1]), rtol=1e-4, atol=1e-4, what="hessian")
+    _assert_derivatives_match(ours, ref, x, w, x[:1], w[..., :1])
