@@ -51,6 +51,7 @@ def aligned_empty(shape, dtype) -> np.ndarray:
 
 
 _PREADV = getattr(os, "preadv", None)  # missing on Windows
+_MAX_IOV = 1024  # buffers one preadv takes (POSIX's IOV_MAX on Linux and macOS)
 _SEEK_LOCK = threading.Lock()
 
 
@@ -64,9 +65,35 @@ def _read_at(fd: int, view: memoryview, offset: int) -> int:
     return len(data)
 
 
+def _scatter_read(fd: int, views: list[memoryview], offset: int) -> int:
+    """Reads consecutive bytes at `offset` into `views` in turn; returns how many were there."""
+    done, total = 0, sum(map(len, views))
+    if _PREADV is None:
+        for view in views:
+            got = _read_view(fd, view, offset + done)
+            done += got
+            if got < len(view):
+                break
+        return done
+    while done < total:
+        n = _PREADV(fd, views, offset + done)
+        if n <= 0:
+            break
+        done += n
+        while views and n >= len(views[0]):  # drop the filled views; cut into a part-filled one
+            n -= len(views[0])
+            views = views[1:]
+        if views and n:
+            views = [views[0][n:], *views[1:]]
+    return done
+
+
 def _pread_into(fd: int, buf: np.ndarray, offset: int) -> int:
     """Reads `buf.nbytes` bytes at `offset` into `buf`; returns how many were there."""
-    view = memoryview(buf.reshape(-1).view(np.uint8))
+    return _read_view(fd, memoryview(buf.reshape(-1).view(np.uint8)), offset)
+
+
+def _read_view(fd: int, view: memoryview, offset: int) -> int:
     done = 0
     total = len(view)
     while done < total:
@@ -123,7 +150,8 @@ class BundleReader:
             else:
                 self.entries[key.decode("utf-8", "surrogateescape")] = entry
         # Keys of the slices partitioned tensors point to are not tensors of their own.
-        self._files: dict[int, tuple[int, int]] = {}
+        self._files: dict[int, tuple[int, int, str]] = {}  # shard -> (fd, size, path)
+        self._shapes: dict[str, tuple[int, ...]] = {}  # parsed once: a restore asks several times
         self._lock = threading.Lock()
 
     # --- metadata ---
@@ -138,7 +166,10 @@ class BundleReader:
             raise CheckpointError(f"tensor {name!r} is not in checkpoint {self.prefix}") from None
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return _shape(self.entry(name).shape, where=self._where(name))
+        shape = self._shapes.get(name)
+        if shape is None:
+            shape = self._shapes[name] = _shape(self.entry(name).shape, where=self._where(name))
+        return shape
 
     def dtype_enum(self, name: str) -> int:
         return self.entry(name).dtype
@@ -156,7 +187,7 @@ class BundleReader:
 
     def close(self) -> None:
         with self._lock:
-            for fd, _ in self._files.values():
+            for fd, _, _ in self._files.values():
                 os.close(fd)
             self._files.clear()
 
@@ -167,6 +198,9 @@ class BundleReader:
             pass
 
     def _file(self, shard: int, name: str) -> tuple[int, int, str]:
+        opened = self._files.get(shard)
+        if opened is not None:
+            return opened
         path = data_path(self.prefix, shard, self.num_shards)
         if not 0 <= shard < self.num_shards:
             raise CheckpointError(f"{self._where(name)}: shard {shard} of {self.num_shards} does not exist")
@@ -179,9 +213,8 @@ class BundleReader:
                         f"{self._where(name)}: cannot open data file {path}: {e.strerror}; the checkpoint "
                         "needs every .data shard beside its .index"
                     ) from None
-                self._files[shard] = (fd, os.fstat(fd).st_size)
-            fd, size = self._files[shard]
-        return fd, size, path
+                self._files[shard] = (fd, os.fstat(fd).st_size, path)
+            return self._files[shard]
 
     def read(self, name: str, out: np.ndarray | None = None) -> np.ndarray:
         """The tensor `name` as a NumPy array (object array of bytes for strings).
@@ -196,7 +229,7 @@ class BundleReader:
         entry = self.entry(name)
         if entry.slices:
             return self._read_sliced(name, entry, out)
-        return self._read_entry(name, entry, _shape(entry.shape, where=self._where(name)), out)
+        return self._read_entry(name, entry, self.shape(name), out)
 
     def check_entry(self, name, entry, shape) -> tuple[np.dtype, int, int, str]:
         """Checks an entry's dtype, size and byte range against its data file, without reading.
@@ -238,13 +271,45 @@ class BundleReader:
         got = _pread_into(fd, out, entry.offset)
         if got != entry.size:
             raise CheckpointError(f"{where}: {path} ended after {got} of {entry.size} bytes")
-        if _crc32c.extend(0, out) != _crc32c.unmask(entry.crc32c):
-            raise CheckpointError(
-                f"{where}: checksum mismatch in {path} at offset {entry.offset}; the data file is corrupt"
-            )
-        if self.big_endian and dtype.itemsize > 1:
-            _byteswap(out)
+        self._verify(name, entry, out)
         return out
+
+    def read_together(self, outs: dict[str, np.ndarray]) -> None:
+        """Reads plain numeric tensors into their arrays, `outs` (shaped and typed after entries that
+        `check_entry` passed), then verifies each checksum.
+
+        Tensors stored back to back (a bundle writes them in key order) come in with one scatter read
+        per run: a restore of many small variables is otherwise mostly system calls.
+        """
+        order = sorted(outs, key=lambda n: (self.entries[n].shard_id, self.entries[n].offset))
+        start = 0
+        while start < len(order):
+            first = self.entries[order[start]]
+            stop, end = start + 1, first.offset + first.size
+            while stop < len(order) and stop - start < _MAX_IOV:
+                entry = self.entries[order[stop]]
+                if entry.shard_id != first.shard_id or entry.offset != end:
+                    break
+                stop, end = stop + 1, end + entry.size
+            run = order[start:stop]
+            fd = self._file(first.shard_id, run[0])[0]
+            views = [memoryview(outs[name].reshape(-1).view(np.uint8)) for name in run]
+            if _scatter_read(fd, views, first.offset) != end - first.offset:
+                for name in run:  # the file shrank under us: find which tensor, and say so
+                    self._read_entry(name, self.entries[name], outs[name].shape, outs[name])
+            start = stop
+        for name in order:
+            self._verify(name, self.entries[name], outs[name])
+
+    def _verify(self, name, entry, out: np.ndarray) -> None:
+        if _crc32c.extend(0, out) != _crc32c.unmask(entry.crc32c):
+            path = self._file(entry.shard_id, name)[2]
+            raise CheckpointError(
+                f"{self._where(name)}: checksum mismatch in {path} at offset {entry.offset}; the data file "
+                "is corrupt"
+            )
+        if self.big_endian and out.dtype.itemsize > 1:
+            _byteswap(out)
 
     def _read_strings(self, name, entry, shape, count, fd, path) -> np.ndarray:
         where = self._where(name)
@@ -264,7 +329,7 @@ class BundleReader:
         return out.reshape(shape)
 
     def _slice_entry(self, name, entry, slice_proto):
-        full_shape = _shape(entry.shape, where=self._where(name))
+        full_shape = self.shape(name)
         extents = _slices.from_proto(slice_proto)
         key = _slices.encode_key(name, extents)
         sentry = self.slice_entries.get(key)
@@ -278,7 +343,7 @@ class BundleReader:
 
     def _read_sliced(self, name, entry, out=None) -> np.ndarray:
         where = self._where(name)
-        full_shape = _shape(entry.shape, where=where)
+        full_shape = self.shape(name)
         dtype = _dtypes.to_numpy(entry.dtype, where=where)
         plan = []
         for proto in entry.slices:

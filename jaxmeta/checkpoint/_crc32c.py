@@ -85,6 +85,8 @@ def extend(crc: int, data) -> int:
     Returns:
         The checksum of the concatenation, as an unsigned 32-bit int.
     """
+    if _native is not None and type(data) is np.ndarray and data.flags.c_contiguous:
+        return int(_native(crc, data.ctypes.data, data.nbytes))  # a tensor read from a checkpoint
     if isinstance(data, bytes):
         if _native is not None:
             return int(_native(crc, data, len(data)))

@@ -203,3 +203,69 @@ def test_matches_tensorflow(prefix):
     assert sorted(theirs.get_variable_to_shape_map()) == ours.names()
     for name in ours.names():
         assert_same(ours.read(name), tf_tensor(theirs, name))
+
+
+def _plain_outs(reader: BundleReader) -> dict[str, np.ndarray]:
+    """Arrays for the plain numeric tensors, as `CheckpointReader.get_tensors` makes them."""
+    outs = {}
+    for name in reader.names():
+        entry = reader.entries[name]
+        if not entry.slices and entry.dtype != _bundle.types_pb2.DT_STRING:
+            dtype = reader.check_entry(name, entry, reader.shape(name))[0]
+            outs[name] = _bundle.aligned_empty(reader.shape(name), dtype)
+    return outs
+
+
+@pytest.mark.parametrize("limit", [None, 7])
+def test_read_together_one_scatter_read_per_run(monkeypatch, limit):
+    """Tensors stored back to back come in with one preadv; reads that stop short are resumed."""
+    calls = []
+
+    def preadv(fd, views, offset):
+        calls.append(len(views))
+        if limit is None:
+            return os.preadv(fd, views, offset)
+        return os.preadv(fd, [views[0][:limit]], offset)  # a read that stops after a few bytes
+
+    monkeypatch.setattr(_bundle, "_PREADV", preadv)
+    reader = BundleReader(str(DTYPES))
+    outs = _plain_outs(reader)
+    assert len(outs) > 3
+    reader.read_together(outs)
+    if limit is None:  # one call per run of back-to-back tensors (a string tensor breaks a run)
+        spans = sorted((reader.entries[n].offset, reader.entries[n].size) for n in outs)
+        runs = 1 + sum(a + n != b for (a, n), (b, _) in zip(spans, spans[1:]))
+        assert len(calls) == runs < len(outs) / 4
+    for name, value in outs.items():
+        dtype, shape = gen.DTYPE_TENSORS[name]
+        assert_same(value, gen.value_for(name, dtype, shape))
+
+
+def test_read_together_without_preadv(monkeypatch):
+    monkeypatch.setattr(_bundle, "_PREADV", None)
+    reader = BundleReader(str(DTYPES))
+    outs = _plain_outs(reader)
+    reader.read_together(outs)
+    for name, value in outs.items():
+        dtype, shape = gen.DTYPE_TENSORS[name]
+        assert_same(value, gen.value_for(name, dtype, shape))
+
+
+@pytest.mark.parametrize("damage", ["shrink", "flip"])
+def test_read_together_names_the_damaged_tensor(tmp_path, damage):
+    """A data file that shrinks after the entries were checked, or a flipped byte, names the tensor."""
+    prefix = str(copy_fixture("v2_dtypes", tmp_path) / "model.ckpt")
+    reader = BundleReader(prefix)
+    outs = _plain_outs(reader)
+    last = max((n for n in outs if reader.entries[n].size), key=lambda n: reader.entries[n].offset)
+    path = _bundle.data_path(prefix, 0, 1)
+    with open(path, "r+b") as f:
+        if damage == "shrink":
+            f.truncate(reader.entries[last].offset)
+        else:
+            f.seek(reader.entries[last].offset)
+            byte = f.read(1)[0]
+            f.seek(reader.entries[last].offset)
+            f.write(bytes([byte ^ 1]))
+    with pytest.raises(CheckpointError, match=f"tensor '{last}'.*(ended|checksum)"):
+        reader.read_together(outs)

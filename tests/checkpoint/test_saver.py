@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -151,3 +152,32 @@ def test_copied_fixture_restores(graph, tmp_path):
     folder = copy_fixture("v2_tf1", tmp_path)
     (folder / "checkpoint").write_text('model_checkpoint_path: "/elsewhere/model.ckpt-7"\n')
     assert "dense/bias" in Saver(graph).restore(str(folder))
+
+
+def test_restore_node_keys_read_once(graph, monkeypatch):
+    """Each restore node's key constants are decoded once, not once per variable (was quadratic)."""
+    from jaxmeta import _saver
+
+    calls = []
+    real = _saver._const_strings
+    monkeypatch.setattr(_saver, "_const_strings", lambda *a: calls.append(a[1].node) or real(*a))
+    specs = Saver(graph).restore_specs
+    assert len(calls) == len(set(calls)) < len(specs)
+
+
+@pytest.mark.parametrize("default_device", [False, True])
+def test_device_put_all_is_jax_device_put(default_device):
+    """The restore's batched transfer returns what `jax.device_put` would: values, dtype, placement."""
+    import jax
+    import ml_dtypes
+
+    from jaxmeta._saver import _device_put_all
+
+    values = [np.arange(6, dtype=np.float32).reshape(2, 3), np.int32(7) * np.ones((), np.int32),
+              np.array([True, False]), np.ones((0, 4), np.float32), np.ones(3, ml_dtypes.bfloat16)]
+    with jax.default_device(jax.devices()[-1]) if default_device else contextlib.nullcontext():
+        ours, theirs = _device_put_all(values), jax.device_put(values)
+    for a, b in zip(ours, theirs, strict=True):
+        assert isinstance(a, jax.Array) and a.aval == b.aval and a.sharding == b.sharding
+        assert a.committed == b.committed
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
