@@ -19,6 +19,7 @@ from jaxmeta._errors import (
     SideEffectError,
     UnsupportedOpError,
 )
+from jaxmeta._function import freeze
 from jaxmeta._graph import Graph, Node, Tensor, TensorRef, Variable
 from jaxmeta._import import import_meta_graph, read_meta_graph
 from jaxmeta._interpreter import OpContext, VarRef
@@ -55,6 +56,7 @@ __all__ = [
     "VarRef",
     "Variable",
     "autotune",
+    "freeze",
     "get_checkpoint_state",
     "import_meta_graph",
     "latest_checkpoint",

@@ -35,5 +35,7 @@ def test_run_writes_a_table_for_the_mlp(tmp_path):
     assert cells[1][0].isdigit() and cells[2][0].isdigit(), rows[0]  # jaxmeta and TF both measured
     tuned = [line for line in table.splitlines() if line.startswith("| train step, autotuned (ms)")]
     assert len(tuned) == 1 and tuned[0].split("|")[2].strip()[0].isdigit(), tuned
+    frozen = [line for line in table.splitlines() if line.startswith("| latency, batch 1, frozen variables")]
+    assert len(frozen) == 1 and all(c.strip()[0].isdigit() for c in frozen[0].split("|")[2:4]), frozen
     assert "XLA options chosen by `jaxmeta.autotune`: latency: " in table
     assert "error" not in table, table

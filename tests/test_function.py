@@ -1,0 +1,32 @@
+"""`jaxmeta.freeze`: a function's variables bound as compile-time constants, for inference."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+
+import jax
+import numpy as np
+from oracle import assert_close
+
+import jaxmeta
+
+MODEL = pathlib.Path(__file__).resolve().parents[1] / "examples" / "model"
+
+
+def test_frozen_function_computes_the_same_with_variables_as_constants():
+    graph = jaxmeta.import_meta_graph(MODEL / "mnist_mlp-100.meta")
+    variables = graph.saver.restore(jaxmeta.latest_checkpoint(MODEL))
+    f = graph.function(graph.get_collection("logits")[0], feeds=["images:0"])
+    images = np.random.default_rng(0).standard_normal((4, 784)).astype(np.float32)
+    frozen = jaxmeta.freeze(f, variables)
+    expected = jax.jit(f)(variables, images)
+    assert_close(jax.jit(frozen)(images), expected, rtol=1e-5, atol=1e-6, what="frozen logits")
+    assert_close(jaxmeta.autotune(frozen, images, repeats=1)(images), expected, rtol=1e-5, atol=1e-6,
+                 what="frozen, autotuned logits")
+    # The compiled program takes the images only: the weights are constants in it.
+    signature = re.search(r"func\.func public @main\(([^)]*)\)", jax.jit(frozen).lower(images).as_text())
+    assert re.fullmatch(r"%arg0: tensor<4x784xf32>( \{[^}]*\})?", signature.group(1))
+    # Freezing copies the dict: later changes to it are not seen.
+    variables.clear()
+    assert_close(jax.jit(frozen)(images), expected, rtol=1e-5, atol=1e-6, what="after the dict changed")
