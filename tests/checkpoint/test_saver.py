@@ -181,3 +181,12 @@ def test_device_put_all_is_jax_device_put(default_device):
         assert isinstance(a, jax.Array) and a.aval == b.aval and a.sharding == b.sharding
         assert a.committed == b.committed
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_restore_reports_progress_per_tensor(graph):
+    seen = []
+    Saver(graph).restore(str(TF1 / "model.ckpt-7"), progress=lambda key, n: seen.append((key, n)))
+    reader = CheckpointReader(str(TF1 / "model.ckpt-7"))
+    keys = {s.key for s in Saver(graph).restore_specs}
+    assert sorted(k for k, _ in seen) == sorted(keys)
+    assert all(n == reader.nbytes(k) for k, n in seen if reader.get_variable_to_dtype_map()[k].kind != "O")
