@@ -356,12 +356,12 @@ def _device_put_all(values: list[np.ndarray]) -> list[Any]:
     that call as this code knows it, or a default device set through `jax.default_device`, takes
     `jax.device_put`.
     """
-    if jax.config.jax_default_device is None:
+    if getattr(jax.config, "jax_default_device", None) is None:
         try:
             from jax._src import core
             from jax._src.lib import xla_client
 
-            device = jax.devices()[0]
+            device = jax.local_devices()[0]  # what jax.device_put picks; jax.devices()[0] may be another process's
             sharding = jax.sharding.SingleDeviceSharding(device)
             return [
                 xla_client.batched_device_put(core.ShapedArray(v.shape, v.dtype), sharding, [v], [device], False)

@@ -139,7 +139,7 @@ class CheckpointReader:
             total = sum(self.nbytes(n) for n in names if self.has_tensor(n))
             workers = max(1, min(8, os.cpu_count() or 1, len(names), total // _BYTES_PER_WORKER))
 
-        outs = self._arena(names)
+        outs = self._buffers(names)
 
         def one(name: str) -> np.ndarray:
             value = self._impl.read(name, out=outs[name]) if name in outs else self._impl.read(name)
@@ -162,7 +162,7 @@ class CheckpointReader:
         with ThreadPoolExecutor(workers) as pool:
             return dict(zip(names, pool.map(one, names)))
 
-    def _arena(self, names: list[str]) -> dict[str, np.ndarray]:
+    def _buffers(self, names: list[str]) -> dict[str, np.ndarray]:
         """64-byte aligned arrays to read the plain numeric tensors of a V2 checkpoint into.
 
         From `_ARENA_BYTES` on they are views of one allocation, which costs far fewer page faults
