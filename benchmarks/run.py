@@ -1,11 +1,14 @@
 """jaxmeta vs TensorFlow 1 (and OpenVINO where installed), side by side, in one run.
 
     .venv/bin/python benchmarks/run.py [--models mlp,resnet50,inception3,lstm,cnn_train]
-        [--size 96] [--repeats 10] [--quick] [--compile-cache DIR] [--dir DIR] [--out benchmarks/results]
+        [--size 96] [--repeats 10] [--rounds 2] [--quick] [--compile-cache DIR] [--dir DIR]
+        [--out benchmarks/results]
 
 For every model (built with TensorFlow by `benchmarks/models.py`, exported as `.meta` + checkpoint
 to `--dir`, a temporary directory by default), each framework is measured in its own fresh Python
-process, so import time and peak memory are its own:
+process, so import time and peak memory are its own — `--rounds` times, in alternating order
+(jaxmeta, TF, OpenVINO, then OpenVINO, TF, jaxmeta, ...), with the rounds' samples pooled, so that
+a machine whose speed drifts during the run favours no framework:
 
 - module import: `import jaxmeta` (+ backend start) vs `import tensorflow`;
 - graph import: `jaxmeta.import_meta_graph` vs `tf.train.import_meta_graph` + `Session()`;
@@ -24,7 +27,7 @@ process, so import time and peak memory are its own:
 
 jaxmeta is jitted once per signature, inputs are put on the device before timing, every timed
 call ends with `jax.block_until_ready`, and nothing leaves the device inside timing loops. Times
-are medians of `--repeats` runs with [min–max]; the last column is jaxmeta / TF (below 1: jaxmeta
+are medians of `--repeats` runs per round with [min–max]; the last column is jaxmeta / TF (below 1: jaxmeta
 faster; for GB/s and samples/s above 1 is better). Writes `latest.md` (and `latest.png` when
 matplotlib is importable) to `--out`.
 """
@@ -349,6 +352,21 @@ def measure(model: str, framework: str, args) -> Result:
     return Result(data["samples"], data["error"], elapsed, data.get("info", {}))
 
 
+def merge(rounds: list[Result]) -> Result:
+    """One result from several rounds' processes: their samples pooled, the first error, the
+    first round's autotune choices (later rounds' differing choices appended)."""
+    samples: dict[str, list[float]] = {}
+    info: dict[str, str] = {}
+    for result in rounds:
+        for key, values in result.samples.items():
+            samples.setdefault(key, []).extend(values)
+        for phase, choice in result.info.items():
+            seen = info.get(phase)
+            info[phase] = choice if seen is None or choice in seen.split(" / ") else f"{seen} / {choice}"
+    error = next((r.error for r in rounds if r.error), None)
+    return Result(samples, error, sum(r.seconds for r in rounds), info)
+
+
 def export(model: str, args) -> str | None:
     """Builds and saves `model` with TF in a subprocess; returns an error message or None."""
     code = (f"import sys; sys.path.insert(0, {HERE!r}); import models; "
@@ -422,7 +440,8 @@ def render(results: dict, specs: dict, args, notes: list[str]) -> str:
     lines = ["# jaxmeta vs TensorFlow 1: benchmark results", "",
              f"`{shlex.join(['python', 'benchmarks/run.py', *sys.argv[1:]])}`", "", *machine_info(), ""]
     lines += [f"- {n}" for n in notes]
-    lines += ["", f"Medians of {args.repeats} runs, [min–max]; every (model, framework) in a fresh process. "
+    lines += ["", f"Medians of {args.repeats} runs × {args.rounds} rounds, [min–max]; every (model, framework) "
+              "in a fresh process per round, the rounds in alternating framework order. "
               "jaxmeta/TF < 1 means jaxmeta is faster for times, > 1 means better for GB/s and samples/s.", ""]
     lines += summary(results, specs)
     for model, per_fw in results.items():
@@ -532,7 +551,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", default=DEFAULT_MODELS, help=f"comma-separated, from {DEFAULT_MODELS}")
     parser.add_argument("--size", type=int, default=96, help="input side of ResNet-50 / Inception-v3")
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--quick", action="store_true", help="small models and batches, 3 repeats, 75 px")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="fresh processes per framework and model, in alternating order; samples pooled")
+    parser.add_argument("--quick", action="store_true", help="small models and batches, 3 repeats, 75 px, 1 round")
     parser.add_argument("--compile-cache", default=None, help="XLA persistent compilation cache directory")
     parser.add_argument("--dir", default=None, help="where to export the models (default: a temp dir)")
     parser.add_argument("--out", default=os.path.join(HERE, "results"), help="where latest.md/.png go")
@@ -548,6 +569,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.size = min(args.size, 75)
         args.repeats = min(args.repeats, 3)
+        args.rounds = 1
+    args.rounds = max(1, args.rounds)
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in names if m not in models.MODELS]
     if unknown:
@@ -573,15 +596,17 @@ def main(argv: list[str] | None = None) -> None:
             results[model] = error
             continue
         specs[model] = models.load_spec(os.path.join(args.dir, model))
-        per_fw = {}
-        for fw in FRAMEWORKS:
-            if fw == "openvino" and not have_openvino:
-                per_fw[fw] = None
-                continue
-            per_fw[fw] = measure(model, fw, args)
-            print(f"[{model}] {fw}: {per_fw[fw].seconds:.1f} s" + (f", error: {per_fw[fw].error}"
-                  if per_fw[fw].error else ""), file=sys.stderr, flush=True)
-        results[model] = per_fw
+        frameworks = [fw for fw in FRAMEWORKS if fw != "openvino" or have_openvino]
+        rounds: dict[str, list[Result]] = {fw: [] for fw in frameworks}
+        for r in range(args.rounds):
+            # Odd rounds run the frameworks in reverse order, so that a machine that speeds up or
+            # slows down during the run favours none of them.
+            for fw in frameworks if r % 2 == 0 else frameworks[::-1]:
+                result = measure(model, fw, args)
+                rounds[fw].append(result)
+                print(f"[{model}] round {r + 1} {fw}: {result.seconds:.1f} s" + (f", error: {result.error}"
+                      if result.error else ""), file=sys.stderr, flush=True)
+        results[model] = {fw: merge(rounds[fw]) if fw in rounds else None for fw in FRAMEWORKS}
     table = render(results, specs, args, notes)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "latest.md"), "w", encoding="utf-8") as f:

@@ -9,6 +9,12 @@ slow other functions down. `autotune` compiles the function with each candidate 
 for the example arguments, times a few calls of each in turn, and keeps the fastest, much as XLA
 autotunes kernels on GPUs. On other backends there is nothing to choose and it returns a plain
 `jax.jit`.
+
+Functions that donate arguments (a training step jitted with `donate_argnums=0`) also get
+`DONATED_CPU_OPTIONS` on CPU: XLA's default copy insertion cannot prove that the in-place update
+of a weight comes after the other reads of it (the input gradient dy @ W^T) and copies the weight
+first; its region analysis proves it, which takes TF-slim ResNet-50's training step from 192 to
+65 copies and 226 to 186 ms, as fast as the step without donation at half its memory.
 """
 
 from __future__ import annotations
@@ -30,6 +36,9 @@ CPU_CANDIDATES: tuple[tuple[str, Mapping[str, Any] | None], ...] = (
     ("YNNPACK except convolutions", {_YNN: ",".join(
         "LIBRARY_FUSION_TYPE_" + kind for kind in ("INDIVIDUAL_DOT", "DOT", "ELTWISE", "REDUCE"))}),
 )
+
+#: XLA options added to every CPU candidate of a function that donates arguments (see above).
+DONATED_CPU_OPTIONS: Mapping[str, Any] = {"xla_cpu_copy_insertion_use_region_analysis": True}
 
 
 @dataclasses.dataclass
@@ -65,7 +74,9 @@ def autotune(fn: Callable, *args, jit_kwargs: Mapping[str, Any] | None = None,
         jit_kwargs: passed to `jax.jit` (e.g. `{"donate_argnums": 0}`); donated example arguments
             are copied before each trial call, so they stay usable.
         candidates: (name, compiler_options) pairs to try; default `CPU_CANDIDATES` on CPU, and
-            XLA's defaults alone on other backends.
+            XLA's defaults alone on other backends. When `jit_kwargs` donates on CPU, each
+            candidate's options are merged over `DONATED_CPU_OPTIONS` (copy insertion's
+            region analysis: in-place updates without defensive copies).
         repeats: timed calls per candidate, after one warm-up call.
         **kwargs: keyword arguments for `fn` (e.g. `key=`).
 
@@ -79,11 +90,14 @@ def autotune(fn: Callable, *args, jit_kwargs: Mapping[str, Any] | None = None,
         _, variables = step(variables, *batch)
     """
     jit_kwargs = dict(jit_kwargs or {})
+    on_cpu = jax.default_backend() == "cpu"
     if candidates is None:
-        candidates = CPU_CANDIDATES if jax.default_backend() == "cpu" else CPU_CANDIDATES[:1]
+        candidates = CPU_CANDIDATES if on_cpu else CPU_CANDIDATES[:1]
     if not candidates:
         raise ValueError("autotune needs at least one candidate, e.g. ('XLA default', None)")
     donating = any(jit_kwargs.get(k) not in (None, (), []) for k in ("donate_argnums", "donate_argnames"))
+    if donating and on_cpu:
+        candidates = [(name, {**DONATED_CPU_OPTIONS, **(options or {})}) for name, options in candidates]
 
     def jitted(options):
         return jax.jit(fn, compiler_options=dict(options), **jit_kwargs) if options else jax.jit(fn, **jit_kwargs)

@@ -39,3 +39,21 @@ def test_run_writes_a_table_for_the_mlp(tmp_path):
     assert len(frozen) == 1 and all(c.strip()[0].isdigit() for c in frozen[0].split("|")[2:4]), frozen
     assert "XLA options chosen by `jaxmeta.autotune`: latency: " in table
     assert "error" not in table, table
+
+
+def test_rounds_pool_samples_and_keep_every_autotune_choice():
+    spec = importlib.util.spec_from_file_location("bench_run", os.path.join(ROOT, "benchmarks", "run.py"))
+    run = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look it up
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        spec.loader.exec_module(run)
+    finally:
+        sys.path.pop(0)
+        del sys.modules[spec.name]
+    first = run.Result({"latency_ms": [1.0, 2.0]}, None, 3.0, {"latency": "no YNNPACK", "train": "XLA default"})
+    second = run.Result({"latency_ms": [4.0], "restore_s": [0.5]}, "boom", 2.0,
+                        {"latency": "XLA default", "train": "XLA default"})
+    merged = run.merge([first, second])
+    assert merged.samples == {"latency_ms": [1.0, 2.0, 4.0], "restore_s": [0.5]}
+    assert merged.error == "boom" and merged.seconds == 5.0
+    assert merged.info == {"latency": "no YNNPACK / XLA default", "train": "XLA default"}

@@ -11,7 +11,7 @@ import pytest
 from oracle import assert_close
 
 import jaxmeta
-from jaxmeta.tuning import CPU_CANDIDATES
+from jaxmeta.tuning import CPU_CANDIDATES, DONATED_CPU_OPTIONS
 
 MODEL = pathlib.Path(__file__).resolve().parents[1] / "examples" / "model"
 
@@ -71,3 +71,29 @@ def test_unknown_options_are_skipped_and_all_bad_is_an_error():
     assert_close(one(x), f(x), rtol=1e-6, atol=1e-6, what="f")
     with pytest.raises(ValueError, match="at least one candidate"):
         jaxmeta.autotune(f, x, candidates=[])
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA CPU compiler options")
+def test_donated_steps_update_in_place_without_defensive_copies(mlp):
+    """Copy insertion's region analysis drops the weight copies and changes no result."""
+    graph, variables, batch = mlp
+    step = graph.step(graph.get_collection("loss")[0], feeds=["images:0", "labels:0"],
+                      targets=[graph.get_collection("train_op")[0]])
+    tuned = jaxmeta.autotune(step, jax.tree.map(jnp.copy, variables), *batch,
+                             jit_kwargs={"donate_argnums": 0}, repeats=1)
+    assert dict(tuned.compiler_options).items() >= DONATED_CPU_OPTIONS.items()
+
+    def compiled(options):
+        return jax.jit(step, donate_argnums=0, compiler_options=options).lower(variables, *batch).compile()
+
+    plain, in_place = compiled(None), compiled(dict(DONATED_CPU_OPTIONS))
+
+    def copies(c):
+        return sum(" copy(" in line for line in c.as_text().splitlines())
+
+    assert copies(in_place) < copies(plain)
+    loss_a, new_a = plain(jax.tree.map(jnp.copy, variables), *batch)
+    loss_b, new_b = in_place(jax.tree.map(jnp.copy, variables), *batch)
+    np.testing.assert_array_equal(loss_a, loss_b)
+    for name in new_a:
+        np.testing.assert_array_equal(new_a[name], new_b[name], err_msg=name)
