@@ -141,24 +141,18 @@ class CheckpointReader:
 
         outs = self._buffers(names)
 
-        def one(name: str) -> np.ndarray:
-            value = self._impl.read(name, out=outs[name]) if name in outs else self._impl.read(name)
+        def report(name: str, value: np.ndarray) -> np.ndarray:
             if on_done is not None:
                 on_done(name, value.nbytes if value.dtype != object else 0)
             return value
 
+        def one(name: str) -> np.ndarray:
+            return report(name, self._impl.read(name, out=outs[name]) if name in outs else self._impl.read(name))
+
         if workers <= 1 or len(names) <= 1:
             if outs:
                 self._impl.read_together(outs)  # with as few system calls as the file's layout allows
-            done = {}
-            for name in names:
-                if name in outs:
-                    done[name] = outs[name]
-                    if on_done is not None:
-                        on_done(name, outs[name].nbytes)
-                else:
-                    done[name] = one(name)
-            return done
+            return {name: report(name, outs[name]) if name in outs else one(name) for name in names}
         with ThreadPoolExecutor(workers) as pool:
             return dict(zip(names, pool.map(one, names)))
 
