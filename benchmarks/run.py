@@ -25,6 +25,9 @@ a machine whose speed drifts during the run favours no framework:
   `convert_variables_to_constants` graph in a new Session;
 - peak resident memory of the process (`ru_maxrss`; for jaxmeta before autotuning).
 
+jaxmeta runs on JAX's default device (a GPU where `jax[cuda12]` is installed; the report names
+it), TF1 and OpenVINO on the CPU.
+
 jaxmeta is jitted once per signature, inputs are put on the device before timing, every timed
 call ends with `jax.block_until_ready`, and nothing leaves the device inside timing loops. Times
 are medians of `--repeats` runs per round with [min–max]; the last column is jaxmeta / TF (below 1: jaxmeta
@@ -131,8 +134,9 @@ def worker_jaxmeta(rec: Recorder, directory: str, spec: models.ModelSpec, args) 
 
     import jaxmeta
 
-    jax.devices()  # start the backend
+    device = jax.devices()[0]  # starts the backend
     rec.put("module_import_s", time.perf_counter() - t)
+    rec.info["device"] = f"{device.platform} ({device.device_kind})"
     if args.compile_cache:
         jax.config.update("jax_compilation_cache_dir", args.compile_cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
@@ -439,6 +443,9 @@ def machine_info() -> list[str]:
 def render(results: dict, specs: dict, args, notes: list[str]) -> str:
     lines = ["# jaxmeta vs TensorFlow 1: benchmark results", "",
              f"`{shlex.join(['python', 'benchmarks/run.py', *sys.argv[1:]])}`", "", *machine_info(), ""]
+    devices = sorted({r.info["device"] for per_fw in results.values() if isinstance(per_fw, dict)
+                      for r in [per_fw.get("jaxmeta")] if r is not None and "device" in r.info})
+    lines += [f"- jaxmeta ran on: {', '.join(devices) or '?'}; TF1 and OpenVINO on the CPU"]
     lines += [f"- {n}" for n in notes]
     lines += ["", f"Medians of {args.repeats} runs × {args.rounds} rounds, [min–max]; every (model, framework) "
               "in a fresh process per round, the rounds in alternating framework order. "
@@ -461,9 +468,10 @@ def render(results: dict, specs: dict, args, notes: list[str]) -> str:
             lines.append(f"| {label}{f' ({unit})' if unit else ''} | {cell(per_fw['jaxmeta'], key)} | {cell(per_fw['tf'], key)} | "
                          f"{cell(per_fw['openvino'], key)} | {'' if r is None else f'{r:.2f}'} |")
         jm = per_fw["jaxmeta"]
-        if jm is not None and jm.info:
+        choices = {phase: choice for phase, choice in (jm.info if jm is not None else {}).items() if phase != "device"}
+        if choices:
             lines.append("\nXLA options chosen by `jaxmeta.autotune`: "
-                         + "; ".join(f"{phase}: {choice}" for phase, choice in jm.info.items()))
+                         + "; ".join(f"{phase}: {choice}" for phase, choice in choices.items()))
         for fw in FRAMEWORKS:
             if per_fw[fw] is not None and per_fw[fw].error:
                 lines.append(f"\n**{fw} error**: `{per_fw[fw].error}`")

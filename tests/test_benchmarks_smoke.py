@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 
@@ -38,6 +39,7 @@ def test_run_writes_a_table_for_the_mlp(tmp_path):
     frozen = [line for line in table.splitlines() if line.startswith("| latency, batch 1, frozen variables")]
     assert len(frozen) == 1 and all(c.strip()[0].isdigit() for c in frozen[0].split("|")[2:4]), frozen
     assert "XLA options chosen by `jaxmeta.autotune`: latency: " in table
+    assert re.search(r"^- jaxmeta ran on: \w+ \(.+\); TF1 and OpenVINO on the CPU$", table, re.M), table[:800]
     assert "error" not in table, table
 
 
