@@ -25,7 +25,7 @@ a machine whose speed drifts during the run favours no framework:
   `convert_variables_to_constants` graph in a new Session;
 - peak resident memory of the process (`ru_maxrss`; for jaxmeta before autotuning).
 
-jaxmeta runs on JAX's default device (a GPU where `jax[cuda12]` is installed; the report names
+jaxmeta runs on JAX's default device (a GPU where JAX's CUDA build is installed; the report names
 it), TF1 and OpenVINO on the CPU.
 
 jaxmeta is jitted once per signature, inputs are put on the device before timing, every timed
