@@ -29,11 +29,17 @@ import jax
 
 _YNN = "xla_cpu_experimental_ynn_fusion_type"
 
-#: (name, compiler_options) pairs tried on CPU; `None` is XLA's default.
+# XLA's own loops (elementwise and reduction fusions) with 512-bit vectors where the CPU has them
+# (LLVM otherwise keeps to the widest it has): a CNN's batch-128 inference and training step without
+# YNNPACK 7-9 % faster, nothing slower on the benchmark's models.
+_WIDE = {"xla_cpu_prefer_vector_width": 512}
+
+#: (name, compiler_options) pairs tried on CPU; `None` is XLA's default. The two others also ask
+#: for 512-bit vectors in XLA's own loops.
 CPU_CANDIDATES: tuple[tuple[str, Mapping[str, Any] | None], ...] = (
     ("XLA default", None),
-    ("no YNNPACK", {_YNN: ""}),
-    ("YNNPACK except convolutions", {_YNN: ",".join(
+    ("no YNNPACK", {**_WIDE, _YNN: ""}),
+    ("YNNPACK except convolutions", {**_WIDE, _YNN: ",".join(
         "LIBRARY_FUSION_TYPE_" + kind for kind in ("INDIVIDUAL_DOT", "DOT", "ELTWISE", "REDUCE"))}),
 )
 
