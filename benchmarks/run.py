@@ -443,8 +443,8 @@ def machine_info() -> list[str]:
 def render(results: dict, specs: dict, args, notes: list[str]) -> str:
     lines = ["# jaxmeta vs TensorFlow 1: benchmark results", "",
              f"`{shlex.join(['python', 'benchmarks/run.py', *sys.argv[1:]])}`", "", *machine_info(), ""]
-    devices = sorted({r.info["device"] for per_fw in results.values() if isinstance(per_fw, dict)
-                      for r in [per_fw.get("jaxmeta")] if r is not None and "device" in r.info})
+    ran = [per_fw["jaxmeta"] for per_fw in results.values() if isinstance(per_fw, dict) and per_fw["jaxmeta"]]
+    devices = sorted({r.info["device"] for r in ran if "device" in r.info})
     lines += [f"- jaxmeta ran on: {', '.join(devices) or '?'}; TF1 and OpenVINO on the CPU"]
     lines += [f"- {n}" for n in notes]
     lines += ["", f"Medians of {args.repeats} runs × {args.rounds} rounds, [min–max]; every (model, framework) "
