@@ -355,15 +355,21 @@ def _pool(x, kind: str, ksize: list[int], strides: list[int], padding: str, cf: 
             init = jnp.iinfo(x.dtype).min
         return lax.reduce_window(x, np.array(init, x.dtype), lax.max, ksize, strides, pads)
     total = lax.reduce_window(x, np.array(0, x.dtype), lax.add, ksize, strides, pads)
-    # TF's SAME average divides by the number of in-bounds elements, not the window size.
+    return total / window_counts(x.shape, ksize, strides, pads).astype(x.dtype)
+
+
+def window_counts(shape, window, strides, pads) -> np.ndarray:
+    """How many in-bounds elements each window of a pool over `shape` covers (TF's average pools
+    divide by it, not by the window size), as a NumPy constant broadcastable to the pooled shape.
+    Computed here rather than as a pool of ones, which XLA constant-folds at compile time in its
+    slow evaluator (over a second for each of Inception-v3's 3x3 average pools' gradients)."""
     count = np.ones((), np.float64)
-    for n, k, s, (lo, _) in zip(sizes, _spatial(ksize, cf), _spatial(strides, cf), sp_pads):
-        out = -(-n // s) if padding == "SAME" else (n - k) // s + 1
-        start = np.arange(out) * s - lo
+    for n, k, s, (lo, hi) in zip(shape, window, strides, pads):
+        start = np.arange((n + lo + hi - k) // s + 1) * s - lo
         per_dim = np.minimum(start + k, n) - np.maximum(start, 0)
-        count = np.multiply.outer(count, per_dim)
-    count = count.reshape(_full(list(count.shape), cf))
-    return total / count.astype(x.dtype)
+        uniform = per_dim.size and np.all(per_dim == per_dim[0])  # one entry broadcasts
+        count = np.multiply.outer(count, per_dim[:1] if uniform else per_dim)
+    return count
 
 
 def _pool_op(kind: str, rank: int):

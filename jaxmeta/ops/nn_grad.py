@@ -18,7 +18,7 @@ from jax import lax
 
 from jaxmeta._errors import GraphError
 from jaxmeta.ops.image import _nearest_index, _scale
-from jaxmeta.ops.nn import batch_moments, channel_sum, convolve
+from jaxmeta.ops.nn import batch_moments, channel_sum, convolve, window_counts
 from jaxmeta.ops.registry import broadcast_ranks, register, static
 
 # -- elementwise ----------------------------------------------------------------------------------
@@ -220,9 +220,8 @@ def _avg_pool(x, window, strides, padding):
     total = lax.reduce_window(x, np.array(0, x.dtype), lax.add, window, strides, padding)
     if padding == "VALID":
         return total / np.prod(window)
-    ones = np.ones(x.shape, np.float32)
-    count = lax.reduce_window(jnp.asarray(ones), np.float32(0), lax.add, window, strides, padding)
-    return total / count.astype(x.dtype)
+    pads = lax.padtype_to_pads(x.shape, window, strides, padding) if isinstance(padding, str) else padding
+    return total / window_counts(x.shape, window, strides, pads).astype(x.dtype)
 
 
 def _tiled_max_pool_grad(x, dy, window):

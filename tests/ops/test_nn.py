@@ -662,6 +662,26 @@ def test_pool3d(op):
     run_cases([case_pool3d(*c, fmt, op) for c in POOL3D for fmt in ("NDHWC", "NCDHW")])
 
 
+@pytest.mark.parametrize("shape, window, strides, padding", [
+    ((2, 7, 9, 3), (1, 3, 3, 1), (1, 1, 1, 1), "SAME"),
+    ((2, 7, 9, 3), (1, 3, 2, 1), (1, 2, 3, 1), "SAME"),
+    ((1, 8, 8, 2), (1, 2, 2, 1), (1, 2, 2, 1), "VALID"),
+    ((1, 2, 5, 4, 6), (1, 1, 3, 3, 3), (1, 1, 2, 1, 2), "SAME"),
+])
+def test_window_counts_match_a_pool_of_ones(shape, window, strides, padding):
+    # The average pools' divisor is a NumPy constant (a pool of ones made XLA constant-fold it
+    # at compile time, over a second per pool gradient); it must be the same numbers.
+    from jax import lax
+
+    from jaxmeta.ops.nn import window_counts
+
+    pads = lax.padtype_to_pads(shape, window, strides, padding)
+    ones = lax.reduce_window(np.ones(shape, np.float32), np.float32(0), lax.add, window, strides, pads)
+    counts = window_counts(shape, window, strides, pads)
+    assert counts.ndim == len(shape)
+    np.testing.assert_array_equal(np.broadcast_to(counts, ones.shape), np.asarray(ones))
+
+
 def test_max_pool_with_argmax():
     run_cases([case_max_pool_with_argmax(*c, i % 2 == 1) for i, c in enumerate(POOL2D + POOL2D[1:2])])
 
