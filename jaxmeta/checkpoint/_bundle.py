@@ -261,16 +261,25 @@ class BundleReader:
         return dtype, fd, file_size, path
 
     def _read_entry(self, name, entry, shape, out=None) -> np.ndarray:
-        where = self._where(name)
         dtype, fd, _, path = self.check_entry(name, entry, shape)
         count = math.prod(shape)
         if entry.dtype == types_pb2.DT_STRING:
             return self._read_strings(name, entry, shape, count, fd, path)
         if out is None:
             out = aligned_empty(shape, dtype)
+        return self._fill(name, entry, out, fd, path)
+
+    def read_checked(self, name: str, out: np.ndarray) -> np.ndarray:
+        """Reads the plain numeric tensor `name` into `out`, shaped and typed after an entry that
+        `check_entry` passed (so its checks are not run twice), and verifies its checksum."""
+        entry = self.entries[name]
+        fd, _, path = self._file(entry.shard_id, name)
+        return self._fill(name, entry, out, fd, path)
+
+    def _fill(self, name, entry, out, fd, path) -> np.ndarray:
         got = _pread_into(fd, out, entry.offset)
         if got != entry.size:
-            raise CheckpointError(f"{where}: {path} ended after {got} of {entry.size} bytes")
+            raise CheckpointError(f"{self._where(name)}: {path} ended after {got} of {entry.size} bytes")
         self._verify(name, entry, out)
         return out
 

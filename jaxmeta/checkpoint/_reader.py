@@ -147,7 +147,7 @@ class CheckpointReader:
             return value
 
         def one(name: str) -> np.ndarray:
-            return report(name, self._impl.read(name, out=outs[name]) if name in outs else self._impl.read(name))
+            return report(name, self._impl.read_checked(name, outs[name]) if name in outs else self._impl.read(name))
 
         if workers <= 1 or len(names) <= 1:
             if outs:
