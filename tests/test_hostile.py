@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import struct
 import sys
 import tracemalloc
@@ -222,6 +223,37 @@ def test_cycle_that_is_not_a_while_loop_is_refused(control):
         graph.function("out:0")
     assert "cycle through 2 node(s), e.g. a, b" in str(info.value)
     assert "NextIteration" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "nodes, bad",
+    [
+        # a cond Switch without its predicate (found by tools/fuzz.py: an IndexError in planning)
+        ([("c", "Const", []), ("s", "Switch", ["c"]), ("m", "Merge", ["s:0", "s:1"])], "'s' (Switch) has 1 data inputs, expected 2"),
+        # a while loop whose NextIteration reads two tensors
+        (
+            [
+                ("c", "Const", []),
+                ("e", "Enter", ["c"], {"frame_name": "f"}),
+                ("m", "Merge", ["e", "n"]),
+                ("p", "LoopCond", ["m"]),
+                ("s", "Switch", ["m", "p"]),
+                ("n", "NextIteration", ["s:1", "s:1"]),
+                ("x", "Exit", ["s:0"]),
+            ],
+            "'n' (NextIteration) has 2 data inputs, expected 1",
+        ),
+    ],
+    ids=["switch", "next_iteration"],
+)
+def test_control_flow_node_with_wrong_input_count_is_refused(nodes, bad):
+    meta = make_meta([n[:3] for n in nodes])
+    for node, spec in zip(meta.graph_def.node, nodes):
+        for key, value in (spec[3] if len(spec) > 3 else {}).items():
+            node.attr[key].s = value.encode()
+    graph = jaxmeta.import_meta_graph(meta)
+    with pytest.raises(GraphError, match=re.escape(f"node {bad}")):
+        graph.function(f"{nodes[-1][0]}:0")({})
 
 
 def test_input_past_the_producers_outputs_is_refused():

@@ -85,6 +85,20 @@ _STATE_OPS = frozenset(
     | {"StackV2", "Stack", "StackPushV2", "StackPush", "StackPopV2", "StackPop", "StackCloseV2", "StackClose"}
 )
 _MAX_STATIC_TRIPS = 100_000
+# Data inputs of the v1 control-flow ops that planning reads by position (Merge: one or more).
+_ARITY = {**dict.fromkeys(_SWITCH, 2), **dict.fromkeys((*_ENTER, *_EXIT, *_NEXT, "LoopCond"), 1)}
+
+
+def _check_arity(nodes) -> None:
+    """Rejects control-flow nodes with the wrong number of data inputs (a corrupt graph) before
+    loops and conds are planned from their inputs."""
+    for node in nodes:
+        want = _ARITY.get(node.type, 0 if node.type in _MERGE else None)
+        if want is not None and (len(node.inputs) != want if want else not node.inputs):
+            raise GraphError(
+                f"node {node.name!r} ({node.type}) has {len(node.inputs)} data inputs, expected "
+                f"{want or 'at least one'}: the graph is corrupt"
+            )
 
 
 # -- frames ---------------------------------------------------------------------------------------
@@ -172,6 +186,7 @@ class _WhileLoop:
         position = {n: i for i, n in enumerate(graph.nodes)}
         nodes = [graph.nodes[n] for n in sorted(members, key=position.__getitem__)]
         own = [n for n in nodes if home.get(n.name) == frame]
+        _check_arity(own)
         self.enters = [n for n in own if n.type in _ENTER]
         conds = [n for n in own if n.type == "LoopCond"]
         if len(conds) != 1:
@@ -509,6 +524,7 @@ def plan_conds(graph: Graph, steps: list[_Step]) -> None:
     into a select over the Switch predicates, and guards state changes inside branches."""
     if not any(s.node.type in _SWITCH and s.outputs is None for s in steps):
         return
+    _check_arity(s.node for s in steps if s.outputs is None)
     empty: frozenset = frozenset()
     cond_of: dict[str, frozenset] = {}  # node -> the (pred, branch) literals its outputs need
     switch_pred: dict[str, TensorRef] = {}
