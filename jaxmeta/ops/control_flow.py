@@ -93,11 +93,16 @@ def _check_arity(nodes) -> None:
     """Rejects control-flow nodes with the wrong number of data inputs (a corrupt graph) before
     loops and conds are planned from their inputs."""
     for node in nodes:
-        want = _ARITY.get(node.type, 0 if node.type in _MERGE else None)
-        if want is not None and (len(node.inputs) != want if want else not node.inputs):
+        count = len(node.inputs)
+        if node.type in _MERGE:
+            bad, want = count == 0, "at least one"
+        elif node.type in _ARITY:
+            bad, want = count != _ARITY[node.type], _ARITY[node.type]
+        else:
+            continue
+        if bad:
             raise GraphError(
-                f"node {node.name!r} ({node.type}) has {len(node.inputs)} data inputs, expected "
-                f"{want or 'at least one'}: the graph is corrupt"
+                f"node {node.name!r} ({node.type}) has {count} data inputs, expected {want}: the graph is corrupt"
             )
 
 
