@@ -481,7 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=300.0, help="total time budget")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--slow", type=float, default=5.0, help="report inputs slower than this (seconds)")
-    parser.add_argument("--save", default=None, help="directory to write escaping inputs to")
+    parser.add_argument("--save", default=None, help="directory to write escaping and slow inputs to")
     args = parser.parse_args(argv)
 
     jax.config.update("jax_platforms", "cpu")
@@ -523,6 +523,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if time.monotonic() - t0 > args.slow:
                     slow += 1
                     print(f"  SLOW input in {target.name}: {time.monotonic() - t0:.1f}s")
+                    if args.save:
+                        os.makedirs(args.save, exist_ok=True)
+                        Path(args.save, f"{target.name}-{tried}-slow.bin").write_bytes(data)
                 tried += 1
             total_escapes += escapes
             print(

@@ -85,6 +85,7 @@ _STATE_OPS = frozenset(
     | {"StackV2", "Stack", "StackPushV2", "StackPush", "StackPopV2", "StackPop", "StackCloseV2", "StackClose"}
 )
 _MAX_STATIC_TRIPS = 100_000
+_ENDLESS = object()  # a loop's static part still running after _MAX_STATIC_TRIPS trips
 # Data inputs of the v1 control-flow ops that planning reads by position (Merge: one or more).
 _ARITY = {**dict.fromkeys(_SWITCH, 2), **dict.fromkeys((*_ENTER, *_EXIT, *_NEXT, "LoopCond"), 1)}
 
@@ -284,10 +285,13 @@ class _WhileLoop:
             if not (variables <= live and cs <= static_consts):
                 continue
             result = self._simulate(consts, inits, sorted(live), ref)
-            if result is not None and k == 0:
+            if result is _ENDLESS and k == 0:
+                break  # the whole condition held on every trip simulated, so each conjunct did too
+            if result is None or result is _ENDLESS:
+                continue
+            if k == 0:
                 return _Trips(result[0], True, result[1])
-            if result is not None:
-                bounds.append(result[0])
+            bounds.append(result[0])
         return _Trips(min(bounds), False, {}) if bounds else None
 
     def _simulate(self, consts, inits, live, cond_ref):
@@ -300,9 +304,10 @@ class _WhileLoop:
         cond_steps, body_steps = self._static_blocks[key]
         values = {j: inits[j] for j in live}
         ctx = OpContext(self.graph, {}, None)
+        static_consts = {r: v for r, v in consts.items() if static(v)}
         try:
             for n in range(_MAX_STATIC_TRIPS):
-                env = self._env({r: v for r, v in consts.items() if static(v)}, values)
+                env = self._env(static_consts, values)
                 run_steps(cond_steps, ctx, env, self.fed)
                 pred = env[cond_ref]
                 if not static(pred):
@@ -315,7 +320,7 @@ class _WhileLoop:
                     return None
         except Exception:  # anything non-static (variables, random, missing values): no static count
             return None
-        return None
+        return _ENDLESS
 
     def _env(self, consts: dict, values: dict) -> dict:
         env = dict(consts)

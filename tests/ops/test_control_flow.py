@@ -358,6 +358,26 @@ def test_static_trip_count_lowers_to_scan():
     assert "scan" in jaxpr and "while" not in jaxpr
 
 
+def test_loop_past_the_static_trip_limit_is_simulated_once(monkeypatch):
+    """A static loop longer than the trips jaxmeta simulates at trace time runs as a while loop,
+    and the simulation is not repeated for each conjunct of its condition (a fuzzed graph spent
+    seconds per conjunct)."""
+
+    def build(tf):
+        i = tf.constant(0)
+        return tf.while_loop(lambda i: tf.logical_and(i < 60, i >= 0), lambda i: i + 1, [i])
+
+    run = run_tf(build, {})
+    monkeypatch.setattr(control_flow, "_MAX_STATIC_TRIPS", 50)
+    calls = []
+    simulate = control_flow._WhileLoop._simulate
+    monkeypatch.setattr(control_flow._WhileLoop, "_simulate", lambda self, *a: calls.append(a) or simulate(self, *a))
+    f = run.graph.function(run.fetch_names)
+    assert "while" in str(jax.make_jaxpr(lambda: f({}))())
+    assert len(calls) == 1
+    np.testing.assert_array_equal(np.asarray(f({})[0]), 60)
+
+
 @pytest.mark.parametrize("taken", [True, False])
 def test_assignment_inside_cond_branch_takes_effect_only_when_taken(taken):
     def build(tf):
