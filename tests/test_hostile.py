@@ -346,8 +346,10 @@ def test_terabyte_entry_is_refused_before_allocating(tmp_path, how):
         (_entry([TB], 10, dtype=7), f"{TB} strings cannot fit in 10 bytes"),
         (_entry([-1, 3], 12), "unknown or negative"),
         (_entry([1 << 40, 1 << 40, 1 << 40], 4), "absurd stored shape"),
+        # found by tools/fuzz.py: a string reference type was read as numbers into an object array
+        (_entry([2], 16, dtype=107), "dtype DT_STRING_REF is a reference type"),
     ],
-    ids=["size_shape_mismatch", "terabyte_strings", "negative", "absurd"],
+    ids=["size_shape_mismatch", "terabyte_strings", "negative", "absurd", "reference_dtype"],
 )
 def test_entry_shape_that_does_not_fit_its_bytes(tmp_path, entry, words):
     prefix = _bundle_with(tmp_path, {b"w": entry})

@@ -244,6 +244,11 @@ class BundleReader:
             raise CheckpointError(
                 f"{where}: dtype {_dtypes.name(entry.dtype)} cannot be read by jaxmeta"
             ) from None
+        if _dtypes.is_ref(entry.dtype):  # the readers go by the base type, strings included
+            raise CheckpointError(
+                f"{where}: dtype {_dtypes.name(entry.dtype)} is a reference type, which checkpoints never "
+                "store; the index is corrupt"
+            )
         count = math.prod(shape)
         fd, file_size, path = self._file(entry.shard_id, name)
         if entry.offset < 0 or entry.size < 0 or entry.offset + entry.size > file_size:
