@@ -103,6 +103,8 @@ def to_numpy(proto: tensor_pb2.TensorProto, *, where: str = "tensor") -> np.ndar
     if dtype_enum in (types_pb2.DT_HALF, types_pb2.DT_BFLOAT16):
         arr = np.array(values, dtype=np.uint16).view(dtype)
     elif dtype_enum in (types_pb2.DT_COMPLEX64, types_pb2.DT_COMPLEX128):
+        if len(values) % 2:
+            raise GraphError(f"{where}: {field} holds {len(values)} numbers; complex values take (real, imaginary) pairs")
         pairs = np.array(values, dtype=np.float64).reshape(-1, 2)
         arr = (pairs[:, 0] + 1j * pairs[:, 1]).astype(dtype)
     else:

@@ -150,6 +150,8 @@ def _const(shape, dtype=1, **fields) -> tensor_pb2.TensorProto:
         (_const([1 << 20, 1 << 20], tensor_content=b"\0" * 16), "tensor_content holds 16 bytes"),
         (_const([3], float_val=[1.0, 2.0, 3.0, 4.0]), "4 values for shape [3]"),
         (_const([-5, 2], float_val=[1.0]), "negative or unknown dimension"),
+        # found by tools/fuzz.py: an odd count of complex parts escaped as numpy's ValueError
+        (_const([2], dtype=8, scomplex_val=[1.0, 2.0, 3.0]), "scomplex_val holds 3 numbers"),
     ],
     ids=[
         "terabyte_fill",
@@ -158,6 +160,7 @@ def _const(shape, dtype=1, **fields) -> tensor_pb2.TensorProto:
         "content_too_short",
         "too_many_values",
         "negative",
+        "half_a_complex",
     ],
 )
 def test_const_that_does_not_fit_its_bytes_is_refused_before_allocating(proto, words):
