@@ -472,6 +472,13 @@ def run_one(target: Target, ctx, data: bytes, workdir: str) -> BaseException | N
 # --- the long run ------------------------------------------------------------------------------
 
 
+def _save(directory: str | None, name: str, data: bytes) -> None:
+    """Keeps an input worth replaying (`--save`)."""
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+        Path(directory, name).write_bytes(data)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -516,16 +523,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     if label not in kinds:
                         print(f"  ESCAPE in {target.name}: {label}: {str(e)[:200]}")
                         traceback.print_exception(e, limit=-6)
-                        if args.save:
-                            os.makedirs(args.save, exist_ok=True)
-                            Path(args.save, f"{target.name}-{tried}.bin").write_bytes(data)
+                        _save(args.save, f"{target.name}-{tried}.bin", data)
                     kinds[label] = kinds.get(label, 0) + 1
                 if time.monotonic() - t0 > args.slow:
                     slow += 1
                     print(f"  SLOW input in {target.name}: {time.monotonic() - t0:.1f}s")
-                    if args.save:
-                        os.makedirs(args.save, exist_ok=True)
-                        Path(args.save, f"{target.name}-{tried}-slow.bin").write_bytes(data)
+                    _save(args.save, f"{target.name}-{tried}-slow.bin", data)
                 tried += 1
             total_escapes += escapes
             print(
