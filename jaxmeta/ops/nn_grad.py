@@ -209,6 +209,11 @@ def _pool_config(node, ksize=None, strides=None):
     return tuple(ksize), tuple(strides), pads
 
 
+def _pads(shape, window, strides, padding) -> list[tuple[int, int]]:
+    """A pool's (low, high) padding per axis: `padding` is "SAME", "VALID" or already the pairs."""
+    return lax.padtype_to_pads(shape, window, strides, padding) if isinstance(padding, str) else padding
+
+
 def _max_pool(x, window, strides, padding):
     # NumPy init values let JAX recognize the max/add monoids (and so differentiate the pools).
     init = -np.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min
@@ -220,7 +225,7 @@ def _avg_pool(x, window, strides, padding):
     total = lax.reduce_window(x, np.array(0, x.dtype), lax.add, window, strides, padding)
     if padding == "VALID":
         return total / np.prod(window)
-    pads = lax.padtype_to_pads(x.shape, window, strides, padding) if isinstance(padding, str) else padding
+    pads = _pads(x.shape, window, strides, padding)
     return total / window_counts(x.shape, window, strides, pads).astype(x.dtype)
 
 
@@ -252,7 +257,7 @@ def _tiles(x_shape, window, strides, padding):
         return False
     if padding == "VALID":
         return True
-    pads = lax.padtype_to_pads(x_shape, window, strides, padding) if isinstance(padding, str) else padding
+    pads = _pads(x_shape, window, strides, padding)
     return all(tuple(p) == (0, 0) for p in pads)
 
 
@@ -315,7 +320,7 @@ def _max_pool_grad_v2(node):
 
 def _window_slices(x, window, strides, padding, fill):
     """Every window position's strided view of `x`, stacked in row-major window order."""
-    pads = lax.padtype_to_pads(x.shape, window, strides, padding) if isinstance(padding, str) else padding
+    pads = _pads(x.shape, window, strides, padding)
     xp = jnp.pad(x, pads, constant_values=fill)
     out = [(n + lo + hi - w) // s + 1 for n, (lo, hi), w, s in zip(x.shape, pads, window, strides)]
     views = []
