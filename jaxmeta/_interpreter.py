@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmeta import _fusion
 from jaxmeta._errors import FeedError, GraphError, SideEffectError, UnsupportedOpError
 from jaxmeta._graph import VARIABLE_OPS, Graph, Node, TensorRef
 from jaxmeta.ops import registry
@@ -130,6 +131,7 @@ class _Step:
     inputs: tuple[TensorRef, ...]
     outputs: tuple[TensorRef, ...] | None = None
     free: tuple[TensorRef, ...] = ()
+    materialize: bool = False  # see `_fusion.plan`
 
 
 class Program:
@@ -215,6 +217,7 @@ def build_steps(graph: Graph, needed: set[str], fed: set[TensorRef], keep: set[T
             steps.append(_build(graph.nodes[unit]))
     control_flow.plan_conds(graph, steps)
     _plan_frees(steps, keep | fed)
+    _fusion.plan(steps)
     return steps
 
 
@@ -268,6 +271,8 @@ def run_steps(steps: list[_Step], ctx: OpContext, env: dict[TensorRef, Any], fed
             refs = [TensorRef(step.node.name, i) for i in range(len(out))]
         else:
             refs, out = [TensorRef(step.node.name, 0)], [out]
+        if step.materialize:
+            out = [_fusion.materialize(value) for value in out]
         for ref, value in zip(refs, out):
             if ref not in fed and value is not None:
                 env[ref] = value

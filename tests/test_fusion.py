@@ -1,0 +1,109 @@
+"""Long elementwise chains (unrolled recurrences) are computed once, not in every consumer."""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from oracle import get_tf
+from test_train_graphs import check_training
+
+import jaxmeta
+from jaxmeta import _fusion
+
+T = 24  # unrolled steps
+
+
+def _static_lstm(tf):
+    """A TF1 `static_rnn` LSTM unrolled over T steps, trained with Adam."""
+    x = tf.compat.v1.placeholder(tf.float32, [4, T, 3], name="x")
+    labels = tf.compat.v1.placeholder(tf.int32, [4], name="labels")
+    cell = tf.compat.v1.nn.rnn_cell.BasicLSTMCell(8)
+    outputs, _ = tf.compat.v1.nn.static_rnn(cell, tf.unstack(x, axis=1), dtype=tf.float32)
+    logits = tf.compat.v1.layers.dense(outputs[-1], 3)
+    loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+    return loss, tf.compat.v1.train.AdamOptimizer(0.01).minimize(loss)
+
+
+def _batches(step):
+    rng = np.random.default_rng(step)
+    return {
+        "x:0": rng.standard_normal((4, T, 3)).astype(np.float32),
+        "labels:0": rng.integers(0, 3, 4).astype(np.int32),
+    }
+
+
+def _graph():
+    tf = get_tf()
+    g = tf.Graph()
+    with g.as_default():
+        loss, train_op = _static_lstm(tf)
+        meta = tf.compat.v1.train.export_meta_graph(graph=g)
+    return jaxmeta.import_meta_graph(meta), loss.name, train_op.name
+
+
+def _largest_fusion(graph, loss, train_op):
+    """Instructions in the largest fused computation of the compiled training step."""
+    step = graph.step(loss, feeds=list(_batches(0)), targets=[train_op])
+    variables = graph.init_variables(key=jax.random.key(0))
+    hlo = jax.jit(step).lower(variables, *_batches(0).values()).compile().as_text()
+    bodies = re.findall(r"^%fused\S* \(.*?\n}$", hlo, re.S | re.M)
+    return max(body.count("\n") - 1 for body in bodies)
+
+
+@pytest.mark.oracle
+def test_static_rnn_training_matches_tf():
+    check_training(_static_lstm, _batches, k=2)
+
+
+@pytest.mark.oracle
+def test_static_rnn_step_compiles_to_linear_code(monkeypatch):
+    graph, loss, train_op = _graph()
+    planned = _largest_fusion(graph, loss, train_op)
+    monkeypatch.setattr(_fusion, "MAX_CHAIN", 10**9)  # nothing materialized: XLA's own fusion
+    unplanned = _largest_fusion(graph, loss, train_op)
+    # Without materialization the last step's consumers recompute the cell-state chain back to
+    # the first step (a few instructions per step); with it no fusion reaches that far.
+    assert unplanned > 4 * T and planned < unplanned / 3, (planned, unplanned)
+
+
+def test_plan_marks_long_shared_chains_only():
+    class Node:
+        def __init__(self, name, type_):
+            self.name, self.type = name, type_
+
+    class Step:
+        def __init__(self, name, type_, *inputs):
+            self.node = Node(name, type_)
+            self.inputs = tuple(jaxmeta.TensorRef(i, 0) for i in inputs)
+            self.outputs = None
+
+    # c[t] = c[t-1] * a + b, read by the next step and by a product: a shared chain.
+    steps = [Step("c0", "Placeholder")]
+    for t in range(1, 3 * _fusion.MAX_CHAIN):
+        steps += [Step(f"c{t}", "Mul", f"c{t - 1}"), Step(f"y{t}", "MatMul", f"c{t}")]
+    # A long chain read once only: never materialized.
+    steps += [Step("d0", "Placeholder")] + [Step(f"d{t}", "Neg", f"d{t - 1}") for t in range(1, 100)]
+    _fusion.plan(steps)
+    marked = [s.node.name for s in steps if s.materialize]
+    assert marked and all(name.startswith("c") for name in marked)
+    gaps = np.diff([int(name[1:]) for name in marked])
+    assert (gaps == _fusion.MAX_CHAIN + 1).all()  # each chain ends past MAX_CHAIN nodes
+
+
+def test_materialize_is_exact_and_differentiable():
+    x = jnp.array([1.5, -0.0, 0.0, np.inf, -np.inf, np.nan, 1e-30, -3e38, 1e-45], jnp.float32)
+    got = jax.jit(_fusion.materialize)(x)
+    # Subnormals as any XLA arithmetic leaves them (the CPU flushes them to zero: x * 1 too).
+    want = jax.jit(lambda v, one: v * one)(x, jnp.ones_like(x))
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    np.testing.assert_array_equal(np.asarray(got)[:8], np.asarray(x)[:8])
+    assert np.signbit(np.asarray(got)[1]) and not np.signbit(np.asarray(got)[2])
+    finite = jnp.array([0.5, -2.0, 0.0])
+    np.testing.assert_array_equal(jax.grad(lambda v: _fusion.materialize(v).sum())(finite), np.ones(3))
+    ints = jnp.arange(3)
+    assert jax.jit(_fusion.materialize)(ints).dtype == ints.dtype
+    assert _fusion.materialize(np.float32(2.0)) == 2.0  # not traced: returned as is
