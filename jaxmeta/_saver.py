@@ -439,24 +439,19 @@ def _restore_source(graph: Graph, ref: TensorRef) -> tuple[Node, int] | None:
 
 def _restore_specs(graph: Graph, restore_op_name: str) -> list[SaveSpec]:
     root = _node(graph, TensorRef.parse(restore_op_name).node, "restore op")
-    stack, seen, specs = [root.name], set(), []
+    specs: list[SaveSpec] = []
     keys: dict[str, tuple[list[str], list[str], list[int]]] = {}  # a restore node's, read once for all outputs
-    while stack:
-        name = stack.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        node = graph.get_operation_by_name(name)
+
+    def visit(node: Node) -> bool:
         if node.type in ("Assign", "AssignVariableOp") and len(node.inputs) >= 2:
             source = _restore_source(graph, node.inputs[1])
             var = _variable_of(graph, node.inputs[0])
             if source is not None and var is not None:
                 specs.append(_spec_from_restore(graph, source[0], source[1], var.name, keys))
-                continue
-        if node.type in _RESTORE_OPS or node.type in VARIABLE_OPS or node.type == "Const":
-            continue
-        stack.extend(node.control_inputs)
-        stack.extend(ref.node for ref in node.inputs)
+                return True
+        return node.type in _RESTORE_OPS or node.type in VARIABLE_OPS or node.type == "Const"
+
+    _walk_up(graph, root.name, visit)
     if not specs:
         raise GraphError(
             f"the restore op {restore_op_name!r} assigns no variable from a RestoreV2/RestoreSlice/Restore "
@@ -464,6 +459,21 @@ def _restore_specs(graph: Graph, restore_op_name: str) -> list[SaveSpec]:
         )
     specs.sort(key=lambda s: (s.variable, s.key))
     return specs
+
+
+def _walk_up(graph: Graph, root: str, visit: Callable[[Node], bool]) -> None:
+    """Visits `root` and the nodes it reads through data and control inputs, each once, depth
+    first; `visit(node)` returns True where the walk goes no further up."""
+    stack, seen = [root], set()
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        node = graph.get_operation_by_name(name)
+        if not visit(node):
+            stack.extend(node.control_inputs)
+            stack.extend(ref.node for ref in node.inputs)
 
 
 def _check_arity(node: Node, where: str) -> None:
@@ -497,20 +507,15 @@ def _save_specs(graph: Graph, save_tensor_name: str) -> list[SaveSpec]:
         root = graph.get_operation_by_name(TensorRef.parse(save_tensor_name).node)
     except (GraphError, KeyError):
         return []
-    stack, seen, specs = [root.name], set(), []
-    while stack:
-        name = stack.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        node = graph.get_operation_by_name(name)
+    specs: list[SaveSpec] = []
+
+    def visit(node: Node) -> bool:
         if node.type in _SAVE_OPS:
-            specs += _specs_from_save(graph, node)
-            continue
-        if node.type in VARIABLE_OPS or node.type == "Const":
-            continue
-        stack.extend(node.control_inputs)
-        stack.extend(ref.node for ref in node.inputs)
+            specs.extend(_specs_from_save(graph, node))
+            return True
+        return node.type in VARIABLE_OPS or node.type == "Const"
+
+    _walk_up(graph, root.name, visit)
     specs.sort(key=lambda s: (s.variable, s.key))
     return specs
 
