@@ -1,4 +1,5 @@
-"""Long elementwise chains (unrolled recurrences) are computed once, not in every consumer."""
+"""Unrolled graphs: long elementwise chains are computed once, not in every consumer, and sums
+of per-step products become one product."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from oracle import get_tf
+from oracle import compare_with_tf, get_tf
 from test_train_graphs import check_training
 
 import jaxmeta
@@ -107,3 +108,76 @@ def test_materialize_is_exact_and_differentiable():
     ints = jnp.arange(3)
     assert jax.jit(_fusion.materialize)(ints).dtype == ints.dtype
     assert _fusion.materialize(np.float32(2.0)) == 2.0  # not traced: returned as is
+
+
+def _count_merges(monkeypatch):
+    merged = []
+    original = _fusion.merge_product_sums
+
+    def counting(steps, keep):
+        out = original(steps, keep)
+        merged.append(len(steps) - len(out))
+        return out
+
+    monkeypatch.setattr(_fusion, "merge_product_sums", counting)
+    return merged
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("transpose_a, transpose_b", [(True, False), (False, False), (False, True), (True, True)])
+@pytest.mark.parametrize("max_concat", [_fusion.MAX_CONCAT, 0], ids=["concatenated", "term by term"])
+def test_sum_of_products_matches_tf(monkeypatch, transpose_a, transpose_b, max_concat):
+    monkeypatch.setattr(_fusion, "MAX_CONCAT", max_concat)
+    merged = _count_merges(monkeypatch)
+    n = _fusion.MIN_TERMS + 2
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for i in range(n):
+        k = 3 + i % 4  # the contraction size differs between terms
+        a = rng.standard_normal((k, 5) if transpose_a else (5, k)).astype(np.float32)
+        b = rng.standard_normal((6, k) if transpose_b else (k, 6)).astype(np.float32)
+        feeds[f"a{i}:0"], feeds[f"b{i}:0"] = a, b
+
+    def build(tf):
+        terms = []
+        for i in range(n):
+            a = tf.compat.v1.placeholder(tf.float32, feeds[f"a{i}:0"].shape, name=f"a{i}")
+            b = tf.compat.v1.placeholder(tf.float32, feeds[f"b{i}:0"].shape, name=f"b{i}")
+            terms.append(tf.matmul(a, b, transpose_a=transpose_a, transpose_b=transpose_b))
+        return tf.add_n(terms)
+
+    compare_with_tf(build, feeds, grads=True)
+    assert merged and all(m == n for m in merged)  # every function built merged its n products
+
+
+def test_sum_of_products_not_merged_across_an_assignment():
+    class Node:
+        def __init__(self, name, type_):
+            self.name, self.type = name, type_
+
+        def attr_bool(self, name, default):
+            return default
+
+    class Spec:
+        def __init__(self, assigns):
+            self.assigns = assigns
+
+    class Step:
+        def __init__(self, name, type_, *inputs, assigns=False):
+            self.node, self.spec = Node(name, type_), Spec(assigns)
+            self.inputs = tuple(jaxmeta.TensorRef(i, 0) for i in inputs)
+            self.outputs, self.fn = None, None
+
+    def steps(assign_at):
+        out = [Step("x", "Placeholder")]
+        for i in range(_fusion.MIN_TERMS):
+            if i == assign_at:
+                out.append(Step("update", "AssignAdd", "w", "x", assigns=True))
+            out.append(Step(f"m{i}", "MatMul", "x", "w"))
+        return [*out, Step("sum", "AddN", *(f"m{i}" for i in range(_fusion.MIN_TERMS)))]
+
+    assert len(_fusion.merge_product_sums(steps(None), set())) == 2  # x and the merged sum
+    kept = steps(3)
+    assert _fusion.merge_product_sums(kept, set()) == kept  # a term after the update reads it
+    fetched = steps(None)
+    assert _fusion.merge_product_sums(fetched, {jaxmeta.TensorRef("m0", 0)}) == fetched
