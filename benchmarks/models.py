@@ -152,6 +152,24 @@ def build_lstm(tf, size: int, quick: bool) -> ModelSpec:
                      description=f"dynamic_rnn LSTMCell({units}), {steps} steps x {features} features, Adam")
 
 
+def build_static_lstm(tf, size: int, quick: bool) -> ModelSpec:
+    """`static_rnn` over two LSTMCells (the recurrence unrolled into ops per step, as TF1's
+    `legacy_seq2seq` models are), last output -> dense -> 10 classes, Adam."""
+    v1 = tf.compat.v1
+    steps, features, units = (8, 16, 32) if quick else (50, 64, 128)
+    inputs = v1.placeholder(tf.float32, [None, steps, features], name="sequence")
+    cell = v1.nn.rnn_cell.MultiRNNCell([v1.nn.rnn_cell.LSTMCell(units) for _ in range(2)])
+    outputs, _ = v1.nn.static_rnn(cell, tf.unstack(inputs, axis=1), dtype=tf.float32)
+    logits = v1.layers.dense(outputs[-1], 10, name="logits")
+    labels, loss = _classifier_loss(tf, logits, 10)
+    step = v1.train.get_or_create_global_step()
+    train_op = v1.train.AdamOptimizer(1e-3).minimize(loss, global_step=step)
+    x = Feed(inputs.name, [steps, features])
+    return ModelSpec([x], logits.name, [x, Feed(labels.name, [], "int32", 10)], loss.name, train_op.name,
+                     large_batch=8 if quick else 64, train_batch=8 if quick else 32,
+                     description=f"static_rnn 2 x LSTMCell({units}), {steps} steps x {features} features, Adam")
+
+
 def build_cnn_train(tf, size: int, quick: bool) -> ModelSpec:
     """A small CNN with batch norm in training mode (UPDATE_OPS) and Adam; 32x32x3 inputs."""
     v1 = tf.compat.v1
@@ -179,6 +197,7 @@ MODELS = {
     "inception3": build_inception3,
     "lstm": build_lstm,
     "cnn_train": build_cnn_train,
+    "static_lstm": build_static_lstm,
 }
 
 

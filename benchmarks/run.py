@@ -1,6 +1,6 @@
 """jaxmeta vs TensorFlow 1 (and OpenVINO where installed), side by side, in one run.
 
-    .venv/bin/python benchmarks/run.py [--models mlp,resnet50,inception3,lstm,cnn_train]
+    .venv/bin/python benchmarks/run.py [--models mlp,resnet50,inception3,lstm,cnn_train,static_lstm]
         [--size 96] [--repeats 10] [--rounds 2] [--quick] [--compile-cache DIR] [--dir DIR]
         [--out benchmarks/results]
 
@@ -61,7 +61,7 @@ sys.path.insert(0, HERE)
 import models  # noqa: E402  (no TensorFlow at import time)
 
 FRAMEWORKS = ("jaxmeta", "tf", "openvino")
-DEFAULT_MODELS = "mlp,resnet50,inception3,lstm,cnn_train"
+DEFAULT_MODELS = "mlp,resnet50,inception3,lstm,cnn_train,static_lstm"
 RESULT_TAG = "BENCH-RESULT "
 
 # (key, label, unit, lower is better)
