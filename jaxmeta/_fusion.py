@@ -95,29 +95,42 @@ MAX_CONCAT = 1 << 26
 
 def merge_product_sums(steps: list[Any], keep: set[Any]) -> list[Any]:
     """Rewrites each `AddN` of `MIN_TERMS` or more `MatMul` outputs (same transposes, read by the
-    `AddN` only) into one product over concatenated operands; returns the steps without the
-    merged `MatMul`s. A sum is left alone when a step between its first term and itself assigns
-    a variable (a term may read that variable, which must be read where the term stood)."""
+    `AddN` only, directly or through `Identity`s such as TF's gradient tuples) into one product
+    over concatenated operands; returns the steps without the merged `MatMul`s and `Identity`s.
+    A sum is left alone when a step between its first term and itself assigns a variable (a term
+    may read that variable, which must be read where the term stood)."""
     readers = collections.Counter(ref for step in steps for ref in step.inputs)
     position = {step.node.name: i for i, step in enumerate(steps) if step.outputs is None}
     assigning = [i for i, step in enumerate(steps) if step.spec.assigns]
+
+    def product(ref: Any) -> list[Any] | None:
+        """The steps from the `MatMul` whose value `ref` passes on to the step reading `ref`."""
+        chain = []
+        while ref.index == 0 and readers[ref] == 1 and ref not in keep and ref.node in position:
+            step = steps[position[ref.node]]
+            chain.append(step)
+            if step.node.type == "MatMul":
+                return chain
+            if step.node.type != "Identity":
+                return None
+            ref = step.inputs[0]
+        return None
+
     merged: set[str] = set()
     for i, step in enumerate(steps):
         if step.node.type != "AddN" or step.outputs is not None or len(step.inputs) < MIN_TERMS:
             continue
-        terms = [steps[position[r.node]] if r.node in position else None for r in step.inputs]
-        if any(
-            term is None or term.node.type != "MatMul" or ref.index != 0 or readers[ref] != 1 or ref in keep
-            for term, ref in zip(terms, step.inputs)
-        ):
+        chains = [product(ref) for ref in step.inputs]
+        if any(chain is None for chain in chains):
             continue
+        terms = [chain[-1] for chain in chains]
         flags = {(t.node.attr_bool("transpose_a", False), t.node.attr_bool("transpose_b", False)) for t in terms}
         first = min(position[t.node.name] for t in terms)
         if len(flags) != 1 or any(first < j < i for j in assigning):
             continue
         step.inputs = tuple(ref for term in terms for ref in term.inputs[:2])
         step.fn = _product_sum(*flags.pop())
-        merged.update(term.node.name for term in terms)
+        merged.update(s.node.name for chain in chains for s in chain)
     return [step for step in steps if step.outputs is not None or step.node.name not in merged]
 
 

@@ -126,7 +126,8 @@ def _count_merges(monkeypatch):
 @pytest.mark.oracle
 @pytest.mark.parametrize("transpose_a, transpose_b", [(True, False), (False, False), (False, True), (True, True)])
 @pytest.mark.parametrize("max_concat", [_fusion.MAX_CONCAT, 0], ids=["concatenated", "term by term"])
-def test_sum_of_products_matches_tf(monkeypatch, transpose_a, transpose_b, max_concat):
+@pytest.mark.parametrize("identity", [False, True], ids=["direct", "through Identity"])
+def test_sum_of_products_matches_tf(monkeypatch, transpose_a, transpose_b, max_concat, identity):
     monkeypatch.setattr(_fusion, "MAX_CONCAT", max_concat)
     merged = _count_merges(monkeypatch)
     n = _fusion.MIN_TERMS + 2
@@ -143,11 +144,12 @@ def test_sum_of_products_matches_tf(monkeypatch, transpose_a, transpose_b, max_c
         for i in range(n):
             a = tf.compat.v1.placeholder(tf.float32, feeds[f"a{i}:0"].shape, name=f"a{i}")
             b = tf.compat.v1.placeholder(tf.float32, feeds[f"b{i}:0"].shape, name=f"b{i}")
-            terms.append(tf.matmul(a, b, transpose_a=transpose_a, transpose_b=transpose_b))
+            term = tf.matmul(a, b, transpose_a=transpose_a, transpose_b=transpose_b)
+            terms.append(tf.identity(tf.identity(term)) if identity else term)  # as TF's gradient tuples
         return tf.add_n(terms)
 
     compare_with_tf(build, feeds, grads=True)
-    assert merged and all(m == n for m in merged)  # every function built merged its n products
+    assert merged and all(m == n * (3 if identity else 1) for m in merged)  # every function merged its n terms
 
 
 def test_sum_of_products_not_merged_across_an_assignment():
