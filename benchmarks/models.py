@@ -135,21 +135,26 @@ def build_inception3(tf, size: int, quick: bool) -> ModelSpec:
     return _slim_net(tf, max(size, 75), quick, "inception3")
 
 
+def _sequence_classifier(tf, inputs, last_output, quick: bool, description: str) -> ModelSpec:
+    """last output -> dense -> 10 classes, Adam; the spec of a model over `inputs` [None, T, F]."""
+    v1 = tf.compat.v1
+    logits = v1.layers.dense(last_output, 10, name="logits")
+    labels, loss = _classifier_loss(tf, logits, 10)
+    step = v1.train.get_or_create_global_step()
+    train_op = v1.train.AdamOptimizer(1e-3).minimize(loss, global_step=step)
+    x = Feed(inputs.name, inputs.shape.as_list()[1:])
+    return ModelSpec([x], logits.name, [x, Feed(labels.name, [], "int32", 10)], loss.name, train_op.name,
+                     large_batch=8 if quick else 64, train_batch=8 if quick else 32, description=description)
+
+
 def build_lstm(tf, size: int, quick: bool) -> ModelSpec:
     """`dynamic_rnn` over an LSTMCell (v1 while loop), last output -> dense -> 10 classes, Adam."""
     v1 = tf.compat.v1
     steps, features, units = (8, 16, 32) if quick else (32, 64, 256)
     inputs = v1.placeholder(tf.float32, [None, steps, features], name="sequence")
-    cell = v1.nn.rnn_cell.LSTMCell(units)
-    outputs, _ = v1.nn.dynamic_rnn(cell, inputs, dtype=tf.float32)
-    logits = v1.layers.dense(outputs[:, -1], 10, name="logits")
-    labels, loss = _classifier_loss(tf, logits, 10)
-    step = v1.train.get_or_create_global_step()
-    train_op = v1.train.AdamOptimizer(1e-3).minimize(loss, global_step=step)
-    x = Feed(inputs.name, [steps, features])
-    return ModelSpec([x], logits.name, [x, Feed(labels.name, [], "int32", 10)], loss.name, train_op.name,
-                     large_batch=8 if quick else 64, train_batch=8 if quick else 32,
-                     description=f"dynamic_rnn LSTMCell({units}), {steps} steps x {features} features, Adam")
+    outputs, _ = v1.nn.dynamic_rnn(v1.nn.rnn_cell.LSTMCell(units), inputs, dtype=tf.float32)
+    return _sequence_classifier(tf, inputs, outputs[:, -1], quick,
+                                f"dynamic_rnn LSTMCell({units}), {steps} steps x {features} features, Adam")
 
 
 def build_static_lstm(tf, size: int, quick: bool) -> ModelSpec:
@@ -160,14 +165,8 @@ def build_static_lstm(tf, size: int, quick: bool) -> ModelSpec:
     inputs = v1.placeholder(tf.float32, [None, steps, features], name="sequence")
     cell = v1.nn.rnn_cell.MultiRNNCell([v1.nn.rnn_cell.LSTMCell(units) for _ in range(2)])
     outputs, _ = v1.nn.static_rnn(cell, tf.unstack(inputs, axis=1), dtype=tf.float32)
-    logits = v1.layers.dense(outputs[-1], 10, name="logits")
-    labels, loss = _classifier_loss(tf, logits, 10)
-    step = v1.train.get_or_create_global_step()
-    train_op = v1.train.AdamOptimizer(1e-3).minimize(loss, global_step=step)
-    x = Feed(inputs.name, [steps, features])
-    return ModelSpec([x], logits.name, [x, Feed(labels.name, [], "int32", 10)], loss.name, train_op.name,
-                     large_batch=8 if quick else 64, train_batch=8 if quick else 32,
-                     description=f"static_rnn 2 x LSTMCell({units}), {steps} steps x {features} features, Adam")
+    return _sequence_classifier(tf, inputs, outputs[-1], quick,
+                                f"static_rnn 2 x LSTMCell({units}), {steps} steps x {features} features, Adam")
 
 
 def build_cnn_train(tf, size: int, quick: bool) -> ModelSpec:
