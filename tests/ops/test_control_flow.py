@@ -259,7 +259,9 @@ def _train_rnn(kind, with_lengths, optimizer="sgd", shape=SEQ.shape):
         lengths = tf.compat.v1.placeholder(tf.int32, [2], name="len") if with_lengths else None
         out, _ = tf.compat.v1.nn.dynamic_rnn(_cell(tf, kind), x, sequence_length=lengths, dtype=tf.float32)
         loss = tf.reduce_mean(tf.square(out - 0.5), name="loss")
-        opt = {"sgd": tf.compat.v1.train.GradientDescentOptimizer(0.5), "adam": tf.compat.v1.train.AdamOptimizer(0.1)}
+        # Adam moves a weight whose gradient is ~0 by about lr * sign(gradient): rounding noise in
+        # such a gradient (a kernel element 5e-5 off after 3 steps at lr 0.1, once in CI) would show.
+        opt = {"sgd": tf.compat.v1.train.GradientDescentOptimizer(0.5), "adam": tf.compat.v1.train.AdamOptimizer(0.01)}
         opt[optimizer].minimize(loss, name="train")
         return loss
 
