@@ -66,7 +66,7 @@ def plan(steps: list[Any]) -> None:
     for step in steps:
         step.materialize = False
         name = step.node.name
-        if step.outputs is not None or step.node.type not in FUSIBLE:
+        if step.outputs is not None or step.node.type not in FUSIBLE or isinstance(step.fn, _ProductSum):
             continue
         chain = {name}
         for ref in step.inputs:
@@ -129,21 +129,22 @@ def merge_product_sums(steps: list[Any], keep: set[Any]) -> list[Any]:
         if len(flags) != 1 or any(first < j < i for j in assigning):
             continue
         step.inputs = tuple(ref for term in terms for ref in term.inputs[:2])
-        step.fn = _product_sum(*flags.pop())
+        step.fn = _ProductSum(*flags.pop())
         merged.update(s.node.name for chain in chains for s in chain)
     return [step for step in steps if step.outputs is not None or step.node.name not in merged]
 
 
-def _product_sum(transpose_a: bool, transpose_b: bool) -> Any:
+class _ProductSum:
     """Σ_i op(a_i) @ op(b_i) over operands (a_1, b_1, a_2, b_2, ...), as one product."""
-    ka, kb = (0 if transpose_a else 1), (1 if transpose_b else 0)  # contraction axes
 
-    def fn(*operands):
+    def __init__(self, transpose_a: bool, transpose_b: bool):
+        contract = ((0 if transpose_a else 1,), (1 if transpose_b else 0,))
+        self.dims = (contract, ((), ()))
+
+    def __call__(self, *operands: Any) -> Any:
         lhs = [jnp.asarray(x) for x in operands[0::2]]
         rhs = [jnp.asarray(x) for x in operands[1::2]]
         if sum(x.size for x in lhs + rhs) > MAX_CONCAT:
-            return sum(lax.dot_general(a, b, (((ka,), (kb,)), ((), ()))) for a, b in zip(lhs, rhs))
-        a, b = jnp.concatenate(lhs, axis=ka), jnp.concatenate(rhs, axis=kb)
-        return lax.dot_general(a, b, (((ka,), (kb,)), ((), ())))
-
-    return fn
+            return sum(lax.dot_general(a, b, self.dims) for a, b in zip(lhs, rhs))
+        (ka,), (kb,) = self.dims[0]
+        return lax.dot_general(jnp.concatenate(lhs, axis=ka), jnp.concatenate(rhs, axis=kb), self.dims)

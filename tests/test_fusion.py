@@ -80,7 +80,7 @@ def test_plan_marks_long_shared_chains_only():
         def __init__(self, name, type_, *inputs):
             self.node = Node(name, type_)
             self.inputs = tuple(jaxmeta.TensorRef(i, 0) for i in inputs)
-            self.outputs = None
+            self.outputs = self.fn = None
 
     # c[t] = c[t-1] * a + b, read by the next step and by a product: a shared chain.
     steps = [Step("c0", "Placeholder")]
