@@ -138,13 +138,13 @@ class _ProductSum:
     """Σ_i op(a_i) @ op(b_i) over operands (a_1, b_1, a_2, b_2, ...), as one product."""
 
     def __init__(self, transpose_a: bool, transpose_b: bool):
-        contract = ((0 if transpose_a else 1,), (1 if transpose_b else 0,))
-        self.dims = (contract, ((), ()))
+        self.axes = (0 if transpose_a else 1, 1 if transpose_b else 0)  # contracted, of a_i and b_i
+        self.dims = (((self.axes[0],), (self.axes[1],)), ((), ()))
 
     def __call__(self, *operands: Any) -> Any:
         lhs = [jnp.asarray(x) for x in operands[0::2]]
         rhs = [jnp.asarray(x) for x in operands[1::2]]
         if sum(x.size for x in lhs + rhs) > MAX_CONCAT:
             return sum(lax.dot_general(a, b, self.dims) for a, b in zip(lhs, rhs))
-        (ka,), (kb,) = self.dims[0]
-        return lax.dot_general(jnp.concatenate(lhs, axis=ka), jnp.concatenate(rhs, axis=kb), self.dims)
+        a, b = jnp.concatenate(lhs, axis=self.axes[0]), jnp.concatenate(rhs, axis=self.axes[1])
+        return lax.dot_general(a, b, self.dims)
