@@ -839,6 +839,29 @@ def _assert_derivatives_match(ours, ref, x, w, x_small, w_small):
     assert_close(hw, jax.hessian(lambda w: ref(x_small, w))(w_small), rtol=1e-4, atol=1e-4, what="hessian")
 
 
+@pytest.mark.parametrize("x_shape,w_shape,strides,padding,dilation", [
+    ((2, 9, 2), (3, 2, 4), (2,), "SAME", (2,)),
+    ((3, 8, 7, 3), (3, 3, 3, 5), (2, 1), "VALID", (1, 2)),
+    ((1, 5, 6, 7, 2), (2, 3, 2, 2, 3), (1, 2, 1), "SAME", (2, 1, 1)),
+])
+def test_stacked_windows_product_matches_xla_convolution(x_shape, w_shape, strides, padding, dilation):
+    """The stacked windows' product (stacked one spatial axis at a time) is lax's convolution in
+    1, 2 and 3 spatial dimensions, with strides and dilations."""
+    from jax import lax
+
+    from jaxmeta.ops import nn
+
+    nsp = len(x_shape) - 2
+    spatial = "DHW"[-nsp:]
+    dn = ("N" + spatial + "C", spatial + "IO", "N" + spatial + "C")
+    x, w = jnp.asarray(randn(*x_shape)), jnp.asarray(randn(*w_shape, seed=1))
+    ours = jax.make_jaxpr(lambda x, w: nn.convolve(x, w, strides, padding, dilation, dn))(x, w)
+    assert "conv_general_dilated" not in str(ours)
+    ref = lax.conv_general_dilated(x, w, strides, padding, rhs_dilation=dilation, dimension_numbers=dn)
+    for fn in (nn.convolve, jax.jit(nn.convolve, static_argnums=(2, 3, 4, 5))):
+        assert_close(fn(x, w, strides, padding, dilation, dn), ref, rtol=1e-5, atol=1e-5, what="convolve")
+
+
 @pytest.mark.parametrize("windows_for_matmul_grads", [0, 1 << 30])  # XLA's gradients / matrix products
 def test_few_input_channels_convolve_derivatives(monkeypatch, windows_for_matmul_grads):
     """A few-input-channel convolution (stacked windows times the kernel) differentiates like lax,
