@@ -208,7 +208,7 @@ _matmul_with_conv_grads = _differentiated_as(_window_matmul, _xla_conv)
 
 def channel_sum(x, axes):
     """`jnp.sum(x, axis=axes)`; a large float32 sum over every axis but the last (batch norm's
-    statistics and gradients, bias gradients) runs as ones @ x[rows, channels]: without YNNPACK,
+    gradients, bias gradients) runs as ones @ x[rows, channels]: without YNNPACK,
     XLA's CPU reduction of a 128x32x32x32 activation to its 32 channels takes 22 ms, the product
     1.7 ms (with YNNPACK 1.1 and 1.5 ms)."""
     x = jnp.asarray(x)
@@ -220,11 +220,29 @@ def channel_sum(x, axes):
 
 
 def batch_moments(x, axes):
-    """Per-channel mean and biased variance of `x` over `axes` (batch norm's batch statistics)."""
+    """Per-channel mean and biased variance of `x` over `axes` (batch norm's batch statistics).
+
+    Over every axis but the last, a large float32 `x`'s sums run over rows of several pixels'
+    channels (x[rows / k, k * channels], about 512 wide), then over the k: XLA fuses the squared
+    deviations into that reduction rather than writing them out for `channel_sum`'s product (a
+    CNN's batch-128 inference 13 % faster with YNNPACK, the same without), and the statistics
+    come out closer to float64's (relative error 2e-7 instead of 3e-5 for 131072 rows). Gradient
+    sums stay `channel_sum`'s products: with their longer fused producers, the reduction was the
+    slower (a CNN's training step 10 %)."""
     count = math.prod(x.shape[i] for i in axes)
     keep = [1 if i in axes else d for i, d in enumerate(x.shape)]
-    mean = channel_sum(x, axes) / count
-    return mean, channel_sum(jnp.square(x - mean.reshape(keep)), axes) / count
+    mean = _wide_sum(x, axes) / count
+    return mean, _wide_sum(jnp.square(x - mean.reshape(keep)), axes) / count
+
+
+def _wide_sum(x, axes):
+    """`channel_sum(x, axes)`, as a reduction over rows about 512 wide where it is one (see
+    `batch_moments`)."""
+    rows, channels = math.prod(x.shape[:-1]), x.shape[-1]
+    k = math.gcd(rows, max(1, 512 // channels))
+    if x.dtype != jnp.float32 or tuple(axes) != tuple(range(x.ndim - 1)) or rows < 4096 or k == 1:
+        return channel_sum(x, axes)
+    return jnp.sum(x.reshape(rows // k, k * channels), axis=0).reshape(k, channels).sum(axis=0)
 
 
 def _crop_to_reach(w, sizes, pads, strides, dilation):
