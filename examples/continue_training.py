@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> None:
     saved = graph.saver.save(tf_vars, str(args.out / "mnist_mlp"), global_step=int(tf_vars["global_step"]))
     print(f"saved TF checkpoint {saved} (TF1's Saver.restore reads it)")
     orbax_dir = (args.out / "orbax").resolve()
-    jaxmeta.save_orbax(orbax_dir, {**frozen, **params}, extra={"opt_state": opt_state})
+    # force=True: this directory is the example's own output, which a rerun replaces.
+    jaxmeta.save_orbax(orbax_dir, {**frozen, **params}, extra={"opt_state": opt_state}, force=True)
     print(f"saved Orbax checkpoint {orbax_dir}")
     assert jnp.isfinite(value)
 

@@ -29,6 +29,9 @@ def test_continue_training(tmp_path):
     assert (tmp_path / "out" / "mnist_mlp-106.index").exists()
     assert (tmp_path / "out" / "checkpoint").exists()
     assert (tmp_path / "out" / "orbax").is_dir()
+    # the README's command run again: it replaces its own output instead of failing on it
+    again = _run("continue_training.py", "--steps", "2", "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert "saved Orbax checkpoint" in again and (tmp_path / "out" / "mnist_mlp-102.index").exists()
 
 
 def test_import_and_extend(tmp_path):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import os
+import shutil
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,7 +32,8 @@ def save_orbax(path: str | os.PathLike, variables: Mapping[str, Any], extra: Any
         path: the checkpoint directory (must not exist unless `force`).
         variables: `{variable op name: array}`; string variables (object arrays) are kept too.
         extra: any pytree of arrays saved beside the variables.
-        force: overwrite an existing directory.
+        force: replace an existing directory. The new checkpoint is written beside it and swapped
+            in by renames once complete, so an interrupted save leaves the previous one whole.
 
     Returns:
         The absolute path written.
@@ -51,11 +54,20 @@ def save_orbax(path: str | os.PathLike, variables: Mapping[str, Any], extra: Any
     if extra is not None:
         state["extra"] = extra
     checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
-    checkpointer.save(
-        path,
-        args=ocp.args.Composite(state=ocp.args.PyTreeSave(state), strings=ocp.args.JsonSave(strings)),
-        force=force,
-    )
+    args = ocp.args.Composite(state=ocp.args.PyTreeSave(state), strings=ocp.args.JsonSave(strings))
+    if not os.path.exists(path):
+        checkpointer.save(path, args=args)
+        return path
+    parent, base = os.path.split(path)
+    staged, old = (os.path.join(parent, f".{base}.{kind}-{uuid.uuid4().hex[:8]}") for kind in ("saving", "replaced"))
+    try:
+        checkpointer.save(staged, args=args)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    os.rename(path, old)  # from here to the next rename the previous checkpoint is at `old`, whole
+    os.rename(staged, path)
+    shutil.rmtree(old, ignore_errors=True)
     return path
 
 

@@ -31,6 +31,31 @@ def test_roundtrip_with_extra(tmp_path):
         save_orbax(tmp_path / "o", variables)
 
 
+def test_force_replaces_and_an_interrupted_replacement_keeps_the_previous(tmp_path, monkeypatch):
+    """`force=True` swaps a complete new checkpoint in; a save that fails midway leaves the
+    previous checkpoint whole and no staging directory behind."""
+    import orbax.checkpoint as ocp
+
+    path = tmp_path / "o"
+    save_orbax(path, {"w": np.zeros(3, np.float32)})
+    save_orbax(path, {"w": np.ones(3, np.float32)}, force=True)
+    assert_same(restore_orbax(path)[0]["w"], np.ones(3, np.float32))
+
+    def interrupted(self, directory, *args, **kwargs):
+        import pathlib
+
+        pathlib.Path(directory).mkdir()
+        (pathlib.Path(directory) / "partial").write_bytes(b"x")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ocp.Checkpointer, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_orbax(path, {"w": np.full(3, 2, np.float32)}, force=True)
+    monkeypatch.undo()
+    assert_same(restore_orbax(path)[0]["w"], np.ones(3, np.float32))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]
+
+
 def test_not_orbax(tmp_path):
     with pytest.raises(CheckpointError, match="not an Orbax checkpoint"):
         restore_orbax(tmp_path)
