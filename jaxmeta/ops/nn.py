@@ -208,15 +208,19 @@ _matmul_with_conv_grads = _differentiated_as(_window_matmul, _xla_conv)
 
 def channel_sum(x, axes):
     """`jnp.sum(x, axis=axes)`; a large float32 sum over every axis but the last (batch norm's
-    gradients, bias gradients) runs as ones @ x[rows, channels]: without YNNPACK,
-    XLA's CPU reduction of a 128x32x32x32 activation to its 32 channels takes 22 ms, the product
-    1.7 ms (with YNNPACK 1.1 and 1.5 ms)."""
+    gradients, bias gradients) runs as matrix products: without YNNPACK, XLA's CPU reduction of a
+    128x32x32x32 activation to its 32 channels takes 22 ms, the product 1.7 ms (with YNNPACK 1.1
+    and 1.5 ms). The rows are summed in up to 64 blocks at once (a batched ones @ x[block]), then
+    the blocks' sums: 2.6x faster than one ones @ x of 131,072 rows, and 40x closer to float64's
+    sum (3e-7 instead of 1e-5 relative error)."""
     x = jnp.asarray(x)
-    rows = math.prod(x.shape[:-1])
+    rows, channels = math.prod(x.shape[:-1]), x.shape[-1]
     if x.dtype != jnp.float32 or tuple(axes) != tuple(range(x.ndim - 1)) or rows < 4096:
         return jnp.sum(x, axis=axes)
-    return lax.dot_general(jnp.ones((rows,), x.dtype), x.reshape(rows, x.shape[-1]), (((0,), (0,)), ((), ())),
-                           precision=lax.Precision.HIGHEST)
+    blocks = math.gcd(rows, 64)
+    partial = lax.dot_general(jnp.ones((blocks, rows // blocks), x.dtype), x.reshape(blocks, rows // blocks, channels),
+                              (((1,), (1,)), ((0,), (0,))), precision=lax.Precision.HIGHEST)
+    return partial.sum(axis=0)
 
 
 def batch_moments(x, axes):
