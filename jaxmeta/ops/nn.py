@@ -215,12 +215,17 @@ def channel_sum(x, axes):
     sum (3e-7 instead of 1e-5 relative error)."""
     x = jnp.asarray(x)
     rows, channels = math.prod(x.shape[:-1]), x.shape[-1]
-    if x.dtype != jnp.float32 or tuple(axes) != tuple(range(x.ndim - 1)) or rows < 4096:
+    if not _many_rows(x, axes):
         return jnp.sum(x, axis=axes)
     blocks = math.gcd(rows, 64)
     partial = lax.dot_general(jnp.ones((blocks, rows // blocks), x.dtype), x.reshape(blocks, rows // blocks, channels),
                               (((1,), (1,)), ((0,), (0,))), precision=lax.Precision.HIGHEST)
     return partial.sum(axis=0)
+
+
+def _many_rows(x, axes) -> bool:
+    """Whether `x`'s sum over `axes` is a float32 sum of 4096 rows or more to its last axis."""
+    return x.dtype == jnp.float32 and tuple(axes) == tuple(range(x.ndim - 1)) and math.prod(x.shape[:-1]) >= 4096
 
 
 def batch_moments(x, axes):
@@ -243,7 +248,7 @@ def _wide_sum(x, axes):
     `batch_moments`)."""
     rows, channels = math.prod(x.shape[:-1]), x.shape[-1]
     k = math.gcd(rows, max(1, 512 // channels))
-    if x.dtype != jnp.float32 or tuple(axes) != tuple(range(x.ndim - 1)) or rows < 4096 or k == 1:
+    if not _many_rows(x, axes) or k == 1:
         return channel_sum(x, axes)
     return jnp.sum(x.reshape(rows // k, k * channels), axis=0).reshape(k, channels).sum(axis=0)
 
