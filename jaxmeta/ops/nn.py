@@ -247,7 +247,7 @@ def _wide_sum(x, axes):
     """`channel_sum(x, axes)`, as a reduction over rows about 512 wide where it is one (see
     `batch_moments`)."""
     rows, channels = math.prod(x.shape[:-1]), x.shape[-1]
-    k = math.gcd(rows, max(1, 512 // channels))
+    k = math.gcd(rows, max(1, 512 // max(channels, 1)))  # no channels: one row at a time
     if not _many_rows(x, axes) or k == 1:
         return channel_sum(x, axes)
     return jnp.sum(x.reshape(rows // k, k * channels), axis=0).reshape(k, channels).sum(axis=0)

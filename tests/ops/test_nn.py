@@ -864,6 +864,8 @@ def test_batch_moments_are_one_pass_reductions_close_to_float64():
     x64 = x.reshape(-1, 32).astype(np.float64)
     assert_close(mean, x64.mean(0), rtol=2e-6, atol=0, what="mean")
     assert_close(var, x64.var(0), rtol=2e-6, atol=0, what="variance")
+    empty = nn.batch_moments(np.zeros((64, 64, 1, 0), np.float32), (0, 1, 2))  # no channels
+    assert [np.shape(v) for v in empty] == [(0,), (0,)]
 
 
 @pytest.mark.parametrize("x_shape,w_shape,strides,padding,dilation", [
