@@ -217,9 +217,13 @@ def export(name: str, directory: str, size: int, quick: bool) -> ModelSpec:
             saver.save(sess, prefix)
         spec.node_count = len(graph.as_graph_def().node)
     spec.checkpoint_bytes = checkpoint_bytes(prefix)
+    save_spec(spec, directory)
+    return spec
+
+
+def save_spec(spec: ModelSpec, directory: str) -> None:
     with open(os.path.join(directory, "spec.json"), "w", encoding="utf-8") as f:
         json.dump(dataclasses.asdict(spec), f, indent=1)
-    return spec
 
 
 def checkpoint_bytes(prefix: str) -> int:

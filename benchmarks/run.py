@@ -80,6 +80,7 @@ METRICS = [
     ("train_first_s", "train step, first call", "s", True),
     ("train_step_ms", "train step", "ms", True),
     ("train_step_tuned_ms", "train step, autotuned", "ms", True),
+    ("train_tflops", "train step, TFLOP/s (XLA's count of the step's floating-point work)", "TFLOP/s", False),
     ("autotune_s", "autotune (all five, compiles included)", "s", True),
     ("peak_rss_mb", "peak resident memory", "MB", True),
     ("output_abs_sum", "Σ|output| at the large batch (all columns must agree)", "", None),
@@ -183,6 +184,7 @@ def worker_jaxmeta(rec: Recorder, directory: str, spec: models.ModelSpec, args) 
         jax.block_until_ready(states[i])
 
     rec.put("train_first_s", _timed(lambda: one_step(0, train), 1))
+    flops = _flops(train, states[0], *xt, **kw_s)
     # What a user's process holds after restore, inference and training; autotuning's extra
     # executables and the second training state below would inflate it.
     rec.put("peak_rss_mb", _peak_rss_mb())
@@ -216,8 +218,35 @@ def worker_jaxmeta(rec: Recorder, directory: str, spec: models.ModelSpec, args) 
     default, tuned = _timed_alternately([lambda: one_step(0, train), lambda: one_step(1, tuned_s)], args.repeats)
     rec.put("train_step_ms", default, 1e3)
     rec.put("train_step_tuned_ms", tuned, 1e3)
+    if flops:
+        rec.put("train_tflops", [flops / s / 1e12 for s in default])
     if "tensorflow" in sys.modules:  # the jaxmeta process must run without TensorFlow
         raise RuntimeError("the jaxmeta worker imported TensorFlow")
+
+
+def _flops(jitted, *args, **kwargs) -> float | None:
+    """XLA's count of a jitted function's floating-point operations, from its lowered program
+    (no second compile); None where the backend has no count."""
+    try:
+        cost = jitted.lower(*args, **kwargs).cost_analysis()
+    except Exception:  # noqa: BLE001  (a backend without cost analysis: the row stays empty)
+        return None
+    cost = cost[0] if isinstance(cost, (list, tuple)) and cost else cost
+    return float(cost.get("flops", 0)) or None if isinstance(cost, dict) else None
+
+
+def materialize(directory: str) -> None:
+    """Writes the checkpoint of a model exported without one (`model.ckpt.meta` + `spec.json`, as
+    carried to a machine where TensorFlow cannot be installed): jaxmeta runs the graph's variable
+    initializers and saves them in TF's format; `spec.json`'s checkpoint size is updated."""
+    import jaxmeta
+
+    prefix = os.path.join(directory, "model.ckpt")
+    graph = jaxmeta.import_meta_graph(prefix + ".meta")
+    graph.saver.save(graph.init_variables(), prefix, write_meta_graph=False, write_state=False)
+    spec = models.load_spec(directory)
+    spec.checkpoint_bytes = models.checkpoint_bytes(prefix)
+    models.save_spec(spec, directory)
 
 
 def worker_tf(rec: Recorder, directory: str, spec: models.ModelSpec, args) -> None:
@@ -310,6 +339,9 @@ def worker_openvino(rec: Recorder, directory: str, spec: models.ModelSpec, args)
 
 def worker_main(args) -> None:
     directory = os.path.join(args.dir, args.model)
+    if args.framework == "materialize":
+        materialize(directory)
+        return
     spec = models.load_spec(directory)
     rec = Recorder()
     try:
@@ -372,7 +404,17 @@ def merge(rounds: list[Result]) -> Result:
 
 
 def export(model: str, args) -> str | None:
-    """Builds and saves `model` with TF in a subprocess; returns an error message or None."""
+    """Builds and saves `model` with TF in a subprocess; returns an error message or None.
+
+    With `--reuse`, a model already in `--dir` is kept; one there without its checkpoint's data
+    gets a checkpoint of its initializers' values, written by jaxmeta (`materialize`)."""
+    directory = os.path.join(args.dir, model)
+    if args.reuse and os.path.exists(os.path.join(directory, "spec.json")):
+        if os.path.exists(os.path.join(directory, "model.ckpt.index")):
+            return None
+        data, error, _ = _subprocess(["--worker", "--framework", "materialize", "--model", model, "--dir", args.dir],
+                                     args.timeout)
+        return None if os.path.exists(os.path.join(directory, "model.ckpt.index")) else f"materialize failed: {error}"
     code = (f"import sys; sys.path.insert(0, {HERE!r}); import models; "
             f"models.export({model!r}, {os.path.join(args.dir, model)!r}, {args.size}, {args.quick})")
     try:
@@ -507,6 +549,9 @@ def summary(results: dict, specs: dict) -> list[str]:
             lines.append(f"| {model} | — | — | — | — | — | not measured |")
             continue
         jm, tf = per_fw["jaxmeta"], per_fw["tf"]
+        if tf is None:
+            lines.append(f"| {model} | — | — | — | — | — | no TF1 column to judge against |")
+            continue
         cells, best = [], []
         for keys in rows:
             inverse = keys[0] == "throughput"  # samples/s: the time ratio is its inverse
@@ -554,6 +599,18 @@ def plot(results: dict, path: str) -> bool:
     return True
 
 
+def _parse_batches(text: str, parser) -> dict[str, tuple[int, int]]:
+    out = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        try:
+            model, sizes = item.split("=")
+            large, train = (int(v) for v in sizes.split("/"))
+        except ValueError:
+            parser.error(f"--batches: {item!r} is not MODEL=LARGE/TRAIN, e.g. resnet50=128/64")
+        out[model.strip()] = (large, train)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=DEFAULT_MODELS, help=f"comma-separated, from {DEFAULT_MODELS}")
@@ -568,7 +625,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout", type=float, default=900, help="seconds per subprocess")
     parser.add_argument("--note", action="append", default=[], help="a line added to the report")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--framework", choices=FRAMEWORKS, help=argparse.SUPPRESS)
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep models already exported to --dir (without TensorFlow: export them elsewhere, "
+                             "optionally without the checkpoint's data, which jaxmeta then initializes)")
+    parser.add_argument("--batches", default="",
+                        help="per-model batch sizes, e.g. resnet50=128/64 (large batch / train batch)")
+    parser.add_argument("--framework", choices=(*FRAMEWORKS, "materialize"), help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -587,10 +649,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.dir is None:
         tmp = tempfile.TemporaryDirectory(prefix="jaxmeta-bench-")
         args.dir = tmp.name
-    have_openvino = importlib.util.find_spec("openvino") is not None
+    have = {fw: fw == "jaxmeta" or importlib.util.find_spec({"tf": "tensorflow"}.get(fw, fw)) is not None
+            for fw in FRAMEWORKS}
     notes = list(args.note)
-    if not have_openvino:
-        notes.append("OpenVINO column: n/a — `openvino` is not importable in this environment.")
+    for fw, module in (("tf", "tensorflow"), ("openvino", "openvino")):
+        if not have[fw]:
+            notes.append(f"{fw} column: n/a — `{module}` is not importable in this environment.")
+    batches = _parse_batches(args.batches, parser)
     if args.compile_cache:
         notes.append(f"XLA persistent compilation cache: {args.compile_cache}")
     results: dict = {}
@@ -603,8 +668,11 @@ def main(argv: list[str] | None = None) -> None:
         if error:
             results[model] = error
             continue
-        specs[model] = models.load_spec(os.path.join(args.dir, model))
-        frameworks = [fw for fw in FRAMEWORKS if fw != "openvino" or have_openvino]
+        spec = specs[model] = models.load_spec(os.path.join(args.dir, model))
+        if model in batches:
+            spec.large_batch, spec.train_batch = batches[model]
+            models.save_spec(spec, os.path.join(args.dir, model))  # what the workers read
+        frameworks = [fw for fw in FRAMEWORKS if have[fw]]
         rounds: dict[str, list[Result]] = {fw: [] for fw in frameworks}
         for r in range(args.rounds):
             # Odd rounds run the frameworks in reverse order, so that a machine that speeds up or

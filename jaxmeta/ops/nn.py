@@ -95,6 +95,15 @@ def _static_ints(value, node, what: str) -> list[int]:
 # gradients are matrix products too; beyond it XLA's convolution gradients are faster.
 _WINDOWS_FOR_MATMUL_GRADS = 1 << 18
 
+# Whether `convolve`, `channel_sum` and `batch_moments` take their forms arranged for XLA's CPU
+# backend: None decides by `jax.default_backend()` when the graph is traced; True or False forces
+# them (benchmarks compare both).
+ARRANGE_FOR_CPU: bool | None = None
+
+
+def _arranged_for_cpu() -> bool:
+    return jax.default_backend() == "cpu" if ARRANGE_FOR_CPU is None else ARRANGE_FOR_CPU
+
 
 def convolve(x, w, strides, padding, dilation, dimension_numbers, groups=1, precision=None):
     """`lax.conv_general_dilated`, arranged for XLA's CPU backend, for ungrouped channels-last
@@ -116,7 +125,7 @@ def convolve(x, w, strides, padding, dilation, dimension_numbers, groups=1, prec
     nsp = x.ndim - 2
     window = tuple(w.shape[:nsp])
     lhs, rhs, out = dimension_numbers
-    if groups != 1 or lhs[-1] != "C" or lhs != out or rhs[-2:] != "IO":
+    if groups != 1 or lhs[-1] != "C" or lhs != out or rhs[-2:] != "IO" or not _arranged_for_cpu():
         return lax.conv_general_dilated(x, w, strides, padding, rhs_dilation=dilation,
                                         dimension_numbers=dimension_numbers, feature_group_count=groups,
                                         precision=precision)
@@ -225,7 +234,8 @@ def channel_sum(x, axes):
 
 def _many_rows(x, axes) -> bool:
     """Whether `x`'s sum over `axes` is a float32 sum of 4096 rows or more to its last axis."""
-    return x.dtype == jnp.float32 and tuple(axes) == tuple(range(x.ndim - 1)) and math.prod(x.shape[:-1]) >= 4096
+    return (x.dtype == jnp.float32 and tuple(axes) == tuple(range(x.ndim - 1)) and math.prod(x.shape[:-1]) >= 4096
+            and _arranged_for_cpu())
 
 
 def batch_moments(x, axes):
