@@ -7,9 +7,9 @@ throughput, in one process.
 checkpoint; run `run.py --reuse` first where only the `.meta` was carried, to initialize it). The
 same step — forward, backward, Momentum update, batch norm frozen as the graph has it — is timed:
 
-- jaxmeta: `jax.jit(graph.step([], feeds, targets=[train_op]), donate_argnums=0)` with the
-  convolutions and channel sums in the form `jaxmeta` picks for the backend, and again in the
-  forms arranged for XLA's CPU backend (`jaxmeta.ops.nn.ARRANGE_FOR_CPU = True`);
+- jaxmeta: `jax.jit(graph.step([], feeds, targets=[train_op]), donate_argnums=0)`, as jaxmeta
+  arranges convolutions and channel sums (`jaxmeta.ops.nn.ARRANGED`, the default), and again with
+  lax's plain convolutions and sums (`ARRANGED = False`);
 - the achievable reference: torchvision's ResNet-50 (v1.5: stride in the 3x3 convolutions) in
   PyTorch with cuDNN, channels-last, TF32 allowed as XLA's default precision allows it on the GPU,
   SGD with momentum, batch norm in eval mode; with `--torch-compile` also under `torch.compile`.
@@ -46,14 +46,14 @@ def _median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def jaxmeta_step(directory: str, batch: int, repeats: int, arrange: bool | None) -> tuple[float, float | None]:
+def jaxmeta_step(directory: str, batch: int, repeats: int, arranged: bool) -> tuple[float, float | None]:
     """Seconds per training step and XLA's FLOP count."""
     import jax
 
     import jaxmeta
     from jaxmeta.ops import nn
 
-    nn.ARRANGE_FOR_CPU = arrange
+    nn.ARRANGED = arranged
     spec = models.load_spec(directory)
     prefix = os.path.join(directory, "model.ckpt")
     graph = jaxmeta.import_meta_graph(prefix + ".meta")
@@ -117,8 +117,8 @@ def main() -> None:
     spec = models.load_spec(args.dir)
     size = spec.train_feeds[0].shape[0]
     rows = []
-    for label, arrange in (("jaxmeta, the backend's forms", None), ("jaxmeta, CPU-arranged forms", True)):
-        rows.append((label, *jaxmeta_step(args.dir, args.batch, args.repeats, arrange)))
+    for label, arranged in (("jaxmeta", True), ("jaxmeta, lax's plain convolutions and sums", False)):
+        rows.append((label, *jaxmeta_step(args.dir, args.batch, args.repeats, arranged)))
     refs = [("PyTorch eager (torchvision ResNet-50)", False)] + ([("PyTorch torch.compile", True)]
                                                                   if args.torch_compile else [])
     reference = []

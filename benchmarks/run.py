@@ -225,14 +225,19 @@ def worker_jaxmeta(rec: Recorder, directory: str, spec: models.ModelSpec, args) 
 
 
 def _flops(jitted, *args, **kwargs) -> float | None:
-    """XLA's count of a jitted function's floating-point operations, from its lowered program
-    (no second compile); None where the backend has no count."""
-    try:
-        cost = jitted.lower(*args, **kwargs).cost_analysis()
-    except Exception:  # noqa: BLE001  (a backend without cost analysis: the row stays empty)
-        return None
-    cost = cost[0] if isinstance(cost, (list, tuple)) and cost else cost
-    return float(cost.get("flops", 0)) or None if isinstance(cost, dict) else None
+    """XLA's count of a jitted function's floating-point operations: from its lowered program where
+    the backend counts there (CPU: no second compile), else from the compiled one; None where the
+    backend has no count."""
+    lowered = jitted.lower(*args, **kwargs)
+    for analysis in (lowered.cost_analysis, lambda: lowered.compile().cost_analysis()):
+        try:
+            cost = analysis()
+        except Exception:  # noqa: BLE001  (a backend without cost analysis: try the next, or no row)
+            continue
+        cost = cost[0] if isinstance(cost, (list, tuple)) and cost else cost
+        if isinstance(cost, dict) and cost.get("flops"):
+            return float(cost["flops"])
+    return None
 
 
 def materialize(directory: str) -> None:

@@ -108,14 +108,17 @@ def autotune(fn: Callable, *args, jit_kwargs: Mapping[str, Any] | None = None,
     def jitted(options):
         return jax.jit(fn, compiler_options=dict(options), **jit_kwargs) if options else jax.jit(fn, **jit_kwargs)
 
-    if len(candidates) == 1:
-        name, options = candidates[0]
-        return Tuned(jitted(options), name, options, {})
-
     def fresh():
         if not donating:
             return args, kwargs
         return jax.tree.map(lambda a: a.copy() if isinstance(a, jax.Array) else a, (args, kwargs))
+
+    if len(candidates) == 1:  # nothing to time (a GPU's): compiled and warmed up all the same
+        name, options = candidates[0]
+        only = jitted(options)
+        a, k = fresh()
+        jax.block_until_ready(only(*a, **k))
+        return Tuned(only, name, options, {})
 
     compiled, errors = {}, {}
     for name, options in candidates:
