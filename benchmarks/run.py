@@ -80,7 +80,7 @@ METRICS = [
     ("train_first_s", "train step, first call", "s", True),
     ("train_step_ms", "train step", "ms", True),
     ("train_step_tuned_ms", "train step, autotuned", "ms", True),
-    ("train_tflops", "train step, TFLOP/s (XLA's count of the step's floating-point work)", "TFLOP/s", False),
+    ("train_tflops", "train step, TFLOP/s (XLA's count of the step's work, as lowered for the CPU)", "TFLOP/s", False),
     ("autotune_s", "autotune (all five, compiles included)", "s", True),
     ("peak_rss_mb", "peak resident memory", "MB", True),
     ("output_abs_sum", "Σ|output| at the large batch (all columns must agree)", "", None),
@@ -225,19 +225,19 @@ def worker_jaxmeta(rec: Recorder, directory: str, spec: models.ModelSpec, args) 
 
 
 def _flops(jitted, *args, **kwargs) -> float | None:
-    """XLA's count of a jitted function's floating-point operations: from its lowered program where
-    the backend counts there (CPU: no second compile), else from the compiled one; None where the
-    backend has no count."""
-    lowered = jitted.lower(*args, **kwargs)
-    for analysis in (lowered.cost_analysis, lambda: lowered.compile().cost_analysis()):
-        try:
-            cost = analysis()
-        except Exception:  # noqa: BLE001  (a backend without cost analysis: try the next, or no row)
-            continue
-        cost = cost[0] if isinstance(cost, (list, tuple)) and cost else cost
-        if isinstance(cost, dict) and cost.get("flops"):
-            return float(cost["flops"])
-    return None
+    """XLA's count of a jitted function's floating-point operations in its program as lowered for
+    the CPU, on any backend (a GPU's compiled program counts no work in cuDNN's convolutions), with
+    no compile; None where this jax cannot say."""
+    import jax
+
+    shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype) if hasattr(a, "dtype") else a,
+                          (args, kwargs))  # not the arrays: they may be committed to another device
+    try:
+        cost = jitted.trace(*shapes[0], **shapes[1]).lower(lowering_platforms=("cpu",)).cost_analysis()
+    except Exception:  # noqa: BLE001  (an older jax or a backend without cost analysis: no row)
+        return None
+    cost = cost[0] if isinstance(cost, (list, tuple)) and cost else cost
+    return float(cost["flops"]) if isinstance(cost, dict) and cost.get("flops") else None
 
 
 def materialize(directory: str) -> None:

@@ -117,6 +117,7 @@ def _case_id(case):
 
 def _build_update(op_type, attrs, scalars, *, sparse, indices=None, shape=(4, 3), seed=0, fed_indices=False):
     """A builder making every variable input a variable and calling the raw op once."""
+    get_tf()  # the op's signature comes from TF's registry: skipped without TensorFlow
     from tensorflow.python.framework import op_def_registry
 
     resource = op_type.startswith("Resource")
