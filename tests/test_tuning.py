@@ -68,6 +68,7 @@ def test_unknown_options_are_skipped_and_all_bad_is_an_error():
             jaxmeta.autotune(f, x, candidates=[bad, bad], repeats=1)
     one = jaxmeta.autotune(f, x, candidates=[("XLA default", None)])
     assert one.timings_ms == {} and one.compiler_options is None
+    assert one.fn._cache_size() == 1  # compiled before it returns, like a tuned choice (a GPU's first call)
     assert_close(one(x), f(x), rtol=1e-6, atol=1e-6, what="f")
     with pytest.raises(ValueError, match="at least one candidate"):
         jaxmeta.autotune(f, x, candidates=[])
