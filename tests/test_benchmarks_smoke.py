@@ -8,10 +8,14 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+
+import jaxmeta
 
 pytestmark = pytest.mark.oracle
 
@@ -59,3 +63,29 @@ def test_rounds_pool_samples_and_keep_every_autotune_choice():
     assert merged.samples == {"latency_ms": [1.0, 2.0, 4.0], "restore_s": [0.5]}
     assert merged.error == "boom" and merged.seconds == 5.0
     assert merged.info == {"latency": "no YNNPACK / XLA default", "train": "XLA default"}
+
+
+def test_reuse_writes_a_missing_checkpoint_from_the_initializers(tmp_path):
+    """A model carried as `.meta` + `spec.json` alone (to a machine without TensorFlow) gets its
+    checkpoint from jaxmeta, in TF's format, and the spec its size."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import models
+    finally:
+        sys.path.pop(0)
+    directory = tmp_path / "models" / "mlp"
+    directory.mkdir(parents=True)
+    shutil.copy(os.path.join(ROOT, "examples", "model", "mnist_mlp-100.meta"), directory / "model.ckpt.meta")
+    spec = models.ModelSpec([models.Feed("images:0", [784])], "softmax_linear/add:0", [], "loss:0", "train",
+                            large_batch=4, train_batch=2)
+    models.save_spec(spec, str(directory))
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "run.py"), "--worker", "--framework",
+                           "materialize", "--model", "mlp", "--dir", str(tmp_path / "models")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "tensorflow" not in proc.stderr.lower()
+    graph = jaxmeta.import_meta_graph(str(directory / "model.ckpt.meta"))
+    variables = graph.saver.restore(str(directory / "model.ckpt"))
+    assert set(variables) == {v.op_name for v in graph.global_variables()}
+    assert models.load_spec(str(directory)).checkpoint_bytes == models.checkpoint_bytes(str(directory / "model.ckpt"))
+    assert float(np.abs(np.asarray(variables["hidden1/weights"])).sum()) > 0  # the initializer's values
