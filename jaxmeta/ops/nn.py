@@ -95,11 +95,15 @@ def _static_ints(value, node, what: str) -> list[int]:
 # gradients are matrix products too; beyond it XLA's convolution gradients are faster.
 _WINDOWS_FOR_MATMUL_GRADS = 1 << 18
 
-# Whether `convolve`, `channel_sum` and `batch_moments` take the forms below (read when a graph is
-# traced). Made for XLA's CPU backend, they are faster on a GPU too: a ResNet-50 training step at
-# batch 64 on an H100 takes 26.9 ms with them, 32.0 ms with lax's plain forms
-# (`benchmarks/gpu_reference.py`, which sets this to False to compare).
-ARRANGED = True
+# Which forms `convolve`, `channel_sum` and `batch_moments` take, read when a graph is traced:
+# True (the default): the forms below, made for XLA's CPU backend and faster on a GPU too (an
+#     H100: a ResNet-50 training step at batch 64 in 26.7 instead of 33.8 ms, batch-1 inference in
+#     1.2 instead of 2.0 ms);
+# "gradients": XLA's convolution forward, these forms for the gradients only (on the H100:
+#     ResNet-50's and Inception-v3's batch-128 inference 8-10 % faster, its training step as fast
+#     and compiled in 17 instead of 53 s, batch-1 inference as slow as with False);
+# False: lax's plain convolutions and reductions (`benchmarks/gpu_reference.py` compares).
+ARRANGED: bool | str = True
 
 
 def convolve(x, w, strides, padding, dilation, dimension_numbers, groups=1, precision=None):
@@ -132,7 +136,10 @@ def convolve(x, w, strides, padding, dilation, dimension_numbers, groups=1, prec
     w, pads = _crop_to_reach(w, x.shape[1:-1], [tuple(int(v) for v in p) for p in pads], strides, dilation)
     window = tuple(w.shape[:nsp])
     config = (tuple(strides), tuple(pads), tuple(dilation), tuple(dimension_numbers), precision)
+    conv_forward = ARRANGED == "gradients"
     if window == (1,) * nsp and all(p == (0, 0) for p in pads):
+        if conv_forward:
+            return _conv_with_matmul_grads(x, w, *config)
         x = x[(slice(None), *(slice(None, None, s) for s in strides), slice(None))]
         return _matmul(x, w, precision)
     sizes = [_out_size(n, lo, hi, k, d, s) for n, (lo, hi), k, d, s in zip(x.shape[1:-1], pads, window, dilation, strides)]
@@ -140,8 +147,8 @@ def convolve(x, w, strides, padding, dilation, dimension_numbers, groups=1, prec
     window_size = math.prod(window) * w.shape[-2]  # a stacked window's length: taps x in channels
     if 1 < window_size <= 32:
         if positions * window_size <= _WINDOWS_FOR_MATMUL_GRADS:
-            return _window_matmul(x, w, *config)
-        return _matmul_with_conv_grads(x, w, *config)
+            return (_conv_with_matmul_grads if conv_forward else _window_matmul)(x, w, *config)
+        return _xla_conv(x, w, *config) if conv_forward else _matmul_with_conv_grads(x, w, *config)
     if positions <= window_size:
         return _conv_with_matmul_grads(x, w, *config)
     return lax.conv_general_dilated(x, w, strides, pads, rhs_dilation=dilation, dimension_numbers=dimension_numbers,

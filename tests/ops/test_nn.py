@@ -891,6 +891,39 @@ def test_stacked_windows_product_matches_xla_convolution(x_shape, w_shape, strid
         assert_close(fn(x, w, strides, padding, dilation, dn), ref, rtol=1e-5, atol=1e-5, what="convolve")
 
 
+@pytest.mark.parametrize("arranged", [True, "gradients", False])
+@pytest.mark.parametrize("x_shape,w_shape,strides,padding", [
+    ((2, 9, 9, 8), (1, 1, 8, 16), (2, 2), "VALID"),     # 1x1: a matrix product
+    ((2, 9, 9, 3), (3, 3, 3, 8), (1, 1), "SAME"),       # few input channels: stacked windows
+    ((64, 40, 40, 3), (3, 3, 3, 8), (1, 1), "SAME"),    # ... too many windows for product gradients
+    ((1, 3, 3, 64), (3, 3, 64, 32), (1, 1), "SAME"),    # few output positions: product gradients
+    ((2, 9, 9, 8), (3, 3, 8, 16), (2, 2), "SAME"),      # XLA's convolution
+])
+def test_convolve_forms_agree(monkeypatch, arranged, x_shape, w_shape, strides, padding):
+    """`nn.ARRANGED`'s three forms compute the same convolution and gradients as lax's."""
+    from jax import lax
+
+    from jaxmeta.ops import nn
+
+    monkeypatch.setattr(nn, "ARRANGED", arranged)
+    dn = ("NHWC", "HWIO", "NHWC")
+    hi = lax.Precision.HIGHEST
+    x, w = jnp.asarray(randn(*x_shape)), jnp.asarray(randn(*w_shape, seed=1))
+
+    def loss(conv):
+        return lambda x, w: jnp.sum(jnp.sin(conv(x, w)))
+
+    def ours(x, w):
+        return nn.convolve(x, w, strides, padding, (1, 1), dn, precision=hi)
+
+    def ref(x, w):
+        return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=dn, precision=hi)
+
+    assert_close(jax.jit(ours)(x, w), ref(x, w), rtol=1e-5, atol=1e-4, what="convolve")
+    for a, b in zip(jax.jit(jax.grad(loss(ours), argnums=(0, 1)))(x, w), jax.grad(loss(ref), argnums=(0, 1))(x, w)):
+        assert_close(a, b, rtol=1e-4, atol=1e-3, what="gradient")
+
+
 @pytest.mark.parametrize("windows_for_matmul_grads", [0, 1 << 30])  # XLA's gradients / matrix products
 def test_few_input_channels_convolve_derivatives(monkeypatch, windows_for_matmul_grads):
     """A few-input-channel convolution (stacked windows times the kernel) differentiates like lax,
