@@ -9,6 +9,7 @@ the other gradient kernels are in `nn_grad.py`.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -392,13 +393,59 @@ def _pool(x, kind: str, ksize: list[int], strides: list[int], padding: str, cf: 
     sp_pads = _tf_pads(padding, sizes, _spatial(ksize, cf), _spatial(strides, cf), ones, explicit)
     pads = _full(sp_pads, cf, (0, 0))
     if kind == "max":
-        if jnp.issubdtype(x.dtype, jnp.floating):
-            init = -jnp.inf
-        else:
-            init = jnp.iinfo(x.dtype).min
-        return lax.reduce_window(x, np.array(init, x.dtype), lax.max, ksize, strides, pads)
-    total = lax.reduce_window(x, np.array(0, x.dtype), lax.add, ksize, strides, pads)
+        return window_reduce(x, "max", ksize, strides, pads)
+    total = window_reduce(x, "sum", ksize, strides, pads)
     return total / window_counts(x.shape, ksize, strides, pads).astype(x.dtype)
+
+
+def window_reduce(x, kind: str, window, strides, pads):
+    """`lax.reduce_window`'s max or sum of `x` over full-rank `window` and `strides` with (low,
+    high) `pads`, as elementwise maxima or sums of strided slices, one axis at a time (an axis
+    whose one window spans it all is reduced directly): XLA's CPU `reduce_window` is 2-7x slower
+    for pools (a CNN's 2x2 max pools: 5.2 vs 0.7 ms without YNNPACK; Inception-v3's 3x3 ones).
+    Sums may round differently from `reduce_window`'s. A floating max differentiates as
+    `reduce_window`'s does: each window's gradient goes to its first maximum."""
+    window, strides = tuple(int(k) for k in window), tuple(int(s) for s in strides)
+    pads = tuple((int(lo), int(hi)) for lo, hi in pads)
+    if any(n + lo + hi < k for n, k, (lo, hi) in zip(x.shape, window, pads)):  # no whole window: empty
+        return lax.reduce_window(x, _window_init(kind, x.dtype), lax.max if kind == "max" else lax.add,
+                                 window, strides, pads)
+    if kind == "max" and jnp.issubdtype(x.dtype, jnp.floating):
+        return _window_max(x, window, strides, pads)
+    return _sliced_reduce(x, kind, window, strides, pads)
+
+
+def _window_init(kind: str, dtype) -> np.ndarray:
+    if kind == "sum":
+        return np.array(0, dtype)
+    return np.array(-np.inf if jnp.issubdtype(dtype, jnp.floating) else jnp.iinfo(dtype).min, dtype)
+
+
+def _sliced_reduce(x, kind: str, window, strides, pads):
+    op = lax.max if kind == "max" else lax.add
+    init = _window_init(kind, x.dtype)
+    if any(p != (0, 0) for p in pads):
+        x = lax.pad(x, init, [(lo, hi, 0) for lo, hi in pads])
+    for axis, (k, s) in enumerate(zip(window, strides)):
+        n = (x.shape[axis] - k) // s + 1
+        if k == x.shape[axis] and k > 1:
+            x = jnp.expand_dims(lax.reduce(x, init, op, (axis,)), axis)
+        elif k > 1 or s > 1:
+            x = functools.reduce(op, [lax.slice_in_dim(x, t, t + (n - 1) * s + 1, s, axis) for t in range(k)])
+    return x
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3))
+def _window_max(x, window, strides, pads):
+    return _sliced_reduce(x, "max", window, strides, pads)
+
+
+@_window_max.defjvp
+def _window_max_jvp(window, strides, pads, primals, tangents):
+    (x,), (dx,) = primals, tangents
+    _, dy = jax.jvp(lambda v: lax.reduce_window(v, _window_init("max", v.dtype), lax.max, window, strides, pads),
+                    (x,), (dx,))
+    return _window_max(x, window, strides, pads), dy
 
 
 def window_counts(shape, window, strides, pads) -> np.ndarray:

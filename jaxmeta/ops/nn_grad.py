@@ -18,7 +18,7 @@ from jax import lax
 
 from jaxmeta._errors import GraphError
 from jaxmeta.ops.image import _nearest_index, _scale
-from jaxmeta.ops.nn import batch_moments, channel_sum, convolve, window_counts
+from jaxmeta.ops.nn import batch_moments, channel_sum, convolve, window_counts, window_reduce
 from jaxmeta.ops.registry import broadcast_ranks, register, static
 
 # -- elementwise ----------------------------------------------------------------------------------
@@ -214,18 +214,12 @@ def _pads(shape, window, strides, padding) -> list[tuple[int, int]]:
     return lax.padtype_to_pads(shape, window, strides, padding) if isinstance(padding, str) else padding
 
 
-def _max_pool(x, window, strides, padding):
-    # NumPy init values let JAX recognize the max/add monoids (and so differentiate the pools).
-    init = -np.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min
-    return lax.reduce_window(x, np.array(init, x.dtype), lax.max, window, strides, padding)
-
-
 def _avg_pool(x, window, strides, padding):
     """TF's average pool: padded positions are not counted in the divisor."""
-    total = lax.reduce_window(x, np.array(0, x.dtype), lax.add, window, strides, padding)
+    pads = _pads(x.shape, window, strides, padding)
+    total = window_reduce(x, "sum", window, strides, pads)
     if padding == "VALID":
         return total / np.prod(window)
-    pads = _pads(x.shape, window, strides, padding)
     return total / window_counts(x.shape, window, strides, pads).astype(x.dtype)
 
 

@@ -946,3 +946,39 @@ def test_few_input_channels_convolve_derivatives(monkeypatch, windows_for_matmul
     grad_program = str(jax.make_jaxpr(jax.grad(ours, (0, 1)))(x, w))
     assert ("conv_general_dilated" in grad_program) == (windows_for_matmul_grads == 0)
     _assert_derivatives_match(ours, ref, x, w, x[:1], w[..., :1])
+
+
+@pytest.mark.parametrize("shape,window,strides,padding", [
+    ((2, 8, 8, 3), (1, 2, 2, 1), (1, 2, 2, 1), "VALID"),          # tiles
+    ((2, 9, 7, 3), (1, 3, 3, 1), (1, 2, 2, 1), "SAME"),           # overlapping, padded
+    ((2, 5, 5, 3), (1, 3, 3, 1), (1, 1, 1, 1), "SAME"),           # Inception's average pools
+    ((2, 4, 4, 3), (1, 4, 4, 1), (1, 1, 1, 1), "VALID"),          # a global pool
+    ((1, 4, 6, 4, 2), (1, 2, 3, 2, 1), (1, 2, 1, 2, 1), "VALID"),  # 3D
+    ((1, 2, 2, 1), (1, 3, 3, 1), (1, 1, 1, 1), "VALID"),          # no whole window: empty
+])
+def test_window_reduce_is_reduce_window(shape, window, strides, padding):
+    """Pools as strided slices give `reduce_window`'s values (max exactly), its max gradient (each
+    window's to its first maximum, ties included) and integer results."""
+    from jax import lax
+
+    from jaxmeta.ops import nn
+
+    pads = lax.padtype_to_pads(shape, window, strides, padding)
+    x = jnp.asarray(np.round(randn(*shape)))  # rounded: many ties
+    for kind, op, init in (("max", lax.max, -np.inf), ("sum", lax.add, 0.0)):
+        def ours(v, kind=kind):
+            return nn.window_reduce(v, kind, window, strides, pads)
+
+        def ref(v, op=op, init=init):
+            return lax.reduce_window(v, np.array(init, v.dtype), op, window, strides, pads)
+
+        assert ours(x).shape == ref(x).shape
+        assert_close(jax.jit(ours)(x), ref(x), rtol=1e-6, atol=1e-5, what=kind)
+        if kind == "max":
+            np.testing.assert_array_equal(ours(x), ref(x))
+        dy = jnp.asarray(randn(*ref(x).shape, seed=2))
+        np.testing.assert_allclose(jax.vjp(ours, x)[1](dy)[0], jax.vjp(ref, x)[1](dy)[0], rtol=1e-6, atol=1e-5)
+    xi = x.astype(jnp.int32)
+    np.testing.assert_array_equal(nn.window_reduce(xi, "max", window, strides, pads),
+                                  lax.reduce_window(xi, np.array(np.iinfo(np.int32).min, np.int32), lax.max,
+                                                    window, strides, pads))
