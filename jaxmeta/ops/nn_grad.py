@@ -18,7 +18,15 @@ from jax import lax
 
 from jaxmeta._errors import GraphError
 from jaxmeta.ops.image import _nearest_index, _scale
-from jaxmeta.ops.nn import batch_moments, channel_sum, convolve, window_counts, window_reduce
+from jaxmeta.ops.nn import (
+    batch_moments,
+    channel_sum,
+    convolve,
+    window_counts,
+    window_reduce,
+    window_tiles,
+    window_views,
+)
 from jaxmeta.ops.registry import broadcast_ranks, register, static
 
 # -- elementwise ----------------------------------------------------------------------------------
@@ -227,22 +235,16 @@ def _tiled_max_pool_grad(x, dy, window):
     """MaxPoolGrad for windows that tile the input (strides == ksize, no padding), scatter-free.
 
     Each window becomes one row of a [outputs, window size] matrix; the gradient goes to the
-    row's argmax, which is its FIRST maximum in row-major window order (TF's CPU tie rule). Input
-    rows and columns past the last whole window (VALID) get zero. XLA CPU compiles the vjp of
-    `reduce_window` into serial scatters, about 40x slower than this for 2x2 pools.
+    row's argmax, which is its FIRST maximum in row-major window order (TF's CPU tie rule), and
+    back through the rows' transpose (a reshape; input rows and columns past the last whole window
+    get zero). XLA CPU compiles the vjp of `reduce_window` into serial scatters, about 40x slower
+    than this for 2x2 pools.
     """
-    rank = x.ndim
-    out = [n // k for n, k in zip(x.shape, window)]
-    used = [m * k for m, k in zip(out, window)]
-    tiles = lax.slice(x, (0,) * rank, used).reshape([d for m, k in zip(out, window) for d in (m, k)])
-    # [m0, k0, m1, k1, ...] -> [m0, m1, ..., k0, k1, ...] -> [m0, m1, ..., K]
-    to_windows = [2 * i for i in range(rank)] + [2 * i + 1 for i in range(rank)]
-    tiles = tiles.transpose(to_windows).reshape(*out, int(np.prod(window)))
+    tiles = window_tiles(x, window)
     first = jnp.argmax(tiles, axis=-1)
-    hit = first[..., None] == jnp.arange(tiles.shape[-1], dtype=first.dtype).reshape((1,) * rank + (-1,))
-    routed = jnp.where(hit, dy.reshape(*out, 1), jnp.zeros((), x.dtype))
-    routed = routed.reshape(*out, *window).transpose(np.argsort(to_windows)).reshape(used)
-    return jnp.pad(routed, [(0, n - u) for n, u in zip(x.shape, used)])
+    hit = first[..., None] == lax.broadcasted_iota(first.dtype, tiles.shape, tiles.ndim - 1)
+    routed = jnp.where(hit, dy[..., None], jnp.zeros((), x.dtype))
+    return jax.linear_transpose(lambda v: window_tiles(v, window), x)(routed)[0]
 
 
 def _tiles(x_shape, window, strides, padding):
@@ -314,14 +316,7 @@ def _max_pool_grad_v2(node):
 
 def _window_slices(x, window, strides, padding, fill):
     """Every window position's strided view of `x`, stacked in row-major window order."""
-    pads = _pads(x.shape, window, strides, padding)
-    xp = jnp.pad(x, pads, constant_values=fill)
-    out = [(n + lo + hi - w) // s + 1 for n, (lo, hi), w, s in zip(x.shape, pads, window, strides)]
-    views = []
-    for offset in np.ndindex(*window):
-        limit = [o + (m - 1) * s + 1 for o, m, s in zip(offset, out, strides)]
-        views.append(lax.slice(xp, offset, limit, strides))
-    return jnp.stack(views)
+    return window_views(x, window, strides, _pads(x.shape, window, strides, padding), fill)
 
 
 def _max_pool_grad_grad_fn(node, window, strides, padding):
