@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/run.py [--models mlp,resnet50,inception3,lstm,cnn_train,static_lstm]
         [--size 96] [--repeats 10] [--rounds 2] [--quick] [--compile-cache DIR] [--dir DIR]
-        [--out benchmarks/results]
+        [--reuse] [--batches resnet50=128/64,...] [--out benchmarks/results]
 
 For every model (built with TensorFlow by `benchmarks/models.py`, exported as `.meta` + checkpoint
 to `--dir`, a temporary directory by default), each framework is measured in its own fresh Python
@@ -418,7 +418,7 @@ def export(model: str, args) -> str | None:
     if args.reuse and os.path.exists(os.path.join(directory, "spec.json")):
         if os.path.exists(os.path.join(directory, "model.ckpt.index")):
             return None
-        data, error, _ = _subprocess(["--worker", "--framework", "materialize", "--model", model, "--dir", args.dir],
+        _, error, _ = _subprocess(["--worker", "--framework", "materialize", "--model", model, "--dir", args.dir],
                                      args.timeout)
         return None if os.path.exists(os.path.join(directory, "model.ckpt.index")) else f"materialize failed: {error}"
     code = (f"import sys; sys.path.insert(0, {HERE!r}); import models; "
