@@ -442,20 +442,36 @@ def _window_max(x, window, strides, pads):
 
 @_window_max.defjvp
 def _window_max_jvp(window, strides, pads, primals, tangents):
-    """Each window's tangent is its first maximum's (TF's CPU tie rule, and `reduce_window`'s),
-    picked by a mask over the windows' views; its transpose (the gradient) is the mask and the
-    views' transposes — a reshape where the windows tile `x`, pads and adds otherwise — where
-    XLA's CPU compiles `reduce_window`'s into serial scatters (40x slower for 2x2 pools)."""
     (x,), (dx,) = primals, tangents
-    y = _window_max(x, window, strides, pads)
-    if strides == window and all(p == (0, 0) for p in pads):
-        views, dviews, axis = window_tiles(x, window), window_tiles(dx, window), -1
+    windows, hit, axis = first_maxima(x, window, strides, pads)
+    return _window_max(x, window, strides, pads), jnp.sum(jnp.where(hit, windows(dx), jnp.zeros((), dx.dtype)), axis)
+
+
+def first_maxima(x, window, strides, pads):
+    """Where each window of a max pool over `x` has its first maximum in row-major window order
+    (TF's CPU tie rule, and `reduce_window`'s): `(windows, hit, axis)`, with `windows(v)` the
+    windows of any `v` shaped like `x` (linear in `v`), `hit` the mask of first maxima over them and
+    `axis` the windows' axis. Where the windows tile `x` (strides == window, no padding) they are
+    its rows as [outputs..., window size] (transposed, a reshape), else the stacked strided views
+    [window size, outputs...] (transposed, pads and adds): XLA's CPU compiles `reduce_window`'s
+    derivative into serial scatters, 40x slower for 2x2 pools. A max pool's tangent is
+    `sum(where(hit, windows(dx), 0), axis)`, its gradient the transpose of that."""
+    x = lax.stop_gradient(x)
+    if tuple(strides) == tuple(window) and all(tuple(p) == (0, 0) for p in pads):
+        def windows(v):
+            return window_tiles(v, window)
+
+        views, axis = windows(x), -1
     else:
-        low = _window_init("max", x.dtype)
-        views, dviews, axis = window_views(x, window, strides, pads, low), window_views(dx, window, strides, pads, 0), 0
-    first = jnp.expand_dims(jnp.argmax(lax.stop_gradient(views), axis=axis), axis)
+        def windows(v):
+            return window_views(v, window, strides, pads, 0)
+
+        # padding holds the lowest value: it only wins a window of lowest values, as in XLA's
+        # select-and-scatter
+        views, axis = window_views(x, window, strides, pads, _window_init("max", x.dtype)), 0
+    first = jnp.expand_dims(jnp.argmax(views, axis=axis), axis)
     hit = first == lax.broadcasted_iota(first.dtype, views.shape, views.ndim - 1 if axis == -1 else 0)
-    return y, jnp.sum(jnp.where(hit, dviews, jnp.zeros((), dviews.dtype)), axis=axis)
+    return windows, hit, axis
 
 
 def window_tiles(x, window):

@@ -22,9 +22,9 @@ from jaxmeta.ops.nn import (
     batch_moments,
     channel_sum,
     convolve,
+    first_maxima,
     window_counts,
     window_reduce,
-    window_tiles,
     window_views,
 )
 from jaxmeta.ops.registry import broadcast_ranks, register, static
@@ -231,51 +231,15 @@ def _avg_pool(x, window, strides, padding):
     return total / window_counts(x.shape, window, strides, pads).astype(x.dtype)
 
 
-def _tiled_max_pool_grad(x, dy, window):
-    """MaxPoolGrad for windows that tile the input (strides == ksize, no padding), scatter-free.
-
-    Each window becomes one row of a [outputs, window size] matrix; the gradient goes to the
-    row's argmax, which is its FIRST maximum in row-major window order (TF's CPU tie rule), and
-    back through the rows' transpose (a reshape; input rows and columns past the last whole window
-    get zero). XLA CPU compiles the vjp of `reduce_window` into serial scatters, about 40x slower
-    than this for 2x2 pools.
-    """
-    tiles = window_tiles(x, window)
-    first = jnp.argmax(tiles, axis=-1)
-    hit = first[..., None] == lax.broadcasted_iota(first.dtype, tiles.shape, tiles.ndim - 1)
-    routed = jnp.where(hit, dy[..., None], jnp.zeros((), x.dtype))
-    return jax.linear_transpose(lambda v: window_tiles(v, window), x)(routed)[0]
-
-
-def _tiles(x_shape, window, strides, padding):
-    """Whether the pool's windows tile the input: no overlap, no gap and no padding."""
-    if tuple(strides) != tuple(window):
-        return False
-    if padding == "VALID":
-        return True
-    pads = _pads(x_shape, window, strides, padding)
-    return all(tuple(p) == (0, 0) for p in pads)
-
-
 def _max_pool_grad_fn(node, window, strides, padding):
     def fn(x, _orig_output, dy):
-        # The routing is piecewise constant in x, so no gradient flows back to it.
-        x = lax.stop_gradient(jnp.asarray(x))
-        dy = jnp.asarray(dy, x.dtype)
-        if _tiles(x.shape, window, strides, padding):
-            return _tiled_max_pool_grad(x, dy, window)
-        # Overlapping or padded windows: the argmax over the stacked window views is each window's
-        # FIRST maximum in row-major order (TF's CPU tie rule; padding is filled with the lowest
-        # value, so it only wins a window of lowest values, as in XLA's select-and-scatter). The
-        # routed gradients are summed back through the views' vjp (pads and adds). It matches the
-        # vjp of `reduce_window` (which XLA CPU compiles into slow serial scatters) and is ~2x faster.
-        low = -np.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min
-        first = jnp.argmax(_window_slices(x, window, strides, padding, low), axis=0)
-        size = int(np.prod(window))
-        hit = first[None] == jnp.arange(size, dtype=first.dtype).reshape((size,) + (1,) * x.ndim)
-        routed = jnp.where(hit, dy[None], jnp.zeros((), x.dtype))
-        _, vjp = jax.vjp(lambda v: _window_slices(v, window, strides, padding, 0), jnp.zeros_like(x))
-        return vjp(routed)[0]
+        """Each window's gradient to its first maximum (TF's CPU tie rule), through the transpose
+        of the windows (`first_maxima`); the routing is piecewise constant in x, so no gradient
+        flows back to it."""
+        x = jnp.asarray(x)
+        windows, hit, axis = first_maxima(x, window, strides, _pads(x.shape, window, strides, padding))
+        routed = jnp.where(hit, jnp.expand_dims(jnp.asarray(dy, x.dtype), axis), jnp.zeros((), x.dtype))
+        return jax.linear_transpose(windows, x)(routed)[0]
 
     return fn
 
@@ -321,14 +285,11 @@ def _window_slices(x, window, strides, padding, fill):
 
 def _max_pool_grad_grad_fn(node, window, strides, padding):
     def fn(x, _orig_output, ddx):
-        # Picks, for every window, ddx at the window's FIRST maximum in row-major order, as TF's
-        # kernel does. (The jvp of JAX's max pool breaks ties in an unspecified order, hence the
-        # explicit argmax over the stacked window views.)
-        x = lax.stop_gradient(jnp.asarray(x))
-        low = -np.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min
-        first = jnp.argmax(_window_slices(x, window, strides, padding, low), axis=0)
-        ddx = _window_slices(jnp.asarray(ddx, x.dtype), window, strides, padding, 0)
-        return jnp.take_along_axis(ddx, first[None], axis=0)[0]
+        """Each window's ddx at its first maximum in row-major order, as TF's kernel picks it:
+        the max pool's tangent (`first_maxima`)."""
+        x = jnp.asarray(x)
+        windows, hit, axis = first_maxima(x, window, strides, _pads(x.shape, window, strides, padding))
+        return jnp.sum(jnp.where(hit, windows(jnp.asarray(ddx, x.dtype)), jnp.zeros((), x.dtype)), axis)
 
     return fn
 
