@@ -408,14 +408,15 @@ def window_reduce(x, kind: str, window, strides, pads):
     window, strides = tuple(int(k) for k in window), tuple(int(s) for s in strides)
     pads = tuple((int(lo), int(hi)) for lo, hi in pads)
     if any(n + lo + hi < k for n, k, (lo, hi) in zip(x.shape, window, pads)):  # no whole window: empty
-        return lax.reduce_window(x, _window_init(kind, x.dtype), lax.max if kind == "max" else lax.add,
+        return lax.reduce_window(x, window_identity(kind, x.dtype), lax.max if kind == "max" else lax.add,
                                  window, strides, pads)
     if kind == "max" and jnp.issubdtype(x.dtype, jnp.floating):
         return _window_max(x, window, strides, pads)
     return _sliced_reduce(x, kind, window, strides, pads)
 
 
-def _window_init(kind: str, dtype) -> np.ndarray:
+def window_identity(kind: str, dtype) -> np.ndarray:
+    """The value a window's max or sum starts from (and padding holds): 0, or the dtype's lowest."""
     if kind == "sum":
         return np.array(0, dtype)
     return np.array(-np.inf if jnp.issubdtype(dtype, jnp.floating) else jnp.iinfo(dtype).min, dtype)
@@ -423,7 +424,7 @@ def _window_init(kind: str, dtype) -> np.ndarray:
 
 def _sliced_reduce(x, kind: str, window, strides, pads):
     op = lax.max if kind == "max" else lax.add
-    init = _window_init(kind, x.dtype)
+    init = window_identity(kind, x.dtype)
     if any(p != (0, 0) for p in pads):
         x = lax.pad(x, init, [(lo, hi, 0) for lo, hi in pads])
     for axis, (k, s) in enumerate(zip(window, strides)):
@@ -443,8 +444,13 @@ def _window_max(x, window, strides, pads):
 @_window_max.defjvp
 def _window_max_jvp(window, strides, pads, primals, tangents):
     (x,), (dx,) = primals, tangents
+    return _window_max(x, window, strides, pads), max_pool_tangent(x, dx, window, strides, pads)
+
+
+def max_pool_tangent(x, dx, window, strides, pads):
+    """The tangent of a max pool of `x` along `dx`: each window's `dx` at its first maximum."""
     windows, hit, axis = first_maxima(x, window, strides, pads)
-    return _window_max(x, window, strides, pads), jnp.sum(jnp.where(hit, windows(dx), jnp.zeros((), dx.dtype)), axis)
+    return jnp.sum(jnp.where(hit, windows(dx), jnp.zeros((), dx.dtype)), axis)
 
 
 def first_maxima(x, window, strides, pads):
@@ -468,7 +474,7 @@ def first_maxima(x, window, strides, pads):
 
         # padding holds the lowest value: it only wins a window of lowest values, as in XLA's
         # select-and-scatter
-        views, axis = window_views(x, window, strides, pads, _window_init("max", x.dtype)), 0
+        views, axis = window_views(x, window, strides, pads, window_identity("max", x.dtype)), 0
     first = jnp.expand_dims(jnp.argmax(views, axis=axis), axis)
     hit = first == lax.broadcasted_iota(first.dtype, views.shape, views.ndim - 1 if axis == -1 else 0)
     return windows, hit, axis
@@ -567,8 +573,7 @@ def _max_pool_with_argmax(node):
         xs = (np.arange(ow) * sw - pl)[None, :, None, None] + np.arange(kw)[None, None, None, :]
         valid = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)  # [oh, ow, kh, kw]
         patches = x[:, np.clip(ys, 0, h - 1), np.clip(xs, 0, w - 1), :]  # [n, oh, ow, kh, kw, c]
-        low = -jnp.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min
-        patches = jnp.where(valid[None, ..., None], patches, jnp.array(low, x.dtype))
+        patches = jnp.where(valid[None, ..., None], patches, window_identity("max", x.dtype))
         patches = patches.reshape(n, oh, ow, kh * kw, c)
         k = jnp.argmax(patches, axis=3)  # the first maximum, as TF's strict `>` scan
         out = jnp.max(patches, axis=3)

@@ -23,7 +23,9 @@ from jaxmeta.ops.nn import (
     channel_sum,
     convolve,
     first_maxima,
+    max_pool_tangent,
     window_counts,
+    window_identity,
     window_reduce,
     window_views,
 )
@@ -258,8 +260,8 @@ def _max_pool3d_grad(node):
 
     def fn(x, y, dy):
         x = lax.stop_gradient(jnp.asarray(x))
-        low = -np.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min
-        is_max = _window_slices(x, window, strides, padding, low) == lax.stop_gradient(jnp.asarray(y, x.dtype))[None]
+        views = _window_slices(x, window, strides, padding, window_identity("max", x.dtype))
+        is_max = views == lax.stop_gradient(jnp.asarray(y, x.dtype))[None]
         dy = jnp.asarray(dy, x.dtype)
         routed = jnp.where(is_max, dy[None], jnp.zeros((), x.dtype))
         _, vjp = jax.vjp(lambda v: _window_slices(v, window, strides, padding, 0), jnp.zeros_like(x))
@@ -288,8 +290,7 @@ def _max_pool_grad_grad_fn(node, window, strides, padding):
         """Each window's ddx at its first maximum in row-major order, as TF's kernel picks it:
         the max pool's tangent (`first_maxima`)."""
         x = jnp.asarray(x)
-        windows, hit, axis = first_maxima(x, window, strides, _pads(x.shape, window, strides, padding))
-        return jnp.sum(jnp.where(hit, windows(jnp.asarray(ddx, x.dtype)), jnp.zeros((), x.dtype)), axis)
+        return max_pool_tangent(x, jnp.asarray(ddx, x.dtype), window, strides, _pads(x.shape, window, strides, padding))
 
     return fn
 
