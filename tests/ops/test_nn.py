@@ -873,12 +873,16 @@ def test_batch_moments_are_one_pass_reductions_close_to_float64():
     ((3, 8, 7, 3), (3, 3, 3, 5), (2, 1), "VALID", (1, 2)),
     ((1, 5, 6, 7, 2), (2, 3, 2, 2, 3), (1, 2, 1), "SAME", (2, 1, 1)),
 ])
-def test_stacked_windows_product_matches_xla_convolution(x_shape, w_shape, strides, padding, dilation):
-    """The stacked windows' product (stacked one spatial axis at a time) is lax's convolution in
-    1, 2 and 3 spatial dimensions, with strides and dilations."""
+@pytest.mark.parametrize("tap_sum_from", [0, 1 << 60])  # the sum of taps / the stacked windows' product
+def test_stacked_windows_product_matches_xla_convolution(monkeypatch, x_shape, w_shape, strides, padding, dilation,
+                                                         tap_sum_from):
+    """The stacked windows' product (stacked one spatial axis at a time) and the sum of taps are
+    lax's convolution in 1, 2 and 3 spatial dimensions, with strides and dilations."""
     from jax import lax
 
     from jaxmeta.ops import nn
+
+    monkeypatch.setattr(nn, "_POSITIONS_FOR_TAP_SUM", tap_sum_from)
 
     nsp = len(x_shape) - 2
     spatial = "DHW"[-nsp:]
@@ -924,15 +928,18 @@ def test_convolve_forms_agree(monkeypatch, arranged, x_shape, w_shape, strides, 
         assert_close(a, b, rtol=1e-4, atol=1e-3, what="gradient")
 
 
+@pytest.mark.parametrize("tap_sum_from", [0, 1 << 60])  # the sum of taps / the stacked windows' product
 @pytest.mark.parametrize("windows_for_matmul_grads", [0, 1 << 30])  # XLA's gradients / matrix products
-def test_few_input_channels_convolve_derivatives(monkeypatch, windows_for_matmul_grads):
-    """A few-input-channel convolution (stacked windows times the kernel) differentiates like lax,
-    with XLA's convolution gradients once its stacked windows are many."""
+def test_few_input_channels_convolve_derivatives(monkeypatch, windows_for_matmul_grads, tap_sum_from):
+    """A few-input-channel convolution (a sum of taps over many positions, stacked windows times
+    the kernel over few) differentiates like lax, with XLA's convolution gradients once its
+    stacked windows are many."""
     from jax import lax
 
     from jaxmeta.ops import nn
 
     monkeypatch.setattr(nn, "_WINDOWS_FOR_MATMUL_GRADS", windows_for_matmul_grads)
+    monkeypatch.setattr(nn, "_POSITIONS_FOR_TAP_SUM", tap_sum_from)
     dn = ("NHWC", "HWIO", "NHWC")
     x, w = jnp.asarray(randn(2, 7, 7, 3)), jnp.asarray(randn(3, 3, 3, 4, seed=1))
 
@@ -942,7 +949,9 @@ def test_few_input_channels_convolve_derivatives(monkeypatch, windows_for_matmul
     def ref(x, w):
         return jnp.sum(jnp.sin(lax.conv_general_dilated(x, w, (2, 1), "SAME", dimension_numbers=dn)))
 
-    assert "conv_general_dilated" not in str(jax.make_jaxpr(ours)(x, w))  # the windows' product forward
+    forward = str(jax.make_jaxpr(ours)(x, w))
+    assert "conv_general_dilated" not in forward
+    assert ("dot_general" in forward) == (tap_sum_from > 0)  # the windows' product, or the taps' sum
     grad_program = str(jax.make_jaxpr(jax.grad(ours, (0, 1)))(x, w))
     assert ("conv_general_dilated" in grad_program) == (windows_for_matmul_grads == 0)
     _assert_derivatives_match(ours, ref, x, w, x[:1], w[..., :1])
