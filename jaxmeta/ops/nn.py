@@ -253,9 +253,10 @@ _conv_with_matmul_grads = _differentiated_as(_xla_conv, _window_matmul)
 # output positions, where transposing the stacked windows for the filter gradient is slow.
 _matmul_with_conv_grads = _differentiated_as(_window_matmul, _xla_conv)
 # The sum of taps forward (few input channels, many positions), gradients as above by the stacked
-# windows' count; where their gradients are products of the stacked windows, a differentiated
-# value is their product too (the sum of taps beside it measured 4 % slower in Inception-v3's
-# batch-4 training step).
+# windows' count; where the gradients are products of the stacked windows, a value that JAX
+# differentiates (`jax.grad` through `graph.function`) is their product too, since its filter
+# gradient needs them anyway. (TF's own gradient ops differentiate a separate copy of the
+# convolution: `ops/nn_grad.py`.)
 _tap_sum_with_matmul_grads = _differentiated_as(_tap_sum, _window_matmul, _window_matmul)
 _tap_sum_with_conv_grads = _differentiated_as(_tap_sum, _xla_conv)
 
