@@ -28,7 +28,7 @@ from jaxmeta._session import Session
 from jaxmeta.checkpoint import CheckpointReader, get_checkpoint_state, latest_checkpoint
 from jaxmeta.checkpoint._orbax import restore_orbax, save_orbax
 from jaxmeta.ops.registry import register_op, supported_ops
-from jaxmeta.tuning import Tuned, autotune
+from jaxmeta.tuning import Tuned, autotune, keep_host_memory
 
 __version__ = "0.1.0"
 
@@ -59,6 +59,7 @@ __all__ = [
     "freeze",
     "get_checkpoint_state",
     "import_meta_graph",
+    "keep_host_memory",
     "latest_checkpoint",
     "parallel",
     "read_meta_graph",

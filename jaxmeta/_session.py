@@ -8,6 +8,7 @@ import jax
 
 from jaxmeta._graph import Graph, Tensor
 from jaxmeta._interpreter import make_program, unflatten
+from jaxmeta.tuning import keep_host_memory
 
 
 class Session:
@@ -27,6 +28,7 @@ class Session:
         self._jit = jit
         self._cache: dict[Any, Any] = {}
         self._closed = False
+        keep_host_memory()  # as TF's Session keeps its allocator's memory between runs
 
     def run(self, fetches: Any, feed_dict: dict[Any, Any] | None = None) -> Any:
         """Evaluates fetches (names, handles, or nested lists/tuples/dicts of them).

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -98,3 +101,38 @@ def test_donated_steps_update_in_place_without_defensive_copies(mlp):
     np.testing.assert_array_equal(loss_a, loss_b)
     for name in new_a:
         np.testing.assert_array_equal(new_a[name], new_b[name], err_msg=name)
+
+
+# A fresh process (the setting is process-wide): a jitted function's 40 MB output, allocated by XLA
+# on every call and freed, page-faulted in anew each time until `keep_host_memory`.
+_FAULTS_PER_CALL = """
+import resource, sys, jax, jax.numpy as jnp
+import jaxmeta
+f = jax.jit(lambda x: x * 2.0)
+x = jnp.ones((10_000_000,), jnp.float32)
+def faults():
+    for _ in range(8):  # every thread XLA allocates from has met the buffer once
+        jax.block_until_ready(f(x))
+    start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(8):
+        jax.block_until_ready(f(x))
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start) / 8
+before = faults()
+kept = jaxmeta.keep_host_memory()
+print(before, kept, faults())
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "confstr") or not os.confstr("CS_GNU_LIBC_VERSION"), reason="glibc's malloc only")
+@pytest.mark.parametrize("switch", ["1", "0"])
+def test_keep_host_memory_reuses_buffers_across_calls(switch):
+    env = {**os.environ, "JAXMETA_KEEP_HOST_MEMORY": switch, "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-c", _FAULTS_PER_CALL], env=env, capture_output=True, text=True,
+                         check=True, timeout=300)
+    before, kept, after = out.stdout.split()
+    assert float(before) > 5000  # 40 MB in 4 KiB pages, every call
+    assert kept == str(switch == "1")
+    if switch == "1":
+        assert float(after) < float(before) / 4
+    else:
+        assert float(after) > 5000
