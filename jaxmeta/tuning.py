@@ -56,6 +56,16 @@ DONATED_CPU_OPTIONS: Mapping[str, Any] = {"xla_cpu_copy_insertion_use_region_ana
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
 
+def _glibc_mallopt() -> Callable[..., int] | None:
+    """glibc's `mallopt`, or None where the C library is not glibc (macOS, Windows, musl)."""
+    try:
+        if not os.confstr("CS_GNU_LIBC_VERSION"):
+            return None
+        return ctypes.CDLL(None).mallopt
+    except (AttributeError, ValueError, OSError):  # no confstr name, no glibc, no mallopt
+        return None
+
+
 def keep_host_memory(limit_bytes: int = 1 << 30) -> bool:
     """Lets freed host buffers of up to `limit_bytes` stay with the process for the next call.
 
@@ -68,8 +78,8 @@ def keep_host_memory(limit_bytes: int = 1 << 30) -> bool:
     buffers come from, and return to, the process's heap, as TensorFlow's own allocator keeps its
     memory. The setting is process-wide; the price is that memory freed by anything in the
     process is kept for reuse (up to `limit_bytes` at the heap's top) rather than returned.
-    Buffers of more than 64 MiB that XLA allocates on its own threads still come from the kernel
-    (glibc's per-thread heaps are no larger).
+    Buffers that XLA allocates on its own threads still come from the kernel when they do not fit
+    in what is free of that thread's heap (glibc's per-thread heaps are at most 64 MiB).
 
     `jaxmeta.autotune` and `jaxmeta.Session` call it; call it yourself when you `jax.jit` graph
     functions directly. Setting the environment variable `JAXMETA_KEEP_HOST_MEMORY=0` turns it
@@ -82,13 +92,8 @@ def keep_host_memory(limit_bytes: int = 1 << 30) -> bool:
         True if the thresholds were set; False where there is nothing to set (not glibc, e.g.
         macOS, Windows or musl) or the environment variable turned it off.
     """
-    if os.environ.get("JAXMETA_KEEP_HOST_MEMORY", "1") == "0":
-        return False
-    try:
-        if not os.confstr("CS_GNU_LIBC_VERSION"):
-            return False
-        mallopt = ctypes.CDLL(None).mallopt
-    except (AttributeError, ValueError, OSError):  # no confstr name, no glibc, no mallopt
+    mallopt = _glibc_mallopt()
+    if mallopt is None or os.environ.get("JAXMETA_KEEP_HOST_MEMORY", "1") == "0":
         return False
     limit = ctypes.c_int(max(0, min(int(limit_bytes), 2**31 - 1)))
     return bool(mallopt(_M_MMAP_THRESHOLD, limit)) and bool(mallopt(_M_TRIM_THRESHOLD, limit))
