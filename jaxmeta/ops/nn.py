@@ -723,13 +723,16 @@ def _batch_norm_global(node):
     return fn
 
 
+def lrn_config(node) -> tuple[int, float, float, float]:
+    """An LRN or LRNGrad node's (depth_radius, bias, alpha, beta), with TF's defaults."""
+    return (node.attr_int("depth_radius", 5), node.attr_float("bias", 1.0), node.attr_float("alpha", 1.0),
+            node.attr_float("beta", 0.5))
+
+
 @register("LRN")
 def _lrn(node):
     """Local response normalization over the last axis: `x / (bias + alpha * sum(x^2)) ** beta`."""
-    r = node.attr_int("depth_radius", 5)
-    bias = node.attr_float("bias", 1.0)
-    alpha = node.attr_float("alpha", 1.0)
-    beta = node.attr_float("beta", 0.5)
+    r, bias, alpha, beta = lrn_config(node)
 
     def fn(x):
         window = (1,) * (x.ndim - 1) + (2 * r + 1,)

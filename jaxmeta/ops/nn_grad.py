@@ -23,6 +23,7 @@ from jaxmeta.ops.nn import (
     channel_sum,
     convolve,
     first_maxima,
+    lrn_config,
     max_pool_tangent,
     window_counts,
     window_identity,
@@ -219,6 +220,11 @@ def _pool_config(node, ksize=None, strides=None):
     return tuple(ksize), tuple(strides), pads
 
 
+def _dynamic_pool_config(node, ksize, strides):
+    """`_pool_config` of a V2 pool gradient, whose ksize and strides are (constant) inputs."""
+    return _pool_config(node, list(_static_shape(node, ksize, "ksize")), list(_static_shape(node, strides, "strides")))
+
+
 def _pads(shape, window, strides, padding) -> list[tuple[int, int]]:
     """A pool's (low, high) padding per axis: `padding` is "SAME", "VALID" or already the pairs."""
     return lax.padtype_to_pads(shape, window, strides, padding) if isinstance(padding, str) else padding
@@ -273,9 +279,7 @@ def _max_pool3d_grad(node):
 @register("MaxPoolGradV2")
 def _max_pool_grad_v2(node):
     def fn(x, orig_output, dy, ksize, strides):
-        config = _pool_config(node, list(_static_shape(node, ksize, "ksize")),
-                              list(_static_shape(node, strides, "strides")))
-        return _max_pool_grad_fn(node, *config)(x, orig_output, dy)
+        return _max_pool_grad_fn(node, *_dynamic_pool_config(node, ksize, strides))(x, orig_output, dy)
 
     return fn
 
@@ -303,9 +307,7 @@ def _max_pool_grad_grad(node):
 @register("MaxPoolGradGradV2")
 def _max_pool_grad_grad_v2(node):
     def fn(x, orig_output, ddx, ksize, strides):
-        config = _pool_config(node, list(_static_shape(node, ksize, "ksize")),
-                              list(_static_shape(node, strides, "strides")))
-        return _max_pool_grad_grad_fn(node, *config)(x, orig_output, ddx)
+        return _max_pool_grad_grad_fn(node, *_dynamic_pool_config(node, ksize, strides))(x, orig_output, ddx)
 
     return fn
 
@@ -377,10 +379,7 @@ def _fused_batch_norm_grad(node):
 @register("LRNGrad")
 def _lrn_grad(node):
     """LRNGrad(input_grads, input_image, output_image) of local response normalization."""
-    radius = node.attr_int("depth_radius", 5)
-    bias = node.attr_float("bias", 1.0)
-    alpha = node.attr_float("alpha", 1.0)
-    beta = node.attr_float("beta", 0.5)
+    radius, bias, alpha, beta = lrn_config(node)
 
     def lrn(x):
         sq = jnp.square(x.astype(jnp.float32))
