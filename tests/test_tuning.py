@@ -115,7 +115,7 @@ import jaxmeta
 f = jax.jit(lambda x: x * 2.0)
 x = jnp.ones((10_000_000,), jnp.float32)
 def faults():
-    for _ in range(8):  # every thread XLA allocates from has met the buffer once
+    for _ in range(8):  # warm-up: after `keep_host_memory`, the first calls grow the heap
         jax.block_until_ready(f(x))
     start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(8):
