@@ -83,8 +83,8 @@ def _tf_pads(padding: str, sizes, window, strides, dilations, explicit=None) -> 
 def _static_ints(value, node, what: str) -> list[int]:
     if not static(value):
         raise GraphError(
-            f"node {node.name!r} ({node.type}): {what} must be known when the graph is traced "
-            "(a constant), not computed from fed or variable values"
+            f"node {node.name!r} ({node.type}): {what} must be known when the graph is traced (a constant "
+            "or the Shape of a statically shaped tensor), not computed from fed or variable values"
         )
     return [int(v) for v in np.asarray(value).reshape(-1)]
 

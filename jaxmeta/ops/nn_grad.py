@@ -19,6 +19,7 @@ from jax import lax
 from jaxmeta._errors import GraphError
 from jaxmeta.ops.image import _nearest_index, _scale
 from jaxmeta.ops.nn import (
+    _static_ints,
     batch_moments,
     channel_sum,
     convolve,
@@ -30,7 +31,7 @@ from jaxmeta.ops.nn import (
     window_reduce,
     window_views,
 )
-from jaxmeta.ops.registry import broadcast_ranks, register, static
+from jaxmeta.ops.registry import broadcast_ranks, register
 
 # -- elementwise ----------------------------------------------------------------------------------
 
@@ -107,15 +108,6 @@ def _bias_add_grad(node):
 # -- convolutions ---------------------------------------------------------------------------------
 
 
-def _static_shape(node, value, what: str) -> tuple[int, ...]:
-    if not static(value):
-        raise GraphError(
-            f"node {node.name!r} ({node.type}): {what} must be known at trace time (a constant or the "
-            "Shape of a statically shaped tensor), not a traced value"
-        )
-    return tuple(int(d) for d in np.asarray(value).reshape(-1))
-
-
 def _conv_config(node, spatial: int):
     """(strides, dilations, padding, data_format, channels_first) of a convolution node."""
     data_format = node.attr_str("data_format", "NHWC" if spatial == 2 else "NDHWC")
@@ -165,7 +157,7 @@ def _conv_backprop_filter(node):
 
     def fn(x, filter_sizes, dy):
         x = jnp.asarray(x)
-        shape = _static_shape(node, filter_sizes, "filter_sizes")
+        shape = tuple(_static_ints(filter_sizes, node, "filter_sizes"))
         forward = lambda x, w: _conv(x, w, strides, dilations, padding, data_format)  # noqa: E731
         return _filter_grad(forward, x, shape, dy)
 
@@ -184,7 +176,7 @@ def _depthwise_backprop_filter(node):
 
     def fn(x, filter_sizes, dy):
         x = jnp.asarray(x)
-        h, w, cin, mult = _static_shape(node, filter_sizes, "filter_sizes")
+        h, w, cin, mult = _static_ints(filter_sizes, node, "filter_sizes")
 
         def forward(x, f):
             return _conv(x, f.reshape(h, w, 1, cin * mult), strides, dilations, padding, data_format, groups=cin)
@@ -222,7 +214,7 @@ def _pool_config(node, ksize=None, strides=None):
 
 def _dynamic_pool_config(node, ksize, strides):
     """`_pool_config` of a V2 pool gradient, whose ksize and strides are (constant) inputs."""
-    return _pool_config(node, list(_static_shape(node, ksize, "ksize")), list(_static_shape(node, strides, "strides")))
+    return _pool_config(node, _static_ints(ksize, node, "ksize"), _static_ints(strides, node, "strides"))
 
 
 def _pads(shape, window, strides, padding) -> list[tuple[int, int]]:
@@ -318,7 +310,7 @@ def _avg_pool_grad(node):
     window, strides, padding = _pool_config(node)
 
     def fn(orig_input_shape, dy):
-        shape = _static_shape(node, orig_input_shape, "orig_input_shape")
+        shape = tuple(_static_ints(orig_input_shape, node, "orig_input_shape"))
         dy = jnp.asarray(dy)
         _, vjp = jax.vjp(lambda v: _avg_pool(v, window, strides, padding), jnp.zeros(shape, dy.dtype))
         return vjp(dy)[0]
@@ -451,7 +443,7 @@ def _resize_nearest_grad(node):
 
     def fn(dy, size):
         dy = jnp.asarray(dy)
-        in_h, in_w = _static_shape(node, size, "size")
+        in_h, in_w = _static_ints(size, node, "size")
         n, out_h, out_w, c = dy.shape
         iy = _nearest_index(in_h, out_h, align_corners, half_pixel)
         ix = _nearest_index(in_w, out_w, align_corners, half_pixel)
