@@ -8,7 +8,7 @@
 """
 
 from jaxmeta import ops as _ops  # noqa: F401  (registers the op handlers)
-from jaxmeta import parallel
+from jaxmeta import parallel, summary
 from jaxmeta._devices import DevicePlacement, DevicePlacementError, DevicePlacementWarning, DeviceSpec
 from jaxmeta._errors import (
     CheckpointError,
@@ -66,5 +66,6 @@ __all__ = [
     "register_op",
     "restore_orbax",
     "save_orbax",
+    "summary",
     "supported_ops",
 ]

@@ -8,6 +8,7 @@ import jax
 
 from jaxmeta._graph import Graph, Tensor
 from jaxmeta._interpreter import make_program, unflatten
+from jaxmeta.summary import to_bytes
 from jaxmeta.tuning import keep_host_memory
 
 
@@ -34,7 +35,8 @@ class Session:
         """Evaluates fetches (names, handles, or nested lists/tuples/dicts of them).
 
         Operations in `fetches` run for their effects and yield None; assignments update the
-        variables this session holds.
+        variables this session holds; summary ops yield their serialized `Summary` protos (bytes),
+        as in TF1.
         """
         if self._closed:
             raise RuntimeError("attempted to use a closed Session")
@@ -58,7 +60,7 @@ class Session:
         outputs, new_variables = fn(self.variables, list(feed_dict.values()), key)
         if program.assigns:
             self.variables = new_variables
-        return unflatten(treedef, resolved, outputs)
+        return to_bytes(unflatten(treedef, resolved, outputs))
 
     def _feed_name(self, key: Any) -> str:
         return key.name if isinstance(key, Tensor) else str(key)

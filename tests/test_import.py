@@ -33,6 +33,7 @@ FIXTURES = {
     "partitioned": os.path.join(GRAPHS, "partitioned.meta"),
     "control_flow": os.path.join(GRAPHS, "control_flow.meta"),
     "text_export": os.path.join(GRAPHS, "text_export.meta.pbtxt"),
+    "summaries": os.path.join(GRAPHS, "summaries.meta"),
 }
 SCOPES = {"unscoped": None, "scoped": "net"}
 

@@ -31,6 +31,8 @@ TF_MODULES = {
     "control_flow_pb2": "tensorflow.core.protobuf.control_flow_pb2",
     "meta_graph_pb2": "tensorflow.core.protobuf.meta_graph_pb2",
     "types_pb2": "tensorflow.core.framework.types_pb2",
+    "summary_pb2": "tensorflow.core.framework.summary_pb2",
+    "event_pb2": "tensorflow.core.util.event_pb2",
 }
 TF_CHECKPOINT_MODULES = [
     "tensorflow.core.framework.tensor_slice_pb2",
@@ -39,6 +41,7 @@ TF_CHECKPOINT_MODULES = [
     "tensorflow.core.protobuf.tensor_bundle_pb2",
     "tensorflow.core.util.saved_tensor_slice_pb2",
     "tensorflow.python.training.checkpoint_state_pb2",
+    "tensorflow.compiler.xla.tsl.protobuf.histogram_pb2",
 ]
 
 

@@ -15,6 +15,7 @@ from jaxmeta.ops import (  # noqa: F401
     random,
     segment,
     state,
+    summary,
     training,
 )
 from jaxmeta.ops.registry import register, register_op, supported_ops  # noqa: F401

@@ -6,8 +6,9 @@ anything is built or traced): how to get the same effect through jaxmeta's API, 
 handler deliberately with `jaxmeta.register_op(op_type, build, override=True)`.
 
 Pure string ops that only *name* files (`ShardedFilename`, `ShardedFilespec`, `StringJoin`) are
-harmless and simply unsupported; summary ops that only serialize a `Summary` proto
-(`ScalarSummary`, `MergeSummary`, ...) write nothing either.
+harmless and simply unsupported. Summary ops that only serialize a `Summary` proto
+(`ScalarSummary`, `MergeSummary`, ...) write nothing and run (`ops/summary.py`); the ops that write
+event files are declared here.
 """
 
 from __future__ import annotations
