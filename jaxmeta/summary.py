@@ -340,10 +340,12 @@ class FileWriter:
         self._file.flush()
 
     def flush(self) -> None:
+        """Flushes the event file (each `add_*` call already does)."""
         if self._file is not None:
             self._file.flush()
 
     def close(self) -> None:
+        """Closes the event file; later `add_*` calls raise."""
         if self._file is not None:
             self._file.close()
             self._file = None

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from jaxmeta import _session
+from jaxmeta import summary as _summary
 from jaxmeta._graph import Graph
 
 _default_graph = Graph()
@@ -303,6 +304,33 @@ train = types.SimpleNamespace(
     get_checkpoint_state=_get_checkpoint_state,
 )
 train.__doc__ = "The `tf.compat.v1.train` functions jaxmeta provides."
+
+
+def _merge_all(key: str = GraphKeys.SUMMARIES, scope: str | None = None, name: str | None = None):
+    """The `key` collection's summaries merged, as `tf.compat.v1.summary.merge_all`.
+
+    TF builds a new `MergeSummary` op; jaxmeta does not build ops, but a graph whose script called
+    `merge_all` already has one over the same summaries in the same order, whose output is the
+    same, and that is what this returns. None when the collection is empty (as TF).
+
+    Raises:
+        UnsupportedTFAPIError: the graph has no such op (summaries added after its merge_all).
+    """
+    wanted = [item.name for item in _default_graph.get_collection(key, scope)]
+    if not wanted:
+        return None
+    for node in _default_graph.get_operations():
+        if node.type == "MergeSummary" and [str(ref) for ref in node.inputs] == wanted:
+            return _default_graph.get_tensor_by_name(f"{node.name}:0")
+    raise _unsupported(
+        f"summary.merge_all() for a graph without a MergeSummary op over its {len(wanted)} summaries",
+        "fetch them and merge on the host: jaxmeta.summary.merge(sess.run(tf.get_collection("
+        f"{key!r})))",
+    )
+
+
+summary = types.SimpleNamespace(FileWriter=_summary.FileWriter, merge_all=_merge_all)
+summary.__doc__ = "The `tf.compat.v1.summary` functions jaxmeta provides (FileWriter, merge_all)."
 
 
 class UnsupportedTFAPIError(NotImplementedError, AttributeError):

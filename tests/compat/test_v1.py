@@ -340,3 +340,35 @@ def test_seed_snippets_example_runs():
     out = proc.stdout
     for marker in ("snippet 1", "snippet 2", "snippet 3", "snippet 4", "snippet 5", "all snippets ran"):
         assert marker in out, out
+
+
+# --- summaries -------------------------------------------------------------------------------------------
+
+SUMMARIES = os.path.join(ROOT, "tests", "fixtures", "graphs", "summaries")
+
+
+def test_summaries_with_a_file_writer(guide_dir):
+    # TF1's loop: merge_all, a FileWriter with the session's graph, add_summary per step.
+    x = np.array([[1.0, -2.0, 0.5], [0.0, 3.0, -1.0]], np.float32)
+    with tf.Session() as sess:
+        saver = tf.train.import_meta_graph(SUMMARIES + ".meta")
+        saver.restore(sess, SUMMARIES + ".ckpt")
+        merged = tf.summary.merge_all()
+        assert merged.name == "Merge/MergeSummary:0"
+        writer = tf.summary.FileWriter("logs", sess.graph)
+        for step in range(2):
+            writer.add_summary(sess.run(merged, feed_dict={"x:0": x}), step)
+        writer.close()
+    with np.load(SUMMARIES + ".expected.npz") as data:
+        want = data["out:Merge/MergeSummary:0"].tobytes()
+    (name,) = os.listdir("logs")
+    with open(os.path.join("logs", name), "rb") as f:
+        assert f.read().count(want) == 2
+
+
+def test_merge_all_without_a_merge_op(guide_dir):
+    tf.train.import_meta_graph(SUMMARIES + ".meta")
+    assert tf.summary.merge_all("no such collection") is None
+    tf.add_to_collection(tf.GraphKeys.SUMMARIES, tf.get_default_graph().get_tensor_by_name("loss:0"))
+    with pytest.raises(tf.UnsupportedTFAPIError, match="jaxmeta.summary.merge"):
+        tf.summary.merge_all()
