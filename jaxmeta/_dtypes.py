@@ -5,7 +5,7 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 
-from jaxmeta._errors import GraphError
+from jaxmeta._errors import GraphError, PrecisionError
 from jaxmeta.proto import types_pb2
 
 REF_OFFSET = 100
@@ -105,3 +105,24 @@ def short_name(dtype_enum: int) -> str:
     else:
         text = name(base)
     return text + ("_ref" if is_ref(dtype_enum) else "")
+
+
+def canonical(value: np.ndarray, what: str) -> np.ndarray:
+    """`value` in the dtype JAX holds it as (a copy only when the dtype changes); `what` names it.
+
+    Raises:
+        PrecisionError: integers that do not fit the 32-bit type JAX uses with x64 off.
+    """
+    import jax
+
+    target = jax.dtypes.canonicalize_dtype(value.dtype)
+    if target != value.dtype:
+        if value.dtype.kind in "iu" and value.size:
+            info = np.iinfo(target)
+            if value.min() < info.min or value.max() > info.max:
+                raise PrecisionError(
+                    f"{what}: its {value.dtype} values do not fit {target}, the type JAX uses "
+                    "with x64 off; enable it with jax.config.update('jax_enable_x64', True)"
+                )
+        value = value.astype(target)
+    return value

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmeta import _fusion
-from jaxmeta._errors import FeedError, GraphError, SideEffectError, UnsupportedOpError
+from jaxmeta._errors import FeedError, GraphError, JaxmetaError, SideEffectError, UnsupportedOpError
 from jaxmeta._graph import VARIABLE_OPS, Graph, Node, TensorRef
 from jaxmeta.ops import registry
 
@@ -160,6 +160,8 @@ class Program:
         self.assigns = [s.node.name for s in self.steps if s.spec.assigns]
         self.random = [s.node.name for s in self.steps if s.spec.random]
         self.feed_dtypes = [_feed_dtype(graph, ref) for ref in self.feeds]
+        # Fed strings are host values: JAX cannot trace them (`Session` runs such signatures unjitted).
+        self.string_feeds = [str(ref) for ref, dtype in zip(self.feeds, self.feed_dtypes) if _is_string(dtype)]
 
     def __call__(self, variables: dict[str, Any], feed_values: Sequence[Any], key: Any = None):
         """Runs the program; returns (fetched values, variables after the run)."""
@@ -170,7 +172,12 @@ class Program:
         ctx = OpContext(self.graph, {name: to_jax(value) for name, value in variables.items()}, key)
         env: dict[TensorRef, Any] = {}
         for ref, value, dtype in zip(self.feeds, feed_values, self.feed_dtypes):
-            env[ref] = value if dtype is None else jnp.asarray(value, dtype)
+            if dtype is None:
+                env[ref] = value
+            elif _is_string(dtype):
+                env[ref] = np.asarray(value, object)
+            else:
+                env[ref] = jnp.asarray(value, dtype)
         run_steps(self.steps, ctx, env, set(self.feeds))
         outputs = []
         for ref in self.fetches:
@@ -183,6 +190,23 @@ class Program:
         return ", ".join(str(r) for r in self.feeds) or "none"
 
 
+def constant_values(graph: Graph, refs: Sequence[TensorRef], what: str) -> list[np.ndarray]:
+    """The values of `refs` computed when a program is built, as NumPy arrays in their own dtypes
+    (int64 stays int64), for handlers that read another node's constant inputs (a table's
+    contents). Raises a GraphError naming `what` when they depend on feeds or variables."""
+    try:
+        program = Program(graph, refs)
+        env: dict[TensorRef, Any] = {}
+        run_steps(program.steps, OpContext(graph, {}, None), env, set())
+    except JaxmetaError as e:
+        raise GraphError(f"{what} must be constants (they are read when the graph is built): {e}") from e
+    values = [env.get(ref) for ref in refs]
+    if not all(isinstance(v, (np.ndarray, np.generic)) for v in values):
+        raise GraphError(f"{what} must be constants (they are read when the graph is built), not computed "
+                         "with JAX from other values")
+    return [np.asarray(v) for v in values]
+
+
 def _feed_dtype(graph: Graph, ref: TensorRef):
     enum = graph.output_dtype(ref)
     if enum is None:
@@ -190,9 +214,14 @@ def _feed_dtype(graph: Graph, ref: TensorRef):
     from jaxmeta import _dtypes
 
     try:
-        return _jax_dtype(_dtypes.to_numpy(enum))
+        dtype = _dtypes.to_numpy(enum)
     except GraphError:
         return None
+    return dtype if _is_string(dtype) else _jax_dtype(dtype)  # strings stay NumPy (host) values
+
+
+def _is_string(dtype: np.dtype | None) -> bool:
+    return dtype is not None and dtype.kind == "O"
 
 
 # -- building and running steps -------------------------------------------------------------------
@@ -262,7 +291,7 @@ def run_steps(steps: list[_Step], ctx: OpContext, env: dict[TensorRef, Any], fed
             args = [ctx.read(a) if isinstance(a, ReadAlias) else a for a in args]
         try:
             out = step.fn(ctx, *args) if step.spec.context else step.fn(*args)
-        except (GraphError, FeedError, UnsupportedOpError, SideEffectError):
+        except JaxmetaError:
             raise
         except Exception as e:
             raise GraphError(f"node {step.node.name!r} ({step.node.type}) failed: {type(e).__name__}: {e}") from e

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from jaxmeta import _dtypes
-from jaxmeta._errors import CheckpointError, GraphError, PrecisionError
+from jaxmeta._errors import CheckpointError, GraphError
 from jaxmeta._graph import VARIABLE_OPS, Graph, Node, TensorRef
 from jaxmeta.checkpoint import _slices
 from jaxmeta.checkpoint._reader import CheckpointReader
@@ -342,7 +342,7 @@ def _all_to_device(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
             out[name] = value
             continue
         names.append(name)
-        values.append(_canonical(value, name))
+        values.append(_dtypes.canonical(value, f"variable {name}"))
     for name, array in zip(names, _device_put_all(values)):
         out[name] = array
     return {name: out[name] for name in arrays}  # the checkpoint's order, as before
@@ -376,22 +376,7 @@ def _to_device(value: np.ndarray, name: str) -> Any:
     """One value as a jax.Array (a string variable stays a NumPy object array)."""
     if value.dtype == object:
         return value
-    return jax.device_put(_canonical(value, name))
-
-
-def _canonical(value: np.ndarray, name: str) -> np.ndarray:
-    """`value` in the dtype JAX will hold it as (a copy only when the dtype changes)."""
-    target = jax.dtypes.canonicalize_dtype(value.dtype)
-    if target != value.dtype:
-        if value.dtype.kind in "iu" and value.size:
-            info = np.iinfo(target)
-            if value.min() < info.min or value.max() > info.max:
-                raise PrecisionError(
-                    f"variable {name}: its {value.dtype} values do not fit {target}, the type JAX uses "
-                    "with x64 off; enable it with jax.config.update('jax_enable_x64', True)"
-                )
-        value = value.astype(target)
-    return value
+    return jax.device_put(_dtypes.canonical(value, f"variable {name}"))
 
 
 # --- reading the saver subgraphs ---------------------------------------------------------------

@@ -19,7 +19,8 @@ class Session:
         graph: the imported graph.
         variables: initial variables (e.g. from `graph.saver.restore`); defaults to empty.
         seed: seed of the random key split for each run that draws random numbers.
-        jit: compile each (fetches, feeds, targets) signature once with `jax.jit`.
+        jit: compile each (fetches, feeds, targets) signature once with `jax.jit` (signatures that
+            feed strings, which JAX cannot trace, run without it).
     """
 
     def __init__(self, graph: Graph, variables: dict[str, Any] | None = None, seed: int = 0, jit: bool = True):
@@ -51,7 +52,8 @@ class Session:
             def run_program(variables, feed_values, key):
                 return program(variables, feed_values, key)
 
-            fn = jax.jit(run_program) if self._jit else run_program
+            # Fed strings cannot be traced: such a signature runs op by op (string ops work on hosts).
+            fn = jax.jit(run_program) if self._jit and not program.string_feeds else run_program
             entry = self._cache[signature] = (program, fn, resolved)
         program, fn, resolved = entry
         key = None

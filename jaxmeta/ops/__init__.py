@@ -9,6 +9,7 @@ from jaxmeta.ops import (  # noqa: F401
     functional,
     image,
     io,
+    lookup,
     math,
     nn,
     nn_grad,
