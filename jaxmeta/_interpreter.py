@@ -159,9 +159,11 @@ class Program:
             self.steps = build_steps(graph, needed, fed, keep=set(self.fetches))
         self.assigns = [s.node.name for s in self.steps if s.spec.assigns]
         self.random = [s.node.name for s in self.steps if s.spec.random]
-        self.feed_dtypes = [_feed_dtype(graph, ref) for ref in self.feeds]
-        # Fed strings are host values: JAX cannot trace them (`Session` runs such signatures unjitted).
-        self.string_feeds = [str(ref) for ref, dtype in zip(self.feeds, self.feed_dtypes) if _is_string(dtype)]
+        self.feed_dtypes = [_value_dtype(graph, ref) for ref in self.feeds]
+        # Strings are host values: JAX cannot trace them, nor return them from a jitted function
+        # (`Session` runs the signatures that feed or fetch strings unjitted).
+        self.host_strings = [str(ref) for ref in [*self.feeds, *self.fetches]
+                             if _is_string(_value_dtype(graph, ref))]
 
     def __call__(self, variables: dict[str, Any], feed_values: Sequence[Any], key: Any = None):
         """Runs the program; returns (fetched values, variables after the run)."""
@@ -207,7 +209,7 @@ def constant_values(graph: Graph, refs: Sequence[TensorRef], what: str) -> list[
     return [np.asarray(v) for v in values]
 
 
-def _feed_dtype(graph: Graph, ref: TensorRef):
+def _value_dtype(graph: Graph, ref: TensorRef):
     enum = graph.output_dtype(ref)
     if enum is None:
         return None

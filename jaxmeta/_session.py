@@ -20,7 +20,7 @@ class Session:
         variables: initial variables (e.g. from `graph.saver.restore`); defaults to empty.
         seed: seed of the random key split for each run that draws random numbers.
         jit: compile each (fetches, feeds, targets) signature once with `jax.jit` (signatures that
-            feed strings, which JAX cannot trace, run without it).
+            feed or fetch strings, which JAX cannot trace, run without it).
     """
 
     def __init__(self, graph: Graph, variables: dict[str, Any] | None = None, seed: int = 0, jit: bool = True):
@@ -52,8 +52,9 @@ class Session:
             def run_program(variables, feed_values, key):
                 return program(variables, feed_values, key)
 
-            # Fed strings cannot be traced: such a signature runs op by op (string ops work on hosts).
-            fn = jax.jit(run_program) if self._jit and not program.string_feeds else run_program
+            # Strings cannot be traced or returned by jit: such a signature runs op by op (string
+            # ops work on the host).
+            fn = jax.jit(run_program) if self._jit and not program.host_strings else run_program
             entry = self._cache[signature] = (program, fn, resolved)
         program, fn, resolved = entry
         key = None

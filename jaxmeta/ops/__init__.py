@@ -16,6 +16,7 @@ from jaxmeta.ops import (  # noqa: F401
     random,
     segment,
     state,
+    strings,
     summary,
     training,
 )

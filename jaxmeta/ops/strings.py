@@ -1,0 +1,338 @@
+"""String ops, on the host: `tf.strings.*` and TF1's `tf.string_split`, `tf.reduce_join`,
+`tf.as_string`, `tf.string_to_number`, `tf.regex_replace`, `tf.substr`, `tf.encode_base64`.
+
+JAX has no strings, so these compute with NumPy object arrays of bytes when the graph is traced:
+on constants they fold into constants (under `jax.jit` too), and on fed strings they run when the
+function runs without `jax.jit` (`Session` runs a signature that feeds strings that way by
+itself). An op whose input is traced (e.g. `AsString` of a computed number under `jax.jit`)
+raises a GraphError that says so. Regular expressions are TF's RE2 patterns, run with Python's
+`re` (the same syntax for the patterns TF accepts, except RE2-only classes such as `\\pN`).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+
+import jax
+import numpy as np
+
+from jaxmeta._errors import GraphError
+from jaxmeta.ops.registry import register
+
+
+def host(node, *values) -> list[np.ndarray]:
+    """`values` as NumPy arrays (strings as object arrays of bytes); a GraphError for a traced one."""
+    out = []
+    for value in values:
+        try:
+            array = np.asarray(value)
+        except jax.errors.TracerArrayConversionError:
+            raise GraphError(
+                f"node {node.name!r} ({node.type}) makes or reads strings, which JAX cannot trace: its "
+                "inputs must be constants, or run the function without jax.jit (Session(graph, jit=False)), "
+                f"or feed its output ({node.name}:0)"
+            ) from None
+        if array.dtype.kind in "OUS":
+            array = _bytes_array([v.encode() if isinstance(v, str) else bytes(v) for v in array.reshape(-1).tolist()],
+                                 array.shape)
+        out.append(array)
+    return out
+
+
+def _bytes_array(items, shape) -> np.ndarray:
+    out = np.empty(len(items), dtype=object)
+    out[:] = items
+    return out.reshape(shape)
+
+
+def _map(node, fn, otype=object):
+    """An elementwise op over one string tensor: `fn(bytes) -> value`."""
+
+    def run(x):
+        (x,) = host(node, x)
+        flat = [fn(v) for v in x.reshape(-1).tolist()]
+        return _bytes_array(flat, x.shape) if otype is object else np.array(flat, otype).reshape(x.shape)
+
+    return run
+
+
+@register("StringJoin")
+def _string_join(node):
+    separator = node.attr_bytes("separator") if node.has_attr("separator") else b""
+
+    def fn(*inputs):
+        arrays = host(node, *inputs)
+        shapes = {a.shape for a in arrays if a.ndim}
+        if len(shapes) > 1:
+            raise GraphError(f"node {node.name!r} (StringJoin): its non-scalar inputs must have one shape, got "
+                             f"{sorted(shapes)}")
+        shape = shapes.pop() if shapes else ()
+        columns = [np.broadcast_to(a, shape).reshape(-1).tolist() for a in arrays]
+        return _bytes_array([separator.join(parts) for parts in zip(*columns)], shape)
+
+    return fn
+
+
+@register("StringLower", "StringUpper")
+def _string_case(node):
+    encoding = node.attr_str("encoding", "")
+    lower = node.type == "StringLower"
+    if encoding not in ("", "utf-8"):
+        raise GraphError(f"node {node.name!r} ({node.type}): encoding {encoding!r} is not supported ('' or 'utf-8')")
+    if encoding:  # Unicode case mapping; '' maps ASCII letters only, as bytes.lower does
+        return _map(node, lambda s: (s.decode().lower() if lower else s.decode().upper()).encode())
+    return _map(node, bytes.lower if lower else bytes.upper)
+
+
+@register("StringStrip")
+def _string_strip(node):
+    return _map(node, bytes.strip)  # ASCII whitespace, as TF's absl::StripAsciiWhitespace
+
+
+@register("StringLength")
+def _string_length(node):
+    if node.attr_str("unit", "BYTE") == "UTF8_CHAR":
+        return _map(node, lambda s: len(s.decode("utf-8", "replace")), np.int32)
+    return _map(node, len, np.int32)
+
+
+@register("Substr")
+def _substr(node):
+    utf8 = node.attr_str("unit", "BYTE") == "UTF8_CHAR"
+
+    def fn(x, pos, length):
+        x, pos, length = host(node, x, pos, length)
+        shape = np.broadcast_shapes(x.shape, pos.shape, length.shape)
+        out = []
+        for i, (s, p, n) in enumerate(zip(*(np.broadcast_to(a, shape).reshape(-1).tolist() for a in (x, pos, length)))):
+            text = s.decode("utf-8") if utf8 else s
+            start = p + len(text) if p < 0 else p
+            if not 0 <= start <= len(text):
+                raise GraphError(f"node {node.name!r} (Substr): pos {p} out of range for string {s!r} at index {i}")
+            piece = text[start:start + max(n, 0)]
+            out.append(piece.encode() if utf8 else piece)
+        return _bytes_array(out, shape)
+
+    return fn
+
+
+def _regex(node, pattern: bytes):
+    try:
+        return re.compile(pattern)
+    except re.error as e:
+        raise GraphError(f"node {node.name!r} ({node.type}): invalid regular expression {pattern!r}: {e}") from None
+
+
+def _rewrite(rewrite: bytes) -> bytes:
+    # RE2 writes group references as \1 .. \9 and a literal backslash as \\, as Python's re does;
+    # \0 is the whole match in RE2 and an octal escape in Python.
+    return rewrite.replace(b"\\0", b"\\g<0>")
+
+
+def _replace(node, x, pattern: bytes, rewrite: bytes, replace_global: bool):
+    regex, repl = _regex(node, pattern), _rewrite(rewrite)
+    return _map(node, lambda s: regex.sub(repl, s, count=0 if replace_global else 1))(x)
+
+
+@register("RegexReplace")
+def _regex_replace(node):
+    replace_global = node.attr_bool("replace_global", True)
+
+    def fn(x, pattern, rewrite):
+        pattern, rewrite = host(node, pattern, rewrite)
+        return _replace(node, x, pattern.item(), rewrite.item(), replace_global)
+
+    return fn
+
+
+@register("StaticRegexReplace")
+def _static_regex_replace(node):
+    pattern, rewrite = node.attr_bytes("pattern"), node.attr_bytes("rewrite")
+    replace_global = node.attr_bool("replace_global", True)
+    return lambda x: _replace(node, x, pattern, rewrite, replace_global)
+
+
+@register("RegexFullMatch")
+def _regex_full_match(node):
+    def fn(x, pattern):
+        (pattern,) = host(node, pattern)
+        regex = _regex(node, pattern.item())
+        return _map(node, lambda s: regex.fullmatch(s) is not None, bool)(x)
+
+    return fn
+
+
+@register("StaticRegexFullMatch")
+def _static_regex_full_match(node):
+    regex = _regex(node, node.attr_bytes("pattern"))
+    return _map(node, lambda s: regex.fullmatch(s) is not None, bool)
+
+
+def _sparse(node, rows: list[list[bytes]]):
+    """(indices, values, dense_shape) of a ragged list of rows, as TF's split ops return them."""
+    indices = np.array([(i, j) for i, row in enumerate(rows) for j in range(len(row))], np.int64).reshape(-1, 2)
+    values = _bytes_array([v for row in rows for v in row], (len(indices),))
+    shape = np.array([len(rows), max((len(r) for r in rows), default=0)], np.int64)
+    return indices, values, shape
+
+
+@register("StringSplit")
+def _string_split(node):
+    skip_empty = node.attr_bool("skip_empty", True)
+
+    def fn(x, delimiter):
+        x, delimiter = host(node, x, delimiter)
+        if x.ndim != 1:
+            raise GraphError(f"node {node.name!r} (StringSplit): input must be a vector, got shape {x.shape}")
+        chars = delimiter.item()
+        rows = []
+        for s in x.tolist():
+            if not s:  # TF splits an empty string into no tokens, even keeping empty ones
+                parts = []
+            elif not chars:  # an empty delimiter splits into characters (bytes)
+                parts = [s[i:i + 1] for i in range(len(s))]
+            else:
+                parts = re.split(b"[" + re.escape(chars) + b"]", s)
+            rows.append([p for p in parts if p] if skip_empty else parts)
+        return _sparse(node, rows)
+
+    return fn
+
+
+@register("StringSplitV2")
+def _string_split_v2(node):
+    maxsplit = node.attr_int("maxsplit", -1)
+
+    def fn(x, sep):
+        x, sep = host(node, x, sep)
+        if x.ndim != 1:
+            raise GraphError(f"node {node.name!r} (StringSplitV2): input must be a vector, got shape {x.shape}")
+        sep = sep.item()
+        return _sparse(node, [s.split(sep, maxsplit) if sep else _split_whitespace(s, maxsplit) for s in x.tolist()])
+
+    return fn
+
+
+def _split_whitespace(s: bytes, maxsplit: int) -> list[bytes]:
+    """TF's split on runs of ASCII whitespace. Unlike Python's, once `maxsplit` tokens are taken
+    the rest (whitespace before it dropped) is one more token, even when empty."""
+    if maxsplit == 0:
+        return [s]
+    tokens, text = [], s.lstrip()
+    while text:
+        token = re.match(rb"[^ \t\n\v\f\r]+", text).group()
+        tokens.append(token)
+        text = text[len(token):].lstrip()
+        if len(tokens) == maxsplit:
+            tokens.append(text)
+            break
+    return tokens
+
+
+@register("ReduceJoin")
+def _reduce_join(node):
+    keep_dims = node.attr_bool("keep_dims", False)
+    separator = node.attr_bytes("separator") if node.has_attr("separator") else b""
+
+    def fn(x, axes):
+        x, axes = host(node, x, axes)
+        listed = [int(a) + x.ndim if int(a) < 0 else int(a) for a in axes.reshape(-1).tolist()]
+        if any(not 0 <= a < x.ndim for a in listed) or len(set(listed)) != len(listed):
+            raise GraphError(f"node {node.name!r} (ReduceJoin): invalid reduction indices "
+                             f"{axes.reshape(-1).tolist()} for a tensor of rank {x.ndim}")
+        kept = [a for a in range(x.ndim) if a not in listed]
+        # The first listed axis varies fastest in the joined order (TF's documented example).
+        moved = np.transpose(x, kept + listed[::-1])
+        flat = moved.reshape([x.shape[a] for a in kept] + [-1])
+        joined = _bytes_array([separator.join(row) for row in flat.reshape(-1, flat.shape[-1]).tolist()],
+                              flat.shape[:-1])
+        if keep_dims:
+            joined = joined.reshape([1 if a in listed else x.shape[a] for a in range(x.ndim)])
+        return joined
+
+    return fn
+
+
+@register("StringToNumber")
+def _string_to_number(node):
+    dtype = node.attr_dtype("out_type", np.float32)
+    floats = np.dtype(dtype).kind == "f"
+
+    def parse(s: bytes):
+        text = s.decode("utf-8", "replace").strip()
+        try:
+            if "_" in text:  # Python reads 1_000; C's strtod and strtol do not
+                raise ValueError
+            if floats:
+                try:
+                    return float(text)
+                except ValueError:
+                    return float.fromhex(text)  # strtod reads hexadecimal floats too
+            return int(text, 10)
+        except ValueError:
+            raise GraphError(f"node {node.name!r} (StringToNumber): could not convert string {s!r} to "
+                             f"{np.dtype(dtype).name}") from None
+
+    def fn(x):
+        values = _map(node, parse)(x)
+        if not floats:
+            info = np.iinfo(dtype)
+            if any(not info.min <= v <= info.max for v in values.reshape(-1).tolist()):
+                raise GraphError(f"node {node.name!r} (StringToNumber): a value is out of range for "
+                                 f"{np.dtype(dtype).name}")
+        return values.astype(dtype)
+
+    return fn
+
+
+@register("AsString")
+def _as_string(node):
+    precision, width = node.attr_int("precision", -1), node.attr_int("width", -1)
+    scientific, shortest = node.attr_bool("scientific", False), node.attr_bool("shortest", False)
+    fill = node.attr_str("fill", "")
+    dtype = np.dtype(node.attr_dtype("T"))
+    if scientific and shortest or len(fill) > 1:
+        raise GraphError(f"node {node.name!r} (AsString): scientific and shortest are exclusive, and fill is "
+                         "one character")
+    spec = "%" + fill + (str(width) if width > -1 else "") + (f".{precision}" if precision > -1 else "")
+    if dtype.kind in "iu":
+        if precision > -1:
+            raise GraphError(f"node {node.name!r} (AsString): precision is not supported for integers")
+        spec += "d"
+    elif dtype.kind in "fcV":  # V: bfloat16
+        spec += "g" if shortest else "e" if scientific else "f"
+        if dtype.kind == "c":
+            spec = f"({spec},{spec})"
+    elif dtype.kind == "b":
+        spec = "%" + fill + (str(width) if width > -1 else "") + "s"
+
+    def fmt(v) -> bytes:
+        if dtype.kind == "c":
+            return (spec % (v.real, v.imag)).encode()
+        if dtype.kind == "b":
+            return (spec % ("true" if v else "false")).encode()
+        return (spec % (int(v) if dtype.kind in "iu" else float(v))).encode()
+
+    def fn(x):
+        (x,) = host(node, x)
+        return _bytes_array([fmt(v) for v in x.reshape(-1)], x.shape)
+
+    return fn
+
+
+@register("EncodeBase64")
+def _encode_base64(node):
+    pad = node.attr_bool("pad", False)
+    return _map(node, lambda s: base64.urlsafe_b64encode(s) if pad else base64.urlsafe_b64encode(s).rstrip(b"="))
+
+
+@register("DecodeBase64")
+def _decode_base64(node):
+    def decode(s: bytes) -> bytes:
+        try:
+            return base64.urlsafe_b64decode(s.rstrip(b"=") + b"=" * (-len(s.rstrip(b"=")) % 4))
+        except ValueError:
+            raise GraphError(f"node {node.name!r} (DecodeBase64): invalid web-safe base64 {s!r}") from None
+
+    return _map(node, decode)

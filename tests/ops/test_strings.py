@@ -1,0 +1,172 @@
+"""The `strings` family against TensorFlow: on constants (folded, also under jax.jit) and on fed
+strings (Session runs those unjitted; graph.function without jit)."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+from oracle import get_tf
+
+import jaxmeta
+
+pytestmark = pytest.mark.oracle
+
+WORDS = np.array([b"Hello World", b"  tarkus\t", b"", b"a,b,,c", "Ünïcode Straße".encode()], object)
+
+
+def check(build, feeds=None):
+    """TF's values of `build(tf)`'s fetches against jaxmeta's: a Session, graph.function unjitted,
+    and (with no feeds) under jax.jit, where the strings fold into constants."""
+    tf = get_tf()
+    feeds = feeds or {}
+    g = tf.Graph()
+    with g.as_default():
+        outs = build(tf)
+        outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
+        meta = tf.compat.v1.train.export_meta_graph(graph=g)
+        with tf.compat.v1.Session(graph=g) as sess:
+            want = sess.run(outs, {g.get_tensor_by_name(k): v for k, v in feeds.items()})
+    graph = jaxmeta.import_meta_graph(meta)
+    names = [o.name for o in outs]
+    with jaxmeta.Session(graph) as sess:
+        results = [sess.run(names, feeds)]
+    f = graph.function(names, feeds=list(feeds))
+    results.append(f({}, *feeds.values()))
+    numeric = [i for i, w in enumerate(want) if np.asarray(w).dtype != object]
+    if not feeds and numeric:  # strings fold into constants under jit (a jitted function cannot return them)
+        jitted = jax.jit(graph.function([names[i] for i in numeric]))({})
+        results.append([jitted[numeric.index(i)] if i in numeric else want[i] for i in range(len(names))])
+    for got in results:
+        for name, g_value, w_value in zip(names, got, want):
+            g_value, w_value = np.asarray(g_value), np.asarray(w_value)
+            assert g_value.shape == w_value.shape, name
+            if w_value.dtype == object:
+                assert g_value.tolist() == w_value.tolist(), name
+            else:
+                np.testing.assert_array_equal(g_value, w_value, err_msg=name)
+
+
+def fed(tf, values=WORDS, name="s"):
+    return tf.compat.v1.placeholder(tf.string, np.shape(values), name=name)
+
+
+def test_join_case_strip_length():
+    def build(tf):
+        s = fed(tf)
+        return [tf.strings.join([s, "|", s], separator="-"), tf.strings.lower(s), tf.strings.upper(s),
+                tf.strings.lower(s, encoding="utf-8"), tf.strings.upper(s, encoding="utf-8"), tf.strings.strip(s),
+                tf.strings.length(s), tf.strings.length(s, unit="UTF8_CHAR")]
+
+    check(build, {"s:0": WORDS})
+
+
+def test_substr():
+    def build(tf):
+        s = fed(tf, WORDS[:2])
+        return [tf.strings.substr(s, 1, 4), tf.strings.substr(s, -3, 10), tf.strings.substr(s, [0, 2], [2, 100]),
+                tf.strings.substr(tf.constant("Straße"), 3, 2, unit="UTF8_CHAR")]
+
+    check(build, {"s:0": WORDS[:2]})
+
+
+def test_substr_out_of_range():
+    def build(tf):
+        return tf.strings.substr(tf.constant(["abc", "a"]), 2, 1)
+
+    tf = get_tf()
+    with pytest.raises(tf.errors.InvalidArgumentError, match="out of range"):
+        check(build)
+    g = tf.Graph()
+    with g.as_default():
+        out = build(tf)
+        meta = tf.compat.v1.train.export_meta_graph(graph=g)
+    with pytest.raises(jaxmeta.GraphError, match="pos 2 out of range for string b'a' at index 1"):
+        jaxmeta.import_meta_graph(meta).function(out.name)({})
+
+
+def test_regex():
+    def build(tf):
+        s = fed(tf)
+        return [tf.strings.regex_replace(s, "[aeiou]", "_"), tf.strings.regex_replace(s, r"(\w+) (\w+)", r"\2 \1"),
+                tf.strings.regex_replace(s, "l", "L", replace_global=False),
+                tf.raw_ops.RegexReplace(input=s, pattern=tf.constant("o"), rewrite=tf.constant("<\\0>")),
+                tf.strings.regex_full_match(s, "[A-Za-z ]+"),
+                tf.raw_ops.RegexFullMatch(input=s, pattern=tf.constant(".*,.*"))]
+
+    check(build, {"s:0": WORDS})
+
+
+def test_split():
+    def build(tf):
+        s = fed(tf)
+        v1 = tf.raw_ops.StringSplit(input=s, delimiter=", ", skip_empty=True)
+        v1_all = tf.raw_ops.StringSplit(input=s, delimiter=",", skip_empty=False)
+        chars = tf.raw_ops.StringSplit(input=s[:2], delimiter="", skip_empty=True)
+        v2 = tf.raw_ops.StringSplitV2(input=s, sep=",", maxsplit=-1)
+        ws = tf.raw_ops.StringSplitV2(input=s, sep="", maxsplit=1)
+        return [*v1, *v1_all, *chars, *v2, *ws]
+
+    check(build, {"s:0": WORDS})
+
+
+@pytest.mark.parametrize("axes,keep", [([0], False), ([1], True), ([0, 1], False), ([1, 0], False), ([-1, 0], True),
+                                       ([], False), ([2, 0], False)])
+def test_reduce_join(axes, keep):
+    words = np.array([[[b"a", b"b"], [b"c", b"d"], [b"e", b"f"]], [[b"g", b"h"], [b"i", b"j"], [b"k", b"l"]]], object)
+
+    def build(tf):
+        return tf.raw_ops.ReduceJoin(inputs=fed(tf, words), reduction_indices=axes, keep_dims=keep, separator=".")
+
+    check(build, {"s:0": words})
+
+
+def test_string_to_number_and_as_string():
+    def build(tf):
+        nums = tf.constant(["1.5", " 2", "0x10", "-1e3", "inf", "3"])
+        ints = tf.constant(["12", "-7", " 42 "])
+        x = tf.constant([3.5, 1e-7, -1e20, 0.0], tf.float32)
+        return [tf.strings.to_number(nums), tf.strings.to_number(nums, tf.float64),
+                tf.strings.to_number(ints, tf.int32), tf.strings.to_number(ints, tf.int64),
+                tf.strings.as_string(x), tf.strings.as_string(x, shortest=True),
+                tf.strings.as_string(x, scientific=True, precision=2), tf.strings.as_string(x, width=12, fill=" "),
+                tf.strings.as_string(tf.constant([-5, 17], tf.int64), width=4, fill="0"),
+                tf.strings.as_string(tf.constant([True, False])), tf.strings.as_string(tf.constant([1.5 + 2j]))]
+
+    check(build)
+
+
+def test_string_to_number_refuses_garbage():
+    tf = get_tf()
+    g = tf.Graph()
+    with g.as_default():
+        out = tf.strings.to_number(tf.constant(["1_000"]), tf.int32)
+        meta = tf.compat.v1.train.export_meta_graph(graph=g)
+        with tf.compat.v1.Session() as sess, pytest.raises(tf.errors.InvalidArgumentError):
+            sess.run(out)
+    with pytest.raises(jaxmeta.GraphError, match="could not convert string b'1_000'"):
+        jaxmeta.import_meta_graph(meta).function(out.name)({})
+
+
+def test_base64():
+    def build(tf):
+        s = fed(tf)
+        encoded = tf.io.encode_base64(s)
+        return [encoded, tf.io.encode_base64(s, pad=True), tf.io.decode_base64(encoded),
+                tf.io.decode_base64(tf.io.encode_base64(s, pad=True))]
+
+    check(build, {"s:0": WORDS})
+
+
+def test_traced_numbers_to_strings_say_what_to_do():
+    tf = get_tf()
+    g = tf.Graph()
+    with g.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [2], name="x")
+        out = tf.strings.as_string(x * 2)
+        meta = tf.compat.v1.train.export_meta_graph(graph=g)
+    graph = jaxmeta.import_meta_graph(meta)
+    f = graph.function(out.name, feeds=["x:0"])
+    assert f({}, np.array([1.0, 2.5], np.float32)).tolist() == [b"2.000000", b"5.000000"]
+    with pytest.raises(jaxmeta.GraphError, match="JAX cannot trace.*jit=False"):
+        jax.jit(f)({}, np.array([1.0, 2.5], np.float32))
