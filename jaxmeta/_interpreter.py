@@ -114,9 +114,14 @@ def _jax_dtype(dtype: np.dtype) -> np.dtype:
     return jax.dtypes.canonicalize_dtype(dtype)
 
 
-def to_jax(x: Any) -> Any:
-    """A NumPy value as a JAX array (64-bit types narrowed when x64 is off, as JAX does)."""
+def to_jax(x: Any, what: str | None = None) -> Any:
+    """A NumPy value as a JAX array (64-bit types narrowed when x64 is off, as JAX does). With
+    `what` (a fetch), integers that do not fit the narrowed type raise a PrecisionError naming it."""
     if isinstance(x, (np.ndarray, np.generic)) and x.dtype != object:
+        if what is not None:
+            from jaxmeta import _dtypes
+
+            x = _dtypes.canonical(np.asarray(x), what)
         return jnp.asarray(x, dtype=_jax_dtype(x.dtype))
     return x
 
@@ -185,7 +190,7 @@ class Program:
         for ref in self.fetches:
             if ref not in env:
                 raise GraphError(f"fetch {ref} was not produced: node {ref.node!r} has no output {ref.index}")
-            outputs.append(to_jax(ctx.value(env[ref])))
+            outputs.append(to_jax(ctx.value(env[ref]), f"fetch {ref}"))
         return outputs, ctx.variables
 
     def _feed_names(self) -> str:

@@ -5,8 +5,8 @@ the error gives instead (`SideEffectError`, raised while the fetched subgraph is
 anything is built or traced): how to get the same effect through jaxmeta's API, or how to supply a
 handler deliberately with `jaxmeta.register_op(op_type, build, override=True)`.
 
-Pure string ops that only *name* files (`ShardedFilename`, `ShardedFilespec`, `StringJoin`) are
-harmless and simply unsupported. Summary ops that only serialize a `Summary` proto
+String ops that only *name* files (`ShardedFilename`, `ShardedFilespec`, `StringJoin`) are
+harmless and run (`ops/strings.py`). Summary ops that only serialize a `Summary` proto
 (`ScalarSummary`, `MergeSummary`, ...) write nothing and run (`ops/summary.py`); the ops that write
 event files are declared here.
 """

@@ -336,3 +336,124 @@ def _decode_base64(node):
             raise GraphError(f"node {node.name!r} (DecodeBase64): invalid web-safe base64 {s!r}") from None
 
     return _map(node, decode)
+
+
+# -- hashing: TF's Fingerprint64 (FarmHash's farmhashna::Hash64) -----------------------------------
+
+_M64 = (1 << 64) - 1
+_K0, _K1, _K2 = 0xC3A5C85C97CB3127, 0xB492B66FBE98F273, 0x9AE16A3B2F90404F
+
+
+def _u64(s: bytes, i: int) -> int:
+    return int.from_bytes(s[i:i + 8], "little")
+
+
+def _rot(v: int, shift: int) -> int:
+    return v if shift == 0 else ((v >> shift) | (v << (64 - shift))) & _M64
+
+
+def _shift_mix(v: int) -> int:
+    return v ^ (v >> 47)
+
+
+def _len16(u: int, v: int, mul: int) -> int:
+    a = ((u ^ v) * mul) & _M64
+    a ^= a >> 47
+    b = ((v ^ a) * mul) & _M64
+    b ^= b >> 47
+    return (b * mul) & _M64
+
+
+def _weak32(s: bytes, i: int, a: int, b: int) -> tuple[int, int]:
+    w, x, y, z = (_u64(s, i + k) for k in (0, 8, 16, 24))
+    a = (a + w) & _M64
+    b = _rot((b + a + z) & _M64, 21)
+    c = a
+    a = (a + x + y) & _M64
+    b = (b + _rot(a, 44)) & _M64
+    return (a + z) & _M64, (b + c) & _M64
+
+
+def fingerprint64(s: bytes) -> int:
+    """TF's `Fingerprint64` of a byte string (FarmHash's `farmhashna::Hash64`), as an unsigned int."""
+    n = len(s)
+    mul = (_K2 + n * 2) & _M64
+    if n <= 16:
+        if n >= 8:
+            a, b = (_u64(s, 0) + _K2) & _M64, _u64(s, n - 8)
+            return _len16((_rot(b, 37) * mul + a) & _M64, ((_rot(a, 25) + b) * mul) & _M64, mul)
+        if n >= 4:
+            return _len16(n + (int.from_bytes(s[:4], "little") << 3), int.from_bytes(s[n - 4:], "little"), mul)
+        if n > 0:
+            y, z = s[0] + (s[n >> 1] << 8), n + (s[n - 1] << 2)
+            return (_shift_mix(((y * _K2) ^ (z * _K0)) & _M64) * _K2) & _M64
+        return _K2
+    if n <= 32:
+        a, b = (_u64(s, 0) * _K1) & _M64, _u64(s, 8)
+        c, d = (_u64(s, n - 8) * mul) & _M64, (_u64(s, n - 16) * _K2) & _M64
+        return _len16((_rot((a + b) & _M64, 43) + _rot(c, 30) + d) & _M64, (a + _rot((b + _K2) & _M64, 18) + c) & _M64,
+                      mul)
+    if n <= 64:
+        a, b = (_u64(s, 0) * _K2) & _M64, _u64(s, 8)
+        c, d = (_u64(s, n - 8) * mul) & _M64, (_u64(s, n - 16) * _K2) & _M64
+        y = (_rot((a + b) & _M64, 43) + _rot(c, 30) + d) & _M64
+        z = _len16(y, (a + _rot((b + _K2) & _M64, 18) + c) & _M64, mul)
+        e, f = (_u64(s, 16) * mul) & _M64, _u64(s, 24)
+        g, h = ((y + _u64(s, n - 32)) * mul) & _M64, ((z + _u64(s, n - 24)) * mul) & _M64
+        return _len16((_rot((e + f) & _M64, 43) + _rot(g, 30) + h) & _M64, (e + _rot((f + a) & _M64, 18) + g) & _M64,
+                      mul)
+    seed = 81
+    x, y = seed, (seed * _K1 + 113) & _M64
+    z = (_shift_mix((y * _K2 + 113) & _M64) * _K2) & _M64
+    v, w = (0, 0), (0, 0)
+    x = (x * _K2 + _u64(s, 0)) & _M64
+    last64 = n - 64
+    for i in range(0, ((n - 1) // 64) * 64, 64):
+        x = (_rot((x + y + v[0] + _u64(s, i + 8)) & _M64, 37) * _K1) & _M64
+        y = (_rot((y + v[1] + _u64(s, i + 48)) & _M64, 42) * _K1) & _M64
+        x ^= w[1]
+        y = (y + v[0] + _u64(s, i + 40)) & _M64
+        z = (_rot((z + w[0]) & _M64, 33) * _K1) & _M64
+        v = _weak32(s, i, (v[1] * _K1) & _M64, (x + w[0]) & _M64)
+        w = _weak32(s, i + 32, (z + w[1]) & _M64, (y + _u64(s, i + 16)) & _M64)
+        z, x = x, z
+    mul = (_K1 + ((z & 0xFF) << 1)) & _M64
+    w = ((w[0] + ((n - 1) & 63)) & _M64, w[1])
+    v = ((v[0] + w[0]) & _M64, v[1])
+    w = ((w[0] + v[0]) & _M64, w[1])
+    x = (_rot((x + y + v[0] + _u64(s, last64 + 8)) & _M64, 37) * mul) & _M64
+    y = (_rot((y + v[1] + _u64(s, last64 + 48)) & _M64, 42) * mul) & _M64
+    x ^= (w[1] * 9) & _M64
+    y = (y + v[0] * 9 + _u64(s, last64 + 40)) & _M64
+    z = (_rot((z + w[0]) & _M64, 33) * mul) & _M64
+    v = _weak32(s, last64, (v[1] * mul) & _M64, (x + w[0]) & _M64)
+    w = _weak32(s, last64 + 32, (z + w[1]) & _M64, (y + _u64(s, last64 + 16)) & _M64)
+    z, x = x, z
+    return _len16((_len16(v[0], w[0], mul) + _shift_mix(y) * _K0 + z) & _M64, (_len16(v[1], w[1], mul) + x) & _M64,
+                  mul)
+
+
+@register("StringToHashBucketFast")
+def _string_to_hash_bucket_fast(node):
+    buckets = node.attr_int("num_buckets")
+    if buckets < 1:
+        raise GraphError(f"node {node.name!r} (StringToHashBucketFast): num_buckets must be positive, got {buckets}")
+    return _map(node, lambda s: fingerprint64(s) % buckets, np.int64)
+
+
+@register("ShardedFilename")
+def _sharded_filename(node):
+    def fn(basename, shard, num_shards):
+        basename, shard, num_shards = host(node, basename, shard, num_shards)
+        return np.array(b"%s-%05d-of-%05d" % (basename.item(), shard.item(), num_shards.item()), object)
+
+    return fn
+
+
+@register("ShardedFilespec")
+def _sharded_filespec(node):
+    def fn(basename, num_shards):
+        basename, num_shards = host(node, basename, num_shards)
+        return np.array(b"%s-?????-of-%05d" % (basename.item(), num_shards.item()), object)
+
+    return fn

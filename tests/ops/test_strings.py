@@ -26,6 +26,7 @@ def check(build, feeds=None):
         outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
         meta = tf.compat.v1.train.export_meta_graph(graph=g)
         with tf.compat.v1.Session(graph=g) as sess:
+            sess.run(tf.compat.v1.tables_initializer())
             want = sess.run(outs, {g.get_tensor_by_name(k): v for k, v in feeds.items()})
     graph = jaxmeta.import_meta_graph(meta)
     names = [o.name for o in outs]
@@ -33,7 +34,7 @@ def check(build, feeds=None):
         results = [sess.run(names, feeds)]
     f = graph.function(names, feeds=list(feeds))
     results.append(f({}, *feeds.values()))
-    numeric = [i for i, w in enumerate(want) if np.asarray(w).dtype != object]
+    numeric = [i for i, w in enumerate(want) if np.asarray(w).dtype.kind not in "OS"]
     if not feeds and numeric:  # strings fold into constants under jit (a jitted function cannot return them)
         jitted = jax.jit(graph.function([names[i] for i in numeric]))({})
         results.append([jitted[numeric.index(i)] if i in numeric else want[i] for i in range(len(names))])
@@ -41,7 +42,7 @@ def check(build, feeds=None):
         for name, g_value, w_value in zip(names, got, want):
             g_value, w_value = np.asarray(g_value), np.asarray(w_value)
             assert g_value.shape == w_value.shape, name
-            if w_value.dtype == object:
+            if w_value.dtype.kind in "OS":
                 assert g_value.tolist() == w_value.tolist(), name
             else:
                 np.testing.assert_array_equal(g_value, w_value, err_msg=name)
@@ -170,3 +171,37 @@ def test_traced_numbers_to_strings_say_what_to_do():
     assert f({}, np.array([1.0, 2.5], np.float32)).tolist() == [b"2.000000", b"5.000000"]
     with pytest.raises(jaxmeta.GraphError, match="JAX cannot trace.*jit=False"):
         jax.jit(f)({}, np.array([1.0, 2.5], np.float32))
+
+
+def test_hash_buckets_and_vocabulary_with_oov_buckets():
+    lengths = [0, 1, 3, 4, 7, 8, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 128, 129, 300]
+    rng = np.random.default_rng(11)
+    words = np.array([rng.integers(0, 256, n, dtype=np.uint8).tobytes() for n in lengths] + list(WORDS), object)
+
+    def build(tf):
+        s = fed(tf, words)
+        table = tf.lookup.StaticVocabularyTable(
+            tf.lookup.KeyValueTensorInitializer(tf.constant(WORDS[:3]), tf.constant([0, 1, 2], tf.int64)),
+            num_oov_buckets=5)
+        return [tf.strings.to_hash_bucket_fast(s, 1000), tf.strings.to_hash_bucket_fast(s, 2**31 - 1),
+                table.lookup(s), tf.strings.to_hash_bucket_fast(tf.constant(["a", "tarkus"]), 7)]
+
+    check(build, {"s:0": words})
+
+
+def test_sharded_filenames():
+    def build(tf):
+        return [tf.raw_ops.ShardedFilename(basename="model.ckpt", shard=3, num_shards=16),
+                tf.raw_ops.ShardedFilespec(basename="model.ckpt", num_shards=16)]
+
+    check(build)
+
+
+def test_hash_buckets_beyond_int32_without_x64():
+    tf = get_tf()
+    g = tf.Graph()
+    with g.as_default():
+        out = tf.strings.to_hash_bucket_fast(tf.constant(["tarkus"]), 2**62)
+        meta = tf.compat.v1.train.export_meta_graph(graph=g)
+    with pytest.raises(jaxmeta.PrecisionError, match="fetch StringToHashBucketFast:0"):
+        jaxmeta.import_meta_graph(meta).function(out.name)({})
