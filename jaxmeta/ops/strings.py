@@ -5,8 +5,7 @@ JAX has no strings, so these compute with NumPy object arrays of bytes when the 
 on constants they fold into constants (under `jax.jit` too), and on fed strings they run when the
 function runs without `jax.jit` (`Session` runs a signature that feeds strings that way by
 itself). An op whose input is traced (e.g. `AsString` of a computed number under `jax.jit`)
-raises a GraphError that says so. Regular expressions are TF's RE2 patterns, run with Python's
-`re` (the same syntax for the patterns TF accepts, except RE2-only classes such as `\\pN`).
+raises a GraphError that says so. Regular expressions run with RE2 (`google-re2`), as in TF.
 """
 
 from __future__ import annotations
@@ -118,15 +117,18 @@ def _substr(node):
 
 
 def _regex(node, pattern: bytes):
+    # RE2, as TF: its syntax, and matching in linear time, so no pattern in a graph can hang us.
+    import re2
+
     try:
-        return re.compile(pattern)
-    except re.error as e:
+        return re2.compile(pattern)
+    except re2.error as e:
         raise GraphError(f"node {node.name!r} ({node.type}): invalid regular expression {pattern!r}: {e}") from None
 
 
 def _rewrite(rewrite: bytes) -> bytes:
-    # RE2 writes group references as \1 .. \9 and a literal backslash as \\, as Python's re does;
-    # \0 is the whole match in RE2 and an octal escape in Python.
+    # RE2's C++ rewrite strings write group references as \1 .. \9 and a literal backslash as
+    # \\, as the Python module's templates do; \0 (the whole match) is an octal escape there.
     return rewrite.replace(b"\\0", b"\\g<0>")
 
 

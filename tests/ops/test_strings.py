@@ -205,3 +205,12 @@ def test_hash_buckets_beyond_int32_without_x64():
         meta = tf.compat.v1.train.export_meta_graph(graph=g)
     with pytest.raises(jaxmeta.PrecisionError, match="fetch StringToHashBucketFast:0"):
         jaxmeta.import_meta_graph(meta).function(out.name)({})
+
+
+def test_regex_runs_in_linear_time():
+    # A pattern that makes a backtracking engine take exponential time: RE2 (as TF) answers at once.
+    def build(tf):
+        s = tf.constant(["a" * 64 + "b"])
+        return [tf.strings.regex_full_match(s, "(a+)+"), tf.strings.regex_replace(s, "(a|aa)+$", "x")]
+
+    check(build)
