@@ -39,6 +39,17 @@ def host(node, *values) -> list[np.ndarray]:
     return out
 
 
+#: The most bytes of strings one op may make: a graph (hostile, or wrong) asking for more gets an
+#: error instead of an allocation that takes the machine down.
+MAX_STRING_BYTES = 1 << 31
+
+
+def _limit(node, nbytes: int) -> None:
+    if nbytes > MAX_STRING_BYTES:
+        raise GraphError(f"node {node.name!r} ({node.type}) would make {nbytes} bytes of strings, more than "
+                         f"jaxmeta's limit of {MAX_STRING_BYTES}; the graph's attributes or constants are corrupt")
+
+
 def _bytes_array(items, shape) -> np.ndarray:
     out = np.empty(len(items), dtype=object)
     out[:] = items
@@ -68,6 +79,9 @@ def _string_join(node):
                              f"{sorted(shapes)}")
         shape = shapes.pop() if shapes else ()
         columns = [np.broadcast_to(a, shape).reshape(-1).tolist() for a in arrays]
+        count = int(np.prod(shape))
+        _limit(node, sum(sum(map(len, c)) if len(c) == count else len(c[0]) * count for c in columns)
+               + len(separator) * max(len(arrays) - 1, 0) * count)
         return _bytes_array([separator.join(parts) for parts in zip(*columns)], shape)
 
     return fn
@@ -134,6 +148,10 @@ def _rewrite(rewrite: bytes) -> bytes:
 
 def _replace(node, x, pattern: bytes, rewrite: bytes, replace_global: bool):
     regex, repl = _regex(node, pattern), _rewrite(rewrite)
+    (x,) = host(node, x)
+    # Each match (at most one per position) adds the rewrite, whose group references copy the input.
+    longest = max((len(v) for v in x.reshape(-1).tolist()), default=0)
+    _limit(node, x.size * (longest + (longest + 1) * len(repl) * (longest if b"\\" in repl else 1)))
     return _map(node, lambda s: regex.sub(repl, s, count=0 if replace_global else 1))(x)
 
 
@@ -247,6 +265,7 @@ def _reduce_join(node):
         # The first listed axis varies fastest in the joined order (TF's documented example).
         moved = np.transpose(x, kept + listed[::-1])
         flat = moved.reshape([x.shape[a] for a in kept] + [-1])
+        _limit(node, sum(len(v) for v in x.reshape(-1).tolist()) + len(separator) * x.size)
         joined = _bytes_array([separator.join(row) for row in flat.reshape(-1, flat.shape[-1]).tolist()],
                               flat.shape[:-1])
         if keep_dims:
@@ -297,6 +316,9 @@ def _as_string(node):
     if scientific and shortest or len(fill) > 1:
         raise GraphError(f"node {node.name!r} (AsString): scientific and shortest are exclusive, and fill is "
                          "one character")
+    if max(width, precision) > 1 << 20:
+        raise GraphError(f"node {node.name!r} (AsString): width {width} or precision {precision} is beyond "
+                         "any number's text")
     spec = "%" + fill + (str(width) if width > -1 else "") + (f".{precision}" if precision > -1 else "")
     if dtype.kind in "iu":
         if precision > -1:

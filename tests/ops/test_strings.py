@@ -214,3 +214,24 @@ def test_regex_runs_in_linear_time():
         return [tf.strings.regex_full_match(s, "(a+)+"), tf.strings.regex_replace(s, "(a|aa)+$", "x")]
 
     check(build)
+
+
+def test_hostile_sizes_are_refused(monkeypatch):
+    from jaxmeta.ops import strings
+
+    tf = get_tf()
+    g = tf.Graph()
+    with g.as_default():
+        words = tf.constant(["abc"] * 100)
+        outs = [tf.strings.reduce_join(words, separator="-" * 100), tf.strings.join([words, words], separator="=" * 50),
+                tf.strings.regex_replace(words, "", "x" * 20), tf.strings.as_string(tf.constant([1]), width=1 << 21)]
+        meta = tf.compat.v1.train.export_meta_graph(graph=g)
+    graph = jaxmeta.import_meta_graph(meta)
+    monkeypatch.setattr(strings, "MAX_STRING_BYTES", 4000)
+    for out in outs[:3]:
+        with pytest.raises(jaxmeta.GraphError, match="would make .* bytes of strings"):
+            graph.function(out.name)({})
+    with pytest.raises(jaxmeta.GraphError, match="width 2097152 or precision"):
+        graph.function(outs[3].name)
+    monkeypatch.setattr(strings, "MAX_STRING_BYTES", 1 << 31)
+    assert graph.function(outs[2].name)({}).tolist()[0] == b"x" * 20 + b"a" + b"x" * 20 + b"b" + b"x" * 20 + b"c" + b"x" * 20
