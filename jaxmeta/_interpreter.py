@@ -167,8 +167,10 @@ class Program:
         self.feed_dtypes = [_value_dtype(graph, ref) for ref in self.feeds]
         # Strings are host values: JAX cannot trace them, nor return them from a jitted function
         # (`Session` runs the signatures that feed or fetch strings unjitted).
+        from jaxmeta.ops import summary
+
         self.host_strings = [str(ref) for ref in [*self.feeds, *self.fetches]
-                             if _is_string(_value_dtype(graph, ref))]
+                             if _is_string(_value_dtype(graph, ref)) and graph.nodes[ref.node].type not in summary.OPS]
 
     def __call__(self, variables: dict[str, Any], feed_values: Sequence[Any], key: Any = None):
         """Runs the program; returns (fetched values, variables after the run)."""

@@ -34,6 +34,9 @@ def test_merge_all_matches_tensorflow_bytes(fixture):
     want = expected[f"out:{MERGED}"].tobytes()
     with jaxmeta.Session(graph, variables) as sess:
         merged, loss = sess.run([MERGED, "loss:0"], {"x:0": x})
+        # Summaries leave a jitted function as pytrees: the signature is compiled, not run op by op.
+        ((_, fn, _),) = sess._cache.values()
+        assert hasattr(fn, "lower")
     assert merged == want
     np.testing.assert_allclose(loss, expected["out:loss:0"], rtol=1e-6)
     summary = jax.jit(graph.function(MERGED, feeds=["x:0"]))(variables, x)

@@ -14,6 +14,10 @@ from jaxmeta import summary as _summary
 from jaxmeta._errors import GraphError
 from jaxmeta.ops.registry import expect_shape, register, static
 
+#: Ops whose string output is a `Summary` pytree, which a jitted function returns like arrays.
+OPS = frozenset({"ScalarSummary", "HistogramSummary", "ImageSummary", "AudioSummaryV2", "TensorSummary",
+                 "TensorSummaryV2", "MergeSummary"})
+
 
 def _constant_bytes(node, value, what: str) -> list[bytes]:
     """A constant string tensor's elements (tags, metadata); a GraphError for a computed value."""
