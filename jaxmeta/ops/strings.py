@@ -481,3 +481,23 @@ def _sharded_filespec(node):
         return np.array(b"%s-?????-of-%05d" % (basename.item(), num_shards.item()), object)
 
     return fn
+
+
+@register("DecodeRaw")
+def _decode_raw(node):
+    dtype = np.dtype(node.attr_dtype("out_type"))
+    order = "<" if node.attr_bool("little_endian", True) else ">"
+    wire = dtype.newbyteorder(order) if dtype.itemsize > 1 else dtype
+
+    def fn(x):
+        (x,) = host(node, x)
+        items = x.reshape(-1).tolist()
+        sizes = {len(s) for s in items}
+        if len(sizes) > 1 or any(n % dtype.itemsize for n in sizes):
+            raise GraphError(f"node {node.name!r} (DecodeRaw): the strings must have one length, a multiple of "
+                             f"{dtype.itemsize} bytes ({dtype.name}); got lengths {sorted(sizes)[:5]}")
+        width = (sizes.pop() if sizes else 0) // dtype.itemsize
+        out = np.frombuffer(b"".join(items), wire).astype(dtype) if items else np.zeros(0, dtype)
+        return out.reshape(*x.shape, width)
+
+    return fn
