@@ -420,3 +420,54 @@ def test_sliced_assignment_in_train_op(resource):
         return loss, tf.group(shrink)
 
     check_training(build, _images((8, 5), 3))
+
+
+def test_text_classifier_from_raw_strings():
+    """A TF1 text model end to end: fed sentences -> string_split -> vocabulary table with OOV
+    buckets -> embedding_lookup_sparse -> Adam, with merged summaries. jaxmeta's Session runs it
+    unjitted by itself (strings are host values) and must match TF's variables and summaries."""
+    from tensorflow.python.ops import lookup_ops
+
+    from jaxmeta.proto import summary_pb2
+
+    vocab = ["the", "cat", "sat", "on", "mat", "dog", "ran"]
+    batches = [
+        (["the cat sat", "a dog ran on the mat", "cat", "zebra zebra the"], [0, 1, 0, 2]),
+        (["dog", "the mat sat on the cat", "ran ran", "unknown words here"], [1, 0, 1, 2]),
+        (["mat cat dog", "the", "on on on", "sat the dog"], [0, 2, 1, 1]),
+    ]
+    tf = get_tf()
+    g = tf.Graph()
+    with g.as_default():
+        v1 = tf.compat.v1
+        text = v1.placeholder(tf.string, [None], name="text")
+        labels = v1.placeholder(tf.int32, [None], name="labels")
+        table = lookup_ops.index_table_from_tensor(tf.constant(vocab), num_oov_buckets=2)
+        ids = table.lookup(v1.string_split(text))
+        emb = v1.get_variable("emb", [len(vocab) + 2, 6], initializer=v1.random_normal_initializer(seed=1))
+        w = v1.get_variable("w", [6, 3], initializer=v1.random_normal_initializer(seed=2))
+        logits = tf.matmul(tf.nn.embedding_lookup_sparse(emb, ids, None, combiner="mean"), w)
+        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+        v1.summary.scalar("loss", loss)
+        v1.summary.histogram("emb", emb)
+        merged = v1.summary.merge_all()
+        train = v1.train.AdamOptimizer(0.05).minimize(loss)
+        meta = v1.train.export_meta_graph(graph=g)
+        with v1.Session(graph=g) as sess:
+            sess.run([v1.global_variables_initializer(), v1.tables_initializer()])
+            start = {v.op.name: sess.run(v) for v in v1.global_variables()}
+            want = [sess.run([loss, merged, train], {text: t, labels: y})[:2] for t, y in batches]
+            after = {v.op.name: sess.run(v) for v in v1.global_variables()}
+    graph = jaxmeta.import_meta_graph(meta)
+    with jaxmeta.Session(graph, start) as sess:
+        assert sess.run(graph.get_collection("table_initializer")[0].name) is None
+        got = [sess.run([loss.name, merged.name, train.name], {"text:0": t, "labels:0": y})[:2] for t, y in batches]
+        variables = sess.variables
+    for step, ((got_loss, got_summary), (want_loss, want_summary)) in enumerate(zip(got, want)):
+        assert_close(got_loss, want_loss, rtol=1e-5, atol=1e-6, what=f"loss at step {step}")
+        ours, theirs = (summary_pb2.Summary.FromString(s) for s in (got_summary, want_summary))
+        assert [v.tag for v in ours.value] == [v.tag for v in theirs.value] == ["loss", "emb_1"]
+        assert ours.value[0].simple_value == pytest.approx(theirs.value[0].simple_value, rel=1e-5)
+        assert ours.value[1].histo.num == theirs.value[1].histo.num == (len(vocab) + 2) * 6
+    for name, value in after.items():
+        assert_close(variables[name], value, rtol=1e-4, atol=1e-5, what=f"variable {name} after 3 steps")
