@@ -124,5 +124,6 @@ def canonical(value: np.ndarray, what: str) -> np.ndarray:
                     f"{what}: its {value.dtype} values do not fit {target}, the type JAX uses "
                     "with x64 off; enable it with jax.config.update('jax_enable_x64', True)"
                 )
-        value = value.astype(target)
+        with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf, as in JAX
+            value = value.astype(target)
     return value
