@@ -15,6 +15,7 @@ from jaxmeta.ops import (  # noqa: F401
     nn_grad,
     random,
     segment,
+    sparse,
     state,
     strings,
     summary,

@@ -1,0 +1,148 @@
+"""SparseTensor arithmetic: `tf.sparse.add` with a dense operand, the sparse-dense elementwise
+ops, `tf.sparse.reduce_sum` / `reduce_max`, `tf.sparse.softmax`, `tf.sparse.reorder` and
+`tf.sparse.concat`.
+
+A SparseTensor is (indices [nnz, rank], values [nnz], dense_shape [rank]). These ops keep nnz, so
+they trace under `jax.jit`; where the dense shape sizes an output (`SparseReduce*`), it must be
+known when tracing. Like TF's kernels, `SparseSoftmax`, `SparseReorder` and `SparseConcat` return
+their entries in canonical (row-major) order. `SparseToDense`, `SparseReshape`,
+`SparseTensorDenseMatMul` and the sparse-segment ops live with the segment ops (`ops/segment.py`).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxmeta.ops.registry import register, static_ints, xnp
+
+
+def _order(xp, indices):
+    """The permutation that sorts sparse indices row-major (lexicographically, no overflow)."""
+    rank = indices.shape[1]
+    if rank == 0 or indices.shape[0] == 0:
+        return xp.arange(indices.shape[0])
+    return xp.lexsort([indices[:, k] for k in reversed(range(rank))])
+
+
+@register("SparseReorder")
+def _sparse_reorder(node):
+    def fn(indices, values, shape):
+        xp = xnp(indices, values)
+        order = _order(xp, indices)
+        return indices[order], values[order]
+
+    return fn
+
+
+@register("SparseTensorDenseAdd")
+def _sparse_tensor_dense_add(node):
+    def fn(indices, values, shape, dense):
+        dense = jnp.asarray(dense)
+        return dense.at[tuple(jnp.asarray(indices).T)].add(jnp.asarray(values, dense.dtype))
+
+    return fn
+
+
+_CWISE = {"SparseDenseCwiseAdd": jnp.add, "SparseDenseCwiseMul": jnp.multiply, "SparseDenseCwiseDiv": jnp.divide}
+
+
+@register(*_CWISE)
+def _sparse_dense_cwise(node):
+    op = _CWISE[node.type]
+    integer_div = node.type == "SparseDenseCwiseDiv"
+
+    def fn(indices, values, shape, dense):
+        dense = jnp.asarray(dense)
+        rank, k = indices.shape[1], dense.ndim
+        # The dense operand broadcasts to the sparse shape, aligned on the right.
+        columns = jnp.asarray(indices)
+        at = tuple(jnp.zeros_like(columns[:, 0]) if dense.shape[j] == 1 else columns[:, rank - k + j] for j in range(k))
+        gathered = dense[at] if k else jnp.broadcast_to(dense, np.shape(values))
+        if integer_div and jnp.issubdtype(dense.dtype, jnp.integer):
+            return jax.lax.div(jnp.asarray(values), gathered)  # C's truncating division, as TF's kernel
+        return op(jnp.asarray(values), gathered)
+
+    return fn
+
+
+def _reduction(node, indices, shape, axes):
+    """(segment id of each entry, number of segments, output shape) of a SparseReduce* node."""
+    dims = static_ints(shape, node, "the dense shape")
+    rank = len(dims)
+    listed = {a + rank if a < 0 else a for a in static_ints(axes, node, "the reduction axes")}
+    kept = [d for d in range(rank) if d not in listed] if listed else list(range(rank))
+    segment = jnp.zeros(np.shape(indices)[0], jnp.int32)
+    for d in kept:
+        segment = segment * dims[d] + jnp.asarray(indices)[:, d].astype(jnp.int32)
+    keep_dims = node.attr_bool("keep_dims", False)
+    out_shape = [dims[d] if d in kept else 1 for d in range(rank)] if keep_dims else [dims[d] for d in kept]
+    return segment, int(np.prod([dims[d] for d in kept])), out_shape
+
+
+@register("SparseReduceSum")
+def _sparse_reduce_sum(node):
+    def fn(indices, values, shape, axes):
+        segment, count, out_shape = _reduction(node, indices, shape, axes)
+        values = jnp.asarray(values)
+        return jnp.zeros(count, values.dtype).at[segment].add(values).reshape(out_shape)
+
+    return fn
+
+
+@register("SparseReduceMax")
+def _sparse_reduce_max(node):
+    def fn(indices, values, shape, axes):
+        segment, count, out_shape = _reduction(node, indices, shape, axes)
+        values = jnp.asarray(values)
+        lowest = -jnp.inf if jnp.issubdtype(values.dtype, jnp.floating) else jnp.iinfo(values.dtype).min
+        maxima = jnp.full(count, lowest, values.dtype).at[segment].max(values)
+        present = jnp.zeros(count, bool).at[segment].set(True)
+        # TF's output starts at zero: a group with no entries stays 0, not -inf.
+        return jnp.where(present, maxima, jnp.zeros((), values.dtype)).reshape(out_shape)
+
+    return fn
+
+
+@register("SparseSoftmax")
+def _sparse_softmax(node):
+    def fn(indices, values, shape):
+        indices, values = jnp.asarray(indices), jnp.asarray(values)
+        n = values.shape[0]
+        if n == 0:
+            return values
+        order = _order(jnp, indices)
+        rows, values = indices[order][:, :-1], values[order]
+        # A new row starts wherever the leading coordinates change (softmax runs along the last).
+        starts = jnp.concatenate([jnp.ones(1, bool), jnp.any(rows[1:] != rows[:-1], axis=1)])
+        segment = jnp.cumsum(starts) - 1
+        top = jax.ops.segment_max(values, segment, num_segments=n)
+        e = jnp.exp(values - top[segment])
+        return e / jax.ops.segment_sum(e, segment, num_segments=n)[segment]
+
+    return fn
+
+
+@register("SparseConcat")
+def _sparse_concat(node):
+    count = node.attr_int("N")
+
+    def fn(*args):
+        indices, values, shapes = args[:count], args[count:2 * count], args[2 * count:]
+        rank = np.shape(indices[0])[1]
+        dim = node.attr_int("concat_dim")
+        dim = dim + rank if dim < 0 else dim
+        xp = xnp(*indices, *values, *shapes)
+        shifted, offset = [], 0
+        for ind, shp in zip(indices, shapes):
+            column = ind[:, dim] + offset
+            shifted.append(xp.concatenate([ind[:, :dim], column[:, None], ind[:, dim + 1:]], axis=1))
+            offset = offset + shp[dim]
+        out_indices = xp.concatenate(shifted, axis=0)
+        out_values = xp.concatenate([xp.asarray(v) for v in values])
+        out_shape = xp.concatenate([shapes[0][:dim], xp.reshape(offset, (1,)), shapes[0][dim + 1:]])
+        order = _order(xp, out_indices)
+        return out_indices[order], out_values[order], out_shape.astype(shapes[0].dtype)
+
+    return fn
