@@ -186,6 +186,10 @@ class Program:
             elif _is_string(dtype):
                 env[ref] = np.asarray(value, object)
             else:
+                if isinstance(value, np.ndarray) and value.dtype.kind in "iu":  # concrete: unjitted runs
+                    from jaxmeta import _dtypes
+
+                    value = _dtypes.canonical(value, f"feed {ref}")
                 env[ref] = jnp.asarray(value, dtype)
         run_steps(self.steps, ctx, env, set(self.feeds))
         outputs = []

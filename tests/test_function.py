@@ -7,6 +7,7 @@ import re
 
 import jax
 import numpy as np
+import pytest
 from oracle import assert_close
 
 import jaxmeta
@@ -30,3 +31,13 @@ def test_frozen_function_computes_the_same_with_variables_as_constants():
     # Freezing copies the dict: later changes to it are not seen.
     variables.clear()
     assert_close(jax.jit(frozen)(images), expected, rtol=1e-5, atol=1e-6, what="after the dict changed")
+
+
+def test_fed_integers_that_do_not_fit_32_bits_raise():
+    graph = jaxmeta.import_meta_graph(MODEL / "mnist_mlp-100.meta")
+    variables = graph.saver.restore(str(MODEL / "mnist_mlp-100"))
+    f = graph.function(graph.get_collection("loss")[0], feeds=["images:0", "labels:0"])
+    images = np.zeros((2, 784), np.float32)
+    f(variables, images, np.array([1, 2], np.int64))  # int64 values that fit: narrowed, as JAX does
+    with pytest.raises(jaxmeta.PrecisionError, match="feed labels:0"):
+        f(variables, images, np.array([1, 2**40], np.int64))

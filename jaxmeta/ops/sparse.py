@@ -11,6 +11,8 @@ their entries in canonical (row-major) order. `SparseToDense`, `SparseReshape`,
 
 from __future__ import annotations
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -144,5 +146,60 @@ def _sparse_concat(node):
         out_shape = xp.concatenate([shapes[0][:dim], xp.reshape(offset, (1,)), shapes[0][dim + 1:]])
         order = _order(xp, out_indices)
         return out_indices[order], out_values[order], out_shape.astype(shapes[0].dtype)
+
+    return fn
+
+
+_M64 = (1 << 64) - 1
+
+
+@register("SparseCross")
+def _sparse_cross(node):
+    """Feature crosses (`crossed_column`, `tf.sparse.cross(_hashed)`): per row, every combination of
+    one feature from each column (sparse columns, then dense; the last changing fastest), as
+    `a_X_b` strings or as TF's FingerprintCat64 hash. The output size depends on the values, so
+    the inputs must be concrete (strings usually are: see `ops/strings.py`)."""
+    from jaxmeta.ops.strings import fingerprint64, fingerprint_cat64, host
+
+    count = node.attr_int("N")
+    hashed, buckets = node.attr_bool("hashed_output"), node.attr_int("num_buckets")
+    hash_key = node.attr_int("hash_key") & _M64
+
+    def fn(*args):
+        arrays = host(node, *args)
+        indices, values, shapes, dense = (arrays[:count], arrays[count:2 * count], arrays[2 * count:3 * count],
+                                          arrays[3 * count:])
+        batch = int(shapes[0][0]) if count else dense[0].shape[0]
+        columns = []
+        for ind, val in zip(indices, values):
+            rows = [[] for _ in range(batch)]
+            for r, v in zip(ind[:, 0].tolist(), val.tolist()):
+                rows[r].append(v)
+            columns.append(rows)
+        columns += [[list(row) for row in d.reshape(batch, -1).tolist()] for d in dense]
+        if hashed:  # a string feature hashes to its Fingerprint64, an integer is its own hash
+            features = [[[fingerprint64(v) if isinstance(v, bytes) else v & _M64 for v in row] for row in col]
+                        for col in columns]
+        else:
+            features = [[[v if isinstance(v, bytes) else str(v).encode() for v in row] for row in col]
+                        for col in columns]
+        out_indices, out_values = [], []
+        for r in range(batch):
+            for j, combo in enumerate(itertools.product(*(col[r] for col in features))):
+                out_indices.append((r, j))
+                if hashed:
+                    h = hash_key
+                    for feature in combo:
+                        h = fingerprint_cat64(h, feature)
+                    # Without buckets TF takes the hash modulo int64's max, so it is never negative.
+                    out_values.append(h % buckets if buckets > 0 else h % ((1 << 63) - 1))
+                else:
+                    out_values.append(b"_X_".join(combo))
+        per_row = np.bincount([r for r, _ in out_indices], minlength=batch) if out_indices else np.zeros(batch, int)
+        width = int(per_row.max()) if batch else 0
+        out = np.empty(len(out_values), object)
+        out[:] = out_values
+        return (np.array(out_indices, np.int64).reshape(-1, 2), out.astype(np.int64) if hashed else out,
+                np.array([batch, width], np.int64))
 
     return fn

@@ -501,3 +501,13 @@ def _decode_raw(node):
         return out.reshape(*x.shape, width)
 
     return fn
+
+
+def fingerprint_cat64(fp1: int, fp2: int) -> int:
+    """TF's `FingerprintCat64`: two fingerprints combined (how feature crosses hash)."""
+    mul = 0xC6A4A7935BD1E995
+    result = fp1 ^ mul
+    result ^= (_shift_mix((fp2 * mul) & _M64) * mul) & _M64
+    result = (result * mul) & _M64
+    result = (_shift_mix(result) * mul) & _M64
+    return _shift_mix(result)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from oracle import case, ph, run_cases
+from oracle import case, ph, run_cases, run_tf
+
+import jaxmeta
 
 pytestmark = pytest.mark.oracle
 
@@ -83,3 +85,41 @@ def test_concat():
              np.array([3, 2, 2], np.int64) if dim == 1 else np.array([3, 4, 2], np.int64)})
         for dim in (0, 1, -1)
     ])
+
+
+def _cross_case(hashed, buckets, key, ints=False):
+    if ints:
+        sparse = [(np.array([[0, 0], [1, 0], [1, 1], [2, 0]], np.int64), np.array([3, -4, 5, 123456789], np.int64))]
+        dense = [np.array([[1, 7], [2, 8], [0, 9]], np.int64)]
+    else:
+        sparse = [(np.array([[0, 0], [0, 1], [2, 0]], np.int64), np.array([b"x", b"y", b"z"], object)),
+                  (np.array([[0, 0], [0, 1], [1, 0], [2, 0], [2, 1]], np.int64),
+                   np.array([b"7", b"8", b"9", b"tarkus", b""], object))]
+        dense = [np.array([[b"p"], [b"q"], [b"r"]], object)]
+    arrays = {}
+    for k, (ind, val) in enumerate(sparse):
+        arrays.update({f"i{k}": ind, f"v{k}": val})
+    arrays.update({f"d{k}": d for k, d in enumerate(dense)})
+
+    def build(tf):
+        p = {k: ph(tf, k, v) for k, v in arrays.items()}
+        internal = tf.int64 if ints else tf.string
+        return list(tf.raw_ops.SparseCross(
+            indices=[p[f"i{k}"] for k in range(len(sparse))], values=[p[f"v{k}"] for k in range(len(sparse))],
+            shapes=[tf.constant([3, 2], tf.int64)] * len(sparse), dense_inputs=[p[f"d{k}"] for k in range(len(dense))],
+            hashed_output=hashed, num_buckets=buckets, hash_key=key, out_type=tf.int64 if hashed else tf.string,
+            internal_type=internal))
+
+    return build, feeds(**arrays)
+
+
+@pytest.mark.parametrize("hashed,buckets,ints", [(False, 0, False), (True, 100, False), (True, 2**31 - 1, False),
+                                                 (False, 0, True), (True, 1000, True), (True, 2**31 - 1, True)])
+def test_sparse_cross(hashed, buckets, ints):
+    """Feature crosses on concrete inputs (strings or int64), in a Session without jit."""
+    build, fed = _cross_case(hashed, buckets, 0xDECAFCAFFE, ints)
+    run = run_tf(build, fed)
+    with jaxmeta.Session(run.graph, jit=False) as sess:
+        got = sess.run(run.fetch_names, fed)
+    for name, g, w in zip(run.fetch_names, got, run.expected):
+        assert np.asarray(g).tolist() == np.asarray(w).tolist(), name
