@@ -471,3 +471,52 @@ def test_text_classifier_from_raw_strings():
         assert ours.value[1].histo.num == theirs.value[1].histo.num == (len(vocab) + 2) * 6
     for name, value in after.items():
         assert_close(variables[name], value, rtol=1e-4, atol=1e-5, what=f"variable {name} after 3 steps")
+
+
+def test_wide_and_deep_feature_columns():
+    """TF1 feature columns end to end: hashed categorical columns, an embedding column (safe sparse
+    lookup), a crossed column (SparseCross) and a numeric column, from fed strings and floats,
+    trained with Adagrad; jaxmeta's Session must leave TF's variables."""
+    tf = get_tf()
+    rng = np.random.default_rng(5)
+    colors, shapes = ["red", "green", "blue", "teal"], ["circle", "square", "star"]
+
+    def batch(step):
+        r = np.random.default_rng(step)
+        return {"color:0": np.array([[colors[i]] for i in r.integers(0, 4, 8)], object),
+                "shape:0": np.array([[shapes[i]] for i in r.integers(0, 3, 8)], object),
+                "size:0": r.standard_normal((8, 1)).astype(np.float32),
+                "label:0": r.integers(0, 2, (8, 1)).astype(np.float32)}
+
+    g = tf.Graph()
+    with g.as_default():
+        v1, fc = tf.compat.v1, tf.compat.v1.feature_column
+        tf.compat.v1.set_random_seed(int(rng.integers(100)))
+        feats = {"color": v1.placeholder(tf.string, [None, 1], name="color"),
+                 "shape": v1.placeholder(tf.string, [None, 1], name="shape"),
+                 "size": v1.placeholder(tf.float32, [None, 1], name="size")}
+        label = v1.placeholder(tf.float32, [None, 1], name="label")
+        color = fc.categorical_column_with_hash_bucket("color", 11)
+        shape = fc.categorical_column_with_vocabulary_list("shape", shapes)
+        columns = [fc.embedding_column(color, 4), fc.indicator_column(shape), fc.numeric_column("size"),
+                   fc.indicator_column(fc.crossed_column(["color", "shape"], 17))]
+        net = fc.input_layer(feats, columns)
+        w = v1.get_variable("w", [net.shape[1], 1], initializer=v1.random_normal_initializer(seed=3))
+        logits = tf.matmul(net, w)
+        loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=label, logits=logits))
+        train = v1.train.AdagradOptimizer(0.3).minimize(loss)
+        meta = v1.train.export_meta_graph(graph=g)
+        with v1.Session(graph=g) as sess:
+            sess.run([v1.global_variables_initializer(), v1.tables_initializer()])
+            start = {v.op.name: sess.run(v) for v in v1.global_variables()}
+            want_losses = [sess.run([loss, train], {g.get_tensor_by_name(k): v for k, v in batch(s).items()})[0]
+                           for s in range(K)]
+            after = {v.op.name: sess.run(v) for v in v1.global_variables()}
+    graph = jaxmeta.import_meta_graph(meta)
+    with jaxmeta.Session(graph, start) as sess:
+        for step in range(K):
+            got = sess.run([loss.name, train.name], batch(step))[0]
+            assert_close(got, want_losses[step], rtol=1e-5, atol=1e-6, what=f"loss at step {step}")
+        variables = sess.variables
+    for name, value in after.items():
+        assert_close(variables[name], value, rtol=1e-4, atol=1e-5, what=f"variable {name} after {K} steps")
