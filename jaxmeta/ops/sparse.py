@@ -1,10 +1,11 @@
-"""SparseTensor arithmetic: `tf.sparse.add` with a dense operand, the sparse-dense elementwise
-ops, `tf.sparse.reduce_sum` / `reduce_max`, `tf.sparse.softmax`, `tf.sparse.reorder` and
-`tf.sparse.concat`.
+"""SparseTensor arithmetic: `tf.sparse.add` (of a dense or a sparse operand), the sparse-dense
+elementwise ops, `tf.sparse.reduce_sum` / `reduce_max`, `tf.sparse.softmax`, `tf.sparse.reorder`,
+`tf.sparse.concat` and feature crosses (`SparseCross`).
 
-A SparseTensor is (indices [nnz, rank], values [nnz], dense_shape [rank]). These ops keep nnz, so
-they trace under `jax.jit`; where the dense shape sizes an output (`SparseReduce*`), it must be
-known when tracing. Like TF's kernels, `SparseSoftmax`, `SparseReorder` and `SparseConcat` return
+A SparseTensor is (indices [nnz, rank], values [nnz], dense_shape [rank]). Most of these ops keep
+nnz, so they trace under `jax.jit`; where the dense shape sizes an output (`SparseReduce*`), it
+must be known when tracing. `SparseAdd` (of two SparseTensors) and `SparseCross` size their
+output from the indices, so those must be concrete (constants, or a run without `jax.jit`). Like TF's kernels, `SparseSoftmax`, `SparseReorder` and `SparseConcat` return
 their entries in canonical (row-major) order. `SparseToDense`, `SparseReshape`,
 `SparseTensorDenseMatMul` and the sparse-segment ops live with the segment ops (`ops/segment.py`).
 """
@@ -201,5 +202,63 @@ def _sparse_cross(node):
         out[:] = out_values
         return (np.array(out_indices, np.int64).reshape(-1, 2), out.astype(np.int64) if hashed else out,
                 np.array([batch, width], np.int64))
+
+    return fn
+
+
+def _concrete(node, *values):
+    """NumPy copies of values whose size decides an output's (a GraphError under jax.jit)."""
+    from jaxmeta.ops.strings import host
+
+    return host(node, *values)
+
+
+@register("SparseAdd")
+def _sparse_add(node):
+    """Two SparseTensors merged in canonical order (both inputs canonical, as TF requires): entries
+    at the same index are summed and kept when |sum| >= thresh. The output size depends on the
+    indices, so they must be concrete."""
+
+    def fn(a_indices, a_values, a_shape, b_indices, b_values, b_shape, thresh):
+        a_idx, a_val, b_idx, b_val, limit = _concrete(node, a_indices, a_values, b_indices, b_values, thresh)
+        keys_a, keys_b = [tuple(r) for r in a_idx.tolist()], [tuple(r) for r in b_idx.tolist()]
+        out_idx, out_val, i, j = [], [], 0, 0
+        while i < len(keys_a) and j < len(keys_b):
+            if keys_a[i] < keys_b[j]:
+                out_idx.append(keys_a[i]), out_val.append(a_val[i])
+                i += 1
+            elif keys_a[i] > keys_b[j]:
+                out_idx.append(keys_b[j]), out_val.append(b_val[j])
+                j += 1
+            else:
+                total = a_val[i] + b_val[j]
+                if np.abs(total) >= limit:
+                    out_idx.append(keys_a[i]), out_val.append(total)
+                i, j = i + 1, j + 1
+        out_idx += keys_a[i:] + keys_b[j:]
+        out_val += list(a_val[i:]) + list(b_val[j:])
+        rank = a_idx.shape[1]
+        return (np.array(out_idx, np.int64).reshape(-1, rank), np.array(out_val, a_val.dtype).reshape(-1),
+                a_shape)
+
+    return fn
+
+
+@register("SparseAddGrad")
+def _sparse_add_grad(node):
+    """The gradient of SparseAdd's values: each output entry's gradient goes to the a and b
+    entries at its index."""
+
+    def fn(grad, a_indices, b_indices, sum_indices):
+        a_idx, b_idx, s_idx = _concrete(node, a_indices, b_indices, sum_indices)
+        position = {tuple(r): k for k, r in enumerate(s_idx.tolist())}
+
+        def routed(idx):
+            at = np.array([position.get(tuple(r), -1) for r in idx.tolist()], np.int64)
+            found = at >= 0
+            picked = jnp.asarray(grad)[jnp.asarray(np.where(found, at, 0))]
+            return jnp.where(jnp.asarray(found), picked, jnp.zeros((), picked.dtype))
+
+        return routed(a_idx), routed(b_idx)
 
     return fn

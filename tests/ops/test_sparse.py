@@ -123,3 +123,26 @@ def test_sparse_cross(hashed, buckets, ints):
         got = sess.run(run.fetch_names, fed)
     for name, g, w in zip(run.fetch_names, got, run.expected):
         assert np.asarray(g).tolist() == np.asarray(w).tolist(), name
+
+
+@pytest.mark.parametrize("thresh", [0.0, 1.0])
+def test_sparse_add(thresh):
+    """tf.sparse.add of two canonical SparseTensors, and its gradient, on concrete values."""
+    a_idx = np.array([[0, 0], [0, 2], [1, 1], [2, 3]], np.int64)
+    b_idx = np.array([[0, 2], [1, 0], [1, 1], [2, 0]], np.int64)
+    arrays = {"ai": a_idx, "av": np.array([1.0, 2.0, -0.5, 4.0], np.float32),
+              "bi": b_idx, "bv": np.array([-1.5, 3.0, 0.25, 5.0], np.float32)}
+
+    def build(tf):
+        p = {k: ph(tf, k, v) for k, v in arrays.items()}
+        a = tf.SparseTensor(p["ai"], p["av"], [3, 4])
+        b = tf.SparseTensor(p["bi"], p["bv"], [3, 4])
+        total = tf.sparse.add(a, b, threshold=thresh)
+        loss = tf.reduce_sum(total.values * tf.range(1.0, tf.cast(tf.size(total.values), tf.float32) + 1.0))
+        return [total.indices, total.values, *tf.gradients(loss, [p["av"], p["bv"]])]
+
+    run = run_tf(build, feeds(**arrays))
+    with jaxmeta.Session(run.graph, jit=False) as sess:
+        got = sess.run(run.fetch_names, feeds(**arrays))
+    for name, g, w in zip(run.fetch_names, got, run.expected):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-6, err_msg=name)
