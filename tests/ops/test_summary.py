@@ -114,7 +114,10 @@ def test_audio_summary(shape, max_outputs):
 
 
 def decode_png(tf, data: bytes) -> np.ndarray:
-    return tf.io.decode_png(data, channels=0).numpy()
+    # In a graph of its own: another test in this process may have turned eager execution off.
+    g = tf.Graph()
+    with g.as_default(), tf.compat.v1.Session(graph=g) as sess:
+        return sess.run(tf.io.decode_png(tf.constant(data), channels=0))
 
 
 IMAGE_CASES = {
