@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmeta import _fusion
+from jaxmeta import _dtypes, _fusion
 from jaxmeta._errors import FeedError, GraphError, JaxmetaError, SideEffectError, UnsupportedOpError
 from jaxmeta._graph import VARIABLE_OPS, Graph, Node, TensorRef
 from jaxmeta.ops import registry
@@ -119,8 +119,6 @@ def to_jax(x: Any, what: str | None = None) -> Any:
     `what` (a fetch), integers that do not fit the narrowed type raise a PrecisionError naming it."""
     if isinstance(x, (np.ndarray, np.generic)) and x.dtype != object:
         if what is not None:
-            from jaxmeta import _dtypes
-
             x = _dtypes.canonical(np.asarray(x), what)
         return jnp.asarray(x, dtype=_jax_dtype(x.dtype))
     return x
@@ -169,8 +167,9 @@ class Program:
         # (`Session` runs the signatures that feed or fetch strings unjitted).
         from jaxmeta.ops import summary
 
-        self.host_strings = [str(ref) for ref in [*self.feeds, *self.fetches]
-                             if _is_string(_value_dtype(graph, ref)) and graph.nodes[ref.node].type not in summary.OPS]
+        dtypes = [*self.feed_dtypes, *(_value_dtype(graph, ref) for ref in self.fetches)]
+        self.host_strings = [str(ref) for ref, dtype in zip([*self.feeds, *self.fetches], dtypes)
+                             if _is_string(dtype) and graph.nodes[ref.node].type not in summary.OPS]
 
     def __call__(self, variables: dict[str, Any], feed_values: Sequence[Any], key: Any = None):
         """Runs the program; returns (fetched values, variables after the run)."""
@@ -187,8 +186,6 @@ class Program:
                 env[ref] = np.asarray(value, object)
             else:
                 if isinstance(value, np.ndarray) and value.dtype.kind in "iu":  # concrete: unjitted runs
-                    from jaxmeta import _dtypes
-
                     value = _dtypes.canonical(value, f"feed {ref}")
                 env[ref] = jnp.asarray(value, dtype)
         run_steps(self.steps, ctx, env, set(self.feeds))
@@ -224,8 +221,6 @@ def _value_dtype(graph: Graph, ref: TensorRef):
     enum = graph.output_dtype(ref)
     if enum is None:
         return None
-    from jaxmeta import _dtypes
-
     try:
         dtype = _dtypes.to_numpy(enum)
     except GraphError:

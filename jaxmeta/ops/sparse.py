@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmeta.ops.extra import _concrete
 from jaxmeta.ops.registry import register, static_ints, xnp
 
 
@@ -151,16 +152,13 @@ def _sparse_concat(node):
     return fn
 
 
-_M64 = (1 << 64) - 1
-
-
 @register("SparseCross")
 def _sparse_cross(node):
     """Feature crosses (`crossed_column`, `tf.sparse.cross(_hashed)`): per row, every combination of
     one feature from each column (sparse columns, then dense; the last changing fastest), as
     `a_X_b` strings or as TF's FingerprintCat64 hash. The output size depends on the values, so
     the inputs must be concrete (strings usually are: see `ops/strings.py`)."""
-    from jaxmeta.ops.strings import fingerprint64, fingerprint_cat64, host
+    from jaxmeta.ops.strings import _M64, fingerprint64, fingerprint_cat64, host
 
     count = node.attr_int("N")
     hashed, buckets = node.attr_bool("hashed_output"), node.attr_int("num_buckets")
@@ -206,13 +204,6 @@ def _sparse_cross(node):
     return fn
 
 
-def _concrete(node, *values):
-    """NumPy copies of values whose size decides an output's (a GraphError under jax.jit)."""
-    from jaxmeta.ops.strings import host
-
-    return host(node, *values)
-
-
 @register("SparseAdd")
 def _sparse_add(node):
     """Two SparseTensors merged in canonical order (both inputs canonical, as TF requires): entries
@@ -220,7 +211,7 @@ def _sparse_add(node):
     indices, so they must be concrete."""
 
     def fn(a_indices, a_values, a_shape, b_indices, b_values, b_shape, thresh):
-        a_idx, a_val, b_idx, b_val, limit = _concrete(node, a_indices, a_values, b_indices, b_values, thresh)
+        a_idx, a_val, b_idx, b_val, limit = _concrete(node, "the indices", a_indices, a_values, b_indices, b_values, thresh)
         keys_a, keys_b = [tuple(r) for r in a_idx.tolist()], [tuple(r) for r in b_idx.tolist()]
         out_idx, out_val, i, j = [], [], 0, 0
         while i < len(keys_a) and j < len(keys_b):
@@ -250,7 +241,7 @@ def _sparse_add_grad(node):
     entries at its index."""
 
     def fn(grad, a_indices, b_indices, sum_indices):
-        a_idx, b_idx, s_idx = _concrete(node, a_indices, b_indices, sum_indices)
+        a_idx, b_idx, s_idx = _concrete(node, "the indices", a_indices, b_indices, sum_indices)
         position = {tuple(r): k for k, r in enumerate(s_idx.tolist())}
 
         def routed(idx):

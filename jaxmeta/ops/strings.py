@@ -152,7 +152,8 @@ def _replace(node, x, pattern: bytes, rewrite: bytes, replace_global: bool):
     # Each match (at most one per position) adds the rewrite, whose group references copy the input.
     longest = max((len(v) for v in x.reshape(-1).tolist()), default=0)
     _limit(node, x.size * (longest + (longest + 1) * len(repl) * (longest if b"\\" in repl else 1)))
-    return _map(node, lambda s: regex.sub(repl, s, count=0 if replace_global else 1))(x)
+    count = 0 if replace_global else 1
+    return _bytes_array([regex.sub(repl, s, count=count) for s in x.reshape(-1).tolist()], x.shape)
 
 
 @register("RegexReplace")
