@@ -136,6 +136,34 @@ def assert_close(got, want, *, rtol: float, atol: float, what: str = "") -> None
         )
 
 
+def assert_same_summary(got: bytes, want: bytes) -> None:
+    """Serialized `Summary` protos: byte for byte on the CPU (jaxmeta's promise there, TF's
+    reductions in TF's order); on an accelerator, whose reductions add in another order, the same
+    fields with floating-point values within 1e-5."""
+    if jax.default_backend() == "cpu":
+        assert got == want
+        return
+    from jaxmeta.proto import summary_pb2
+
+    _assert_same_message(summary_pb2.Summary.FromString(got), summary_pb2.Summary.FromString(want), "summary")
+
+
+def _assert_same_message(got, want, where: str) -> None:
+    fields = got.ListFields()
+    assert [f.name for f, _ in fields] == [f.name for f, _ in want.ListFields()], where
+    for (field, a), (_, b) in zip(fields, want.ListFields()):
+        at = f"{where}.{field.name}"
+        a, b = (list(a), list(b)) if field.is_repeated else ([a], [b])
+        assert len(a) == len(b), at
+        if field.message_type is not None:
+            for i, (x, y) in enumerate(zip(a, b)):
+                _assert_same_message(x, y, f"{at}[{i}]")
+        elif field.cpp_type in (field.CPPTYPE_FLOAT, field.CPPTYPE_DOUBLE):
+            np.testing.assert_allclose(a, b, rtol=1e-5, err_msg=at)
+        else:
+            assert a == b, at
+
+
 def compare_with_tf(
     build: Callable[[Any], Any],
     feeds: dict[str, np.ndarray] | None = None,

@@ -426,6 +426,7 @@ def test_text_classifier_from_raw_strings():
     """A TF1 text model end to end: fed sentences -> string_split -> vocabulary table with OOV
     buckets -> embedding_lookup_sparse -> Adam, with merged summaries. jaxmeta's Session runs it
     unjitted by itself (strings are host values) and must match TF's variables and summaries."""
+    tf = get_tf()
     from tensorflow.python.ops import lookup_ops
 
     from jaxmeta.proto import summary_pb2
@@ -436,7 +437,6 @@ def test_text_classifier_from_raw_strings():
         (["dog", "the mat sat on the cat", "ran ran", "unknown words here"], [1, 0, 1, 2]),
         (["mat cat dog", "the", "on on on", "sat the dog"], [0, 2, 1, 1]),
     ]
-    tf = get_tf()
     g = tf.Graph()
     with g.as_default():
         v1 = tf.compat.v1

@@ -77,6 +77,7 @@ def test_v1_ref_hash_table_int_to_float():
 
 def test_index_table_of_fed_strings():
     """TF1's vocabulary lookup: fed strings run without jit (Session falls back on its own)."""
+    get_tf()  # skipped without TensorFlow
     from tensorflow.python.ops import lookup_ops
 
     def build(tf):
@@ -94,6 +95,7 @@ def test_index_table_of_fed_strings():
 
 
 def test_index_to_string_table():
+    get_tf()  # skipped without TensorFlow
     from tensorflow.python.ops import lookup_ops
 
     def build(tf):
