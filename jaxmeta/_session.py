@@ -21,13 +21,19 @@ class Session:
         seed: seed of the random key split for each run that draws random numbers.
         jit: compile each (fetches, feeds, targets) signature once with `jax.jit` (signatures that
             feed or fetch strings, which JAX cannot trace, run without it).
+        compiler_options: XLA options for those compiles (`jax.jit(..., compiler_options=)`), e.g.
+            `{"xla_gpu_enable_triton_gemm": False}` on a GPU, where XLA otherwise autotunes its
+            Triton matrix products at every first call: an unrolled RNN's first call takes
+            seconds instead of minutes (README, "On a GPU").
     """
 
-    def __init__(self, graph: Graph, variables: dict[str, Any] | None = None, seed: int = 0, jit: bool = True):
+    def __init__(self, graph: Graph, variables: dict[str, Any] | None = None, seed: int = 0, jit: bool = True,
+                 compiler_options: dict[str, Any] | None = None):
         self.graph = graph
         self.variables: dict[str, Any] = dict(variables or {})
         self._key = jax.random.key(seed)
         self._jit = jit
+        self._compiler_options = dict(compiler_options) if compiler_options else None
         self._cache: dict[Any, Any] = {}
         self._closed = False
         keep_host_memory()  # as TF's Session keeps its allocator's memory between runs
@@ -54,7 +60,8 @@ class Session:
 
             # Strings cannot be traced or returned by jit: such a signature runs op by op (string
             # ops work on the host).
-            fn = jax.jit(run_program) if self._jit and not program.host_strings else run_program
+            jitted = self._jit and not program.host_strings
+            fn = jax.jit(run_program, compiler_options=self._compiler_options) if jitted else run_program
             entry = self._cache[signature] = (program, fn, resolved)
         program, fn, resolved = entry
         key = None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -264,3 +266,18 @@ def test_strided_slice_assign_bad_value_shape():
     step = jaxmeta.import_meta_graph(meta).step([], feeds=["value:0"], targets=["upd"])
     with pytest.raises(jaxmeta.GraphError, match="'upd'.*cannot broadcast"):
         step({"v": V345}, np.zeros((3, 5), np.float32))
+
+
+def test_session_compiler_options():
+    """`Session(compiler_options=)` reaches XLA's compile of each signature."""
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures", "graphs")
+    graph = jaxmeta.import_meta_graph(os.path.join(folder, "summaries.meta"))
+    variables = graph.saver.restore(os.path.join(folder, "summaries.ckpt"))
+    x = np.array([[1.0, -2.0, 0.5], [0.0, 3.0, -1.0]], np.float32)
+    want = jaxmeta.Session(graph, variables).run("loss:0", {"x:0": x})
+    option = {"xla_cpu_prefer_vector_width": 256} if jax.default_backend() == "cpu" else {
+        "xla_gpu_enable_triton_gemm": False}
+    np.testing.assert_array_equal(jaxmeta.Session(graph, variables, compiler_options=option).run("loss:0", {"x:0": x}),
+                                  want)
+    with pytest.raises(jax.errors.JaxRuntimeError, match="no_such_xla_option"):
+        jaxmeta.Session(graph, variables, compiler_options={"no_such_xla_option": 1}).run("loss:0", {"x:0": x})
