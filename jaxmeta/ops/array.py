@@ -17,10 +17,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.extend.core import concrete_or_error
 
 from jaxmeta._errors import GraphError
-from jaxmeta.ops.registry import register, static, xnp
+from jaxmeta.ops.registry import known, need_known, register, static, xnp
 
 _INT32 = np.dtype(np.int32)
 
@@ -28,31 +27,13 @@ _INT32 = np.dtype(np.int32)
 # -- helpers --------------------------------------------------------------------------------------
 
 
-def _known(value: Any) -> np.ndarray | None:
-    """`value` as NumPy when it is known now: static, a concrete array (outside jit), or a tracer
-    wrapping a concrete value (e.g. under `jax.grad` without jit); None when only known at run time."""
-    if static(value) or not isinstance(value, jax.core.Tracer):
-        return np.asarray(value)
-    try:
-        return np.asarray(concrete_or_error(None, value, ""))
-    except jax.errors.ConcretizationTypeError:
-        return None
-
-
 def _is_traced(value: Any) -> bool:
-    return _known(value) is None
+    return known(value) is None
 
 
 def _concrete(node, value: Any, what: str) -> np.ndarray:
     """`value` as NumPy, or a GraphError when it is only known at run time (traced under jit)."""
-    known = _known(value)
-    if known is None:
-        raise GraphError(
-            f"node {node.name!r} ({node.type}): its {what} depends on runtime values, but jaxmeta "
-            "needs it when the graph is traced (XLA shapes are static). Compute it from constants "
-            "or tensor shapes (tf.shape), or call the function without jax.jit."
-        )
-    return known
+    return need_known(node, f"its {what}", "jaxmeta needs", value)[0]
 
 
 def _ints(node, value: Any, what: str) -> list[int]:
@@ -785,7 +766,7 @@ def _where(node):
     def fn(x):
         if np.ndim(x) == 0:
             raise GraphError(f"node {node.name!r} (Where): input must have rank >= 1")
-        value = _known(x)
+        value = known(x)
         if value is None:
             raise GraphError(
                 f"node {node.name!r} (Where): the 1-input Where returns the indices of true "
@@ -1299,7 +1280,7 @@ def _list_diff(node):
     dtype = _dtype(node, "out_idx")
 
     def fn(x, y):
-        xv, yv = _known(x), _known(y)
+        xv, yv = known(x), known(y)
         if xv is None or yv is None:
             raise GraphError(
                 f"node {node.name!r} (ListDiff): its output length depends on runtime values, so it "

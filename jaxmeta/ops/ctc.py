@@ -33,8 +33,7 @@ import numpy as np
 from jax import lax
 
 from jaxmeta._errors import GraphError
-from jaxmeta.ops.extra import _concrete
-from jaxmeta.ops.registry import register
+from jaxmeta.ops.registry import OUTPUT_SIZES, need_known, register
 
 # -- labels ---------------------------------------------------------------------------------------
 
@@ -595,7 +594,7 @@ def _ctc_beam_search_decoder(node):
                          f"top_paths={top_paths} and beam_width={beam_width}; TF rejects this")
 
     def fn(inputs, sequence_length):
-        inputs, sequence_length = _concrete(node, "inputs and sequence_length", inputs, sequence_length)
+        inputs, sequence_length = need_known(node, "inputs and sequence_length", OUTPUT_SIZES, inputs, sequence_length)
         if inputs.ndim != 3 or inputs.size == 0 or sequence_length.shape != inputs.shape[1:2]:
             raise GraphError(
                 f"node {node.name!r} (CTCBeamSearchDecoder): expected non-empty inputs [max_time, batch, "

@@ -19,7 +19,7 @@ from jax import lax
 from jaxmeta._errors import FeedError, GraphError
 from jaxmeta.ops.functional import _items, _PendingList, _PushList
 from jaxmeta.ops.image import _nms_padded
-from jaxmeta.ops.registry import expect_shape, register, static
+from jaxmeta.ops.registry import OUTPUT_SIZES, expect_shape, need_known, register, static
 
 # -- Placeholder ----------------------------------------------------------------------------------
 
@@ -521,17 +521,6 @@ def _list_resize(node):
 # -- sparse outputs of data-dependent size --------------------------------------------------------
 
 
-def _concrete(node, what: str, *xs) -> list[np.ndarray]:
-    """NumPy values of concrete inputs; a `GraphError` under jit (the output size depends on them)."""
-    if any(isinstance(x, jax.core.Tracer) for x in xs):
-        raise GraphError(
-            f"node {node.name!r} ({node.type}): the size of its outputs depends on the values of {what}, "
-            "so it cannot run under jax.jit (or another transformation) with those values traced; make "
-            "them constants in the graph or call the function without jit"
-        )
-    return [np.asarray(x) for x in xs]
-
-
 @register("SparseFillEmptyRows")
 def _sparse_fill_empty_rows(node):
     """Adds `[row, 0, ...]` with `default_value` for every empty row of a sparse tensor.
@@ -542,7 +531,7 @@ def _sparse_fill_empty_rows(node):
     """
 
     def fn(indices, values, dense_shape, default_value):
-        indices, dense_shape = _concrete(node, "indices and dense_shape", indices, dense_shape)
+        indices, dense_shape = need_known(node, "indices and dense_shape", OUTPUT_SIZES, indices, dense_shape)
         index_dtype = jax.dtypes.canonicalize_dtype(indices.dtype)
         rows = int(dense_shape[0]) if dense_shape.size else 0
         n, rank = indices.shape
@@ -592,7 +581,7 @@ def _ctc_greedy_decoder(node):
     blank_attr = node.attr_int("blank_index", -1)
 
     def fn(inputs, sequence_length):
-        inputs, sequence_length = _concrete(node, "inputs and sequence_length", inputs, sequence_length)
+        inputs, sequence_length = need_known(node, "inputs and sequence_length", OUTPUT_SIZES, inputs, sequence_length)
         time, batch, classes = inputs.shape
         blank = blank_attr if blank_attr >= 0 else classes + blank_attr
         best = np.argmax(inputs, axis=2)  # ties: the lowest class

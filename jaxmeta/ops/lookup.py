@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxmeta import _dtypes
 from jaxmeta._errors import GraphError
-from jaxmeta.ops.registry import register, static
+from jaxmeta.ops.registry import need_known, register, static
 
 # TF2's KeyValueTensorInitializer imports its contents (LookupTableImportV2); TF1's initializes.
 _INITIALIZERS = ("InitializeTable", "InitializeTableV2", "LookupTableImport", "LookupTableImportV2")
@@ -106,14 +105,9 @@ def _lookup_table_find(node):
 
     def fn(table, query, default):
         if strings:
-            try:  # strings are made on the host: the keys must be concrete, not traced
-                query, default = np.asarray(query), np.asarray(default)
-            except jax.errors.TracerArrayConversionError:
-                raise GraphError(
-                    f"node {node.name!r} ({node.type}): a lookup of string keys or into string values needs its "
-                    "keys when the graph is traced (JAX has no strings): use a constant, run without jax.jit "
-                    f"(Session(graph, jit=False)), or feed the lookup's output ({node.name}:0)"
-                ) from None
+            query, default = need_known(node, "its keys", "a lookup of string keys or into string values (JAX "
+                                        "has no strings) needs", query, default,
+                                        hint=f", or feed the lookup's output ({node.name}:0)")
             found = [mapping.get(_as_key(q), default.item()) for q in np.asarray(query).reshape(-1).tolist()]
             return np.array(found, values.dtype).reshape(np.shape(query))
         if static(query, default):

@@ -30,8 +30,10 @@ import dataclasses
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.extend.core import concrete_or_error
 
 from jaxmeta._errors import GraphError
 
@@ -153,6 +155,39 @@ def side_effect(op_types: dict[str, str]) -> None:
 def static(*xs: Any) -> bool:
     """True when every value is known at trace time (NumPy/Python), so NumPy can compute it."""
     return all(isinstance(x, (np.ndarray, np.generic, int, float, bool)) for x in xs)
+
+
+def known(value: Any) -> np.ndarray | None:
+    """`value` as NumPy when it is known now: static, a concrete array (outside jit), or a tracer
+    wrapping a concrete value (e.g. under `jax.grad` without jit); None when only known at run time."""
+    if static(value) or not isinstance(value, jax.core.Tracer):
+        return np.asarray(value)
+    try:
+        return np.asarray(concrete_or_error(None, value, ""))
+    except jax.errors.ConcretizationTypeError:
+        return None
+
+
+#: `need_known`'s `why` for ops whose output sizes depend on input values (sparse, CTC decoders).
+OUTPUT_SIZES = "the size of its outputs depends on"
+
+
+def need_known(node: Any, what: str, why: str, *values: Any, hint: str = "") -> list[np.ndarray]:
+    """`values` as NumPy, for ops whose output sizes (or host work) depend on them; a GraphError
+    naming the node when one is only known at run time (traced under `jax.jit`).
+
+    `what` names the values ("segment_ids", "its shape"), `why` says what needs them (it reads
+    "{why} the values of {what}"), `hint` adds advice of the op family's own.
+    """
+    out = [known(v) for v in values]
+    if any(v is None for v in out):
+        raise GraphError(
+            f"node {node.name!r} ({node.type}): {why} the values of {what}, which are only known at run "
+            f"time under jax.jit (XLA's shapes are static). Compute {what} in the graph from constants or "
+            "tensor shapes (tf.shape), or call the function without jax.jit "
+            f"(Session(graph, jit=False)){hint}."
+        )
+    return out
 
 
 def static_ints(value: Any, node: Any, what: str, count: int | None = None) -> list[int]:

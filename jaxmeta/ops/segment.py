@@ -36,28 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmeta._errors import GraphError
-from jaxmeta.ops.registry import program_nodes, register, static
+from jaxmeta.ops.registry import known, need_known, program_nodes, register, static
 
 # -- helpers ----------------------------------------------------------------------------------------
-
-
-def _concrete(x):
-    """`x` as a NumPy array when its value is known now (static, or eager outside `jax.jit`)."""
-    if static(x):
-        return np.asarray(x)
-    if isinstance(x, jax.core.Tracer):
-        return None
-    return np.asarray(x)
-
-
-def _need_concrete(node, x, what: str, why: str) -> np.ndarray:
-    value = _concrete(x)
-    if value is None:
-        raise GraphError(
-            f"node {node.name!r} ({node.type}): {what} is traced, but {why}, which XLA (jax.jit) cannot "
-            f"express. Make {what} a constant of the graph, or run this graph without jax.jit."
-        )
-    return value
 
 
 def _static_int(node, x, what: str) -> int:
@@ -141,7 +122,7 @@ def _segment(node):
     kind = _KINDS[node.type.removeprefix("Segment")]
 
     def fn(data, ids):
-        value = _need_concrete(node, ids, "segment_ids", "the number of segments (max id + 1) sizes the output")
+        value = need_known(node, "segment_ids", "the number of segments (max id + 1) depends on", ids)[0]
         n = int(value.max()) + 1 if value.size else 0
         # TF's sorted SegmentMax/Min give 0 for empty segments (the unsorted ops give lowest/highest).
         return _segment_reduce(kind, data, ids, n, sorted_ids=True, empty=0 if kind in ("max", "min") else None)
@@ -197,8 +178,8 @@ def _sparse_segment(node):
         if with_num:
             n = _static_int(node, num_segments, "num_segments")
         else:
-            value = _need_concrete(node, segment_ids, "segment_ids",
-                                   "the number of segments (max id + 1) sizes the output")
+            value = need_known(node, "segment_ids", "the number of segments (max id + 1) depends on",
+                               segment_ids)[0]
             n = int(value.max()) + 1 if value.size else 0
         gathered = jnp.take(jnp.asarray(data), jnp.asarray(indices).astype(jnp.int32), axis=0)
         return _segment_reduce(kind, gathered, segment_ids, n, sorted_ids=True)
@@ -249,8 +230,7 @@ def _dynamic_stitch(node):
         indices, data = args[:n], args[n:]
         if masked_ok and any(isinstance(i, jax.core.Tracer) for i in indices):
             return _stitch_masked(indices, data)
-        idx = [_need_concrete(node, i, "indices", "the output size (max index + 1) depends on them")
-               for i in indices]
+        idx = need_known(node, "indices", "the output size (max index + 1) depends on", *indices)
         flat_idx = np.concatenate([np.reshape(i, -1) for i in idx]).astype(np.int64)
         size = int(flat_idx.max()) + 1 if flat_idx.size else 0
         tail = tuple(np.shape(data[0]))[np.ndim(idx[0]):]
@@ -280,11 +260,11 @@ def _dynamic_partition(node):
     masked_ok, feeds_stitch_indices = _partition_plan(node)
 
     def fn(data, partitions):
-        if masked_ok and _concrete(partitions) is None:
+        if masked_ok and known(partitions) is None:
             return _partition_masked(node, data, partitions, num, feeds_stitch_indices)
-        if feeds_stitch_indices and _concrete(data) is None:
-            _need_concrete(node, data, "data", "its outputs are a stitch's indices")
-        parts = _need_concrete(node, partitions, "partitions", "each output's size is a count of its values")
+        if feeds_stitch_indices:
+            need_known(node, "data", "its outputs are a DynamicStitch's indices, which need", data)
+        (parts,) = need_known(node, "partitions", "each output's size is a count of", partitions)
         flat_parts = np.reshape(parts, -1)
         shape = tuple(np.shape(data))
         tail = shape[np.ndim(parts):]
@@ -368,7 +348,7 @@ def _partition_masked(node, data, partitions, num: int, feeds_stitch_indices: bo
     parts = jnp.reshape(jnp.asarray(partitions), (-1,))
     tail = tuple(np.shape(data))[np.ndim(partitions):]
     if feeds_stitch_indices:
-        positions = _concrete(data)
+        positions = known(data)
         n = parts.shape[0]
         if positions is None or not np.array_equal(np.sort(np.reshape(positions, -1)), np.arange(n)):
             raise GraphError(

@@ -18,8 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmeta.ops.extra import _concrete
-from jaxmeta.ops.registry import register, static_ints, xnp
+from jaxmeta.ops.registry import OUTPUT_SIZES, need_known, register, static_ints, xnp
 
 
 def _order(xp, indices):
@@ -211,7 +210,7 @@ def _sparse_add(node):
     indices, so they must be concrete."""
 
     def fn(a_indices, a_values, a_shape, b_indices, b_values, b_shape, thresh):
-        a_idx, a_val, b_idx, b_val, limit = _concrete(node, "the indices", a_indices, a_values, b_indices, b_values, thresh)
+        a_idx, a_val, b_idx, b_val, limit = need_known(node, "the indices", OUTPUT_SIZES, a_indices, a_values, b_indices, b_values, thresh)
         keys_a, keys_b = [tuple(r) for r in a_idx.tolist()], [tuple(r) for r in b_idx.tolist()]
         out_idx, out_val, i, j = [], [], 0, 0
         while i < len(keys_a) and j < len(keys_b):
@@ -241,7 +240,7 @@ def _sparse_add_grad(node):
     entries at its index."""
 
     def fn(grad, a_indices, b_indices, sum_indices):
-        a_idx, b_idx, s_idx = _concrete(node, "the indices", a_indices, b_indices, sum_indices)
+        a_idx, b_idx, s_idx = need_known(node, "the indices", OUTPUT_SIZES, a_indices, b_indices, sum_indices)
         position = {tuple(r): k for k, r in enumerate(s_idx.tolist())}
 
         def routed(idx):

@@ -13,25 +13,17 @@ from __future__ import annotations
 import base64
 import re
 
-import jax
 import numpy as np
 
 from jaxmeta._errors import GraphError
-from jaxmeta.ops.registry import register
+from jaxmeta.ops.registry import need_known, register
 
 
 def host(node, *values) -> list[np.ndarray]:
     """`values` as NumPy arrays (strings as object arrays of bytes); a GraphError for a traced one."""
     out = []
-    for value in values:
-        try:
-            array = np.asarray(value)
-        except jax.errors.TracerArrayConversionError:
-            raise GraphError(
-                f"node {node.name!r} ({node.type}) makes or reads strings, which JAX cannot trace: its "
-                "inputs must be constants, or run the function without jax.jit (Session(graph, jit=False)), "
-                f"or feed its output ({node.name}:0)"
-            ) from None
+    for array in need_known(node, "its inputs", "JAX cannot trace strings, and it needs", *values,
+                            hint=f", or feed its output ({node.name}:0)"):
         if array.dtype.kind in "OUS":
             array = _bytes_array([v.encode() if isinstance(v, str) else bytes(v) for v in array.reshape(-1).tolist()],
                                  array.shape)
