@@ -106,6 +106,8 @@ def run_tf(
                 float_feeds = [k for k, v in feeds.items() if _is_float(v)]
                 xs = [g.get_tensor_by_name(k) for k in float_feeds]
                 grad_tensors = tf.compat.v1.gradients(ys, xs, grad_ys=ws)
+                # A gather's gradient is IndexedSlices: compare it as the dense tensor it stands for.
+                grad_tensors = [tf.convert_to_tensor(t) if isinstance(t, tf.IndexedSlices) else t for t in grad_tensors]
                 pairs = [(k, t) for k, t in zip(float_feeds, grad_tensors) if t is not None]
                 values = sess.run([t for _, t in pairs], feed_dict)
                 feed_grads = {k: np.asarray(v) for (k, _), v in zip(pairs, values)}

@@ -13,6 +13,7 @@ from jaxmeta.ops import (  # noqa: F401
     math,
     nn,
     nn_grad,
+    ragged,
     random,
     segment,
     sparse,

@@ -1,0 +1,205 @@
+"""Ragged tensors: `RaggedTensorToTensor` (`rt.to_tensor()`, as after `tf.strings.split`),
+`RaggedTensorToSparse` (`rt.to_sparse()`), `RaggedRange` (`tf.ragged.range`) and `RaggedGather`
+(`tf.gather` of a ragged tensor).
+
+A ragged tensor of ragged rank R is its flat `values` and R row partitions, outermost first: row
+splits (`[0, 2, 3, 6]`: rows of 2, 1 and 3) or, for `to_tensor` after `strings.split`, the
+number of rows and each value's row id. Each value's place in the dense result follows from the
+partitions alone, so `to_tensor` with a static `shape` and `to_sparse` trace under `jax.jit`; an
+output sized by the values (`to_tensor` of unknown width, `RaggedRange`, `RaggedGather`) needs
+concrete partitions (constants, or a run without `jax.jit`). String values stay on the host.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxmeta._errors import GraphError
+from jaxmeta.ops.registry import OUTPUT_SIZES, known, need_known, register
+
+
+def _splits_dtype(node, name: str = "Tsplits"):
+    return jax.dtypes.canonicalize_dtype(node.attr_dtype(name, np.dtype(np.int64)))
+
+
+def _xp(*xs):
+    """NumPy when no input is traced (strings never are), else jax.numpy."""
+    return jnp if any(isinstance(x, jax.core.Tracer) for x in xs) else np
+
+
+def _levels(node, xp, kinds: list[str], partitions: list, nvalues: int):
+    """(rows, [(parent, position)] per ragged level, outermost first, with the level's row lengths).
+
+    `parent[j]` is the row of the level above that element j belongs to, `position[j]` its index
+    within that row."""
+    if kinds and kinds[0] == "FIRST_DIM_SIZE":
+        rows = partitions[0]
+        kinds, partitions = kinds[1:], partitions[1:]
+    else:
+        rows = None
+    levels = []
+    for k, (kind, part) in enumerate(zip(kinds, partitions)):
+        part = xp.asarray(part).astype(np.int64) if xp is np else jnp.asarray(part)
+        size = nvalues if k == len(kinds) - 1 else None
+        if kind == "ROW_SPLITS":
+            if rows is None and k == 0:
+                rows = part.shape[0] - 1
+            n = size if size is not None else _inner_count(node, kinds, partitions, k)
+            j = xp.arange(n)
+            parent = xp.searchsorted(part, j, side="right") - 1
+            position = j - part[parent]
+            lengths = part[1:] - part[:-1]
+        elif kind == "VALUE_ROWIDS":
+            parent = part
+            j = xp.arange(part.shape[0])
+            position = j - xp.searchsorted(part, part, side="left")
+            lengths = None
+        else:
+            raise GraphError(f"node {node.name!r} ({node.type}): row partition type {kind!r} is not supported "
+                             "(ROW_SPLITS, VALUE_ROWIDS and FIRST_DIM_SIZE are)")
+        levels.append((parent, position, lengths))
+    return rows, levels
+
+
+def _inner_count(node, kinds, partitions, k):
+    """Elements of ragged level k (not the innermost): the rows the next partition splits."""
+    nxt = kinds[k + 1], partitions[k + 1]
+    if nxt[0] == "ROW_SPLITS":
+        return nxt[1].shape[0] - 1
+    raise GraphError(f"node {node.name!r} ({node.type}): VALUE_ROWIDS below the first level need that "
+                     "level's size; convert the ragged tensor with row splits")
+
+
+def _coordinates(xp, levels):
+    """Each value's dense coordinates [row, col_1, ..., col_R], from the innermost level out."""
+    parent, position, _ = levels[-1]
+    coords = [position]
+    for up_parent, up_position, _ in reversed(levels[:-1]):
+        coords.append(up_position[parent])
+        parent = up_parent[parent]
+    coords.append(parent)
+    return coords[::-1]
+
+
+@register("RaggedTensorToTensor")
+def _ragged_to_tensor(node):
+    kinds = node.attr_strs("row_partition_types")
+
+    def fn(shape, values, default_value, *partitions):
+        xp = np if values.dtype == object else _xp(shape, values, *partitions)
+        inner = tuple(np.shape(values))[1:]
+        rows, levels = _levels(node, xp, kinds, list(partitions), np.shape(values)[0])
+        ragged = len(levels)
+        want = known(shape)
+        if want is None:
+            raise GraphError(f"node {node.name!r} ({node.type}): its shape must be known when the graph is traced")
+        want = [int(v) for v in want.reshape(-1)] if want.ndim else [-1] * (1 + ragged + len(inner))
+        if len(want) != 1 + ragged + len(inner):
+            raise GraphError(f"node {node.name!r} ({node.type}): shape {want} does not have rank "
+                             f"{1 + ragged + len(inner)} (1 + ragged rank {ragged} + the values' rank {len(inner) + 1} - 1)")
+        rows = int(need_known(node, "the number of rows", OUTPUT_SIZES, rows)[0]) if rows is not None else None
+        dims = [w if w >= 0 else rows for w in want[:1]]
+        if any(w < 0 for w in want[1: 1 + ragged]):  # a level's widest row sizes the output
+            concrete = need_known(node, "the row partitions", OUTPUT_SIZES, *partitions)
+            np_levels = _levels(node, np, kinds, concrete, np.shape(values)[0])[1]
+        for d, w in enumerate(want[1: 1 + ragged]):
+            parent = np_levels[d][0] if w < 0 else None
+            dims.append(w if w >= 0 else int(np.bincount(parent).max()) if parent.size else 0)
+        out_shape = tuple(dims) + tuple(w if w >= 0 else s for w, s in zip(want[1 + ragged:], inner))
+        if out_shape[1 + ragged:] != inner:
+            raise GraphError(f"node {node.name!r} ({node.type}): shape {want} does not match the values' "
+                             f"inner dimensions {inner}")
+        coords = _coordinates(xp, levels)
+        fill = xp.broadcast_to(xp.asarray(default_value, values.dtype) if xp is np else
+                               jnp.asarray(default_value, values.dtype), out_shape)
+        if xp is np:
+            out = np.array(fill)
+            inside = np.ones(np.shape(values)[0], bool)
+            for c, size in zip(coords, dims):
+                inside &= c < size
+            out[tuple(c[inside] for c in coords)] = np.asarray(values)[inside]
+            return out
+        return fill.at[tuple(coords)].set(values, mode="drop")
+
+    return fn
+
+
+@register("RaggedTensorToSparse")
+def _ragged_to_sparse(node):
+    def fn(*args):
+        *splits, values = args
+        xp = np if values.dtype == object else _xp(values, *splits)
+        inner = tuple(np.shape(values))[1:]
+        rows, levels = _levels(node, xp, ["ROW_SPLITS"] * len(splits), list(splits), np.shape(values)[0])
+        coords = xp.stack([c.astype(np.int64) if xp is np else c for c in _coordinates(xp, levels)], axis=1)
+        n = coords.shape[0]
+        if inner:  # each value's inner elements, row-major
+            grid = xp.stack([g.reshape(-1) for g in xp.meshgrid(*[xp.arange(s) for s in inner], indexing="ij")], 1)
+            per = grid.shape[0]
+            coords = xp.concatenate([xp.repeat(coords, per, axis=0), xp.tile(grid.astype(coords.dtype), (n, 1))], 1)
+        widths = [xp.max(lengths, initial=0) if xp is np else jnp.max(lengths, initial=0)
+                  for _, _, lengths in levels]
+        dense_shape = xp.stack([xp.asarray(rows, coords.dtype)] + [xp.asarray(w, coords.dtype) for w in widths]
+                               + [xp.asarray(s, coords.dtype) for s in inner])
+        index_dtype = jax.dtypes.canonicalize_dtype(np.int64)
+        flat = xp.reshape(values, (-1,))
+        return coords.astype(index_dtype), flat, dense_shape.astype(index_dtype)
+
+    return fn
+
+
+@register("RaggedRange")
+def _ragged_range(node):
+    splits_dtype = _splits_dtype(node)
+
+    def fn(starts, limits, deltas):
+        starts, limits, deltas = need_known(node, "starts, limits and deltas", OUTPUT_SIZES, starts, limits, deltas)
+        starts, limits, deltas = np.broadcast_arrays(starts, limits, deltas)
+        if np.any(deltas == 0):
+            raise GraphError(f"node {node.name!r} ({node.type}): a delta is 0; TF's kernel refuses it too")
+        if starts.dtype.kind == "f":
+            sizes = np.ceil(np.abs((limits - starts) / deltas))
+            sizes = np.where((limits - starts) * deltas > 0, sizes, 0).astype(np.int64)
+        else:
+            span, step = limits.astype(np.int64) - starts, deltas.astype(np.int64)
+            sizes = np.where(span * step > 0, (np.abs(span) + np.abs(step) - 1) // np.abs(step), 0)
+        splits = np.concatenate([[0], np.cumsum(sizes.reshape(-1))]).astype(splits_dtype)
+        values = np.concatenate([s + d * np.arange(n, dtype=starts.dtype) for s, d, n in
+                                 zip(starts.reshape(-1), deltas.reshape(-1), sizes.reshape(-1))] or
+                                [np.zeros((0,), starts.dtype)])
+        return splits, values.astype(starts.dtype)
+
+    return fn
+
+
+@register("RaggedGather")
+def _ragged_gather(node):
+    splits_dtype = _splits_dtype(node)
+
+    def fn(*args):
+        *params_splits, values, indices = args
+        *params_splits, indices = need_known(node, "the row splits and indices", OUTPUT_SIZES, *params_splits, indices)
+        rows = params_splits[0].shape[0] - 1
+        flat = indices.reshape(-1).astype(np.int64)
+        if flat.size and (flat.min() < 0 or flat.max() >= rows):
+            raise GraphError(f"node {node.name!r} ({node.type}): an index is outside [0, {rows}): {flat.tolist()}")
+        # The index tensor's own dimensions become uniform ragged levels above the gathered ones.
+        out_splits = []
+        count = 1
+        for d in range(indices.ndim - 1):
+            count *= indices.shape[d]
+            out_splits.append(np.arange(count + 1) * indices.shape[d + 1])
+        selected = flat
+        for splits in params_splits:
+            splits = splits.astype(np.int64)
+            starts, ends = splits[selected], splits[selected + 1]
+            out_splits.append(np.concatenate([[0], np.cumsum(ends - starts)]))
+            selected = (np.concatenate([np.arange(s, e) for s, e in zip(starts, ends)]) if selected.size
+                        else np.zeros((0,), np.int64))
+        xp = np if values.dtype == object else jnp
+        gathered = np.asarray(values)[selected] if xp is np else jnp.take(values, selected, axis=0)
+        return [s.astype(splits_dtype) for s in out_splits] + [gathered]
+
+    return fn
