@@ -473,6 +473,47 @@ def test_text_classifier_from_raw_strings():
         assert_close(variables[name], value, rtol=1e-4, atol=1e-5, what=f"variable {name} after 3 steps")
 
 
+def test_padded_word_ids_from_ragged_split():
+    """TF 1.15's text idiom: `tf.strings.split(text).to_tensor()` pads each line's words into a
+    matrix (RaggedTensorToTensor on strings), a vocabulary maps them to ids, a masked mean of
+    embeddings feeds a classifier trained with Adam. jaxmeta's Session must leave TF's variables."""
+    tf = get_tf()
+    from tensorflow.python.ops import lookup_ops
+
+    vocab = ["<pad>", "the", "cat", "sat", "on", "mat", "dog"]
+    batches = [
+        (["the cat sat", "a dog on the mat", "cat"], [0, 1, 0]),
+        (["dog dog", "the mat sat on the cat", "unknown"], [1, 0, 1]),
+    ]
+    g = tf.Graph()
+    with g.as_default():
+        v1 = tf.compat.v1
+        text = v1.placeholder(tf.string, [None], name="text")
+        labels = v1.placeholder(tf.int32, [None], name="labels")
+        words = tf.strings.split(text).to_tensor(default_value="<pad>")
+        ids = lookup_ops.index_table_from_tensor(tf.constant(vocab), num_oov_buckets=1).lookup(words)
+        mask = tf.cast(tf.not_equal(ids, 0), tf.float32)[..., None]
+        emb = v1.get_variable("emb", [len(vocab) + 1, 4], initializer=v1.random_normal_initializer(seed=3))
+        mean = tf.reduce_sum(tf.nn.embedding_lookup(emb, ids) * mask, 1) / tf.maximum(tf.reduce_sum(mask, 1), 1.0)
+        w = v1.get_variable("w", [4, 2], initializer=v1.random_normal_initializer(seed=4))
+        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=mean @ w))
+        train = v1.train.AdamOptimizer(0.1).minimize(loss)
+        meta = v1.train.export_meta_graph(graph=g)
+        with v1.Session(graph=g) as sess:
+            sess.run([v1.global_variables_initializer(), v1.tables_initializer()])
+            start = {v.op.name: sess.run(v) for v in v1.global_variables()}
+            want = [sess.run([loss, words, train], {text: t, labels: y})[:2] for t, y in batches]
+            after = {v.op.name: sess.run(v) for v in v1.global_variables()}
+    with jaxmeta.Session(jaxmeta.import_meta_graph(meta), start) as sess:
+        got = [sess.run([loss.name, words.name, train.name], {"text:0": t, "labels:0": y})[:2] for t, y in batches]
+        variables = sess.variables
+    for step, ((got_loss, got_words), (want_loss, want_words)) in enumerate(zip(got, want)):
+        assert got_words.tolist() == want_words.tolist(), f"padded words at step {step}"
+        assert_close(got_loss, want_loss, rtol=1e-5, atol=1e-6, what=f"loss at step {step}")
+    for name, value in after.items():
+        assert_close(variables[name], value, rtol=1e-4, atol=1e-5, what=f"variable {name} after 2 steps")
+
+
 def test_wide_and_deep_feature_columns():
     """TF1 feature columns end to end: hashed categorical columns, an embedding column (safe sparse
     lookup), a crossed column (SparseCross) and a numeric column, from fed strings and floats,
