@@ -99,8 +99,7 @@ def _ragged_to_tensor(node):
         if len(want) != 1 + ragged + len(inner):
             raise GraphError(f"node {node.name!r} ({node.type}): shape {want} does not have rank "
                              f"{1 + ragged + len(inner)} (1 + ragged rank {ragged} + the values' rank {len(inner) + 1} - 1)")
-        rows = int(need_known(node, "the number of rows", OUTPUT_SIZES, rows)[0]) if rows is not None else None
-        dims = [w if w >= 0 else rows for w in want[:1]]
+        dims = [want[0] if want[0] >= 0 else int(need_known(node, "the number of rows", OUTPUT_SIZES, rows)[0])]
         if any(w < 0 for w in want[1: 1 + ragged]):  # a level's widest row sizes the output
             concrete = need_known(node, "the row partitions", OUTPUT_SIZES, *partitions)
             np_levels = _levels(node, np, kinds, concrete, np.shape(values)[0])[1]
