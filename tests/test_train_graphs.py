@@ -422,6 +422,26 @@ def test_sliced_assignment_in_train_op(resource):
     check_training(build, _images((8, 5), 3))
 
 
+def _text_steps(tf, g, fetches, train, batches):
+    """Trains `g` (fed `text:0` and `labels:0`) one step per batch in TF and in jaxmeta's Session
+    from the same initial variables (a table initializer run in both); returns TF's and jaxmeta's
+    fetches per step and TF's and jaxmeta's variables after the last."""
+    v1 = tf.compat.v1
+    with g.as_default():
+        meta = v1.train.export_meta_graph(graph=g)
+        with v1.Session(graph=g) as sess:
+            sess.run([v1.global_variables_initializer(), v1.tables_initializer()])
+            start = {v.op.name: sess.run(v) for v in v1.global_variables()}
+            want = [sess.run([*fetches, train], {"text:0": t, "labels:0": y})[:-1] for t, y in batches]
+            after = {v.op.name: sess.run(v) for v in v1.global_variables()}
+    graph = jaxmeta.import_meta_graph(meta)
+    names = [t.name for t in fetches] + [train.name]
+    with jaxmeta.Session(graph, start) as sess:
+        assert sess.run(graph.get_collection("table_initializer")[0].name) is None
+        got = [sess.run(names, {"text:0": t, "labels:0": y})[:-1] for t, y in batches]
+        return want, got, after, sess.variables
+
+
 def test_text_classifier_from_raw_strings():
     """A TF1 text model end to end: fed sentences -> string_split -> vocabulary table with OOV
     buckets -> embedding_lookup_sparse -> Adam, with merged summaries. jaxmeta's Session runs it
@@ -452,17 +472,7 @@ def test_text_classifier_from_raw_strings():
         v1.summary.histogram("emb", emb)
         merged = v1.summary.merge_all()
         train = v1.train.AdamOptimizer(0.05).minimize(loss)
-        meta = v1.train.export_meta_graph(graph=g)
-        with v1.Session(graph=g) as sess:
-            sess.run([v1.global_variables_initializer(), v1.tables_initializer()])
-            start = {v.op.name: sess.run(v) for v in v1.global_variables()}
-            want = [sess.run([loss, merged, train], {text: t, labels: y})[:2] for t, y in batches]
-            after = {v.op.name: sess.run(v) for v in v1.global_variables()}
-    graph = jaxmeta.import_meta_graph(meta)
-    with jaxmeta.Session(graph, start) as sess:
-        assert sess.run(graph.get_collection("table_initializer")[0].name) is None
-        got = [sess.run([loss.name, merged.name, train.name], {"text:0": t, "labels:0": y})[:2] for t, y in batches]
-        variables = sess.variables
+    want, got, after, variables = _text_steps(tf, g, [loss, merged], train, batches)
     for step, ((got_loss, got_summary), (want_loss, want_summary)) in enumerate(zip(got, want)):
         assert_close(got_loss, want_loss, rtol=1e-5, atol=1e-6, what=f"loss at step {step}")
         ours, theirs = (summary_pb2.Summary.FromString(s) for s in (got_summary, want_summary))
@@ -498,15 +508,7 @@ def test_padded_word_ids_from_ragged_split():
         w = v1.get_variable("w", [4, 2], initializer=v1.random_normal_initializer(seed=4))
         loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=mean @ w))
         train = v1.train.AdamOptimizer(0.1).minimize(loss)
-        meta = v1.train.export_meta_graph(graph=g)
-        with v1.Session(graph=g) as sess:
-            sess.run([v1.global_variables_initializer(), v1.tables_initializer()])
-            start = {v.op.name: sess.run(v) for v in v1.global_variables()}
-            want = [sess.run([loss, words, train], {text: t, labels: y})[:2] for t, y in batches]
-            after = {v.op.name: sess.run(v) for v in v1.global_variables()}
-    with jaxmeta.Session(jaxmeta.import_meta_graph(meta), start) as sess:
-        got = [sess.run([loss.name, words.name, train.name], {"text:0": t, "labels:0": y})[:2] for t, y in batches]
-        variables = sess.variables
+    want, got, after, variables = _text_steps(tf, g, [loss, words], train, batches)
     for step, ((got_loss, got_words), (want_loss, want_words)) in enumerate(zip(got, want)):
         assert got_words.tolist() == want_words.tolist(), f"padded words at step {step}"
         assert_close(got_loss, want_loss, rtol=1e-5, atol=1e-6, what=f"loss at step {step}")
