@@ -359,9 +359,15 @@ def _check_runnable(graph: Graph, needed: set[str], fed: set[TensorRef]) -> None
         )
     if effects:
         lines = [f"  {op} ({', '.join(names[:3])}): {registry.SIDE_EFFECT_OPS[op]}" for op, names in sorted(effects.items())]
+        # The tensors the rest of the subgraph reads from them: feeding these is the usual fix (a
+        # TF1 input pipeline's dequeued batch, an iterator's next element).
+        held = {name for names in effects.values() for name in names}
+        frontier = sorted({str(ref) for name in needed - held for ref in graph.nodes[name].inputs
+                           if ref.node in held and ref not in fed})
+        feed = f"\nThe rest of the subgraph reads {', '.join(frontier[:8])}: feed those instead." if frontier else ""
         raise SideEffectError(
             "the fetched subgraph contains ops jaxmeta never runs implicitly (they touch files, run "
-            "Python or the network):\n" + "\n".join(lines) + "\nFetch tensors upstream of them, or "
+            "Python or the network):\n" + "\n".join(lines) + feed + "\nFetch tensors upstream of them, or "
             "supply a handler deliberately with jaxmeta.register_op(..., override=True)."
         )
     if unsupported:

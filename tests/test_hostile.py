@@ -451,7 +451,7 @@ def test_every_side_effect_op_is_refused_with_advice():
         ("RestoreV2", "graph.saver.restore(prefix)"),
         ("SaveV2", "graph.saver.save(variables, prefix)"),
         ("PyFunc", "jaxmeta.register_op('PyFunc', build, override=True)"),
-        ("QueueDequeueV2", "feed the tensor the queue would produce"),
+        ("QueueDequeueV2", "feed the tensors dequeued from it"),
         ("IteratorGetNext", "feed the tensors the iterator would produce"),
         ("ReadFile", "feed the bytes"),
     ],

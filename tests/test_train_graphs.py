@@ -516,6 +516,40 @@ def test_padded_word_ids_from_ragged_split():
         assert_close(variables[name], value, rtol=1e-4, atol=1e-5, what=f"variable {name} after 2 steps")
 
 
+def test_queue_input_pipeline_trains_from_fed_batches():
+    """A 2016-era TF1 training graph reads its batches from queues (`slice_input_producer`,
+    `tf.train.batch`, run by QueueRunner threads). jaxmeta never runs queues; the TF1 habit of
+    feeding the dequeued batch works, and the error without feeds names the tensors to feed."""
+    tf = get_tf()
+    v1 = tf.compat.v1
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal((20, 3)).astype(np.float32), rng.integers(0, 2, 20).astype(np.int32)
+    batches = [(data[0][i:i + 4], data[1][i:i + 4]) for i in (0, 4, 8)]
+    g = tf.Graph()
+    with g.as_default():
+        x, y = v1.train.slice_input_producer([tf.constant(data[0]), tf.constant(data[1])], shuffle=False)
+        bx, by = v1.train.batch([x, y], batch_size=4)
+        w = v1.get_variable("w", [3, 2], initializer=v1.random_normal_initializer(seed=5))
+        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=by, logits=bx @ w))
+        train = v1.train.MomentumOptimizer(0.1, 0.9).minimize(loss)
+        meta = v1.train.export_meta_graph(graph=g)
+        with v1.Session(graph=g) as sess:  # no QueueRunners started: every batch is fed
+            sess.run(v1.global_variables_initializer())
+            start = {v.op.name: sess.run(v) for v in v1.global_variables()}
+            want = [sess.run([loss, train], {bx: a, by: b})[0] for a, b in batches]
+            after = {v.op.name: sess.run(v) for v in v1.global_variables()}
+    graph = jaxmeta.import_meta_graph(meta)
+    assert (bx.name, by.name) == ("batch:0", "batch:1")
+    with pytest.raises(jaxmeta.SideEffectError, match=r"reads batch:0, batch:1: feed those instead"):
+        graph.function(loss.name)
+    with jaxmeta.Session(graph, start) as sess:
+        got = [sess.run([loss.name, train.name], {"batch:0": a, "batch:1": b})[0] for a, b in batches]
+        variables = sess.variables
+    assert_close(np.array(got), np.array(want), rtol=1e-5, atol=1e-6, what="losses")
+    for name, value in after.items():
+        assert_close(variables[name], value, rtol=1e-5, atol=1e-6, what=f"variable {name} after 3 steps")
+
+
 def test_wide_and_deep_feature_columns():
     """TF1 feature columns end to end: hashed categorical columns, an embedding column (safe sparse
     lookup), a crossed column (SparseCross) and a numeric column, from fed strings and floats,

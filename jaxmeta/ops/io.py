@@ -99,8 +99,8 @@ _READERS = _advice(
     + ["LMDBReader"],
 )
 _QUEUES = _advice(
-    "is a host-side queue or staging area filled by other threads: feed the tensor the queue would "
-    "produce instead, e.g. feeds=['batch/fifo_queue_Dequeue:0']",
+    "is a host-side queue or staging area filled by other threads: feed the tensors dequeued from it "
+    "instead (a tf.train.batch's outputs, e.g. feeds=['batch:0', 'batch:1'])",
     [
         f"{base}{v}"
         for base in (
