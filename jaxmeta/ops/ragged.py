@@ -47,11 +47,16 @@ def _levels(node, xp, kinds: list[str], partitions: list, nvalues: int):
             if rows is None and k == 0:
                 rows = part.shape[0] - 1
             n = size if size is not None else _inner_count(node, kinds, partitions, k)
+            if xp is np:
+                _check_splits(node, part, n)
             j = xp.arange(n)
             parent = xp.searchsorted(part, j, side="right") - 1
             position = j - part[parent]
             lengths = part[1:] - part[:-1]
         elif kind == "VALUE_ROWIDS":
+            if xp is np and part.size and (part[0] < 0 or np.any(np.diff(part) < 0)):
+                raise GraphError(f"node {node.name!r} ({node.type}): its value row ids must be sorted and "
+                                 f"non-negative, got {part.tolist()[:20]}")
             parent = part
             j = xp.arange(part.shape[0])
             position = j - xp.searchsorted(part, part, side="left")
@@ -61,6 +66,13 @@ def _levels(node, xp, kinds: list[str], partitions: list, nvalues: int):
                              "(ROW_SPLITS, VALUE_ROWIDS and FIRST_DIM_SIZE are)")
         levels.append((parent, position, lengths))
     return rows, levels
+
+
+def _check_splits(node, splits: np.ndarray, elements: int) -> None:
+    """TF's validation of row splits (under jit, traced splits are trusted, as XLA cannot raise)."""
+    if splits.ndim != 1 or splits.size == 0 or splits[0] != 0 or np.any(np.diff(splits) < 0) or splits[-1] != elements:
+        raise GraphError(f"node {node.name!r} ({node.type}): row splits must start at 0, never decrease and end "
+                         f"at the {elements} elements they split; got {splits.tolist()[:20]}")
 
 
 def _inner_count(node, kinds, partitions, k):
@@ -191,8 +203,10 @@ def _ragged_gather(node):
             count *= indices.shape[d]
             out_splits.append(np.arange(count + 1) * indices.shape[d + 1])
         selected = flat
-        for splits in params_splits:
+        for level, splits in enumerate(params_splits):
             splits = splits.astype(np.int64)
+            below = params_splits[level + 1].shape[0] - 1 if level + 1 < len(params_splits) else np.shape(values)[0]
+            _check_splits(node, splits, below)
             starts, ends = splits[selected], splits[selected + 1]
             out_splits.append(np.concatenate([[0], np.cumsum(ends - starts)]))
             selected = (np.concatenate([np.arange(s, e) for s, e in zip(starts, ends)]) if selected.size

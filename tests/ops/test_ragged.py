@@ -93,3 +93,24 @@ def test_ragged_range_of_fed_limits_needs_concrete_values():
         np.testing.assert_array_equal(got, want)
     with pytest.raises(jaxmeta.GraphError, match="RaggedRange.*values of starts, limits and deltas"):
         jax.jit(f)({}, limits)
+
+
+def test_damaged_row_splits_are_refused():
+    """Constant row splits that TF's kernels would refuse get a GraphError naming the node, not
+    values scattered to wrong places."""
+    tf = get_tf()
+    g = tf.Graph()
+    with g.as_default():
+        values = tf.constant(VALUES)
+        bad = tf.constant(np.array([0, 4, 2, 6], np.int64))
+        tf.raw_ops.RaggedTensorToTensor(shape=tf.constant(-1, tf.int64), values=values,
+                                        default_value=tf.constant(0.0), row_partition_tensors=[bad],
+                                        row_partition_types=["ROW_SPLITS"], name="dense")
+        tf.raw_ops.RaggedGather(params_nested_splits=[tf.constant(np.array([0, 2, 7], np.int64))],
+                                params_dense_values=values, indices=tf.constant([1]), OUTPUT_RAGGED_RANK=1,
+                                name="gather")
+        meta = tf.compat.v1.train.export_meta_graph(graph=g)
+    graph = jaxmeta.import_meta_graph(meta)
+    for fetch in ("dense:0", "gather:1"):
+        with pytest.raises(jaxmeta.GraphError, match=r"row splits must start at 0, never decrease and end"):
+            graph.function(fetch)({})
