@@ -113,8 +113,8 @@ def _ragged_to_tensor(node):
                              f"{1 + ragged + len(inner)} (1 + ragged rank {ragged} + the values' rank {len(inner) + 1} - 1)")
         dims = [want[0] if want[0] >= 0 else int(need_known(node, "the number of rows", OUTPUT_SIZES, rows)[0])]
         if any(w < 0 for w in want[1: 1 + ragged]):  # a level's widest row sizes the output
-            concrete = need_known(node, "the row partitions", OUTPUT_SIZES, *partitions)
-            np_levels = _levels(node, np, kinds, concrete, np.shape(values)[0])[1]
+            np_levels = levels if xp is np else _levels(
+                node, np, kinds, need_known(node, "the row partitions", OUTPUT_SIZES, *partitions), np.shape(values)[0])[1]
         for d, w in enumerate(want[1: 1 + ragged]):
             parent = np_levels[d][0] if w < 0 else None
             dims.append(w if w >= 0 else int(np.bincount(parent).max()) if parent.size else 0)
@@ -123,8 +123,7 @@ def _ragged_to_tensor(node):
             raise GraphError(f"node {node.name!r} ({node.type}): shape {want} does not match the values' "
                              f"inner dimensions {inner}")
         coords = _coordinates(xp, levels)
-        fill = xp.broadcast_to(xp.asarray(default_value, values.dtype) if xp is np else
-                               jnp.asarray(default_value, values.dtype), out_shape)
+        fill = xp.broadcast_to(xp.asarray(default_value, values.dtype), out_shape)
         if xp is np:
             out = np.array(fill)
             inside = np.ones(np.shape(values)[0], bool)
@@ -144,14 +143,13 @@ def _ragged_to_sparse(node):
         xp = np if values.dtype == object else _xp(values, *splits)
         inner = tuple(np.shape(values))[1:]
         rows, levels = _levels(node, xp, ["ROW_SPLITS"] * len(splits), list(splits), np.shape(values)[0])
-        coords = xp.stack([c.astype(np.int64) if xp is np else c for c in _coordinates(xp, levels)], axis=1)
+        coords = xp.stack(_coordinates(xp, levels), axis=1)
         n = coords.shape[0]
         if inner:  # each value's inner elements, row-major
             grid = xp.stack([g.reshape(-1) for g in xp.meshgrid(*[xp.arange(s) for s in inner], indexing="ij")], 1)
             per = grid.shape[0]
             coords = xp.concatenate([xp.repeat(coords, per, axis=0), xp.tile(grid.astype(coords.dtype), (n, 1))], 1)
-        widths = [xp.max(lengths, initial=0) if xp is np else jnp.max(lengths, initial=0)
-                  for _, _, lengths in levels]
+        widths = [xp.max(lengths, initial=0) for _, _, lengths in levels]
         dense_shape = xp.stack([xp.asarray(rows, coords.dtype)] + [xp.asarray(w, coords.dtype) for w in widths]
                                + [xp.asarray(s, coords.dtype) for s in inner])
         index_dtype = jax.dtypes.canonicalize_dtype(np.int64)
@@ -211,8 +209,7 @@ def _ragged_gather(node):
             out_splits.append(np.concatenate([[0], np.cumsum(ends - starts)]))
             selected = (np.concatenate([np.arange(s, e) for s, e in zip(starts, ends)]) if selected.size
                         else np.zeros((0,), np.int64))
-        xp = np if values.dtype == object else jnp
-        gathered = np.asarray(values)[selected] if xp is np else jnp.take(values, selected, axis=0)
+        gathered = values[selected] if values.dtype == object else jnp.take(values, selected, axis=0)
         return [s.astype(splits_dtype) for s in out_splits] + [gathered]
 
     return fn
