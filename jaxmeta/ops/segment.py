@@ -379,6 +379,12 @@ def _stitch_masked(indices, data):
 
 def _unique_static(rows: np.ndarray):
     """Exact TF semantics on a NumPy `[n, m]` array: unique rows in order of first appearance."""
+    if rows.dtype.kind == "O":  # strings: NumPy's unique cannot sort object rows
+        ids: dict = {}
+        inverse = np.array([ids.setdefault(row, len(ids)) for row in map(tuple, rows.tolist())], np.int64)
+        first = np.zeros(len(ids), np.int64)
+        first[inverse[::-1]] = np.arange(len(inverse))[::-1]
+        return rows[first], inverse, np.bincount(inverse, minlength=len(ids))
     _, first, inverse, counts = np.unique(rows, axis=0, return_index=True, return_inverse=True,
                                           return_counts=True)
     order = np.argsort(first, kind="stable")

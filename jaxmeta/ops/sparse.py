@@ -8,17 +8,27 @@ must be known when tracing. `SparseAdd` (of two SparseTensors) and `SparseCross`
 output from the indices, so those must be concrete (constants, or a run without `jax.jit`). Like TF's kernels, `SparseSoftmax`, `SparseReorder` and `SparseConcat` return
 their entries in canonical (row-major) order. `SparseToDense`, `SparseReshape`,
 `SparseTensorDenseMatMul` and the sparse-segment ops live with the segment ops (`ops/segment.py`).
+
+`SerializeSparse`, `SerializeManySparse`, `DeserializeSparse` and `DeserializeManySparse` turn
+SparseTensors into strings of TensorProtos and back, byte for byte as TF; like the string ops they
+run on the host (see `ops/strings.py`).
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from google.protobuf.message import DecodeError
 
+from jaxmeta import _dtypes, _tensor_util
+from jaxmeta._errors import GraphError
 from jaxmeta.ops.registry import OUTPUT_SIZES, need_known, register, static_ints, xnp
+from jaxmeta.ops.strings import _bytes_array, _limit, host
+from jaxmeta.proto import tensor_pb2
 
 
 def _order(xp, indices):
@@ -250,5 +260,316 @@ def _sparse_add_grad(node):
             return jnp.where(jnp.asarray(found), picked, jnp.zeros((), picked.dtype))
 
         return routed(a_idx), routed(b_idx)
+
+    return fn
+
+
+# --- SparseTensors as strings: SerializeSparse, SerializeManySparse, DeserializeSparse ---------------
+#
+# A serialized SparseTensor is a vector of 3 strings: its indices, values and dense shape, each a
+# TensorProto as TF's `Tensor::AsProtoTensorContent` writes it (the values in tensor_content:
+# numbers as little-endian bytes, strings as their varint lengths then their bytes). Reading one
+# back follows `Tensor::FromProto`, which also takes the typed fields (int64_val, string_val...).
+
+_INT64 = _dtypes.from_numpy(np.int64)
+_INT64_MAX = (1 << 63) - 1
+_MAX_DIMS = 254  # TensorShape's limit on the rank
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _tensor_bytes(array: np.ndarray, dtype_enum: int) -> bytes:
+    """`array` as the serialized TensorProto TF's `AsProtoTensorContent` makes (no content when empty)."""
+    proto = tensor_pb2.TensorProto(dtype=dtype_enum, tensor_shape=_tensor_util.shape_to_proto(array.shape))
+    if array.size:
+        if dtype_enum == _dtypes.STRING:
+            items = array.reshape(-1).tolist()
+            proto.tensor_content = b"".join([_varint(len(s)) for s in items]) + b"".join(items)
+        else:
+            little = _dtypes.to_numpy(dtype_enum).newbyteorder("<")
+            proto.tensor_content = np.ascontiguousarray(array, little).tobytes()
+    return proto.SerializeToString()
+
+
+def _serialized_types(node) -> int:
+    """The values' DataType of a Serialize*Sparse node; a GraphError for what jaxmeta cannot write."""
+    out_type = node.attr_dtype_enum("out_type", _dtypes.STRING)
+    if out_type != _dtypes.STRING:
+        raise GraphError(f"node {node.name!r} ({node.type}): out_type {_dtypes.short_name(out_type)} is not "
+                         "supported; jaxmeta serializes SparseTensors to strings only (out_type=tf.string: a "
+                         "variant holds the tensors themselves, for tf.data, which jaxmeta does not run)")
+    value_enum = node.attr_dtype_enum("T")
+    _dtypes.to_numpy(value_enum, where=f"node {node.name!r} ({node.type}): the SparseTensor's values")
+    return value_enum
+
+
+def _sparse_inputs(node, indices, values, shape, value_enum: int):
+    """A SparseTensor's (indices, values, dense shape) as NumPy in TF's dtypes (JAX may hold 64-bit
+    numbers narrowed), checked to be a matrix and two vectors as TF's kernels do."""
+    indices, values, shape = host(node, indices, values, shape)
+    for what, array, rank in (("indices", indices, 2), ("values", values, 1), ("dense shape", shape, 1)):
+        if array.ndim != rank:
+            raise GraphError(f"node {node.name!r} ({node.type}): the SparseTensor's {what} must be a "
+                             f"{'matrix' if rank == 2 else 'vector'}, got shape {array.shape}")
+    if value_enum != _dtypes.STRING:
+        values = values.astype(_dtypes.to_numpy(value_enum))
+    return indices.astype(np.int64), values, shape.astype(np.int64)
+
+
+def _check_dims(node, dims: list[int], what: str) -> None:
+    """TF's TensorShape checks: no negative size, at most 254 dims, fewer than 2**63 elements."""
+    if len(dims) > _MAX_DIMS:
+        raise GraphError(f"node {node.name!r} ({node.type}): {what} has {len(dims)} dimensions, more than "
+                         f"TF's {_MAX_DIMS}")
+    count = 1
+    for d in dims:
+        if d < 0:
+            raise GraphError(f"node {node.name!r} ({node.type}): {what} {dims} has a negative dimension")
+        count *= d
+        if count > _INT64_MAX:
+            raise GraphError(f"node {node.name!r} ({node.type}): {what} {dims} has more than 2**63 - 1 "
+                             "elements")
+
+
+@register("SerializeSparse")
+def _serialize_sparse(node):
+    """tf.io.serialize_sparse: [indices, values, dense_shape] as 3 serialized TensorProtos. Like
+    TF's kernel, it does not check that the three fit together."""
+    value_enum = _serialized_types(node)
+
+    def fn(indices, values, shape):
+        indices, values, shape = _sparse_inputs(node, indices, values, shape, value_enum)
+        return _bytes_array([_tensor_bytes(indices, _INT64), _tensor_bytes(values, value_enum),
+                             _tensor_bytes(shape, _INT64)], (3,))
+
+    return fn
+
+
+def _check_canonical(node, indices: np.ndarray, dims: list[int]) -> None:
+    """TF's `SparseTensor::IndicesValid`: every index within the dense shape, in row-major order,
+    none repeated."""
+    where = f"node {node.name!r} ({node.type}): the SparseTensor's indices"
+    outside = ((indices < 0) | (indices >= np.array(dims, np.int64))).any(axis=1)
+    if outside.any():
+        i = int(outside.argmax())
+        raise GraphError(f"{where}[{i}] = {indices[i].tolist()} is out of bounds: need 0 <= index < {dims}")
+    if len(indices) > 1:
+        step = indices[1:] - indices[:-1]  # no overflow: every index is within the shape
+        changed = step != 0
+        lead = step[np.arange(len(step)), changed.argmax(axis=1)]
+        bad = lead <= 0
+        if bad.any():
+            i = int(bad.argmax()) + 1
+            problem = "is out of order" if changed[i - 1].any() else "is repeated"
+            raise GraphError(f"{where}[{i}] = {indices[i].tolist()} {problem}; {node.type} needs them in "
+                             "row-major order (use tf.sparse.reorder before it)")
+
+
+@register("SerializeManySparse")
+def _serialize_many_sparse(node):
+    """tf.io.serialize_many_sparse: row b of the [N, 3] output is the serialized SparseTensor of
+    minibatch entry b (its indices without the first column, the dense shape without N)."""
+    value_enum = _serialized_types(node)
+    value_dtype = _dtypes.to_numpy(value_enum)
+
+    def fn(indices, values, shape):
+        indices, values, shape = _sparse_inputs(node, indices, values, shape, value_enum)
+        dims = shape.tolist()
+        rank = len(dims)
+        where = f"node {node.name!r} (SerializeManySparse)"
+        if rank < 2:
+            raise GraphError(f"{where}: the SparseTensor must have rank 2 or more (its first dimension is "
+                             f"the minibatch), got dense shape {dims}")
+        if indices.shape[1] != rank or len(indices) != len(values):
+            raise GraphError(f"{where}: indices of shape {indices.shape} and {len(values)} values do not fit "
+                             f"a SparseTensor of dense shape {dims}")
+        _check_dims(node, dims, "the dense shape")
+        _check_canonical(node, indices, dims)
+        batch = dims[0]
+        blank = [_tensor_bytes(np.zeros((0, rank - 1), np.int64), _INT64),
+                 _tensor_bytes(np.zeros(0, value_dtype), value_enum), _tensor_bytes(shape[1:], _INT64)]
+        _limit(node, batch * sum(map(len, blank)))
+        out = np.empty((batch, 3), object)
+        for column, text in enumerate(blank):
+            out[:, column] = text
+        rows = indices[:, 0]
+        starts = np.flatnonzero(np.concatenate([[True], rows[1:] != rows[:-1]])) if len(rows) else []
+        for start, end in zip(starts, [*starts[1:], len(rows)]):
+            b = rows[start]
+            out[b, 0] = _tensor_bytes(indices[start:end, 1:], _INT64)
+            out[b, 1] = _tensor_bytes(values[start:end], value_enum)
+        return out
+
+    return fn
+
+
+def _decode_string_list(content: bytes, count: int) -> list[bytes] | None:
+    """TF's `port::DecodeStringList`: `count` varint32 lengths, then exactly that many bytes."""
+    sizes, pos, end = [], 0, len(content)
+    for _ in range(count):  # every length takes a byte at least, so a short string ends this soon
+        value, shift = 0, 0
+        while True:
+            if pos >= end or shift > 28:
+                return None
+            byte = content[pos]
+            pos += 1
+            value |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                break
+            shift += 7
+        sizes.append(value & 0xFFFFFFFF)
+    if sum(sizes) != end - pos:
+        return None
+    out = []
+    for size in sizes:
+        out.append(content[pos:pos + size])
+        pos += size
+    return out
+
+
+def _parse_tensor(node, data: bytes, where: str, want: int) -> np.ndarray:
+    """TF's `Tensor::FromProto` of a serialized TensorProto that must hold `want` (a DataType)."""
+    prefix = f"node {node.name!r} ({node.type}): {where}"
+    try:
+        proto = tensor_pb2.TensorProto.FromString(data)
+    except (DecodeError, RuntimeError) as e:
+        raise GraphError(f"{prefix} is not a serialized TensorProto ({e}); feed strings made by "
+                         "tf.io.serialize_sparse or tf.io.serialize_many_sparse") from None
+    if not proto.dtype:
+        raise GraphError(f"{prefix} holds no tensor (its dtype is DT_INVALID); feed strings made by "
+                         "tf.io.serialize_sparse or tf.io.serialize_many_sparse")
+    if proto.dtype != want:
+        attr = " (the node's dtype attribute)" if want != _INT64 else ""
+        raise GraphError(f"{prefix} holds {_dtypes.short_name(proto.dtype)} values, expected "
+                         f"{_dtypes.short_name(want)}{attr}")
+    if proto.tensor_shape.unknown_rank:
+        raise GraphError(f"{prefix} has an unknown rank")
+    dims = [int(d.size) for d in proto.tensor_shape.dim]
+    _check_dims(node, dims, f"{where}'s shape")
+    count = math.prod(dims)
+    dtype = _dtypes.to_numpy(want)
+    if count == 0:
+        return np.empty(dims, dtype)
+    content = proto.tensor_content
+    if content:
+        if want == _dtypes.STRING:
+            items = _decode_string_list(content, count)
+            if items is None:
+                raise GraphError(f"{prefix}: its tensor_content does not hold {count} strings")
+            return _bytes_array(items, dims)
+        if len(content) != count * dtype.itemsize:
+            raise GraphError(f"{prefix}: its tensor_content holds {len(content)} bytes, but shape {dims} of "
+                             f"{dtype} needs {count * dtype.itemsize}")
+        return np.frombuffer(content, dtype.newbyteorder("<")).astype(dtype).reshape(dims)
+    field = _tensor_util._TYPED_FIELD.get(want)
+    if field is not None:  # TF ignores values beyond the shape's count (and repeats the last, as to_numpy)
+        keep = count * (2 if dtype.kind == "c" else 1)
+        if len(getattr(proto, field)) > keep:
+            trimmed = tensor_pb2.TensorProto()
+            trimmed.CopyFrom(proto)
+            del getattr(trimmed, field)[keep:]
+            proto = trimmed
+    return _tensor_util.to_numpy(proto, where=prefix)
+
+
+def _deserialize_one(node, row: list[bytes], i: int, value_enum: int):
+    """SparseTensor i of a DeserializeSparse input: (indices, values, dense shape), checked as TF's
+    `GetAndValidateSparseTensor` does."""
+    where = f"node {node.name!r} ({node.type}): SparseTensor[{i}]"
+    indices = _parse_tensor(node, row[0], f"serialized_sparse[{i}, 0] (indices)", _INT64)
+    if indices.ndim != 2:
+        raise GraphError(f"{where}: its indices must be a matrix, got shape {indices.shape}")
+    values = _parse_tensor(node, row[1], f"serialized_sparse[{i}, 1] (values)", value_enum)
+    if values.ndim != 1:
+        raise GraphError(f"{where}: its values must be a vector, got shape {values.shape}")
+    if len(values) != len(indices):
+        raise GraphError(f"{where}: it has {len(indices)} indices but {len(values)} values")
+    shape = _parse_tensor(node, row[2], f"serialized_sparse[{i}, 2] (dense shape)", _INT64)
+    if shape.ndim != 1:
+        raise GraphError(f"{where}: its dense shape must be a vector, got shape {shape.shape}")
+    if len(shape) != indices.shape[1]:
+        raise GraphError(f"{where}: its indices have {indices.shape[1]} columns but its dense shape "
+                         f"{shape.tolist()} has {len(shape)} dimensions")
+    return indices, values, shape
+
+
+def _reshape_indices(indices: np.ndarray, in_dims: list[int], out_dims: list[int]) -> np.ndarray:
+    """TF's `ReshapeSparseTensor` of indices: each entry's row-major offset in `in_dims`, unravelled
+    in `out_dims`, in int64 with C's division (so an index beyond its shape lands where TF puts it)."""
+
+    def strides(dims):
+        out, step = [], 1
+        for d in reversed(dims):
+            out.append(step)
+            step *= d
+        return out[::-1]
+
+    offset = (indices * np.array(strides(in_dims), np.int64)).sum(axis=1, dtype=np.int64)  # wraps, as TF's
+    out = np.empty((len(indices), len(out_dims)), np.int64)
+    for j, step in enumerate(strides(out_dims)):
+        quotient = offset // step
+        rest = offset - quotient * step
+        ahead = (rest != 0) & (offset < 0)  # C rounds toward zero (the strides are positive)
+        quotient[ahead] += 1
+        rest[ahead] -= step
+        out[:, j], offset = quotient, rest
+    return out
+
+
+@register("DeserializeSparse", "DeserializeManySparse")
+def _deserialize_sparse(node):
+    """tf.io.deserialize_many_sparse / DeserializeSparse, as TF's one kernel for both: serialized
+    [d0, ..., dk, 3] gives one SparseTensor of dense shape [d0, ..., dk, *max of the entries'
+    shapes], entries in input order; a single [3] vector gives its SparseTensor as stored."""
+    value_enum = node.attr_dtype_enum("dtype")
+    _dtypes.to_numpy(value_enum, where=f"node {node.name!r} ({node.type}): dtype")
+    if node.attr_dtype_enum("Tserialized", _dtypes.STRING) != _dtypes.STRING:
+        raise GraphError(f"node {node.name!r} ({node.type}): serialized SparseTensors of type variant "
+                         "(tf.data's) are not supported; jaxmeta reads the string form "
+                         "(tf.io.serialize_sparse's default)")
+
+    def fn(serialized):
+        (serialized,) = host(node, serialized)
+        where = f"node {node.name!r} ({node.type})"
+        if serialized.dtype != object or not serialized.ndim or serialized.shape[-1] != 3:
+            raise GraphError(f"{where}: serialized_sparse must be strings of shape [..., 3], got "
+                             f"{serialized.dtype} of shape {serialized.shape}")
+        lead = list(serialized.shape[:-1])
+        count = math.prod(lead)
+        if count == 0:
+            raise GraphError(f"{where}: serialized_sparse of shape {serialized.shape} holds no SparseTensor")
+        rows = serialized.reshape(-1, 3).tolist()
+        if serialized.ndim == 1:  # TF's kernel returns the one SparseTensor as it is
+            return list(_deserialize_one(node, rows[0], 0, value_enum))
+        parts = [_deserialize_one(node, row, i, value_enum) for i, row in enumerate(rows)]
+        merged = None
+        for i, (_, _, shape) in enumerate(parts):
+            dims = shape.tolist()
+            _check_dims(node, [1, *dims], f"SparseTensor[{i}]'s dense shape")
+            if merged is None:
+                merged = dims
+            elif len(dims) != len(merged):
+                raise GraphError(f"{where}: SparseTensor[{i}] has rank {len(dims)}, but the ones before it "
+                                 f"have rank {len(merged)}")
+            else:  # the smallest dense shape that bounds every entry, as TF's kernel
+                merged = [max(a, b) for a, b in zip(merged, dims)]
+        in_dims, out_dims = [count, *merged], [*lead, *merged]
+        _check_dims(node, in_dims, "the merged dense shape")
+        indices = np.concatenate([np.concatenate([np.full((len(ind), 1), i, np.int64), ind], axis=1)
+                                  for i, (ind, _, _) in enumerate(parts)])
+        values = np.concatenate([v for _, v, _ in parts])
+        if len(lead) == 1:  # the batched shape is the merged one: TF keeps the indices as they are
+            return indices, values, np.array(in_dims, np.int64)
+        if len(indices) and not math.prod(in_dims):
+            raise GraphError(f"{where}: {len(indices)} entries in SparseTensors of dense shape {merged}, "
+                             "which has no elements")
+        return _reshape_indices(indices, in_dims, out_dims), values, np.array(out_dims, np.int64)
 
     return fn

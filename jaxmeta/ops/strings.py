@@ -1,5 +1,7 @@
 """String ops, on the host: `tf.strings.*` and TF1's `tf.string_split`, `tf.reduce_join`,
-`tf.as_string`, `tf.string_to_number`, `tf.regex_replace`, `tf.substr`, `tf.encode_base64`.
+`tf.as_string`, `tf.string_to_number`, `tf.regex_replace`, `tf.substr`, `tf.encode_base64`,
+`tf.decode_raw`, the three hash-bucket ops (FarmHash, TF's legacy Hash64, keyed SipHash) and
+`tf.fingerprint`.
 
 JAX has no strings, so these compute with NumPy object arrays of bytes when the graph is traced:
 on constants they fold into constants (under `jax.jit` too), and on fed strings they run when the
@@ -11,6 +13,7 @@ raises a GraphError that says so. Regular expressions run with RE2 (`google-re2`
 from __future__ import annotations
 
 import base64
+import math
 import re
 
 import numpy as np
@@ -452,10 +455,128 @@ def fingerprint64(s: bytes) -> int:
 
 @register("StringToHashBucketFast")
 def _string_to_hash_bucket_fast(node):
+    buckets = _buckets(node)
+    return _map(node, lambda s: fingerprint64(s) % buckets, np.int64)
+
+
+def _buckets(node) -> int:
     buckets = node.attr_int("num_buckets")
     if buckets < 1:
-        raise GraphError(f"node {node.name!r} (StringToHashBucketFast): num_buckets must be positive, got {buckets}")
-    return _map(node, lambda s: fingerprint64(s) % buckets, np.int64)
+        raise GraphError(f"node {node.name!r} ({node.type}): num_buckets must be positive, got {buckets}")
+    return buckets
+
+
+def hash64(s: bytes, seed: int = 0xDECAFCAFFE) -> int:
+    """TF's `Hash64` (a MurmurHash64A variant; what the deprecated `StringToHashBucket` uses)."""
+    m, n = 0xC6A4A7935BD1E995, len(s)
+    h = (seed ^ (n * m)) & _M64
+    body = n - n % 8
+    for i in range(0, body, 8):
+        k = (_u64(s, i) * m) & _M64
+        k = ((k ^ (k >> 47)) * m) & _M64
+        h = ((h ^ k) * m) & _M64
+    if n % 8:
+        h = ((h ^ int.from_bytes(s[body:], "little")) * m) & _M64
+    h = ((h ^ (h >> 47)) * m) & _M64
+    return h ^ (h >> 47)
+
+
+def _sip_round(v0: int, v1: int, v2: int, v3: int) -> tuple[int, int, int, int]:
+    v0 = (v0 + v1) & _M64
+    v1 = _rot(v1, 64 - 13) ^ v0
+    v0 = _rot(v0, 32)
+    v2 = (v2 + v3) & _M64
+    v3 = _rot(v3, 64 - 16) ^ v2
+    v0 = (v0 + v3) & _M64
+    v3 = _rot(v3, 64 - 21) ^ v0
+    v2 = (v2 + v1) & _M64
+    v1 = _rot(v1, 64 - 17) ^ v2
+    return v0, v1, _rot(v2, 32), v3
+
+
+def siphash24(key: tuple[int, int], s: bytes) -> int:
+    """SipHash-2-4 of `s` under a 128-bit key (two 64-bit halves): TF's `StrongKeyedHash`."""
+    k0, k1 = key[0] & _M64, key[1] & _M64
+    v = [k0 ^ 0x736F6D6570736575, k1 ^ 0x646F72616E646F6D, k0 ^ 0x6C7967656E657261, k1 ^ 0x7465646279746573]
+    n = len(s)
+    body = n - n % 8
+    blocks = [_u64(s, i) for i in range(0, body, 8)] + [int.from_bytes(s[body:], "little") | ((n & 0xFF) << 56)]
+    for m in blocks:
+        v[3] ^= m
+        v = list(_sip_round(*_sip_round(*v)))
+        v[0] ^= m
+    v[2] ^= 0xFF
+    for _ in range(4):
+        v = list(_sip_round(*v))
+    return v[0] ^ v[1] ^ v[2] ^ v[3]
+
+
+@register("StringToHashBucket")
+def _string_to_hash_bucket(node):
+    buckets = _buckets(node)
+    return _map(node, lambda s: hash64(s) % buckets, np.int64)
+
+
+@register("StringToHashBucketStrong")
+def _string_to_hash_bucket_strong(node):
+    buckets, key = _buckets(node), node.attr_ints("key")
+    if len(key) != 2:
+        raise GraphError(f"node {node.name!r} (StringToHashBucketStrong): key must be two integers, got {key}")
+    return _map(node, lambda s: siphash24((key[0], key[1]), s) % buckets, np.int64)
+
+
+@register("Fingerprint")
+def _fingerprint(node):
+    """`tf.fingerprint`: FarmHash's Fingerprint64 of each row (its bytes; strings hashed one by one
+    first, their fingerprints concatenated when a row holds several), as 8 little-endian bytes."""
+
+    def fn(data, method):
+        data, method = host(node, data, method)
+        if method.item() != b"farmhash64":
+            raise GraphError(f"node {node.name!r} (Fingerprint): method must be 'farmhash64', got {method.item()!r}")
+        if data.ndim < 1:
+            raise GraphError(f"node {node.name!r} (Fingerprint): data must have rank 1 or more, got a scalar")
+        rows = data.reshape(data.shape[0], -1)
+        if data.dtype.kind == "O":
+            hashes = [[fingerprint64(v) for v in row] for row in rows.tolist()]
+            keys = [h[0] if len(h) == 1 else fingerprint64(b"".join(x.to_bytes(8, "little") for x in h))
+                    for h in hashes]
+        else:
+            raw = np.ascontiguousarray(rows, rows.dtype.newbyteorder("<"))
+            keys = [fingerprint64(row.tobytes()) for row in raw]
+        return np.array([list(k.to_bytes(8, "little")) for k in keys], np.uint8).reshape(len(keys), 8)
+
+    return fn
+
+
+def _join_nonempty(separator: bytes, values: list[bytes]) -> bytes:
+    """TF's segment join: a separator only after a non-empty result so far (leading empties vanish)."""
+    first = next((i for i, value in enumerate(values) if value), len(values))
+    return separator.join(values[first:])
+
+
+@register("UnsortedSegmentJoin")
+def _unsorted_segment_join(node):
+    separator = node.attr_bytes("separator") if node.has_attr("separator") else b""
+
+    def fn(inputs, segment_ids, num_segments):
+        inputs, ids, count = host(node, inputs, segment_ids, num_segments)
+        count = int(count.item())
+        if inputs.shape[:ids.ndim] != ids.shape or count < 0:
+            raise GraphError(f"node {node.name!r} (UnsortedSegmentJoin): segment_ids of shape {ids.shape} must prefix "
+                             f"the inputs' shape {inputs.shape}, and num_segments ({count}) be non-negative")
+        inner = inputs.shape[ids.ndim:]
+        _limit(node, count * max(math.prod(inner), 1) + sum(map(len, inputs.reshape(-1).tolist())))
+        parts = [[[] for _ in range(math.prod(inner))] for _ in range(count)]
+        for i, row in zip(ids.reshape(-1).tolist(), inputs.reshape(-1, math.prod(inner)).tolist()):
+            if not 0 <= i < count:
+                raise GraphError(f"node {node.name!r} (UnsortedSegmentJoin): segment id {i} is not in [0, "
+                                 f"num_segments = {count})")
+            for cell, value in zip(parts[i], row):
+                cell.append(value)
+        return _bytes_array([_join_nonempty(separator, cell) for seg in parts for cell in seg], (count, *inner))
+
+    return fn
 
 
 @register("ShardedFilename")
@@ -492,6 +613,27 @@ def _decode_raw(node):
         width = (sizes.pop() if sizes else 0) // dtype.itemsize
         out = np.frombuffer(b"".join(items), wire).astype(dtype) if items else np.zeros(0, dtype)
         return out.reshape(*x.shape, width)
+
+    return fn
+
+
+@register("DecodePaddedRaw")
+def _decode_padded_raw(node):
+    """`tf.io.decode_raw(..., fixed_length=n)`: each string cut or zero-padded to n bytes first."""
+    dtype = np.dtype(node.attr_dtype("out_type"))
+    order = "<" if node.attr_bool("little_endian", True) else ">"
+    wire = dtype.newbyteorder(order) if dtype.itemsize > 1 else dtype
+
+    def fn(x, fixed_length):
+        x, length = host(node, x, fixed_length)
+        length = int(length.item())
+        if length < 0 or length % dtype.itemsize:
+            raise GraphError(f"node {node.name!r} (DecodePaddedRaw): fixed_length {length} must be a non-negative "
+                             f"multiple of {dtype.itemsize} bytes ({dtype.name})")
+        items = x.reshape(-1).tolist()
+        _limit(node, length * len(items))
+        raw = b"".join(v[:length].ljust(length, b"\0") for v in items)
+        return np.frombuffer(raw, wire).astype(dtype).reshape(*x.shape, length // dtype.itemsize)
 
     return fn
 

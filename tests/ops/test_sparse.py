@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from oracle import case, ph, run_cases, run_tf
+from oracle import case, compare_host_ops, get_tf, ph, run_cases, run_tf
 
 import jaxmeta
 
@@ -146,3 +146,153 @@ def test_sparse_add(thresh):
         got = sess.run(run.fetch_names, feeds(**arrays))
     for name, g, w in zip(run.fetch_names, got, run.expected):
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-6, err_msg=name)
+
+
+# --- SparseTensors as strings: SerializeSparse, SerializeManySparse, DeserializeSparse ---------------
+
+
+def _serialize(tf, indices, values, shape, dtype):
+    indices = np.asarray(indices, np.int64).reshape(len(values), len(shape))
+    return tf.raw_ops.SerializeSparse(sparse_indices=tf.constant(indices),
+                                      sparse_values=tf.constant(values, dtype),
+                                      sparse_shape=tf.constant(shape, tf.int64))
+
+
+def _deserialize(tf, serialized, dtype, many=False):
+    op = tf.raw_ops.DeserializeManySparse if many else tf.raw_ops.DeserializeSparse
+    return list(op(serialized_sparse=serialized, dtype=dtype))
+
+
+def test_serialize_sparse_round_trips():
+    """Byte for byte as TF (tensor_content; strings as varint lengths; no content when empty),
+    ranks 1 to 3 and empty SparseTensors, and back."""
+
+    def build(tf):
+        cases = [([[1], [0]], [1.5, -2.0], [3], tf.float32),
+                 ([[0, 1], [2, 3]], [2**31 - 1, -3], [3, 4], tf.int64),
+                 ([[1, 0, 2], [0, 0, 0], [1, 2, 1]], [b"ab", b"", b"c\x00"], [2, 3, 4], tf.string),
+                 ([[0, 0], [1, 1]], [True, False], [2, 2], tf.bool),
+                 ([[4]], [0.1], [5], tf.float64),
+                 ([[0, 1]], [1 + 2j], [1, 2], tf.complex64),
+                 ([], [], [3, 4], tf.int32),
+                 ([], [], [2, 0, 5], tf.string)]
+        outs = []
+        for indices, values, shape, dtype in cases:
+            serialized = _serialize(tf, indices, values, shape, dtype)
+            outs += [serialized, *_deserialize(tf, serialized, dtype)]
+        return outs
+
+    compare_host_ops(build)
+
+
+def test_serialize_many_sparse_round_trips():
+    """One row per minibatch entry (empty ones too), indices without the batch column; back with
+    DeserializeManySparse, and DeserializeSparse of the [N, 3] matrix."""
+    idx = np.array([[0, 0, 1], [0, 1, 0], [2, 1, 1], [2, 2, 0]], np.int64)
+
+    def build(tf):
+        outs = []
+        for values, dtype, shape in (([b"a", b"bb", b"", b"ddd"], tf.string, [4, 3, 2]),
+                                     ([1.5, 2.0, -3.0, 4.25], tf.float32, [3, 5, 2])):
+            many = tf.raw_ops.SerializeManySparse(sparse_indices=tf.constant(idx),
+                                                  sparse_values=tf.constant(values, dtype),
+                                                  sparse_shape=tf.constant(shape, tf.int64))
+            outs += [many, *_deserialize(tf, many, dtype, many=True), *_deserialize(tf, many, dtype)]
+        matrix = tf.raw_ops.SerializeManySparse(sparse_indices=tf.constant(idx[:, 1:]),
+                                                sparse_values=tf.constant([1, 2, 3, 4]),
+                                                sparse_shape=tf.constant([3, 2], tf.int64))
+        empty = tf.raw_ops.SerializeManySparse(sparse_indices=tf.zeros([0, 2], tf.int64),
+                                               sparse_values=tf.zeros([0]),
+                                               sparse_shape=tf.constant([0, 2], tf.int64))
+        return [*outs, matrix, *_deserialize(tf, matrix, tf.int32, many=True), empty]
+
+    compare_host_ops(build)
+
+
+def test_deserialize_sparse_stacks():
+    """[2, 3] and [2, 2, 3, 3] stacks: leading dims prepended, entries in input order, the dense
+    shape the max over the entries; an index beyond its own shape moves as in TF's reshape; fed."""
+
+    def build(tf):
+        a = _serialize(tf, [[0, 5]], [1.0], [1, 6], tf.float32)
+        b = _serialize(tf, [[3, 0]], [2.0], [4, 1], tf.float32)
+        empty = _serialize(tf, [], [], [2, 2], tf.float32)
+        c = _serialize(tf, [[1, 1], [0, 0]], [3.0, 4.0], [2, 2], tf.float32)
+        beyond = _serialize(tf, [[0, 5], [0, -3]], [5.0, 6.0], [1, 2], tf.float32)
+        grid = [_serialize(tf, [[k, 1]], [float(k)], [3, 2], tf.float32) for k in range(3)]
+        grid = tf.reshape(tf.stack(grid * 4), [2, 2, 3, 3])
+        scalars = tf.stack([_serialize(tf, np.zeros((1, 0)), [b"s"], [], tf.string),
+                            _serialize(tf, [], [], [], tf.string)])
+        fed = tf.compat.v1.placeholder(tf.string, [2, 3], name="fed")
+        return [*_deserialize(tf, tf.stack([tf.stack([a, b, empty]), tf.stack([c, empty, a])]), tf.float32),
+                *_deserialize(tf, tf.stack([a, b, empty, c]), tf.float32, many=True),
+                *_deserialize(tf, tf.stack([beyond, b])[None], tf.float32),
+                *_deserialize(tf, grid, tf.float32),
+                *_deserialize(tf, scalars, tf.string), *_deserialize(tf, scalars[None], tf.string),
+                *_deserialize(tf, fed, tf.float32, many=True), *_deserialize(tf, fed[None], tf.float32),
+                *_deserialize(tf, fed[1], tf.float32)]
+
+    tf = get_tf()
+    with tf.Graph().as_default(), tf.compat.v1.Session() as sess:
+        stack = sess.run(tf.stack([_serialize(tf, [[0, 5]], [1.0], [1, 6], tf.float32),
+                                   _serialize(tf, [[1, 1], [0, 0]], [3.0, 4.0], [2, 2], tf.float32)]))
+    compare_host_ops(build, {"fed:0": stack})
+
+
+def test_deserialize_sparse_reads_typed_fields():
+    """TensorProtos with values in int64_val / float_val / string_val, as Tensor::FromProto reads
+    them: fewer values than the shape repeat the last one, extra ones are ignored."""
+    from jaxmeta._tensor_util import shape_to_proto
+    from jaxmeta.proto import tensor_pb2
+
+    def proto(dtype, shape, **values):
+        tensor = tensor_pb2.TensorProto(dtype=dtype, tensor_shape=shape_to_proto(shape), **values)
+        return tensor.SerializeToString()
+
+    floats = np.array([[proto(9, (3, 2), int64_val=[0, 1, 1, 0, 1, 1, 9, 9]), proto(1, (3,), float_val=[2.5]),
+                        proto(9, (2,), int64_val=[4])],
+                       [proto(9, (2, 2)), proto(1, (2,)), proto(9, (2,), int64_val=[1, 3, 5])]], object)
+    strings = np.array([[proto(9, (2, 1), int64_val=[0, 2]),
+                         proto(7, (2,), string_val=[b"a", b"b\x00", b"c"]),
+                         proto(9, (1,), int64_val=[3])]], object)
+
+    def build(tf):
+        f = tf.compat.v1.placeholder(tf.string, [2, 3], name="f")
+        s = tf.compat.v1.placeholder(tf.string, [1, 3], name="s")
+        return [*_deserialize(tf, f, tf.float32, many=True), *_deserialize(tf, s[0], tf.string)]
+
+    compare_host_ops(build, {"f:0": floats, "s:0": strings})
+
+
+def _graph_error(build, match, tf_fails=True):
+    """`build(tf)`'s fetches fail in TF at run time (if `tf_fails`) and give jaxmeta's GraphError."""
+    tf = get_tf()
+    with tf.Graph().as_default() as g:
+        outs = build(tf)
+        meta = tf.compat.v1.train.export_meta_graph(graph=g)
+        if tf_fails:
+            with tf.compat.v1.Session() as sess, pytest.raises(tf.errors.InvalidArgumentError):
+                sess.run(outs)
+    with pytest.raises(jaxmeta.GraphError, match=match):
+        graph = jaxmeta.import_meta_graph(meta)
+        graph.function([o.name for o in outs] if isinstance(outs, list) else outs.name)({})
+
+
+def test_serialized_sparse_errors():
+    def corrupt(tf):
+        good = _serialize(tf, [[0]], [1.0], [2], tf.float32)
+        return _deserialize(tf, tf.stack([tf.constant(b"\xff\xff\x01"), good[1], good[2]]), tf.float32)
+
+    _graph_error(corrupt, r"serialized_sparse\[0, 0\] \(indices\) is not a serialized TensorProto")
+    _graph_error(lambda tf: _deserialize(tf, _serialize(tf, [[0]], [1.0], [2], tf.float32), tf.int32),
+                 "holds float32 values, expected int32")
+    _graph_error(lambda tf: _deserialize(tf, tf.stack([_serialize(tf, [[0]], [1.0], [2], tf.float32),
+                                                       _serialize(tf, [[0, 1]], [1.0], [2, 2], tf.float32)]),
+                                         tf.float32), "SparseTensor\\[1\\] has rank 2")
+    _graph_error(lambda tf: tf.raw_ops.SerializeManySparse(
+        sparse_indices=tf.constant([[1, 0], [0, 1]], tf.int64), sparse_values=tf.constant([1.0, 2.0]),
+        sparse_shape=tf.constant([2, 2], tf.int64)), r"indices\[1\] = \[0, 1\] is out of order")
+    _graph_error(lambda tf: tf.raw_ops.SerializeSparse(
+        sparse_indices=tf.constant([[0]], tf.int64), sparse_values=tf.constant([1.0]),
+        sparse_shape=tf.constant([2], tf.int64), out_type=tf.variant), "out_type variant is not supported",
+        tf_fails=False)

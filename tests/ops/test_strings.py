@@ -6,6 +6,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
+from oracle import compare_host_ops as check
 from oracle import get_tf
 
 import jaxmeta
@@ -13,39 +14,6 @@ import jaxmeta
 pytestmark = pytest.mark.oracle
 
 WORDS = np.array([b"Hello World", b"  tarkus\t", b"", b"a,b,,c", "Ünïcode Straße".encode()], object)
-
-
-def check(build, feeds=None):
-    """TF's values of `build(tf)`'s fetches against jaxmeta's: a Session, graph.function unjitted,
-    and (with no feeds) under jax.jit, where the strings fold into constants."""
-    tf = get_tf()
-    feeds = feeds or {}
-    g = tf.Graph()
-    with g.as_default():
-        outs = build(tf)
-        outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
-        meta = tf.compat.v1.train.export_meta_graph(graph=g)
-        with tf.compat.v1.Session(graph=g) as sess:
-            sess.run(tf.compat.v1.tables_initializer())
-            want = sess.run(outs, {g.get_tensor_by_name(k): v for k, v in feeds.items()})
-    graph = jaxmeta.import_meta_graph(meta)
-    names = [o.name for o in outs]
-    with jaxmeta.Session(graph) as sess:
-        results = [sess.run(names, feeds)]
-    f = graph.function(names, feeds=list(feeds))
-    results.append(f({}, *feeds.values()))
-    numeric = [i for i, w in enumerate(want) if np.asarray(w).dtype.kind not in "OS"]
-    if not feeds and numeric:  # strings fold into constants under jit (a jitted function cannot return them)
-        jitted = jax.jit(graph.function([names[i] for i in numeric]))({})
-        results.append([jitted[numeric.index(i)] if i in numeric else want[i] for i in range(len(names))])
-    for got in results:
-        for name, g_value, w_value in zip(names, got, want):
-            g_value, w_value = np.asarray(g_value), np.asarray(w_value)
-            assert g_value.shape == w_value.shape, name
-            if w_value.dtype.kind in "OS":
-                assert g_value.tolist() == w_value.tolist(), name
-            else:  # float64 / int64 arrive narrowed to 32 bits (JAX without x64)
-                np.testing.assert_array_equal(g_value, w_value.astype(g_value.dtype), err_msg=name)
 
 
 def fed(tf, values=WORDS, name="s"):
@@ -248,3 +216,55 @@ def test_decode_raw(dtype, little):
         return tf.io.decode_raw(fed(tf, blobs), getattr(tf, dtype), little_endian=little)
 
     check(build, {"s:0": blobs})
+
+
+def test_array_ops_keep_strings_whole():
+    """Strings through array ops: one picked string keeps its trailing zero bytes (a serialized proto
+    may end in one), padding is empty strings, and Unique works on strings."""
+    values = np.array([b"a\x00", b"b\x00\x00", b"a\x00"], object)
+
+    def build(tf):
+        s = fed(tf, values)
+        return [s[1], tf.fill([2], s[0]), tf.broadcast_to(s[1], [2]), tf.pad(s, [[1, 0]]), *tf.unique(s),
+                tf.strings.length(s[2])]
+
+    check(build, {"s:0": values})
+
+
+HASHED = np.array([b"", b"a", b"abc", b"abcdefg", b"abcdefgh", b"0123456789abcdefXYZ", "Straße".encode() * 9], object)
+
+
+def test_hash_buckets_and_fingerprints():
+    def build(tf):
+        s = fed(tf, HASHED)
+        v1 = tf.compat.v1
+        return [v1.string_to_hash_bucket(s, 1 << 30), v1.string_to_hash_bucket_strong(s, 1 << 30, key=[1, 2]),
+                v1.string_to_hash_bucket_strong(s, 1000, key=[-5, 12345678901234]),
+                tf.fingerprint(s), tf.fingerprint(tf.reshape(s[:6], [3, 2])),
+                tf.fingerprint(tf.constant([[1, 2], [3, 4]], tf.int32)), tf.fingerprint(tf.constant([1.5, -2.0]))]
+
+    check(build, {"s:0": HASHED})
+
+
+def test_unsorted_segment_join():
+    def build(tf):
+        s = fed(tf, HASHED)
+        return [tf.strings.unsorted_segment_join(s, [0, 2, 0, 3, 2, 1, 0], 5, separator=", "),
+                tf.strings.unsorted_segment_join(tf.constant(["x", "", "", "y", ""]), [0, 0, 0, 0, 0], 1, separator="-"),
+                tf.strings.unsorted_segment_join(tf.reshape(s[:6], [3, 2]), [1, 1, 0], 2)]
+
+    check(build, {"s:0": HASHED})
+
+
+def test_decode_padded_raw():
+    def build(tf):
+        s = fed(tf, HASHED)
+        return [tf.io.decode_raw(s, tf.uint8, fixed_length=5), tf.io.decode_raw(s, tf.int16, fixed_length=6),
+                tf.io.decode_raw(s, tf.float32, fixed_length=8, little_endian=False)]
+
+    check(build, {"s:0": HASHED})
+
+
+def test_empty_string_constants():
+    """TF writes `tf.zeros([0, 3], tf.string)` as a Const with one value for no elements."""
+    check(lambda tf: [tf.zeros([0, 3], tf.string), tf.concat([tf.zeros([0], tf.string), ["a"]], 0)])
