@@ -25,12 +25,20 @@ _ENTER_OPS = frozenset({"Enter", "RefEnter"})
 
 
 # -- inspect ---------------------------------------------------------------------------------------
-def inspect_report(path: str) -> dict[str, Any]:
-    """Everything `jaxmeta inspect` shows about a MetaGraphDef file, as plain JSON-able data."""
-    from jaxmeta import _import
+def inspect_report(path: str, tags: Sequence[str] | None = None) -> dict[str, Any]:
+    """Everything `jaxmeta inspect` shows about a MetaGraphDef file (or a SavedModel directory's
+    MetaGraphDef for `tags`: its only one, else the one tagged "serve"), as JSON-able data."""
+    from jaxmeta import _import, _saved_model
     from jaxmeta.ops import registry
 
-    meta = _import.read_meta_graph(path)
+    if os.path.isdir(path):
+        saved = _saved_model.read_saved_model(path)
+        if tags is None:
+            tags = (list(saved.meta_graphs[0].meta_info_def.tags) if len(saved.meta_graphs) == 1
+                    else [_saved_model.SERVING])
+        meta = _saved_model.meta_graph_for_tags(saved, tags, path)
+    else:
+        meta = _import.read_meta_graph(path)
     graph = _import.import_meta_graph(meta)
     graph.sources[-1] = path
     info = meta.meta_info_def
@@ -198,7 +206,7 @@ def _short(value: Any) -> str:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    report = inspect_report(args.model)
+    report = inspect_report(args.model, args.tags.split(",") if args.tags else None)
     if args.json:
         print(json.dumps(report, indent=1, default=str))
     else:
@@ -246,7 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     p = sub.add_parser("inspect", help="show what a MetaGraphDef holds and what jaxmeta can run of it")
-    p.add_argument("model", metavar="MODEL.meta", help="a MetaGraphDef file, binary or text format")
+    p.add_argument("model", metavar="MODEL.meta", help="a MetaGraphDef file, binary or text format, or a "
+                   "SavedModel directory")
+    p.add_argument("--tags", metavar="TAG,TAG", help="a SavedModel's MetaGraphDef to inspect (default: serve)")
     p.add_argument("--json", action="store_true", help="print JSON for machines")
     p.set_defaults(func=_inspect)
 

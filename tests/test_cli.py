@@ -140,3 +140,14 @@ def test_wild_models_are_found_when_present():
     if not os.path.isdir(WILD):
         pytest.skip("../shared/wild is not present")
     assert wild_metas()
+
+
+def test_inspect_a_saved_model_directory(capsys):
+    saved = os.path.join(os.path.dirname(__file__), "fixtures", "saved_model", "serving")
+    status, out, err = run_cli(capsys, "inspect", saved, "--json")
+    assert status == 0 and err == ""
+    report = json.loads(out)
+    assert report["signature_defs"] == ["serving_default"]
+    assert report["op_histogram"]["ParseExampleV2"] == 1
+    status, out, err = run_cli(capsys, "inspect", saved, "--tags", "train")
+    assert status == 1 and "no MetaGraphDef tagged ['train']; it has [['serve']]" in err

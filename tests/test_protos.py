@@ -33,6 +33,8 @@ TF_MODULES = {
     "types_pb2": "tensorflow.core.framework.types_pb2",
     "summary_pb2": "tensorflow.core.framework.summary_pb2",
     "event_pb2": "tensorflow.core.util.event_pb2",
+    "example_pb2": "tensorflow.core.example.example_pb2",
+    "saved_model_pb2": "tensorflow.core.protobuf.saved_model_pb2",
 }
 TF_CHECKPOINT_MODULES = [
     "tensorflow.core.framework.tensor_slice_pb2",
@@ -42,6 +44,7 @@ TF_CHECKPOINT_MODULES = [
     "tensorflow.core.util.saved_tensor_slice_pb2",
     "tensorflow.python.training.checkpoint_state_pb2",
     "tensorflow.compiler.xla.tsl.protobuf.histogram_pb2",
+    "tensorflow.core.example.feature_pb2",
 ]
 
 

@@ -9,6 +9,7 @@ over different variables) is not emulated: extend an imported graph in JAX inste
 
 from __future__ import annotations
 
+import os
 import types
 from typing import Any
 
@@ -306,6 +307,22 @@ train = types.SimpleNamespace(
 train.__doc__ = "The `tf.compat.v1.train` functions jaxmeta provides."
 
 
+def _load_saved_model(sess: Session, tags: Any, export_dir: str, import_scope: str | None = None, **saver_kwargs: Any):
+    """Imports a SavedModel's MetaGraphDef for `tags` into the session's graph and restores its
+    variables into the session, as `tf.compat.v1.saved_model.loader.load`.
+
+    Returns:
+        The MetaGraphDef (jaxmeta's message), whose `signature_def` names the tensors to run.
+    """
+    from jaxmeta import _saved_model
+
+    meta = _saved_model.meta_graph_for_tags(_saved_model.read_saved_model(export_dir), tags, export_dir)
+    saver = _import_meta_graph(meta, import_scope=import_scope, **saver_kwargs)
+    if saver is not None:
+        saver.restore(sess, os.path.join(export_dir, "variables", "variables"))
+    return meta
+
+
 def _merge_all(key: str = GraphKeys.SUMMARIES, scope: str | None = None, name: str | None = None):
     """The `key` collection's summaries merged, as `tf.compat.v1.summary.merge_all`.
 
@@ -328,6 +345,14 @@ def _merge_all(key: str = GraphKeys.SUMMARIES, scope: str | None = None, name: s
         f"{key!r})))",
     )
 
+
+saved_model = types.SimpleNamespace(
+    loader=types.SimpleNamespace(load=_load_saved_model),
+    load=_load_saved_model,
+    tag_constants=types.SimpleNamespace(SERVING="serve", TRAINING="train", EVAL="eval", GPU="gpu", TPU="tpu"),
+    signature_constants=types.SimpleNamespace(DEFAULT_SERVING_SIGNATURE_DEF_KEY="serving_default"),
+)
+saved_model.__doc__ = "The `tf.compat.v1.saved_model` loading functions jaxmeta provides (`loader.load`)."
 
 summary = types.SimpleNamespace(FileWriter=_summary.FileWriter, merge_all=_merge_all)
 summary.__doc__ = "The `tf.compat.v1.summary` functions jaxmeta provides (FileWriter, merge_all)."

@@ -9,12 +9,14 @@ lookup of numeric keys is a sorted search that `jax.jit` traces. Strings are hos
 lookup of string keys, or one that yields strings, needs its keys when the graph is traced (a
 constant, or a feed with `Session(jit=False)` / an unjitted function); under `jax.jit`, feed the
 lookup's output instead. Tables initialized from files (`InitializeTableFromTextFile`) are
-side-effect ops (`ops/io.py`).
+side-effect ops (`ops/io.py`), but for a SavedModel's own vocabulary assets, which
+`jaxmeta.load_saved_model` maps to the files under its `assets/` (`graph.assets`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import jax.numpy as jnp
 import numpy as np
@@ -77,13 +79,80 @@ def table_contents(node) -> tuple[np.ndarray, np.ndarray]:
         raise GraphError(f"{where} has {len(inits)} initializers in the graph; jaxmeta reads a static table's "
                          "contents from its one InitializeTable node")
     init = inits[0]
-    if init.type not in _INITIALIZERS:
-        raise GraphError(f"{where} is initialized by {init.type} ({init.name!r}), which reads a file: read it in "
-                         f"Python and feed the lookup's result ({node.name}:0) instead")
+    if init.type in _FILE_INITIALIZERS:
+        asset = _asset(graph, init.inputs[1])
+        if asset is None:
+            raise GraphError(f"{where} is initialized by {init.type} ({init.name!r}), which reads a file: read it "
+                             f"in Python and feed the lookup's result ({node.name}:0) instead (a SavedModel's "
+                             f"vocabulary assets are read by jaxmeta.load_saved_model)")
+        return _text_file_contents(init, asset, table, where)
     keys, values = constant_values(graph, init.inputs[1:3], f"{where}: its keys and values")
     if keys.shape != values.shape[:1] + keys.shape[1:] or keys.ndim != 1:
         raise GraphError(f"{where}: keys {keys.shape} and values {values.shape} must be vectors of one length")
     return keys, values
+
+
+def _asset(graph, ref) -> str | None:
+    """The SavedModel asset file a filename tensor names (`graph.assets`, set by `load_saved_model`)."""
+    producer = graph.nodes[ref.node]
+    while str(ref) not in graph.assets and producer.type in _FORWARDING and producer.inputs:
+        ref = producer.inputs[0]
+        producer = graph.nodes[ref.node]
+    return graph.assets.get(str(ref))
+
+
+#: The largest vocabulary file a table reads (a bigger one is a corrupt or hostile SavedModel).
+MAX_TEXT_FILE_BYTES = 1 << 31
+_WHOLE_LINE, _LINE_NUMBER = -2, -1  # TF's TextFileIndex
+
+
+def _text_file_contents(init, path: str, table, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """A table's keys and values from a text file, as TF's `InitializeTableFromTextFile` reads it:
+    one entry per line, a key and a value from columns split by `delimiter` (or the whole line, or
+    the line number plus `offset`), from the first `vocab_size` lines (all with -1)."""
+    key_index, value_index = init.attr_int("key_index"), init.attr_int("value_index")
+    vocab_size, offset = init.attr_int("vocab_size", -1), init.attr_int("offset", 0)
+    delimiter = init.attr_bytes("delimiter") if init.has_attr("delimiter") else b"\t"
+    key_dtype, value_dtype = table.attr_dtype("key_dtype"), table.attr_dtype("value_dtype")
+    try:
+        if os.path.getsize(path) > MAX_TEXT_FILE_BYTES:
+            raise GraphError(f"{where}: its vocabulary {path!r} is larger than jaxmeta's limit of "
+                             f"{MAX_TEXT_FILE_BYTES} bytes")
+        with open(path, "rb") as f:
+            lines = f.read().split(b"\n")
+    except OSError as e:
+        raise GraphError(f"{where}: cannot read its vocabulary {path!r}: {e.strerror or e}") from None
+    if lines and lines[-1] == b"":
+        lines.pop()
+    lines = [line[:-1] if line.endswith(b"\r") else line for line in lines]
+    if b"" in lines[:vocab_size] if vocab_size > 0 else b"" in lines:
+        raise GraphError(f"{where}: its vocabulary {path!r} has an empty line (line {lines.index(b'')}), which TF "
+                         f"refuses too")
+    if vocab_size > 0:
+        if len(lines) < vocab_size:
+            raise GraphError(f"{where}: vocab_size is {vocab_size} but {path!r} has {len(lines)} lines")
+        lines = lines[:vocab_size]
+
+    def column(index: int, dtype: np.dtype, what: str) -> np.ndarray:
+        if index == _LINE_NUMBER:
+            return np.arange(offset, offset + len(lines), dtype=dtype)
+        items = []
+        for n, line in enumerate(lines):
+            fields = [line] if index == _WHOLE_LINE else line.split(delimiter)
+            if index >= len(fields):
+                raise GraphError(f"{where}: line {n} of {path!r} has {len(fields)} columns, not {what} column "
+                                 f"{index}: {line!r}")
+            items.append(fields[max(index, 0)])
+        if np.dtype(dtype).kind == "O":
+            out = np.empty(len(items), object)
+            out[:] = items
+            return out
+        try:
+            return np.array([int(v) if np.dtype(dtype).kind in "iu" else float(v) for v in items], dtype)
+        except ValueError:
+            raise GraphError(f"{where}: {path!r} has a {what} that is not a {np.dtype(dtype).name}") from None
+
+    return column(key_index, key_dtype, "key"), column(value_index, value_dtype, "value")
 
 
 def _as_key(x):
