@@ -23,6 +23,7 @@ from jaxmeta._function import freeze
 from jaxmeta._graph import Graph, Node, Tensor, TensorRef, Variable
 from jaxmeta._import import import_meta_graph, read_meta_graph
 from jaxmeta._interpreter import OpContext, VarRef
+from jaxmeta._saved_model import load_saved_model
 from jaxmeta._saver import Saver
 from jaxmeta._session import Session
 from jaxmeta.checkpoint import CheckpointReader, get_checkpoint_state, latest_checkpoint
@@ -61,6 +62,7 @@ __all__ = [
     "import_meta_graph",
     "keep_host_memory",
     "latest_checkpoint",
+    "load_saved_model",
     "parallel",
     "read_meta_graph",
     "register_op",

@@ -382,6 +382,7 @@ class Graph:
         self.meta_info_def = None
         self.saver_def = None
         self.signature_defs: dict[str, Any] = {}
+        self.assets: dict[str, str] = {}  # a SavedModel's asset tensors -> their files
         self.versions = None
         self.sources: list[str] = []  # files or "<MetaGraphDef>" this graph was imported from
         self._consumers: dict[str, list[str]] | None = None
@@ -564,6 +565,17 @@ class Graph:
         from jaxmeta._function import step
 
         return step(self, fetches, feeds, targets)
+
+    def signature(self, key: str = "serving_default"):
+        """A pure `f(variables, **inputs) -> {output key: value}` for one of `signature_defs` (a
+        SavedModel's, see `jaxmeta.load_saved_model`), by the SignatureDef's input and output keys.
+
+        Raises:
+            GraphError: no such signature, or one with sparse or composite tensors.
+        """
+        from jaxmeta._saved_model import signature_function
+
+        return signature_function(self, key)
 
     def init_variables(self, key: Any = None, names: Any = None) -> dict[str, Any]:
         """Runs the variables' initializers (TF's `global_variables_initializer`); returns the dict."""

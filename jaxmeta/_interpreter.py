@@ -313,7 +313,9 @@ def run_steps(steps: list[_Step], ctx: OpContext, env: dict[TensorRef, Any], fed
             out = [_fusion.materialize(value) for value in out]
         for ref, value in zip(refs, out):
             if ref not in fed and value is not None:
-                env[ref] = value
+                # one string picked from an object array (x[i]) is bare bytes, which NumPy would turn
+                # into a fixed-width array that drops trailing zero bytes
+                env[ref] = np.array(value, object) if isinstance(value, bytes) else value
         for ref in step.free:
             env.pop(ref, None)
 

@@ -113,7 +113,10 @@ def to_numpy(proto: tensor_pb2.TensorProto, *, where: str = "tensor") -> np.ndar
 
 
 def _fill(values: np.ndarray, count: int, shape, where: str) -> np.ndarray:
-    """TF's rule: fewer values than elements repeat the last one; none means zeros."""
+    """TF's rule: fewer values than elements repeat the last one; none means zeros. An empty tensor
+    ignores its values (`tf.zeros([0, 3], tf.string)` is a Const with one)."""
+    if count == 0:
+        return np.zeros(shape, values.dtype)
     if values.size > count:
         raise GraphError(f"{where}: {values.size} values for shape {list(shape)} ({count} elements)")
     if values.size == count:

@@ -235,6 +235,42 @@ def run_cases(cases) -> None:
         compare_with_tf(build, feeds, **dict(opts))
 
 
+def compare_host_ops(build, feeds=None):
+    """TF's values of `build(tf)`'s fetches against jaxmeta's, for ops that run on the host (strings,
+    parsing): a Session, graph.function unjitted, and (with no feeds) under jax.jit, where the
+    strings fold into constants. Values compare exactly."""
+    tf = get_tf()
+    feeds = feeds or {}
+    g = tf.Graph()
+    with g.as_default():
+        outs = build(tf)
+        outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
+        meta = tf.compat.v1.train.export_meta_graph(graph=g)
+        with tf.compat.v1.Session(graph=g) as sess:
+            sess.run(tf.compat.v1.tables_initializer())
+            want = sess.run(outs, {g.get_tensor_by_name(k): v for k, v in feeds.items()})
+    graph = jaxmeta.import_meta_graph(meta)
+    names = [o.name for o in outs]
+    with jaxmeta.Session(graph) as sess:
+        results = [sess.run(names, feeds)]
+    f = graph.function(names, feeds=list(feeds))
+    results.append(f({}, *feeds.values()))
+    numeric = [i for i, w in enumerate(want) if np.asarray(w).dtype.kind not in "OS"]
+    if not feeds and numeric:  # strings fold into constants under jit (a jitted function cannot return them)
+        jitted = jax.jit(graph.function([names[i] for i in numeric]))({})
+        results.append([jitted[numeric.index(i)] if i in numeric else want[i] for i in range(len(names))])
+    for got in results:
+        for name, g_value, w_value in zip(names, got, want):
+            # a scalar string arrives as bytes: as an object array it keeps its trailing zero bytes
+            g_value, w_value = np.asarray(g_value), np.asarray(w_value, object if isinstance(w_value, bytes) else None)
+            assert g_value.shape == w_value.shape, name
+            if w_value.dtype.kind in "OS":
+                assert g_value.tolist() == w_value.tolist(), (name, g_value, w_value)
+                assert all(isinstance(v, bytes) for v in g_value.reshape(-1).tolist()), (name, g_value)
+            else:  # float64 / int64 arrive narrowed to 32 bits (JAX without x64)
+                np.testing.assert_array_equal(g_value, w_value.astype(g_value.dtype), err_msg=name)
+
+
 def ph(tf, name, value):
     """A placeholder with the dtype and shape of `value`."""
     return tf.compat.v1.placeholder(tf.as_dtype(value.dtype), value.shape, name=name)

@@ -423,7 +423,7 @@ def test_sliced_assignment_in_train_op(resource):
 
 
 def _text_steps(tf, g, fetches, train, batches):
-    """Trains `g` (fed `text:0` and `labels:0`) one step per batch in TF and in jaxmeta's Session
+    """Trains `g` one step per batch (a dict of feeds, by tensor name) in TF and in jaxmeta's Session
     from the same initial variables (a table initializer run in both); returns TF's and jaxmeta's
     fetches per step and TF's and jaxmeta's variables after the last."""
     v1 = tf.compat.v1
@@ -432,13 +432,14 @@ def _text_steps(tf, g, fetches, train, batches):
         with v1.Session(graph=g) as sess:
             sess.run([v1.global_variables_initializer(), v1.tables_initializer()])
             start = {v.op.name: sess.run(v) for v in v1.global_variables()}
-            want = [sess.run([*fetches, train], {"text:0": t, "labels:0": y})[:-1] for t, y in batches]
+            want = [sess.run([*fetches, train], feeds)[:-1] for feeds in batches]
             after = {v.op.name: sess.run(v) for v in v1.global_variables()}
     graph = jaxmeta.import_meta_graph(meta)
     names = [t.name for t in fetches] + [train.name]
     with jaxmeta.Session(graph, start) as sess:
-        assert sess.run(graph.get_collection("table_initializer")[0].name) is None
-        got = [sess.run(names, {"text:0": t, "labels:0": y})[:-1] for t, y in batches]
+        for init in graph.get_collection("table_initializer"):
+            assert sess.run(init.name) is None
+        got = [sess.run(names, feeds)[:-1] for feeds in batches]
         return want, got, after, sess.variables
 
 
@@ -472,7 +473,8 @@ def test_text_classifier_from_raw_strings():
         v1.summary.histogram("emb", emb)
         merged = v1.summary.merge_all()
         train = v1.train.AdamOptimizer(0.05).minimize(loss)
-    want, got, after, variables = _text_steps(tf, g, [loss, merged], train, batches)
+    want, got, after, variables = _text_steps(tf, g, [loss, merged], train,
+                                              [{"text:0": t, "labels:0": y} for t, y in batches])
     for step, ((got_loss, got_summary), (want_loss, want_summary)) in enumerate(zip(got, want)):
         assert_close(got_loss, want_loss, rtol=1e-5, atol=1e-6, what=f"loss at step {step}")
         ours, theirs = (summary_pb2.Summary.FromString(s) for s in (got_summary, want_summary))
@@ -508,12 +510,86 @@ def test_padded_word_ids_from_ragged_split():
         w = v1.get_variable("w", [4, 2], initializer=v1.random_normal_initializer(seed=4))
         loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=mean @ w))
         train = v1.train.AdamOptimizer(0.1).minimize(loss)
-    want, got, after, variables = _text_steps(tf, g, [loss, words], train, batches)
+    want, got, after, variables = _text_steps(tf, g, [loss, words], train,
+                                              [{"text:0": t, "labels:0": y} for t, y in batches])
     for step, ((got_loss, got_words), (want_loss, want_words)) in enumerate(zip(got, want)):
         assert got_words.tolist() == want_words.tolist(), f"padded words at step {step}"
         assert_close(got_loss, want_loss, rtol=1e-5, atol=1e-6, what=f"loss at step {step}")
     for name, value in after.items():
         assert_close(variables[name], value, rtol=1e-4, atol=1e-5, what=f"variable {name} after 2 steps")
+
+
+def test_serving_graph_trains_from_serialized_examples():
+    """An Estimator-era graph reads serialized tf.train.Examples (`tf.parse_example`: dense floats, a
+    string with a default through a vocabulary table, the label) and trains with Adam. jaxmeta's
+    Session trains it from the same serialized batches and must leave TF's variables; the model
+    behind the parser jits when the parser's outputs are fed instead."""
+    tf = get_tf()
+    from tensorflow.python.ops import lookup_ops
+
+    v1 = tf.compat.v1
+    colors = ["red", "green", "blue", "mauve"]
+    rng = np.random.default_rng(1)
+
+    def serialize(i):
+        feature = {"x": tf.train.Feature(float_list=tf.train.FloatList(value=rng.standard_normal(3))),
+                   "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[i % 2]))}
+        if i % 3:
+            feature["color"] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[colors[i % 4].encode()]))
+        return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+    batches = [{"examples:0": np.array([serialize(i) for i in range(k, k + 4)], object)} for k in (0, 4, 8)]
+    g = tf.Graph()
+    with g.as_default():
+        examples = v1.placeholder(tf.string, [None], name="examples")
+        parsed = v1.parse_example(examples, {"x": v1.FixedLenFeature([3], tf.float32),
+                                             "color": v1.FixedLenFeature([], tf.string, default_value="none"),
+                                             "label": v1.FixedLenFeature([], tf.int64)})
+        ids = lookup_ops.index_table_from_tensor(tf.constant(colors[:3]), num_oov_buckets=1).lookup(parsed["color"])
+        emb = v1.get_variable("emb", [4, 2], initializer=v1.random_normal_initializer(seed=6))
+        w = v1.get_variable("w", [5, 2], initializer=v1.random_normal_initializer(seed=7))
+        logits = tf.concat([parsed["x"], tf.nn.embedding_lookup(emb, ids)], 1) @ w
+        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=parsed["label"], logits=logits))
+        train = v1.train.AdamOptimizer(0.1).minimize(loss)
+    want, got, after, variables = _text_steps(tf, g, [loss, logits], train, batches)
+    for step, ((got_loss, got_logits), (want_loss, want_logits)) in enumerate(zip(got, want)):
+        assert_close(got_loss, want_loss, rtol=1e-5, atol=1e-6, what=f"loss at step {step}")
+        assert_close(got_logits, want_logits, rtol=1e-5, atol=1e-6, what=f"logits at step {step}")
+    for name, value in after.items():
+        assert_close(variables[name], value, rtol=1e-4, atol=1e-5, what=f"variable {name} after 3 steps")
+    with g.as_default():
+        graph = jaxmeta.import_meta_graph(v1.train.export_meta_graph(graph=g))
+    host = graph.function([logits.name, parsed["x"].name, ids.name], feeds=["examples:0"])
+    with jaxmeta.Session(graph, variables) as sess:  # the table's initializer
+        sess.run(graph.get_collection("table_initializer")[0].name)
+        want_logits, x, color_ids = host(sess.variables, batches[0]["examples:0"])
+    jitted = jax.jit(graph.function(logits.name, feeds=[parsed["x"].name, ids.name]))
+    assert_close(jitted(variables, x, color_ids), want_logits, rtol=1e-6, atol=1e-6, what="jitted logits")
+
+
+def test_csv_lines_train_a_regression():
+    """TF1's CSV idiom: fed lines -> `tf.decode_csv` (quoted fields, NA values, defaults) -> a linear
+    regression trained with momentum; jaxmeta's Session must leave TF's variables."""
+    tf = get_tf()
+    v1 = tf.compat.v1
+    batches = [
+        {"lines:0": np.array([b'1.5,2,-1,"a, b",3.0', b"0.5,NA,2,c,1.0", b"-1,1,,d,-2.5"], object)},
+        {"lines:0": np.array([b'2,2,2,"""q""",4', b"0,0,1,e,0.5", b" 3 ,-1,0.5,f,2"], object)},
+    ]
+    g = tf.Graph()
+    with g.as_default():
+        lines = v1.placeholder(tf.string, [None], name="lines")
+        *xs, tag, y = v1.decode_csv(lines, [[0.0], [0.0], [0.25], ["?"], [0.0]], na_value="NA")
+        w = v1.get_variable("w", [3, 1], initializer=v1.random_normal_initializer(seed=8))
+        pred = tf.stack(xs, 1) @ w + tf.cast(tf.strings.length(tag), tf.float32)[:, None] * 0.0
+        loss = tf.reduce_mean(tf.square(pred[:, 0] - y))
+        train = v1.train.MomentumOptimizer(0.05, 0.9).minimize(loss)
+    want, got, after, variables = _text_steps(tf, g, [loss, tag], train, batches)
+    for step, ((got_loss, got_tag), (want_loss, want_tag)) in enumerate(zip(got, want)):
+        assert got_tag.tolist() == want_tag.tolist(), f"tags at step {step}"
+        assert_close(got_loss, want_loss, rtol=1e-5, atol=1e-6, what=f"loss at step {step}")
+    for name, value in after.items():
+        assert_close(variables[name], value, rtol=1e-5, atol=1e-6, what=f"variable {name} after 2 steps")
 
 
 def test_queue_input_pipeline_trains_from_fed_batches():

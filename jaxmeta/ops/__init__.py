@@ -13,6 +13,7 @@ from jaxmeta.ops import (  # noqa: F401
     math,
     nn,
     nn_grad,
+    parsing,
     ragged,
     random,
     segment,
@@ -21,5 +22,6 @@ from jaxmeta.ops import (  # noqa: F401
     strings,
     summary,
     training,
+    unicode,
 )
 from jaxmeta.ops.registry import register, register_op, supported_ops  # noqa: F401

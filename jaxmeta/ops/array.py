@@ -421,7 +421,8 @@ def _strided_slice(node):
     def fn(x, begin, end, strides):
         idx = spec(np.ndim(x), begin, end, strides)
         if static(x) and not any(isinstance(i, jax.core.Tracer) for i in idx):
-            return np.asarray(np.asarray(x)[idx])
+            x = np.asarray(x)
+            return np.array(x[idx], x.dtype)  # as x's dtype: one picked string must not become fixed-width bytes
         return jnp.asarray(x)[idx]
 
     return fn
@@ -580,8 +581,10 @@ def _paddings(node, paddings, ndim):
 
 @register("Pad", "PadV2")
 def _pad(node):
-    def fn(x, paddings, constant_values=0):
+    def fn(x, paddings, constant_values=None):
         pads = _paddings(node, paddings, np.ndim(x))
+        if constant_values is None:  # Pad: zeros, or empty strings
+            constant_values = np.array(b"", object) if isinstance(x, np.ndarray) and x.dtype.kind == "O" else 0
         m = xnp(x, constant_values)
         return m.pad(_asarray(m, x), pads, constant_values=_asarray(m, constant_values))
 
