@@ -9,7 +9,8 @@ import jax
 
 from jaxmeta._errors import GraphError
 from jaxmeta._graph import Graph
-from jaxmeta._interpreter import make_program, unflatten
+from jaxmeta._interpreter import Program, make_program, unflatten
+from jaxmeta._staging import StagedProgram
 
 
 def function(graph: Graph, fetches: Any, feeds: Any = ()):
@@ -29,11 +30,14 @@ def function(graph: Graph, fetches: Any, feeds: Any = ()):
             "which returns (outputs, new_variables)"
         )
 
+    run = _runner(program)
+
     def f(variables, *feed_values, key=None):
-        outputs, _ = program(variables, feed_values, key)
+        outputs, _ = run(variables, feed_values, key)
         return unflatten(treedef, leaves, outputs)
 
     f.program = program
+    f.staged = run if isinstance(run, StagedProgram) else None
     f.__doc__ = f"jaxmeta function: fetches {fetches!r} from feeds {feeds!r}"
     return f
 
@@ -46,13 +50,21 @@ def step(graph: Graph, fetches: Any = (), feeds: Any = (), targets: Any = ()):
     Jit it with `donate_argnums=0` to update variables in place.
     """
     program, treedef, leaves = make_program(graph, fetches, feeds, targets)
+    run = _runner(program)
 
     def f(variables, *feed_values, key=None):
-        outputs, new_variables = program(variables, feed_values, key)
+        outputs, new_variables = run(variables, feed_values, key)
         return unflatten(treedef, leaves, outputs), new_variables
 
     f.program = program
+    f.staged = run if isinstance(run, StagedProgram) else None
     return f
+
+
+def _runner(program: Program) -> Callable:
+    """The program itself, or for one that feeds or fetches strings (which `jax.jit` cannot take)
+    its host and device stages, the device ones jitted (`jaxmeta._staging`)."""
+    return StagedProgram(program) if program.host_strings else program
 
 
 def freeze(fn: Callable, variables: Mapping[str, Any]) -> Callable:

@@ -146,8 +146,11 @@ class Program:
         fetches: Sequence[TensorRef],
         feeds: Sequence[TensorRef] = (),
         targets: Sequence[str] = (),
+        satisfied: frozenset[str] = frozenset(),
+        host: bool = False,
     ):
         self.graph = graph
+        self.host = host  # run op by op on concrete values: numeric feeds stay NumPy, as constants
         self.fetches = list(fetches)
         self.feeds = list(feeds)
         self.targets = list(targets)
@@ -156,7 +159,7 @@ class Program:
         for name in self.targets:
             graph.get_operation_by_name(name)
         fed = set(self.feeds)
-        needed = _prune(graph, self.fetches, self.targets, fed)
+        needed = _prune(graph, self.fetches, self.targets, fed, satisfied)
         _check_runnable(graph, needed, fed)
         with registry.building(needed):
             self.steps = build_steps(graph, needed, fed, keep=set(self.fetches))
@@ -164,7 +167,7 @@ class Program:
         self.random = [s.node.name for s in self.steps if s.spec.random]
         self.feed_dtypes = [_value_dtype(graph, ref) for ref in self.feeds]
         # Strings are host values: JAX cannot trace them, nor return them from a jitted function
-        # (`Session` runs the signatures that feed or fetch strings unjitted).
+        # (`_staging` runs the string ops of such programs op by op and jits the rest).
         from jaxmeta.ops import summary
 
         dtypes = [*self.feed_dtypes, *(_value_dtype(graph, ref) for ref in self.fetches)]
@@ -185,15 +188,23 @@ class Program:
             elif _is_string(dtype):
                 env[ref] = np.asarray(value, object)
             else:
+                if self.host and not isinstance(value, jax.core.Tracer):
+                    value = np.asarray(value)
                 if isinstance(value, np.ndarray) and value.dtype.kind in "iu":  # concrete: unjitted runs
                     value = _dtypes.canonical(value, f"feed {ref}")
-                env[ref] = jnp.asarray(value, dtype)
+                env[ref] = np.asarray(value, dtype) if isinstance(value, np.ndarray) and self.host else \
+                    jnp.asarray(value, dtype)
         run_steps(self.steps, ctx, env, set(self.feeds))
         outputs = []
         for ref in self.fetches:
             if ref not in env:
                 raise GraphError(f"fetch {ref} was not produced: node {ref.node!r} has no output {ref.index}")
-            outputs.append(to_jax(ctx.value(env[ref]), f"fetch {ref}"))
+            value = ctx.value(env[ref])
+            if self.host and isinstance(value, np.ndarray) and value.dtype != object:
+                # a host stage's value for the next stage stays NumPy (jit copies it in once)
+                outputs.append(_dtypes.canonical(value, f"fetch {ref}"))
+            else:
+                outputs.append(to_jax(value, f"fetch {ref}"))
         return outputs, ctx.variables
 
     def _feed_names(self) -> str:
@@ -299,10 +310,14 @@ def run_steps(steps: list[_Step], ctx: OpContext, env: dict[TensorRef, Any], fed
             args = [ctx.read(a) if isinstance(a, ReadAlias) else a for a in args]
         try:
             out = step.fn(ctx, *args) if step.spec.context else step.fn(*args)
-        except JaxmetaError:
+        except JaxmetaError as e:
+            if not hasattr(e, "jaxmeta_node"):  # the innermost node, inside loops (`_staging` reads it)
+                e.jaxmeta_node = step.node.name
             raise
         except Exception as e:
-            raise GraphError(f"node {step.node.name!r} ({step.node.type}) failed: {type(e).__name__}: {e}") from e
+            error = GraphError(f"node {step.node.name!r} ({step.node.type}) failed: {type(e).__name__}: {e}")
+            error.jaxmeta_node = step.node.name
+            raise error from e
         if step.outputs is not None:
             refs = step.outputs
         elif isinstance(out, (tuple, list)):

@@ -155,6 +155,7 @@ def signature_function(graph: Graph, key: str = DEFAULT_SIGNATURE) -> Callable[.
                             + (f" (missing {sorted(set(inputs) - set(values))})" if set(inputs) - set(values) else ""))
         return fn(variables, *(values[name] for name in inputs), key=rng)
 
+    run.program, run.staged = fn.program, fn.staged
     run.__doc__ = f"Signature {key!r} ({sig.method_name or 'no method name'}): inputs {sorted(inputs)}, outputs " \
                   f"{sorted(outputs)}."
     return run

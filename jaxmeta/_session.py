@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
 
 from jaxmeta._graph import Graph, Tensor
-from jaxmeta._interpreter import make_program, unflatten
+from jaxmeta._interpreter import make_program, to_jax, unflatten
+from jaxmeta._staging import StagedProgram
 from jaxmeta.summary import to_bytes
 from jaxmeta.tuning import keep_host_memory
 
@@ -19,8 +21,9 @@ class Session:
         graph: the imported graph.
         variables: initial variables (e.g. from `graph.saver.restore`); defaults to empty.
         seed: seed of the random key split for each run that draws random numbers.
-        jit: compile each (fetches, feeds, targets) signature once with `jax.jit` (signatures that
-            feed or fetch strings, which JAX cannot trace, run without it).
+        jit: compile each (fetches, feeds, targets) signature once with `jax.jit`. Signatures that
+            feed or fetch strings, which JAX cannot trace, run their string ops op by op on the
+            host and compile the rest (`jaxmeta._staging`); `jit=False` runs everything op by op.
         compiler_options: XLA options for those compiles (`jax.jit(..., compiler_options=)`), e.g.
             `{"xla_gpu_enable_triton_gemm": False}` on a GPU, where XLA otherwise autotunes its
             Triton matrix products at every first call: an unrolled RNN's first call takes
@@ -30,7 +33,8 @@ class Session:
     def __init__(self, graph: Graph, variables: dict[str, Any] | None = None, seed: int = 0, jit: bool = True,
                  compiler_options: dict[str, Any] | None = None):
         self.graph = graph
-        self.variables: dict[str, Any] = dict(variables or {})
+        # JAX arrays once, not a NumPy-to-device copy of every variable at every run
+        self.variables: dict[str, Any] = {name: to_jax(value) for name, value in (variables or {}).items()}
         self._key = jax.random.key(seed)
         self._jit = jit
         self._compiler_options = dict(compiler_options) if compiler_options else None
@@ -58,10 +62,13 @@ class Session:
             def run_program(variables, feed_values, key):
                 return program(variables, feed_values, key)
 
-            # Strings cannot be traced or returned by jit: such a signature runs op by op (string
-            # ops work on the host).
-            jitted = self._jit and not program.host_strings
-            fn = jax.jit(run_program, compiler_options=self._compiler_options) if jitted else run_program
+            jit = functools.partial(jax.jit, compiler_options=self._compiler_options)
+            if not self._jit:
+                fn = run_program
+            elif program.host_strings:  # JAX cannot trace strings: the string ops run on the host
+                fn = StagedProgram(program, jit)
+            else:
+                fn = jit(run_program)
             entry = self._cache[signature] = (program, fn, resolved)
         program, fn, resolved = entry
         key = None

@@ -237,8 +237,9 @@ def run_cases(cases) -> None:
 
 def compare_host_ops(build, feeds=None):
     """TF's values of `build(tf)`'s fetches against jaxmeta's, for ops that run on the host (strings,
-    parsing): a Session, graph.function unjitted, and (with no feeds) under jax.jit, where the
-    strings fold into constants. Values compare exactly."""
+    parsing): a Session in stages (`jaxmeta._staging`) and op by op (`jit=False`), graph.function,
+    and (with no feeds) under jax.jit, where the strings fold into constants. Values compare
+    exactly."""
     tf = get_tf()
     feeds = feeds or {}
     g = tf.Graph()
@@ -251,8 +252,10 @@ def compare_host_ops(build, feeds=None):
             want = sess.run(outs, {g.get_tensor_by_name(k): v for k, v in feeds.items()})
     graph = jaxmeta.import_meta_graph(meta)
     names = [o.name for o in outs]
-    with jaxmeta.Session(graph) as sess:
-        results = [sess.run(names, feeds)]
+    results = []
+    for jit in (True, False):
+        with jaxmeta.Session(graph, jit=jit) as sess:
+            results.append(sess.run(names, feeds))
     f = graph.function(names, feeds=list(feeds))
     results.append(f({}, *feeds.values()))
     numeric = [i for i, w in enumerate(want) if np.asarray(w).dtype.kind not in "OS"]

@@ -120,7 +120,7 @@ def test_serving_graph_with_examples_and_a_table(tmp_path):
         for row in X], object)
     want = _tf_serve(tf, export_dir, {"examples": serialized})
     graph, variables = jaxmeta.load_saved_model(export_dir)
-    got = graph.signature("serving_default")(variables, examples=serialized)  # strings: runs unjitted
+    got = graph.signature("serving_default")(variables, examples=serialized)  # strings: parse on the host, model jitted
     assert got["classes"].tolist() == want["classes"].tolist()
     assert_close(got["logits"], want["logits"], rtol=1e-5, atol=1e-6, what="logits")
 

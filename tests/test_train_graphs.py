@@ -445,8 +445,9 @@ def _text_steps(tf, g, fetches, train, batches):
 
 def test_text_classifier_from_raw_strings():
     """A TF1 text model end to end: fed sentences -> string_split -> vocabulary table with OOV
-    buckets -> embedding_lookup_sparse -> Adam, with merged summaries. jaxmeta's Session runs it
-    unjitted by itself (strings are host values) and must match TF's variables and summaries."""
+    buckets -> embedding_lookup_sparse -> Adam, with merged summaries. jaxmeta's Session runs it in
+    stages by itself (strings on the host, the rest jitted) and must match TF's variables and
+    summaries."""
     tf = get_tf()
     from tensorflow.python.ops import lookup_ops
 

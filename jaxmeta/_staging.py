@@ -1,0 +1,226 @@
+"""Host and device stages for programs that feed or fetch strings.
+
+JAX cannot trace strings, so a program that feeds serialized `tf.Example`s or words, or fetches
+class names, cannot be jitted whole. Run op by op, the model between the string ops pays Python
+and dispatch costs on every op of every call. A `StagedProgram` cuts such a program into
+alternating stages instead: host stages run the ops that read or make run-time strings (parsing,
+string ops, string table lookups) op by op, as before; device stages run everything between them
+under one `jax.jit` each, fed the host stages' numeric results. A serving graph becomes
+parse (host) -> model (one compiled call), a classifier that fetches labels parse -> model ->
+label lookup.
+
+Some ops need values that a device stage only knows when it runs (sizes that depend on the data:
+`Unique`, sparse segment ids from parsed features). When tracing a device stage fails at a node,
+the node moves to a host stage and the program is cut again; the stages are kept, so that happens
+once per signature. If the node fails on the host too, the input was wrong: the error is raised
+and the node goes back.
+
+A device stage compiles once per distinct input shape (batch sizes). When shapes change from call
+to call (words per batch), so that most calls would compile, the program runs op by op after
+`MAX_TRACES` compiles, which costs less than compiling every call. Programs the stages cannot
+express (string work inside a while loop, resource handles crossing stages) also run op by op.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+from jaxmeta._graph import VARIABLE_OPS, Graph, TensorRef
+from jaxmeta._interpreter import Program, _is_string, _prune, _toposort, _value_dtype, to_jax
+
+#: Compiles of one device stage (one per distinct input shape) after which, if most calls so far
+#: compiled, the program runs op by op.
+MAX_TRACES = 4
+#: Nodes moved to host stages (after failed traces) before the program runs op by op instead.
+MAX_MOVES = 32
+# DataType enums that cannot cross stages: resource handles and variants (and their refs).
+_HANDLES = frozenset({20, 21, 120, 121})
+
+
+class StagedProgram:
+    """Calls like its `Program` (`(variables, feed_values, key) -> (outputs, new_variables)`)
+    but jits the parts between string ops; see the module docstring.
+
+    Args:
+        program: a program whose feeds or fetches include strings (`program.host_strings`).
+        jit: `jax.jit` or a partial of it (e.g. with `compiler_options`).
+    """
+
+    def __init__(self, program: Program, jit: Any = jax.jit):
+        self.program = program
+        self._jit = jit
+        self.moved: set[str] = set()  # nodes a failed trace sent to host stages
+        self.stages: list[_Stage] | None = None
+        self.op_by_op = False
+        self.calls = 0
+
+    def __call__(self, variables: dict[str, Any], feed_values: Any, key: Any = None):
+        feed_values = list(feed_values)
+        self.calls += 1
+        while not self.op_by_op and len(feed_values) == len(self.program.feeds):
+            if self.stages is None:
+                self.stages = _plan(self.program, self.moved, self._jit)
+                if self.stages is None:
+                    self.op_by_op = True
+                    break
+            try:
+                return self._run(variables, feed_values, key)
+            except _TraceFailed as failed:
+                node = getattr(failed.error, "jaxmeta_node", None)
+                if node is not None and node not in self.moved and len(self.moved) < MAX_MOVES:
+                    self.moved.add(node)  # try it on the host
+                    self.stages = None
+                    continue
+                # Something the stages cannot express, or a wrong input: op by op tells them apart
+                # (it raises the input's error again).
+                result = self.program(variables, feed_values, key)
+                self.op_by_op = True
+                return result
+            except _TooManyShapes:
+                self.op_by_op = True
+            except Exception as e:
+                if getattr(e, "jaxmeta_node", None) in self.moved:
+                    # A node moved to the host fails there too: the input is wrong, not the plan.
+                    self.moved.discard(e.jaxmeta_node)
+                    self.stages = None
+                raise
+        return self.program(variables, feed_values, key)
+
+    def _run(self, variables, feed_values, key):
+        values: dict[TensorRef, Any] = dict(zip(self.program.feeds, feed_values))
+        for stage in self.stages:
+            args = [values[ref] for ref in stage.program.feeds]
+            if stage.jitted is None:
+                outputs, variables = stage.program(variables, args, key)
+            else:
+                try:
+                    outputs, updates = stage.jitted(variables, args, key)
+                except Exception as e:
+                    raise _TraceFailed(e) from e
+                if stage.traces > MAX_TRACES and 2 * stage.traces > self.calls:
+                    raise _TooManyShapes  # compiling most calls costs more than running op by op
+                variables = {**variables, **updates}
+            values.update(zip(stage.program.fetches, outputs))
+        return [to_jax(values[ref]) for ref in self.program.fetches], variables
+
+
+class _Stage:
+    def __init__(self, program: Program, device: bool, jit: Any):
+        self.program = program
+        self.traces = 0
+        self.jitted = jit(self._device_call) if device else None
+
+    def _device_call(self, variables, feed_values, key):
+        self.traces += 1  # runs when JAX traces: once per distinct input shape
+        outputs, new_variables = self.program(variables, feed_values, key)
+        return outputs, {name: value for name, value in new_variables.items() if value is not variables.get(name)}
+
+
+class _TraceFailed(Exception):
+    def __init__(self, error: Exception):
+        super().__init__(str(error))
+        self.error = error
+
+
+class _TooManyShapes(Exception):
+    pass
+
+
+def _plan(program: Program, moved: set[str], jit: Any) -> list[_Stage] | None:
+    """The stages of `program` (host stages even, device stages odd), or None when it has no
+    device stage worth compiling or cannot be cut."""
+    graph = program.graph
+    fed = set(program.feeds)
+    if any(ref in fed for ref in program.fetches):
+        return None
+    needed = _prune(graph, program.fetches, program.targets, fed)
+    from jaxmeta.ops import control_flow, registry, summary
+
+    loops = control_flow.group_frames(graph, needed, "")
+    fetched = {ref.node for ref in program.fetches}
+    stage_of: dict[str, int] = {}  # non-free node -> stage
+    free: set[str] = set()
+
+    def runtime_string(ref: TensorRef) -> bool:
+        if ref in fed:
+            return _is_string(_value_dtype(graph, ref))
+        node = graph.nodes[ref.node]
+        return (ref.node not in free and node.type not in summary.OPS
+                and _is_string(_value_dtype(graph, ref)))
+
+    for unit in _toposort(graph, needed, fed, loops):
+        members = [n for n, f in loops.items() if f == unit[1]] if isinstance(unit, tuple) else [unit]
+        member_set = set(members)
+        producers = set()
+        for name in members:
+            node = graph.nodes[name]
+            producers |= {ref.node for ref in node.inputs if ref not in fed} | set(node.control_inputs)
+        producers = (producers & needed) - member_set
+        if len(members) == 1 and _is_free(graph, members[0], producers, free, fed, fetched | moved, registry):
+            free.add(members[0])
+            continue
+        host = False
+        for name in members:
+            node = graph.nodes[name]
+            host |= name in moved or any(runtime_string(ref) for ref in node.inputs) or (
+                node.type not in summary.OPS
+                and any(_is_string(_value_dtype(graph, TensorRef(name, i))) for i in range(node.num_outputs)))
+        if host and len(members) > 1:
+            return None  # string work inside a while loop: the loop would run op by op anyway
+        stage = max([0, *(stage_of.get(p, 0) for p in producers)])
+        if stage % 2 != (0 if host else 1):
+            stage += 1
+        for name in members:
+            stage_of[name] = stage
+    count = max(stage_of.values(), default=-1) + 1
+    if not any(s % 2 for s in stage_of.values()):
+        return None  # nothing to compile
+    # What each stage computes for later ones: data edges and control edges across stages.
+    fetches: list[list[TensorRef]] = [[] for _ in range(count)]
+    targets: list[list[str]] = [[] for _ in range(count)]
+    for name, stage in stage_of.items():
+        node = graph.nodes[name]
+        for ref in node.inputs:
+            if ref.node in stage_of and stage_of[ref.node] < stage and ref not in fetches[stage_of[ref.node]]:
+                if graph.output_dtype(ref) in _HANDLES:
+                    return None
+                fetches[stage_of[ref.node]].append(ref)
+        for dep in node.control_inputs:
+            if dep in stage_of and stage_of[dep] < stage and dep not in targets[stage_of[dep]]:
+                targets[stage_of[dep]].append(dep)
+    for ref in program.fetches:
+        if ref not in fetches[stage_of[ref.node]]:
+            fetches[stage_of[ref.node]].append(ref)
+    for name in program.targets:
+        if name in stage_of and name not in targets[stage_of[name]]:
+            targets[stage_of[name]].append(name)
+    stages = []
+    available = [ref for ref in program.feeds]
+    done: set[str] = set()
+    for s in range(count):
+        device = bool(s % 2)
+        if not fetches[s] and not targets[s]:
+            continue
+        feeds = [ref for ref in available if not (device and _is_string(_value_dtype(graph, ref)))]
+        stage = _Stage(Program(graph, fetches[s], feeds, targets[s], frozenset(done), host=not device), device, jit)
+        if device and stage.program.host_strings:
+            return None
+        stages.append(stage)
+        available += fetches[s]
+        done |= {n for n, t in stage_of.items() if t == s}
+    return stages
+
+
+def _is_free(graph: Graph, name: str, producers: set[str], free: set[str], fed, pinned: set[str], registry) -> bool:
+    """A node computed from constants alone, which every stage that reads it computes itself; or a
+    variable, whose value every stage reads from the variables passed from stage to stage."""
+    node = graph.nodes[name]
+    spec = registry.lookup(node.type)
+    if name in pinned or not producers <= free or any(ref in fed for ref in node.inputs):
+        return False
+    if node.type in VARIABLE_OPS:
+        return True
+    return (spec is not None and not (spec.context or spec.assigns or spec.random)
+            and not node.type.startswith("Placeholder"))
