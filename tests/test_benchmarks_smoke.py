@@ -1,4 +1,5 @@
-"""`benchmarks/run.py` runs end to end on the MLP with its smallest settings and writes a table.
+"""`benchmarks/run.py` runs end to end on the MLP with its smallest settings and writes a table;
+`benchmarks/serving.py` with two small batches.
 
 No timing is asserted: benchmarks report ratios, tests only check that the script works.
 """
@@ -20,6 +21,19 @@ import jaxmeta
 pytestmark = pytest.mark.oracle
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="TensorFlow builds the benchmark graphs")
+def test_serving_writes_a_table(tmp_path):
+    out = tmp_path / "serving.md"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "serving.py"), "--repeats", "2", "--batches", "1,3",
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]  # it also checks the class names against TF's
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| 3 |")]
+    assert len(rows) == 1 and len(rows[0].strip("|").split("|")) == 6, rows
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="TensorFlow builds the benchmark graphs")

@@ -164,10 +164,11 @@ class _Parser:
                 raise self._error(f"{w}, feature {spec.key!r}: {len(values)} values do not fill shape "
                                   f"{list(spec.shape)}")
             rows.append(values)
-        if not spec.variable:
-            out = [spec.default.reshape(inner).astype(spec.dtype) if row is None else _array(row, spec.dtype).reshape(inner)
-                   for row in rows]
-            return _stack(out, inner, spec.dtype) if batch else out[0]
+        if not spec.variable:  # one array from all the values, not one per example
+            default = spec.default.astype(spec.dtype).reshape(-1).tolist()
+            flat = [v for row in rows for v in (default if row is None else row)]
+            out = _array(flat, spec.dtype).reshape(len(rows), *inner)
+            return out if batch else out[0]
         length = max((len(r) // stride if stride else 0 for r in rows), default=0)
         if not batch:
             return _array(rows[0], spec.dtype).reshape(length, *inner)
@@ -180,10 +181,6 @@ class _Parser:
 
 def _array(values: list, dtype: np.dtype) -> np.ndarray:
     return _bytes_array(values, (len(values),)) if dtype.kind == "O" else np.array(values, dtype).reshape(-1)
-
-
-def _stack(rows: list[np.ndarray], inner: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    return np.stack(rows).astype(dtype, copy=False) if rows else np.empty((0, *inner), dtype)
 
 
 def _types(node, name: str) -> list[np.dtype]:
