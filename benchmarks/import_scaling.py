@@ -21,7 +21,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import models  # noqa: E402  (sets TF's environment before TensorFlow is imported)
-from run import _timed  # noqa: E402
+from run import _timed, write_table  # noqa: E402
 
 
 def _inception_train(tf):
@@ -106,11 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     for description, nodes, size, med, lo, hi, tf_med in rows:
         lines.append(f"| {description} | {nodes} | {size / 1e6:.1f} | {med:.3f} [{lo:.3f}–{hi:.3f}] | "
                      f"{tf_med:.3f} | {med / tf_med:.2f} | {med / nodes * 1e6:.1f} |")
-    table = "\n".join(lines) + "\n"
-    print(table)
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            f.write(table)
+    write_table(lines, args.out)
 
 
 if __name__ == "__main__":

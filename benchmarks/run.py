@@ -96,6 +96,15 @@ def _timed(fn, repeats: int) -> list[float]:
     return _timed_alternately([fn], repeats)[0]
 
 
+def write_table(lines: list[str], out: str | None) -> None:
+    """Prints a markdown report and, with `out`, writes it to that file too."""
+    table = "\n".join(lines) + "\n"
+    print(table)
+    if out:
+        with open(out, "w", encoding="utf-8") as f:
+            f.write(table)
+
+
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 

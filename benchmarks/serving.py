@@ -23,7 +23,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import models  # noqa: E402  (sets TF's environment before TensorFlow is imported)
-from run import _timed_alternately  # noqa: E402
+from run import _timed_alternately, write_table  # noqa: E402
 
 COLORS = ["red", "green", "blue", "cyan", "mauve", "teal", "olive", "plum"]
 CLASSES = ["cat", "dog", "eel", "fox", "gnu"]
@@ -123,11 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     for batch, tf_t, st, pl in rows:
         lines.append(f"| {batch} | {_cell(tf_t)} | {_cell(st)} | {_cell(pl)} | {st[0] / tf_t[0]:.2f} | "
                      f"{pl[0] / tf_t[0]:.2f} |")
-    table = "\n".join(lines) + "\n"
-    print(table)
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            f.write(table)
+    write_table(lines, args.out)
 
 
 if __name__ == "__main__":
