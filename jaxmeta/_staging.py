@@ -55,16 +55,19 @@ class StagedProgram:
         self.stages: list[_Stage] | None = None
         self.op_by_op = False
         self.calls = 0
+        # Stages by what they compute: a new plan (after a move) reuses the compiled ones it keeps.
+        self._built: dict[Any, _Stage] = {}
 
     def __call__(self, variables: dict[str, Any], feed_values: Any, key: Any = None):
         feed_values = list(feed_values)
         self.calls += 1
         while not self.op_by_op and len(feed_values) == len(self.program.feeds):
             if self.stages is None:
-                self.stages = _plan(self.program, self.moved, self._jit)
+                self.stages = _plan(self.program, self.moved, self._stage)
                 if self.stages is None:
                     self.op_by_op = True
                     break
+                self._built = {key: stage for key, stage in self._built.items() if stage in self.stages}
             try:
                 return self._run(variables, feed_values, key)
             except _TraceFailed as failed:
@@ -87,6 +90,13 @@ class StagedProgram:
                     self.stages = None
                 raise
         return self.program(variables, feed_values, key)
+
+    def _stage(self, fetches, feeds, targets, done: frozenset[str], device: bool) -> _Stage:
+        key = (tuple(fetches), tuple(feeds), tuple(targets), done, device)
+        if key not in self._built:
+            program = Program(self.program.graph, fetches, feeds, targets, done, host=not device)
+            self._built[key] = _Stage(program, device, self._jit)
+        return self._built[key]
 
     def _run(self, variables, feed_values, key):
         values: dict[TensorRef, Any] = dict(zip(self.program.feeds, feed_values))
@@ -113,8 +123,8 @@ class _Stage:
         self.jitted = jit(self._device_call) if device else None
 
     def _device_call(self, variables, feed_values, key):
-        self.traces += 1  # runs when JAX traces: once per distinct input shape
         outputs, new_variables = self.program(variables, feed_values, key)
+        self.traces += 1  # runs when JAX traces (once per distinct input shape) and the trace succeeds
         return outputs, {name: value for name, value in new_variables.items() if value is not variables.get(name)}
 
 
@@ -128,7 +138,7 @@ class _TooManyShapes(Exception):
     pass
 
 
-def _plan(program: Program, moved: set[str], jit: Any) -> list[_Stage] | None:
+def _plan(program: Program, moved: set[str], make_stage: Any) -> list[_Stage] | None:
     """The stages of `program` (host stages even, device stages odd), or None when it has no
     device stage worth compiling or cannot be cut."""
     graph = program.graph
@@ -204,7 +214,7 @@ def _plan(program: Program, moved: set[str], jit: Any) -> list[_Stage] | None:
         if not fetches[s] and not targets[s]:
             continue
         feeds = [ref for ref in available if not (device and _is_string(_value_dtype(graph, ref)))]
-        stage = _Stage(Program(graph, fetches[s], feeds, targets[s], frozenset(done), host=not device), device, jit)
+        stage = make_stage(fetches[s], feeds, targets[s], frozenset(done), device)
         if device and stage.program.host_strings:
             return None
         stages.append(stage)

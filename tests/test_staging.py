@@ -132,6 +132,7 @@ def test_data_dependent_sizes_move_to_the_host():
     (runner,) = [fn for _, fn, _ in sessions[0]._cache.values()]
     assert runner.moved and not runner.op_by_op
     assert any(s.jitted for s in runner.stages) and runner.stages[1].traces == 1
+    assert len(runner._built) == len(runner.stages)  # the stages of earlier plans are let go
 
 
 def test_gradients_flow_through_the_stages(serving):
