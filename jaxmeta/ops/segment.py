@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmeta._errors import GraphError
-from jaxmeta.ops.registry import known, need_known, program_nodes, register, static
+from jaxmeta.ops.registry import OUTPUT_SIZES, known, need_known, program_nodes, register, static
 
 # -- helpers ----------------------------------------------------------------------------------------
 
@@ -196,17 +196,42 @@ def _sparse_segment_grad(node):
     def fn(grad, indices, segment_ids, output_dim0):
         n = _static_int(node, output_dim0, "output_dim0")
         grad = jnp.asarray(grad)
-        segment_ids = jnp.asarray(segment_ids).astype(jnp.int32)
-        rows = jnp.take(grad, segment_ids, axis=0)
-        if kind != "Sum":
-            count = jax.ops.segment_sum(jnp.ones(segment_ids.shape, grad.dtype), segment_ids, grad.shape[0])
-            scale = 1.0 / (count if kind == "Mean" else jnp.sqrt(count))
-            scale = jnp.take(scale, segment_ids)
-            rows = rows * jnp.reshape(scale, scale.shape + (1,) * (rows.ndim - 1))
         out = jnp.zeros((n,) + grad.shape[1:], grad.dtype)
-        return out.at[jnp.asarray(indices).astype(jnp.int32)].add(rows)
+        return out.at[jnp.asarray(indices).astype(jnp.int32)].add(_segment_grad_rows(kind, grad, segment_ids))
 
     return fn
+
+
+@register("SparseSegmentSumGradV2", "SparseSegmentMeanGradV2", "SparseSegmentSqrtNGradV2")
+def _sparse_segment_grad_v2(node):
+    """The sparse form of the gradients above (TF's `sparse_gradient=True`, as in
+    `embedding_lookup_sparse`): only the rows at the sorted unique `indices`, and those indices."""
+    kind = node.type.removeprefix("SparseSegment").removesuffix("GradV2")
+
+    def fn(grad, indices, segment_ids, dense_output_dim0):
+        (idx,) = need_known(node, "indices", OUTPUT_SIZES, indices)
+        idx = idx.reshape(-1)
+        bound = known(dense_output_dim0)
+        if bound is not None and idx.size and (idx.min() < 0 or idx.max() >= int(np.reshape(bound, -1)[0])):
+            raise GraphError(f"node {node.name!r} ({node.type}): indices must be in [0, {int(np.reshape(bound, -1)[0])}), "
+                             f"got values from {idx.min()} to {idx.max()}")
+        unique, inverse = np.unique(idx, return_inverse=True)
+        grad = jnp.asarray(grad)
+        out = jnp.zeros((len(unique),) + grad.shape[1:], grad.dtype)
+        return out.at[inverse.reshape(-1)].add(_segment_grad_rows(kind, grad, segment_ids)), unique.astype(idx.dtype)
+
+    return fn
+
+
+def _segment_grad_rows(kind: str, grad, segment_ids):
+    """`grad[segment_ids]`, scaled by 1/count (Mean) or 1/sqrt(count) (SqrtN) of each segment."""
+    segment_ids = jnp.asarray(segment_ids).astype(jnp.int32)
+    rows = jnp.take(grad, segment_ids, axis=0)
+    if kind != "Sum":
+        count = jax.ops.segment_sum(jnp.ones(segment_ids.shape, grad.dtype), segment_ids, grad.shape[0])
+        scale = jnp.take(1.0 / (count if kind == "Mean" else jnp.sqrt(count)), segment_ids)
+        rows = rows * jnp.reshape(scale, scale.shape + (1,) * (rows.ndim - 1))
+    return rows
 
 
 # -- stitch and partition --------------------------------------------------------------------------

@@ -155,6 +155,28 @@ def test_sparse_segment_grad_ops():
     compare_with_tf(build, {"g:0": grad})
 
 
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+def test_sparse_segment_grad_v2_ops(dtype):
+    """The sparse gradients (`sparse_gradient=True`): rows at the sorted unique indices only."""
+    grad = RNG.standard_normal((4, 3)).astype(np.float32)
+
+    def build(tf):
+        g = _ph(tf, grad, "g")
+        outs = [getattr(tf.raw_ops, op)(grad=g, indices=tf.constant([4, 2, 0, 1, 2], dtype),
+                                        segment_ids=tf.constant([0, 0, 1, 3, 3]), dense_output_dim0=6)
+                for op in ["SparseSegmentSumGradV2", "SparseSegmentMeanGradV2", "SparseSegmentSqrtNGradV2"]]
+        return [t for out in outs for t in out]
+
+    compare_with_tf(build, {"g:0": grad})
+
+
+def test_sparse_segment_grad_v2_checks_indices():
+    node = type("N", (), {"name": "g", "type": "SparseSegmentSumGradV2"})()
+    fn = jaxmeta.ops.registry.lookup("SparseSegmentSumGradV2").build(node)
+    with pytest.raises(jaxmeta.GraphError, match=r"indices must be in \[0, 3\)"):
+        fn(np.ones((2, 2), np.float32), np.int32([0, 3]), np.int32([0, 1]), np.int32(3))
+
+
 # -- stitch and partition --------------------------------------------------------------------------
 
 
