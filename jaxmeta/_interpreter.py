@@ -22,6 +22,7 @@ from jaxmeta import _dtypes, _fusion
 from jaxmeta._errors import FeedError, GraphError, JaxmetaError, SideEffectError, UnsupportedOpError
 from jaxmeta._graph import VARIABLE_OPS, Graph, Node, TensorRef
 from jaxmeta.ops import registry
+from jaxmeta.summary import Summary
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,8 +186,8 @@ class Program:
         for ref, value, dtype in zip(self.feeds, feed_values, self.feed_dtypes):
             if dtype is None:
                 env[ref] = value
-            elif _is_string(dtype):
-                env[ref] = np.asarray(value, object)
+            elif _is_string(dtype):  # a `Summary` pytree (from an earlier stage) stays one
+                env[ref] = value if isinstance(value, Summary) else np.asarray(value, object)
             else:
                 if self.host and not isinstance(value, jax.core.Tracer):
                     value = np.asarray(value)

@@ -190,10 +190,16 @@ def _plan(program: Program, moved: set[str], make_stage: Any) -> list[_Stage] | 
     # What each stage computes for later ones: data edges and control edges across stages.
     fetches: list[list[TensorRef]] = [[] for _ in range(count)]
     targets: list[list[str]] = [[] for _ in range(count)]
+    reads: list[set[TensorRef]] = [set() for _ in range(count)]  # from the feeds and earlier stages
     for name, stage in stage_of.items():
         node = graph.nodes[name]
         for ref in node.inputs:
-            if ref.node in stage_of and stage_of[ref.node] < stage and ref not in fetches[stage_of[ref.node]]:
+            if ref in fed:
+                reads[stage].add(ref)
+            elif ref.node in stage_of and stage_of[ref.node] < stage:
+                reads[stage].add(ref)
+                if ref in fetches[stage_of[ref.node]]:
+                    continue
                 if graph.output_dtype(ref) in _HANDLES:
                     return None
                 fetches[stage_of[ref.node]].append(ref)
@@ -213,7 +219,7 @@ def _plan(program: Program, moved: set[str], make_stage: Any) -> list[_Stage] | 
         device = bool(s % 2)
         if not fetches[s] and not targets[s]:
             continue
-        feeds = [ref for ref in available if not (device and _is_string(_value_dtype(graph, ref)))]
+        feeds = [ref for ref in available if ref in reads[s]]
         stage = make_stage(fetches[s], feeds, targets[s], frozenset(done), device)
         if device and stage.program.host_strings:
             return None
