@@ -1,14 +1,19 @@
-"""Serving from strings: serialized `tf.train.Example`s in, class names out, jaxmeta vs TF1.
+"""Graphs fed strings: serving from serialized `tf.train.Example`s, training from feature columns.
 
-Builds (with TensorFlow, in this process) an Estimator-era serving graph: `tf.parse_example` of
-dense floats and a categorical string, a vocabulary table with OOV buckets and an embedding, a
-three-layer MLP, and class names from `index_to_string_table_from_tensor`. Times, taking turns
-in one process, `Session.run` of the class names and probabilities in TF1, in a jaxmeta `Session`
-(host and device stages: parse -> compiled model -> names, `jaxmeta._staging`) and in a jaxmeta
-`Session(jit=False)` (op by op, what such signatures ran before the stages). Prints a markdown
-table of medians [min–max] and the ratios to TF; `--out FILE` also writes it.
+Builds (with TensorFlow, in this process) two graphs:
+- an Estimator-era serving graph: `tf.parse_example` of dense floats and a categorical string, a
+  vocabulary table with OOV buckets and an embedding, a three-layer MLP, and class names from
+  `index_to_string_table_from_tensor`;
+- a TF1 feature-column model (hashed embedding, vocabulary list, numeric and crossed columns)
+  trained with Adagrad from fed strings.
 
-    python benchmarks/serving.py [--repeats 50] [--batches 1,64,512] [--out benchmarks/results/serving.md]
+Times, taking turns in one process, `Session.run` in TF1, in a jaxmeta `Session` (host and device
+stages: the string ops on the host, the rest compiled, `jaxmeta._staging`) and in a jaxmeta
+`Session(jit=False)` (op by op, how such graphs ran before the stages). Checks the answers against
+TF's first, then prints a markdown table of medians [min–max] and the ratios to TF; `--out FILE`
+also writes it.
+
+    python benchmarks/serving.py [--repeats 50] [--batches 1,64,512] [--train-batch 64] [--out FILE]
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import models  # noqa: E402  (sets TF's environment before TensorFlow is importe
 from run import _timed_alternately, write_table  # noqa: E402
 
 COLORS = ["red", "green", "blue", "cyan", "mauve", "teal", "olive", "plum"]
+SHAPES = ["circle", "square", "star"]
 CLASSES = ["cat", "dog", "eel", "fox", "gnu"]
 FEATURES = 32
 WIDTH = 256
@@ -65,24 +71,43 @@ def _cell(t: tuple[float, float, float]) -> str:
     return f"{t[0] * 1e3:.2f} [{t[1] * 1e3:.2f}–{t[2] * 1e3:.2f}]"
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=50)
-    parser.add_argument("--batches", default="1,64,512")
-    parser.add_argument("--out", default=None, help="also write the table to this file")
-    args = parser.parse_args(argv)
+def _wide_and_deep(tf):
+    """TF1 feature columns trained with Adagrad: a hashed color embedding, a shape vocabulary, a
+    numeric size and their cross, fed as strings and floats."""
+    v1, fc = tf.compat.v1, tf.compat.v1.feature_column
+    feats = {"color": v1.placeholder(tf.string, [None, 1], name="color"),
+             "shape": v1.placeholder(tf.string, [None, 1], name="shape"),
+             "size": v1.placeholder(tf.float32, [None, 1], name="size")}
+    label = v1.placeholder(tf.float32, [None, 1], name="label")
+    color = fc.categorical_column_with_hash_bucket("color", 11)
+    shape = fc.categorical_column_with_vocabulary_list("shape", SHAPES)
+    columns = [fc.embedding_column(color, 4), fc.indicator_column(shape), fc.numeric_column("size"),
+               fc.indicator_column(fc.crossed_column(["color", "shape"], 17))]
+    net = fc.input_layer(feats, columns)
+    logits = v1.layers.dense(net, 1)
+    loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=label, logits=logits))
+    return loss, v1.train.AdagradOptimizer(0.3).minimize(loss)
 
+
+def _wide_and_deep_batch(n: int, rng) -> dict:
     import numpy as np
-    import tensorflow as tf
 
+    return {"color:0": np.array([[COLORS[i]] for i in rng.integers(0, len(COLORS), n)], object),
+            "shape:0": np.array([[SHAPES[i]] for i in rng.integers(0, len(SHAPES), n)], object),
+            "size:0": rng.standard_normal((n, 1)).astype(np.float32),
+            "label:0": rng.integers(0, 2, (n, 1)).astype(np.float32)}
+
+
+def _sessions(tf, build):
+    """TF's Session and jaxmeta's two (stages, op by op) over the graph `build(tf)` makes, from
+    the same initial variables; returns (graph, what build returned, the three sessions)."""
     import jaxmeta
 
-    models._v1(tf)
     v1 = tf.compat.v1
     graph = tf.Graph()
     with graph.as_default():
         v1.set_random_seed(0)
-        examples, fetches = _build(tf)
+        built = build(tf)
         init = [v1.global_variables_initializer(), v1.tables_initializer()]
         meta = v1.train.export_meta_graph(graph=graph)
     tf_sess = v1.Session(graph=graph)
@@ -90,9 +115,14 @@ def main(argv: list[str] | None = None) -> None:
     with graph.as_default():
         variables = {v.op.name: tf_sess.run(v) for v in v1.global_variables()}
     ours = jaxmeta.import_meta_graph(meta)
+    return graph, built, tf_sess, jaxmeta.Session(ours, variables), jaxmeta.Session(ours, variables, jit=False)
+
+
+def _serving_rows(tf, args) -> list:
+    import numpy as np
+
+    graph, (examples, fetches), tf_sess, staged, plain = _sessions(tf, _build)
     names = [t.name for t in fetches]
-    staged = jaxmeta.Session(ours, variables)
-    plain = jaxmeta.Session(ours, variables, jit=False)
     rng = np.random.default_rng(0)
     rows = []
     for batch in [int(b) for b in args.batches.split(",")]:
@@ -102,26 +132,59 @@ def main(argv: list[str] | None = None) -> None:
             got = sess.run(names, {"examples:0": serialized})
             assert got[0].tolist() == want[0].tolist(), "class names differ from TF's"
             np.testing.assert_allclose(got[1], want[1], rtol=1e-4, atol=1e-5)
-        times = _timed_alternately([
+        rows.append(("serving: Examples to class names", batch, _timed_alternately([
             lambda s=serialized: tf_sess.run(fetches, {examples: s}),
             lambda s=serialized: staged.run(names, {"examples:0": s}),
             lambda s=serialized: plain.run(names, {"examples:0": s}),
-        ], args.repeats)
-        rows.append((batch, *[(statistics.median(t), min(t), max(t)) for t in times]))
-        print(f"[batch {batch}] " + ", ".join(f"{k} {statistics.median(t) * 1e3:.2f} ms" for k, t in
-                                              zip(["TF", "staged", "op by op"], times)), file=sys.stderr, flush=True)
+        ], args.repeats)))
+    return rows
+
+
+def _training_rows(tf, args) -> list:
+    import numpy as np
+
+    graph, (loss, train), tf_sess, staged, plain = _sessions(tf, _wide_and_deep)
+    batch = _wide_and_deep_batch(args.train_batch, np.random.default_rng(1))
+    tf_feed = {graph.get_tensor_by_name(k): v for k, v in batch.items()}
+    want = tf_sess.run([loss, train], tf_feed)[0]
+    for sess in (staged, plain):  # the first step (planning, compiles) untimed; TF's loss
+        np.testing.assert_allclose(sess.run([loss.name, train.name], batch)[0], want, rtol=1e-5)
+    return [("training: feature columns (Adagrad step)", args.train_batch, _timed_alternately([
+        lambda: tf_sess.run([loss, train], tf_feed),
+        lambda: staged.run([loss.name, train.name], batch),
+        lambda: plain.run([loss.name, train.name], batch),
+    ], args.repeats))]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--batches", default="1,64,512", help="the serving graph's batch sizes")
+    parser.add_argument("--train-batch", type=int, default=64, help="the feature-column model's batch size")
+    parser.add_argument("--out", default=None, help="also write the table to this file")
+    args = parser.parse_args(argv)
+
+    import tensorflow as tf
+
+    models._v1(tf)
+    rows = _serving_rows(tf, args) + _training_rows(tf, args)
     lines = [
-        "# Serving from serialized Examples", "",
-        f"`python benchmarks/serving.py --repeats {args.repeats} --batches {args.batches}`: one process, "
-        "the three taking turns; milliseconds per `Session.run` (class names and probabilities from "
-        f"serialized Examples: parse, vocabulary, embedding, 3 × {WIDTH} MLP, names), medians [min–max]. "
+        "# Graphs fed strings: serving from serialized Examples, training from feature columns", "",
+        f"`python benchmarks/serving.py --repeats {args.repeats} --batches {args.batches} --train-batch "
+        f"{args.train_batch}`: one process, the three taking turns; milliseconds per `Session.run`, medians "
+        f"[min–max] of {args.repeats}. Serving: class names and probabilities from serialized Examples (parse, "
+        f"vocabulary, embedding, 3 × {WIDTH} MLP, names). Training: a train step of TF1 feature columns (hashed "
+        "embedding, vocabulary list, numeric, crossed) from fed strings. "
         f"{platform.machine()}, {os.cpu_count()} CPUs, jax {__import__('jax').__version__}, "
         f"TensorFlow {tf.__version__}.", "",
-        "| batch | TF1 | jaxmeta, stages | jaxmeta, op by op | stages / TF | op by op / TF |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| graph | batch | TF1 | jaxmeta, stages | jaxmeta, op by op | stages / TF | op by op / TF |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for batch, tf_t, st, pl in rows:
-        lines.append(f"| {batch} | {_cell(tf_t)} | {_cell(st)} | {_cell(pl)} | {st[0] / tf_t[0]:.2f} | "
+    for what, batch, times in rows:
+        tf_t, st, pl = [(statistics.median(t), min(t), max(t)) for t in times]
+        print(f"[{what}, batch {batch}] TF {tf_t[0] * 1e3:.2f} ms, stages {st[0] * 1e3:.2f} ms, op by op "
+              f"{pl[0] * 1e3:.2f} ms", file=sys.stderr, flush=True)
+        lines.append(f"| {what} | {batch} | {_cell(tf_t)} | {_cell(st)} | {_cell(pl)} | {st[0] / tf_t[0]:.2f} | "
                      f"{pl[0] / tf_t[0]:.2f} |")
     write_table(lines, args.out)
 
