@@ -188,13 +188,12 @@ class Program:
                 env[ref] = value
             elif _is_string(dtype):  # a `Summary` pytree (from an earlier stage) stays one
                 env[ref] = value if isinstance(value, Summary) else np.asarray(value, object)
+            elif self.host and not isinstance(value, jax.core.Tracer):  # concrete: stays NumPy
+                env[ref] = _dtypes.canonical(np.asarray(value), f"feed {ref}").astype(dtype, copy=False)
             else:
-                if self.host and not isinstance(value, jax.core.Tracer):
-                    value = np.asarray(value)
                 if isinstance(value, np.ndarray) and value.dtype.kind in "iu":  # concrete: unjitted runs
                     value = _dtypes.canonical(value, f"feed {ref}")
-                env[ref] = np.asarray(value, dtype) if isinstance(value, np.ndarray) and self.host else \
-                    jnp.asarray(value, dtype)
+                env[ref] = jnp.asarray(value, dtype)
         run_steps(self.steps, ctx, env, set(self.feeds))
         outputs = []
         for ref in self.fetches:

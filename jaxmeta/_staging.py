@@ -149,27 +149,28 @@ def _plan(program: Program, moved: set[str], make_stage: Any) -> list[_Stage] | 
     from jaxmeta.ops import control_flow, registry, summary
 
     loops = control_flow.group_frames(graph, needed, "")
-    fetched = {ref.node for ref in program.fetches}
-    stage_of: dict[str, int] = {}  # non-free node -> stage
-    free: set[str] = set()
+    pinned = {ref.node for ref in program.fetches} | set(program.targets) | moved
+    free: set[str] = set()  # computed from constants (or variables) alone: every stage makes its own
+    from_variables: set[str] = set()  # free nodes that read variables
+    units: list[tuple[list[str], set[str], bool]] = []  # (members, producers, on the host)
 
     def runtime_string(ref: TensorRef) -> bool:
         if ref in fed:
             return _is_string(_value_dtype(graph, ref))
-        node = graph.nodes[ref.node]
-        return (ref.node not in free and node.type not in summary.OPS
+        return (ref.node not in free and graph.nodes[ref.node].type not in summary.OPS
                 and _is_string(_value_dtype(graph, ref)))
 
     for unit in _toposort(graph, needed, fed, loops):
         members = [n for n, f in loops.items() if f == unit[1]] if isinstance(unit, tuple) else [unit]
-        member_set = set(members)
         producers = set()
         for name in members:
             node = graph.nodes[name]
             producers |= {ref.node for ref in node.inputs if ref not in fed} | set(node.control_inputs)
-        producers = (producers & needed) - member_set
-        if len(members) == 1 and _is_free(graph, members[0], producers, free, fed, fetched | moved, registry):
+        producers = (producers & needed) - set(members)
+        if len(members) == 1 and _is_free(graph, members[0], producers, free, fed, pinned, registry):
             free.add(members[0])
+            if graph.nodes[members[0]].type in VARIABLE_OPS or producers & from_variables:
+                from_variables.add(members[0])
             continue
         host = False
         for name in members:
@@ -179,11 +180,18 @@ def _plan(program: Program, moved: set[str], make_stage: Any) -> list[_Stage] | 
                 and any(_is_string(_value_dtype(graph, TensorRef(name, i))) for i in range(node.num_outputs)))
         if host and len(members) > 1:
             return None  # string work inside a while loop: the loop would run op by op anyway
-        stage = max([0, *(stage_of.get(p, 0) for p in producers)])
+        units.append((members, producers - free, host))
+    on_host = {m for members, _, host in units if host for m in members}
+    on_host |= _host_arithmetic(graph, units, on_host, from_variables, pinned, registry)
+    stage_of: dict[str, int] = {}  # non-free node -> stage (host stages even, device stages odd)
+    for members, producers, _ in units:
+        host = members[0] in on_host
+        stage = max([0, *(stage_of[p] for p in producers)])
         if stage % 2 != (0 if host else 1):
             stage += 1
         for name in members:
             stage_of[name] = stage
+    _sink_handles(graph, stage_of, [m[0] for m, p, _ in units if len(m) == 1 and not p])
     count = max(stage_of.values(), default=-1) + 1
     if not any(s % 2 for s in stage_of.values()):
         return None  # nothing to compile
@@ -227,6 +235,49 @@ def _plan(program: Program, moved: set[str], make_stage: Any) -> list[_Stage] | 
         available += fetches[s]
         done |= {n for n, t in stage_of.items() if t == s}
     return stages
+
+
+def _host_arithmetic(graph: Graph, units, on_host: set[str], from_variables: set[str], pinned: set[str],
+                     registry) -> set[str]:
+    """Device nodes worth running on the host instead: arithmetic on host values (shapes and
+    sizes of parsed or split strings) that only host nodes read. Left on the device, each would cut
+    a host stage in two around a compiled call. Nodes that read variables stay on the device."""
+    readers: dict[str, set[str]] = {}
+    for members, producers, _ in units:
+        for p in producers:
+            readers.setdefault(p, set()).update(members)
+    candidates = set()
+    for members, _, host in units:
+        node = graph.nodes[members[0]]
+        spec = registry.lookup(node.type)
+        if (len(members) == 1 and not host and members[0] not in pinned and spec is not None
+                and not (spec.context or spec.assigns or spec.random)
+                and not any(ref.node in from_variables for ref in node.inputs)):
+            candidates.add(members[0])
+    producers_of = {members[0]: producers for members, producers, _ in units if len(members) == 1}
+    changed = True
+    while changed:  # the largest set whose producers and readers are all host nodes or in it
+        changed = False
+        for name in list(candidates):
+            near = producers_of[name] | readers.get(name, set())
+            if not readers.get(name) or not near <= on_host | candidates:
+                candidates.discard(name)
+                changed = True
+    return candidates
+
+
+def _sink_handles(graph: Graph, stage_of: dict[str, int], sources: list[str]) -> None:
+    """Moves nodes that read nothing (stacks, TensorArrays: resource handles that cannot cross
+    stages) to the first stage that reads them, when it is on the same side."""
+    readers: dict[str, list[int]] = {}
+    for name, stage in stage_of.items():
+        node = graph.nodes[name]
+        for dep in {ref.node for ref in node.inputs} | set(node.control_inputs):
+            readers.setdefault(dep, []).append(stage)
+    for name in sources:
+        first = min(readers.get(name, [stage_of[name]]))
+        if first > stage_of[name] and first % 2 == stage_of[name] % 2:
+            stage_of[name] = first
 
 
 def _is_free(graph: Graph, name: str, producers: set[str], free: set[str], fed, pinned: set[str], registry) -> bool:

@@ -147,3 +147,42 @@ def test_gradients_flow_through_the_stages(serving):
     for name in want:
         np.testing.assert_allclose(got[name], want[name], rtol=1e-6, err_msg=name)
     assert [stage.jitted is not None for stage in logits.staged.stages] == [False, True]
+
+
+@pytest.mark.oracle
+def test_text_rnn_trains_in_two_stages():
+    """Sentences -> split -> padded words -> vocabulary -> embedding -> `dynamic_rnn` (a v1 while
+    loop, with its gradient's stacks) -> Adam. The ragged shapes' arithmetic runs on the host with
+    the string ops, the stacks' handles stay with the loops that use them: one host stage, one
+    compiled stage, and TF's losses."""
+    tf = get_tf()
+    v1 = tf.compat.v1
+    from tensorflow.python.ops import lookup_ops
+
+    words = ["the", "cat", "sat", "on", "mat", "dog", "ran"]
+    g = tf.Graph()
+    with g.as_default():
+        v1.set_random_seed(1)
+        text = v1.placeholder(tf.string, [None], name="text")
+        labels = v1.placeholder(tf.int32, [None], name="labels")
+        tokens = tf.strings.split(text).to_tensor(default_value="<pad>")
+        lengths = tf.reduce_sum(tf.cast(tf.not_equal(tokens, "<pad>"), tf.int32), 1)
+        ids = lookup_ops.index_table_from_tensor(tf.constant(words), num_oov_buckets=1).lookup(tokens)
+        x = tf.nn.embedding_lookup(v1.get_variable("emb", [len(words) + 1, 8]), ids)
+        _, state = v1.nn.dynamic_rnn(v1.nn.rnn_cell.BasicRNNCell(16), x, sequence_length=lengths, dtype=tf.float32)
+        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+            labels=labels, logits=v1.layers.dense(state, 2)))
+        train = v1.train.AdamOptimizer(0.05).minimize(loss)
+        init = [v1.global_variables_initializer(), v1.tables_initializer()]
+    batch = {"text:0": np.array([b"the cat sat on the mat", b"the dog ran", b"a cat", b"dog dog sat"], object),
+             "labels:0": np.int32([0, 1, 0, 1])}
+    with g.as_default(), v1.Session(graph=g) as sess:
+        sess.run(init)
+        start = {v.op.name: sess.run(v) for v in v1.global_variables()}
+        want = [sess.run([loss, train], {text: batch["text:0"], labels: batch["labels:0"]})[0] for _ in range(3)]
+        graph = jaxmeta.import_meta_graph(v1.train.export_meta_graph(graph=g))
+    with jaxmeta.Session(graph, start) as sess:
+        got = [sess.run([loss.name, train.name], batch)[0] for _ in range(3)]
+        (runner,) = [fn for _, fn, _ in sess._cache.values()]
+    assert_close(np.array(got), np.array(want), rtol=1e-5, atol=1e-6, what="losses")
+    assert _kinds(runner) == ["host", "device"] and runner.stages[1].traces == 1 and not runner.moved
