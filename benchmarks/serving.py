@@ -32,6 +32,7 @@ from run import _timed_alternately, write_table  # noqa: E402
 
 COLORS = ["red", "green", "blue", "cyan", "mauve", "teal", "olive", "plum"]
 SHAPES = ["circle", "square", "star"]
+WORDS = ["the", "a", "cat", "dog", "sat", "ran", "on", "under", "mat", "log", "big", "small"]
 CLASSES = ["cat", "dog", "eel", "fox", "gnu"]
 FEATURES = 32
 WIDTH = 256
@@ -89,6 +90,33 @@ def _wide_and_deep(tf):
     return loss, v1.train.AdagradOptimizer(0.3).minimize(loss)
 
 
+def _text_rnn(tf):
+    """A TF1 text classifier: sentences split into padded words, a vocabulary with an OOV bucket,
+    an embedding, `dynamic_rnn` over an LSTM (a v1 while loop) and Adam."""
+    from tensorflow.python.ops import lookup_ops
+
+    v1 = tf.compat.v1
+    text = v1.placeholder(tf.string, [None], name="text")
+    labels = v1.placeholder(tf.int32, [None], name="labels")
+    tokens = tf.strings.split(text).to_tensor(default_value="<pad>")
+    lengths = tf.reduce_sum(tf.cast(tf.not_equal(tokens, "<pad>"), tf.int32), 1)
+    ids = lookup_ops.index_table_from_tensor(tf.constant(WORDS), num_oov_buckets=1).lookup(tokens)
+    x = tf.nn.embedding_lookup(v1.get_variable("emb", [len(WORDS) + 1, 32]), ids)
+    _, state = v1.nn.dynamic_rnn(v1.nn.rnn_cell.LSTMCell(64), x, sequence_length=lengths, dtype=tf.float32)
+    logits = v1.layers.dense(state.h, 2)
+    loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+    return loss, v1.train.AdamOptimizer(0.01).minimize(loss)
+
+
+def _text_rnn_batch(n: int, rng) -> dict:
+    import numpy as np
+
+    vocabulary = WORDS + ["unknown"]
+    lines = [" ".join(vocabulary[i] for i in rng.integers(0, len(vocabulary), 12)) for _ in range(n)]
+    return {"text:0": np.array([line.encode() for line in lines], object),
+            "labels:0": rng.integers(0, 2, n).astype(np.int32)}
+
+
 def _wide_and_deep_batch(n: int, rng) -> dict:
     import numpy as np
 
@@ -141,19 +169,26 @@ def _serving_rows(tf, args) -> list:
 
 
 def _training_rows(tf, args) -> list:
+    return [_training_row(tf, args, "training: feature columns (Adagrad step)", _wide_and_deep, _wide_and_deep_batch),
+            _training_row(tf, args, "training: text LSTM (split, vocabulary, dynamic_rnn; Adam step)", _text_rnn,
+                          _text_rnn_batch)]
+
+
+def _training_row(tf, args, what: str, build, make_batch):
     import numpy as np
 
-    graph, (loss, train), tf_sess, staged, plain = _sessions(tf, _wide_and_deep)
-    batch = _wide_and_deep_batch(args.train_batch, np.random.default_rng(1))
+    graph, (loss, train), tf_sess, staged, plain = _sessions(tf, build)
+    batch = make_batch(args.train_batch, np.random.default_rng(1))
     tf_feed = {graph.get_tensor_by_name(k): v for k, v in batch.items()}
     want = tf_sess.run([loss, train], tf_feed)[0]
     for sess in (staged, plain):  # the first step (planning, compiles) untimed; TF's loss
         np.testing.assert_allclose(sess.run([loss.name, train.name], batch)[0], want, rtol=1e-5)
-    return [("training: feature columns (Adagrad step)", args.train_batch, _timed_alternately([
-        lambda: tf_sess.run([loss, train], tf_feed),
-        lambda: staged.run([loss.name, train.name], batch),
-        lambda: plain.run([loss.name, train.name], batch),
-    ], args.repeats))]
+    fetches = [loss.name, train.name]
+    times = _timed_alternately([lambda: tf_sess.run([loss, train], tf_feed), lambda: staged.run(fetches, batch)],
+                               args.repeats)
+    # op by op, the LSTM's steps take seconds: a few repeats tell enough
+    return what, args.train_batch, times + _timed_alternately([lambda: plain.run(fetches, batch)],
+                                                              min(args.repeats, 3))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -172,9 +207,9 @@ def main(argv: list[str] | None = None) -> None:
         "# Graphs fed strings: serving from serialized Examples, training from feature columns", "",
         f"`python benchmarks/serving.py --repeats {args.repeats} --batches {args.batches} --train-batch "
         f"{args.train_batch}`: one process, the three taking turns; milliseconds per `Session.run`, medians "
-        f"[min–max] of {args.repeats}. Serving: class names and probabilities from serialized Examples (parse, "
+        f"[min–max] of {args.repeats} (op by op, the training rows: of 3). Serving: class names and probabilities from serialized Examples (parse, "
         f"vocabulary, embedding, 3 × {WIDTH} MLP, names). Training: a train step of TF1 feature columns (hashed "
-        "embedding, vocabulary list, numeric, crossed) from fed strings. "
+        "embedding, vocabulary list, numeric, crossed), and of a text LSTM, from fed strings. "
         f"{platform.machine()}, {os.cpu_count()} CPUs, jax {__import__('jax').__version__}, "
         f"TensorFlow {tf.__version__}.", "",
         "| graph | batch | TF1 | jaxmeta, stages | jaxmeta, op by op | stages / TF | op by op / TF |",
