@@ -19,7 +19,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmeta import _dtypes, _fusion
-from jaxmeta._errors import FeedError, GraphError, JaxmetaError, SideEffectError, UnsupportedOpError
+from jaxmeta._errors import (
+    FeedError,
+    GraphError,
+    JaxmetaError,
+    PrecisionError,
+    SideEffectError,
+    UnsupportedOpError,
+)
 from jaxmeta._graph import VARIABLE_OPS, Graph, Node, TensorRef
 from jaxmeta.ops import registry
 from jaxmeta.summary import Summary
@@ -202,7 +209,11 @@ class Program:
             value = ctx.value(env[ref])
             if self.host and isinstance(value, np.ndarray) and value.dtype != object:
                 # a host stage's value for the next stage stays NumPy (jit copies it in once)
-                outputs.append(_dtypes.canonical(value, f"fetch {ref}"))
+                try:
+                    outputs.append(_dtypes.canonical(value, f"fetch {ref}"))
+                except PrecisionError as e:
+                    e.jaxmeta_ref = ref  # `_staging` moves its readers to the host
+                    raise
             else:
                 outputs.append(to_jax(value, f"fetch {ref}"))
         return outputs, ctx.variables

@@ -84,12 +84,26 @@ class StagedProgram:
             except _TooManyShapes:
                 self.op_by_op = True
             except Exception as e:
+                readers = self._readers(getattr(e, "jaxmeta_ref", None))
+                if readers and len(self.moved) < MAX_MOVES:
+                    # int64 values past int32 (JAX's, with x64 off) for a compiled stage: NumPy
+                    # keeps them exact on the host, as op by op
+                    self.moved |= readers
+                    self.stages = None
+                    continue
                 if getattr(e, "jaxmeta_node", None) in self.moved:
                     # A node moved to the host fails there too: the input is wrong, not the plan.
                     self.moved.discard(e.jaxmeta_node)
                     self.stages = None
                 raise
         return self.program(variables, feed_values, key)
+
+    def _readers(self, ref: TensorRef | None) -> set[str]:
+        """The nodes of later stages that read `ref` (none when the program itself fetches it)."""
+        if ref is None or ref in self.program.fetches:
+            return set()
+        return {step.node.name for stage in self.stages or () for step in stage.program.steps
+                if ref in step.inputs} - self.moved
 
     def _stage(self, fetches, feeds, targets, done: frozenset[str], device: bool) -> _Stage:
         key = (tuple(fetches), tuple(feeds), tuple(targets), done, device)

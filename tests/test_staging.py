@@ -186,3 +186,25 @@ def test_text_rnn_trains_in_two_stages():
         (runner,) = [fn for _, fn, _ in sess._cache.values()]
     assert_close(np.array(got), np.array(want), rtol=1e-5, atol=1e-6, what="losses")
     assert _kinds(runner) == ["host", "device"] and runner.stages[1].traces == 1 and not runner.moved
+
+
+@pytest.mark.oracle
+def test_int64_values_past_int32_keep_their_readers_on_the_host():
+    """Numbers parsed from strings that need 64 bits cannot go to a compiled stage with x64 off;
+    the ops that read them move to the host, where NumPy keeps them exact (as op by op)."""
+    tf = get_tf()
+    v1 = tf.compat.v1
+    g = tf.Graph()
+    with g.as_default():
+        s = v1.placeholder(tf.string, [None], name="s")
+        out = tf.math.floormod(tf.strings.to_number(s, tf.int64), 1000) + 1
+        feed = np.array([b"123456789012345", b"42"], object)
+        with v1.Session(graph=g) as sess:
+            want = sess.run(out, {s: feed})
+        graph = jaxmeta.import_meta_graph(v1.train.export_meta_graph(graph=g))
+    with jaxmeta.Session(graph) as sess:
+        np.testing.assert_array_equal(sess.run(out.name, {"s:0": feed}), want)
+        (runner,) = [fn for _, fn, _ in sess._cache.values()]
+    assert runner.moved == {"FloorMod"} and _kinds(runner) == ["host", "device"]
+    with pytest.raises(jaxmeta.PrecisionError, match="StringToNumber"):  # fetched itself, as op by op
+        jaxmeta.Session(graph).run("StringToNumber:0", {"s:0": feed})
