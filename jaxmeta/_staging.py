@@ -67,7 +67,7 @@ class StagedProgram:
                 if self.stages is None:
                     self.op_by_op = True
                     break
-                self._built = {key: stage for key, stage in self._built.items() if stage in self.stages}
+                self._built = {k: stage for k, stage in self._built.items() if stage in self.stages}
             try:
                 return self._run(variables, feed_values, key)
             except _TraceFailed as failed:
