@@ -176,11 +176,7 @@ class Program:
         self.feed_dtypes = [_value_dtype(graph, ref) for ref in self.feeds]
         # Strings are host values: JAX cannot trace them, nor return them from a jitted function
         # (`_staging` runs the string ops of such programs op by op and jits the rest).
-        from jaxmeta.ops import summary
-
-        dtypes = [*self.feed_dtypes, *(_value_dtype(graph, ref) for ref in self.fetches)]
-        self.host_strings = [str(ref) for ref, dtype in zip([*self.feeds, *self.fetches], dtypes)
-                             if _is_string(dtype) and graph.nodes[ref.node].type not in summary.OPS]
+        self.host_strings = [str(ref) for ref in [*self.feeds, *self.fetches] if host_string(graph, ref)]
 
     def __call__(self, variables: dict[str, Any], feed_values: Sequence[Any], key: Any = None):
         """Runs the program; returns (fetched values, variables after the run)."""
@@ -252,6 +248,14 @@ def _value_dtype(graph: Graph, ref: TensorRef):
 
 def _is_string(dtype: np.dtype | None) -> bool:
     return dtype is not None and dtype.kind == "O"
+
+
+def host_string(graph: Graph, ref: TensorRef) -> bool:
+    """Whether `ref` holds strings, which only the host has. A summary op's output does not: it is
+    a `Summary` pytree until `Session.run` serializes it."""
+    from jaxmeta.ops import summary
+
+    return _is_string(_value_dtype(graph, ref)) and graph.nodes[ref.node].type not in summary.OPS
 
 
 # -- building and running steps -------------------------------------------------------------------

@@ -114,8 +114,13 @@ def load_saved_model(
     graph.assets = {prepend_scope(asset.tensor_info.name, scope): os.path.join(export_dir, "assets", asset.filename)
                     for asset in _asset_file_defs(meta)}
     saver = graph.saver
-    variables = saver.restore(os.path.join(export_dir, "variables", "variables")) if saver is not None else {}
+    variables = saver.restore(variables_prefix(export_dir)) if saver is not None else {}
     return graph, variables
+
+
+def variables_prefix(export_dir: str) -> str:
+    """The checkpoint prefix of a SavedModel's variables."""
+    return os.path.join(export_dir, "variables", "variables")
 
 
 def _asset_file_defs(meta: meta_graph_pb2.MetaGraphDef) -> list[meta_graph_pb2.AssetFileDef]:

@@ -28,7 +28,8 @@ from typing import Any
 import jax
 
 from jaxmeta._graph import VARIABLE_OPS, Graph, TensorRef
-from jaxmeta._interpreter import Program, _is_string, _prune, _toposort, _value_dtype, to_jax
+from jaxmeta._interpreter import Program, _prune, _toposort, host_string, to_jax
+from jaxmeta.ops import registry
 
 #: Compiles of one device stage (one per distinct input shape) after which, if most calls so far
 #: compiled, the program runs op by op.
@@ -71,7 +72,7 @@ class StagedProgram:
             try:
                 return self._run(variables, feed_values, key)
             except _TraceFailed as failed:
-                node = getattr(failed.error, "jaxmeta_node", None)
+                node = getattr(failed.__cause__, "jaxmeta_node", None)
                 if node is not None and node not in self.moved and len(self.moved) < MAX_MOVES:
                     self.moved.add(node)  # try it on the host
                     self.stages = None
@@ -122,7 +123,7 @@ class StagedProgram:
                 try:
                     outputs, updates = stage.jitted(variables, args, key)
                 except Exception as e:
-                    raise _TraceFailed(e) from e
+                    raise _TraceFailed from e
                 if stage.traces > MAX_TRACES and 2 * stage.traces > self.calls:
                     raise _TooManyShapes  # compiling most calls costs more than running op by op
                 variables = {**variables, **updates}
@@ -143,9 +144,7 @@ class _Stage:
 
 
 class _TraceFailed(Exception):
-    def __init__(self, error: Exception):
-        super().__init__(str(error))
-        self.error = error
+    """A device stage failed to trace or run; its `__cause__` says why."""
 
 
 class _TooManyShapes(Exception):
@@ -160,19 +159,13 @@ def _plan(program: Program, moved: set[str], make_stage: Any) -> list[_Stage] | 
     if any(ref in fed for ref in program.fetches):
         return None
     needed = _prune(graph, program.fetches, program.targets, fed)
-    from jaxmeta.ops import control_flow, registry, summary
+    from jaxmeta.ops import control_flow
 
     loops = control_flow.group_frames(graph, needed, "")
     pinned = {ref.node for ref in program.fetches} | set(program.targets) | moved
     free: set[str] = set()  # computed from constants (or variables) alone: every stage makes its own
     from_variables: set[str] = set()  # free nodes that read variables
     units: list[tuple[list[str], set[str], bool]] = []  # (members, producers, on the host)
-
-    def runtime_string(ref: TensorRef) -> bool:
-        if ref in fed:
-            return _is_string(_value_dtype(graph, ref))
-        return (ref.node not in free and graph.nodes[ref.node].type not in summary.OPS
-                and _is_string(_value_dtype(graph, ref)))
 
     for unit in _toposort(graph, needed, fed, loops):
         members = [n for n, f in loops.items() if f == unit[1]] if isinstance(unit, tuple) else [unit]
@@ -181,7 +174,7 @@ def _plan(program: Program, moved: set[str], make_stage: Any) -> list[_Stage] | 
             node = graph.nodes[name]
             producers |= {ref.node for ref in node.inputs if ref not in fed} | set(node.control_inputs)
         producers = (producers & needed) - set(members)
-        if len(members) == 1 and _is_free(graph, members[0], producers, free, fed, pinned, registry):
+        if len(members) == 1 and _is_free(graph, members[0], producers, free, fed, pinned):
             free.add(members[0])
             if graph.nodes[members[0]].type in VARIABLE_OPS or producers & from_variables:
                 from_variables.add(members[0])
@@ -189,14 +182,18 @@ def _plan(program: Program, moved: set[str], make_stage: Any) -> list[_Stage] | 
         host = False
         for name in members:
             node = graph.nodes[name]
-            host |= name in moved or any(runtime_string(ref) for ref in node.inputs) or (
-                node.type not in summary.OPS
-                and any(_is_string(_value_dtype(graph, TensorRef(name, i))) for i in range(node.num_outputs)))
+            host |= (name in moved
+                     or any((ref in fed or ref.node not in free) and host_string(graph, ref) for ref in node.inputs)
+                     or any(host_string(graph, TensorRef(name, i)) for i in range(node.num_outputs)))
         if host and len(members) > 1:
             return None  # string work inside a while loop: the loop would run op by op anyway
         units.append((members, producers - free, host))
+    readers: dict[str, set[str]] = {}  # non-free node -> the non-free nodes that read it
+    for members, producers, _ in units:
+        for p in producers:
+            readers.setdefault(p, set()).update(members)
     on_host = {m for members, _, host in units if host for m in members}
-    on_host |= _host_arithmetic(graph, units, on_host, from_variables, pinned, registry)
+    on_host |= _host_arithmetic(graph, units, readers, on_host, from_variables, pinned)
     stage_of: dict[str, int] = {}  # non-free node -> stage (host stages even, device stages odd)
     for members, producers, _ in units:
         host = members[0] in on_host
@@ -205,7 +202,7 @@ def _plan(program: Program, moved: set[str], make_stage: Any) -> list[_Stage] | 
             stage += 1
         for name in members:
             stage_of[name] = stage
-    _sink_handles(graph, stage_of, [m[0] for m, p, _ in units if len(m) == 1 and not p])
+    _sink_handles(stage_of, readers, [m[0] for m, p, _ in units if len(m) == 1 and not p])
     count = max(stage_of.values(), default=-1) + 1
     if not any(s % 2 for s in stage_of.values()):
         return None  # nothing to compile
@@ -235,7 +232,7 @@ def _plan(program: Program, moved: set[str], make_stage: Any) -> list[_Stage] | 
         if name in stage_of and name not in targets[stage_of[name]]:
             targets[stage_of[name]].append(name)
     stages = []
-    available = [ref for ref in program.feeds]
+    available = list(program.feeds)
     done: set[str] = set()
     for s in range(count):
         device = bool(s % 2)
@@ -251,21 +248,15 @@ def _plan(program: Program, moved: set[str], make_stage: Any) -> list[_Stage] | 
     return stages
 
 
-def _host_arithmetic(graph: Graph, units, on_host: set[str], from_variables: set[str], pinned: set[str],
-                     registry) -> set[str]:
+def _host_arithmetic(graph: Graph, units, readers: dict[str, set[str]], on_host: set[str], from_variables: set[str],
+                     pinned: set[str]) -> set[str]:
     """Device nodes worth running on the host instead: arithmetic on host values (shapes and
     sizes of parsed or split strings) that only host nodes read. Left on the device, each would cut
     a host stage in two around a compiled call. Nodes that read variables stay on the device."""
-    readers: dict[str, set[str]] = {}
-    for members, producers, _ in units:
-        for p in producers:
-            readers.setdefault(p, set()).update(members)
     candidates = set()
     for members, _, host in units:
         node = graph.nodes[members[0]]
-        spec = registry.lookup(node.type)
-        if (len(members) == 1 and not host and members[0] not in pinned and spec is not None
-                and not (spec.context or spec.assigns or spec.random)
+        if (len(members) == 1 and not host and members[0] not in pinned and _pure(node)
                 and not any(ref.node in from_variables for ref in node.inputs)):
             candidates.add(members[0])
     producers_of = {members[0]: producers for members, producers, _ in units if len(members) == 1}
@@ -280,28 +271,25 @@ def _host_arithmetic(graph: Graph, units, on_host: set[str], from_variables: set
     return candidates
 
 
-def _sink_handles(graph: Graph, stage_of: dict[str, int], sources: list[str]) -> None:
+def _sink_handles(stage_of: dict[str, int], readers: dict[str, set[str]], sources: list[str]) -> None:
     """Moves nodes that read nothing (stacks, TensorArrays: resource handles that cannot cross
     stages) to the first stage that reads them, when it is on the same side."""
-    readers: dict[str, list[int]] = {}
-    for name, stage in stage_of.items():
-        node = graph.nodes[name]
-        for dep in {ref.node for ref in node.inputs} | set(node.control_inputs):
-            readers.setdefault(dep, []).append(stage)
     for name in sources:
-        first = min(readers.get(name, [stage_of[name]]))
+        first = min((stage_of[r] for r in readers.get(name, ())), default=stage_of[name])
         if first > stage_of[name] and first % 2 == stage_of[name] % 2:
             stage_of[name] = first
 
 
-def _is_free(graph: Graph, name: str, producers: set[str], free: set[str], fed, pinned: set[str], registry) -> bool:
+def _is_free(graph: Graph, name: str, producers: set[str], free: set[str], fed, pinned: set[str]) -> bool:
     """A node computed from constants alone, which every stage that reads it computes itself; or a
     variable, whose value every stage reads from the variables passed from stage to stage."""
     node = graph.nodes[name]
-    spec = registry.lookup(node.type)
     if name in pinned or not producers <= free or any(ref in fed for ref in node.inputs):
         return False
-    if node.type in VARIABLE_OPS:
-        return True
-    return (spec is not None and not (spec.context or spec.assigns or spec.random)
-            and not node.type.startswith("Placeholder"))
+    return node.type in VARIABLE_OPS or (_pure(node) and not node.type.startswith("Placeholder"))
+
+
+def _pure(node) -> bool:
+    """The node's op only computes: no variables, state or random numbers (`OpContext`)."""
+    spec = registry.lookup(node.type)
+    return spec is not None and not (spec.context or spec.assigns or spec.random)

@@ -9,7 +9,6 @@ over different variables) is not emulated: extend an imported graph in JAX inste
 
 from __future__ import annotations
 
-import os
 import types
 from typing import Any
 
@@ -319,7 +318,7 @@ def _load_saved_model(sess: Session, tags: Any, export_dir: str, import_scope: s
     meta = _saved_model.meta_graph_for_tags(_saved_model.read_saved_model(export_dir), tags, export_dir)
     saver = _import_meta_graph(meta, import_scope=import_scope, **saver_kwargs)
     if saver is not None:
-        saver.restore(sess, os.path.join(export_dir, "variables", "variables"))
+        saver.restore(sess, _saved_model.variables_prefix(export_dir))
     return meta
 
 

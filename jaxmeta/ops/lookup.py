@@ -24,6 +24,7 @@ import numpy as np
 from jaxmeta import _dtypes
 from jaxmeta._errors import GraphError
 from jaxmeta.ops.registry import need_known, register, static
+from jaxmeta.ops.strings import _bytes_array
 
 # TF2's KeyValueTensorInitializer imports its contents (LookupTableImportV2); TF1's initializes.
 _INITIALIZERS = ("InitializeTable", "InitializeTableV2", "LookupTableImport", "LookupTableImportV2")
@@ -144,9 +145,7 @@ def _text_file_contents(init, path: str, table, where: str) -> tuple[np.ndarray,
                                  f"{index}: {line!r}")
             items.append(fields[max(index, 0)])
         if np.dtype(dtype).kind == "O":
-            out = np.empty(len(items), object)
-            out[:] = items
-            return out
+            return _bytes_array(items, (len(items),))
         try:
             return np.array([int(v) if np.dtype(dtype).kind in "iu" else float(v) for v in items], dtype)
         except ValueError:

@@ -212,8 +212,9 @@ def _sparse_segment_grad_v2(node):
         (idx,) = need_known(node, "indices", OUTPUT_SIZES, indices)
         idx = idx.reshape(-1)
         bound = known(dense_output_dim0)
-        if bound is not None and idx.size and (idx.min() < 0 or idx.max() >= int(np.reshape(bound, -1)[0])):
-            raise GraphError(f"node {node.name!r} ({node.type}): indices must be in [0, {int(np.reshape(bound, -1)[0])}), "
+        n = None if bound is None else int(np.reshape(bound, -1)[0])
+        if n is not None and idx.size and (idx.min() < 0 or idx.max() >= n):
+            raise GraphError(f"node {node.name!r} ({node.type}): indices must be in [0, {n}), "
                              f"got values from {idx.min()} to {idx.max()}")
         unique, inverse = np.unique(idx, return_inverse=True)
         grad = jnp.asarray(grad)
