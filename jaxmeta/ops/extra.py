@@ -556,12 +556,11 @@ def _sparse_fill_empty_rows(node):
         # Values: a gather (so gradients reach values and default_value), -1 marks the default.
         source = np.full((total,), -1, np.int64)
         source[reverse] = np.arange(n)
-        values = jnp.asarray(values)
-        default = jnp.asarray(default_value, values.dtype)
-        gathered = values[np.maximum(source, 0)] if n else jnp.zeros((total,), values.dtype)
-        out_values = jnp.where(source >= 0, gathered, default)
-        if static(values, default_value):
-            out_values = np.asarray(out_values)
+        xp = np if static(values, default_value) else jnp
+        values = xp.asarray(values)
+        default = xp.asarray(default_value, values.dtype)
+        gathered = values[np.maximum(source, 0)] if n else xp.zeros((total,), values.dtype)
+        out_values = xp.where(source >= 0, gathered, default)
         return (out_indices.astype(index_dtype), out_values, empty,
                 reverse.astype(index_dtype))
 

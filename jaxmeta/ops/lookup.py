@@ -176,7 +176,9 @@ def _lookup_table_find(node):
             query, default = need_known(node, "its keys", "a lookup of string keys or into string values (JAX "
                                         "has no strings) needs", query, default,
                                         hint=f", or feed the lookup's output ({node.name}:0)")
-            found = [mapping.get(_as_key(q), default.item()) for q in np.asarray(query).reshape(-1).tolist()]
+            queries, fallback = np.asarray(query).reshape(-1).tolist(), default.item()
+            done = {q: mapping.get(_as_key(q), fallback) for q in dict.fromkeys(queries)}  # each distinct key once
+            found = [done[q] for q in queries]
             return np.array(found, values.dtype).reshape(np.shape(query))
         if static(query, default):
             return _search(np, sorted_keys, sorted_values, np.asarray(query), default)

@@ -212,6 +212,19 @@ def expect_shape(node: Any, what: str, value: Any, want: Iterable[int], hint: st
                          f"expected {tuple(want)}; {hint}")
 
 
+def in_host_memory(*xs: Any) -> bool:
+    """True when no value is traced and every JAX array among them is in the CPU's memory: an op
+    running op by op (a host stage of `_staging`, an unjitted call) may then compute in NumPy
+    instead of dispatching jax.numpy ops one at a time. Traced values, and arrays on an
+    accelerator (which NumPy would copy back), keep jax.numpy."""
+    for x in xs:
+        if isinstance(x, jax.core.Tracer):
+            return False
+        if isinstance(x, jax.Array) and any(d.platform != "cpu" for d in x.devices()):
+            return False
+    return True
+
+
 def xnp(*xs: Any):
     """NumPy for static inputs (keeps shape arithmetic static), jax.numpy otherwise."""
     return np if static(*xs) else jnp

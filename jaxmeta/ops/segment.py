@@ -36,7 +36,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmeta._errors import GraphError
-from jaxmeta.ops.registry import OUTPUT_SIZES, known, need_known, program_nodes, register, static
+from jaxmeta.ops.registry import (
+    OUTPUT_SIZES,
+    in_host_memory,
+    known,
+    need_known,
+    program_nodes,
+    register,
+    static,
+)
 
 # -- helpers ----------------------------------------------------------------------------------------
 
@@ -66,6 +74,8 @@ def _segment_reduce(kind: str, data, ids, num_segments: int, *, sorted_ids: bool
         kind: "sum", "mean", "sqrtn", "prod", "max" or "min".
         empty: the value of empty segments for max/min (default: the reduction's identity).
     """
+    if _numpy_ok(data, ids):
+        return _segment_numpy(kind, data, ids, num_segments, empty)
     data = jnp.asarray(data)
     ids = jnp.asarray(ids).astype(jnp.int32)
     flat_ids = jnp.reshape(ids, (-1,))
@@ -88,6 +98,50 @@ def _segment_reduce(kind: str, data, ids, num_segments: int, *, sorted_ids: bool
             out = jnp.where(count > 0, out / jnp.sqrt(jnp.maximum(count, 1).astype(out.dtype)), 0)
         else:
             out = jnp.where(count > 0, out, jnp.asarray(empty, out.dtype))
+    return out
+
+
+#: NumPy's in-place scatters for the reductions `_segment_numpy` runs.
+_SCATTERS = {"sum": np.add, "mean": np.add, "sqrtn": np.add, "prod": np.multiply, "max": np.maximum,
+             "min": np.minimum}
+
+
+def _numpy_ok(*xs) -> bool:
+    """Compute in NumPy: concrete values in host memory, of dtypes NumPy computes as XLA does."""
+    return in_host_memory(*xs) and all(np.asarray(x).dtype.kind in "biuf" for x in xs)
+
+
+def _segment_numpy(kind: str, data, ids, num_segments: int, empty=None) -> np.ndarray:
+    """`_segment_reduce` in NumPy, for concrete values in host memory (a host stage runs it op by
+    op: one NumPy call instead of a dozen jax.numpy dispatches). The same results: each segment
+    reduced in the order of its ids, as XLA's CPU scatter does."""
+    data, ids = np.asarray(data), np.asarray(ids)
+    flat_ids = ids.reshape(-1).astype(np.int64)
+    flat = data.reshape(flat_ids.shape + data.shape[ids.ndim:])
+    keep = (flat_ids >= 0) & (flat_ids < num_segments)
+    flat_ids, flat = flat_ids[keep], flat[keep]
+    shape = (num_segments,) + flat.shape[1:]
+    if kind in ("max", "min"):  # jax's identities for empty segments
+        info = np.finfo(data.dtype) if data.dtype.kind == "f" else np.iinfo(data.dtype) if data.dtype.kind in "iu" else None
+        start = (-np.inf if kind == "max" else np.inf) if data.dtype.kind == "f" else (
+            (info.min if kind == "max" else info.max) if info is not None else kind == "min")
+    else:
+        start = 1 if kind == "prod" else 0
+    out = np.full(shape, start, data.dtype)
+    _SCATTERS[kind].at(out, flat_ids, flat)
+    if kind in ("mean", "sqrtn") or (kind in ("max", "min") and empty is not None):
+        count = np.bincount(flat_ids, minlength=num_segments).reshape((num_segments,) + (1,) * (out.ndim - 1))
+        if kind == "mean":
+            denom = np.maximum(count, 1).astype(out.dtype)
+            if out.dtype.kind in "iu":  # TF divides in the element type: truncating
+                quotient = out // denom
+                out = quotient + ((out - quotient * denom != 0) & (out < 0)).astype(out.dtype)
+            else:
+                out = out / denom
+        elif kind == "sqrtn":
+            out = np.where(count > 0, out / np.sqrt(np.maximum(count, 1).astype(out.dtype)), 0).astype(data.dtype)
+        else:
+            out = np.where(count > 0, out, np.asarray(empty, out.dtype))
     return out
 
 
@@ -181,6 +235,8 @@ def _sparse_segment(node):
             value = need_known(node, "segment_ids", "the number of segments (max id + 1) depends on",
                                segment_ids)[0]
             n = int(value.max()) + 1 if value.size else 0
+        if _numpy_ok(data, indices, segment_ids):
+            return _segment_numpy(kind, np.asarray(data)[np.asarray(indices).astype(np.int64)], segment_ids, n)
         gathered = jnp.take(jnp.asarray(data), jnp.asarray(indices).astype(jnp.int32), axis=0)
         return _segment_reduce(kind, gathered, segment_ids, n, sorted_ids=True)
 
@@ -195,6 +251,11 @@ def _sparse_segment_grad(node):
 
     def fn(grad, indices, segment_ids, output_dim0):
         n = _static_int(node, output_dim0, "output_dim0")
+        if _numpy_ok(grad, indices, segment_ids):
+            grad = np.asarray(grad)
+            out = np.zeros((n,) + grad.shape[1:], grad.dtype)
+            np.add.at(out, np.asarray(indices).astype(np.int64), _segment_grad_rows(kind, grad, segment_ids))
+            return out
         grad = jnp.asarray(grad)
         out = jnp.zeros((n,) + grad.shape[1:], grad.dtype)
         return out.at[jnp.asarray(indices).astype(jnp.int32)].add(_segment_grad_rows(kind, grad, segment_ids))
@@ -217,6 +278,11 @@ def _sparse_segment_grad_v2(node):
             raise GraphError(f"node {node.name!r} ({node.type}): indices must be in [0, {n}), "
                              f"got values from {idx.min()} to {idx.max()}")
         unique, inverse = np.unique(idx, return_inverse=True)
+        if _numpy_ok(grad, segment_ids):
+            grad = np.asarray(grad)
+            out = np.zeros((len(unique),) + grad.shape[1:], grad.dtype)
+            np.add.at(out, inverse.reshape(-1), _segment_grad_rows(kind, grad, segment_ids))
+            return out, unique.astype(idx.dtype)
         grad = jnp.asarray(grad)
         out = jnp.zeros((len(unique),) + grad.shape[1:], grad.dtype)
         return out.at[inverse.reshape(-1)].add(_segment_grad_rows(kind, grad, segment_ids)), unique.astype(idx.dtype)
@@ -225,7 +291,16 @@ def _sparse_segment_grad_v2(node):
 
 
 def _segment_grad_rows(kind: str, grad, segment_ids):
-    """`grad[segment_ids]`, scaled by 1/count (Mean) or 1/sqrt(count) (SqrtN) of each segment."""
+    """`grad[segment_ids]`, scaled by 1/count (Mean) or 1/sqrt(count) (SqrtN) of each segment
+    (in NumPy where `grad` is a NumPy array)."""
+    if isinstance(grad, np.ndarray):
+        ids = np.asarray(segment_ids).astype(np.int64)
+        rows = grad[ids]
+        if kind != "Sum":
+            count = np.bincount(ids, minlength=grad.shape[0])[ids].astype(grad.dtype)  # >= 1 where taken
+            scale = np.asarray(1, grad.dtype) / (count if kind == "Mean" else np.sqrt(count))
+            rows = rows * scale.reshape(scale.shape + (1,) * (rows.ndim - 1))
+        return rows
     segment_ids = jnp.asarray(segment_ids).astype(jnp.int32)
     rows = jnp.take(grad, segment_ids, axis=0)
     if kind != "Sum":

@@ -185,22 +185,32 @@ def _sparse_cross(node):
                 rows[r].append(v)
             columns.append(rows)
         columns += [[list(row) for row in d.reshape(batch, -1).tolist()] for d in dense]
-        if hashed:  # a string feature hashes to its Fingerprint64, an integer is its own hash
-            features = [[[fingerprint64(v) if isinstance(v, bytes) else v & _M64 for v in row] for row in col]
-                        for col in columns]
+        prints: dict = {}  # each distinct string and combination hashed once (a batch repeats a few)
+
+        def feature_hash(v):  # a string feature hashes to its Fingerprint64, an integer is its own hash
+            if not isinstance(v, bytes):
+                return v & _M64
+            if v not in prints:
+                prints[v] = fingerprint64(v)
+            return prints[v]
+
+        if hashed:
+            features = [[[feature_hash(v) for v in row] for row in col] for col in columns]
         else:
             features = [[[v if isinstance(v, bytes) else str(v).encode() for v in row] for row in col]
                         for col in columns]
-        out_indices, out_values = [], []
+        out_indices, out_values, crossed = [], [], {}
         for r in range(batch):
             for j, combo in enumerate(itertools.product(*(col[r] for col in features))):
                 out_indices.append((r, j))
                 if hashed:
-                    h = hash_key
-                    for feature in combo:
-                        h = fingerprint_cat64(h, feature)
-                    # Without buckets TF takes the hash modulo int64's max, so it is never negative.
-                    out_values.append(h % buckets if buckets > 0 else h % ((1 << 63) - 1))
+                    if combo not in crossed:
+                        h = hash_key
+                        for feature in combo:
+                            h = fingerprint_cat64(h, feature)
+                        # Without buckets TF takes the hash modulo int64's max, so it is never negative.
+                        crossed[combo] = h % buckets if buckets > 0 else h % ((1 << 63) - 1)
+                    out_values.append(crossed[combo])
                 else:
                     out_values.append(b"_X_".join(combo))
         per_row = np.bincount([r for r, _ in out_indices], minlength=batch) if out_indices else np.zeros(batch, int)

@@ -56,7 +56,12 @@ def _map(node, fn, otype=object):
 
     def run(x):
         (x,) = host(node, x)
-        flat = [fn(v) for v in x.reshape(-1).tolist()]
+        values = x.reshape(-1).tolist()
+        if len(values) > 8:  # each distinct string once (a batch of features repeats a few); errors name the first
+            done = {v: fn(v) for v in dict.fromkeys(values)}
+            flat = [done[v] for v in values]
+        else:
+            flat = [fn(v) for v in values]
         return _bytes_array(flat, x.shape) if otype is object else np.array(flat, otype).reshape(x.shape)
 
     return run

@@ -13,6 +13,7 @@ from oracle import compare_host_ops as check
 from oracle import get_tf
 
 import jaxmeta
+from jaxmeta.ops import parsing
 from jaxmeta.proto import example_pb2
 
 pytestmark = pytest.mark.oracle
@@ -68,7 +69,14 @@ def flat(parsed: dict) -> list:
     return out
 
 
-def test_parse_example_v2_batch():
+@pytest.fixture(params=["protobuf", "bytes"])
+def reader(request, monkeypatch):
+    """Batches of Examples read by protobuf (as small batches are) or from their bytes (large ones)."""
+    monkeypatch.setattr(parsing, "WIRE_BATCH", 1 if request.param == "bytes" else 1 << 30)
+    return request.param
+
+
+def test_parse_example_v2_batch(reader):
     def build(tf):
         s = tf.compat.v1.placeholder(tf.string, [None], name="s")
         return flat(tf.io.parse_example(s, spec(tf)))
@@ -89,7 +97,7 @@ def test_parse_single_example_v2(index):
     check(build, {"s:0": BATCH[index]})
 
 
-def test_parse_example_v1_and_single_v1():
+def test_parse_example_v1_and_single_v1(reader):
     """Graphs from TF before 1.14 hold the first ops (keys as inputs, or as attributes)."""
 
     def build(tf):
@@ -106,7 +114,7 @@ def test_parse_example_v1_and_single_v1():
     check(build, {"s:0": BATCH})
 
 
-def test_parse_example_errors_like_tf():
+def test_parse_example_errors_like_tf(reader):
     tf = get_tf()
     cases = [
         (lambda tf, s: tf.io.parse_example(s, {"a": tf.io.FixedLenFeature([3], tf.float32)}), BATCH, "fill shape"),
@@ -126,6 +134,85 @@ def test_parse_example_errors_like_tf():
         names = [t.name for t in tf.nest.flatten(out, expand_composites=True)]
         with pytest.raises(jaxmeta.GraphError, match=match):
             graph.function(names, feeds=["s:0"])({}, values)
+
+
+def varint(n: int) -> bytes:
+    n &= (1 << 64) - 1
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    return bytes(out + bytes([n]))
+
+
+def field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field."""
+    return varint(number << 3 | 2) + varint(len(payload)) + payload
+
+
+def entry(key: bytes, feature: bytes) -> bytes:
+    """A map entry of `Features.feature`: its key's field, then its value's."""
+    return field(1, field(1, key) + field(2, feature))
+
+
+def raw_example(*entries: bytes) -> bytes:
+    return field(1, b"".join(entries))
+
+
+UNPACKED = raw_example(entry(b"a", field(2, b"".join(b"\x0d" + np.float32(v).tobytes() for v in (9, 8)))))
+#: Encodings protobuf reads but does not write: the bytes reader leaves them to protobuf.
+IRREGULAR = {
+    "unpacked floats": UNPACKED,
+    "unpacked ints": raw_example(entry(b"b", field(3, b"\x08" + varint(-5) + b"\x08\x07"))),
+    "value before key": field(1, field(1, field(2, field(2, b"")) + field(1, b"d"))),
+    "features twice": raw_example(entry(b"a", field(2, field(1, np.float32([1, 2]).tobytes())))) + raw_example(),
+    "an unknown field": raw_example(entry(b"b", field(3, field(1, varint(4))))) + field(7, b"??"),
+    "an entry without a value": raw_example(field(1, field(1, b"d"))),
+    "a list given twice": raw_example(entry(b"b", field(3, field(1, varint(4))) + field(3, field(1, varint(6))))),
+}
+EDGES = [
+    example(a=[0.5, -0.0], b=[-1, 0, 300, -(1 << 31)], s=[b"", b"\x00\xff"], e=[(1 << 31) - 1]),
+    raw_example(entry(b"a", field(2, field(1, np.float32([1, 2]).tobytes()))),
+                entry(b"a", field(2, field(1, np.float32([3, 4]).tobytes())))),  # a key twice: the last counts
+    b"",  # no features at all
+    raw_example(entry(b"a", field(2, field(1, np.float32([1, 2]).tobytes()))), entry(b"c", b""),  # no list
+                entry(b"d", field(2, b"")), entry(b"s", field(1, b"")), entry(b"b", field(3, b""))),  # empty lists
+    example(a=[5.0, 6.0], **{"\u00e9t\u00e9": [1.0], "a" * 200: [b"long key"]}, m=np.arange(300.0)[:300]),
+]
+
+
+def test_parse_example_edge_encodings_like_tf(reader):
+    """Ints of every size, empty lists and Examples, a key given twice, long keys and lists; and a
+    batch with an encoding protobuf does not write (which the bytes reader leaves to protobuf)."""
+
+    def build(tf):
+        s = tf.compat.v1.placeholder(tf.string, [None], name="s")
+        features = dict(spec(tf), a=tf.io.FixedLenFeature([2], tf.float32, default_value=[-1.0, -2.0]))
+        return flat(tf.io.parse_example(s, features)) + flat(tf.io.parse_example(s[:-1], features))
+
+    check(build, {"s:0": np.array(EDGES * 4 + [UNPACKED], object)})
+
+
+def test_bytes_reader_reads_what_protobuf_writes_and_only_that():
+    keys = {"a", "b", "c", "d", "e", "i", "m", "s"}
+    dtypes = {"a": np.float32, "b": np.int64, "c": object, "d": np.float32, "e": np.int64, "i": np.int64,
+              "m": np.float32, "s": object}
+    parser = parsing._Parser(type("Node", (), {"name": "p", "type": "ParseExampleV2", "inputs": []})(), [], [], [])
+    strings = list(BATCH) + EDGES + [example(b=[(1 << 63) - 1, -(1 << 63), 1 << 40, -1], e=[-(1 << 35)])]
+    wire = parsing._WireBatch(strings, keys)
+    column = parser.messages(parser.examples(np.array(strings, object), np.array([], object)))
+    for key, dtype in dtypes.items():
+        got, want = wire.column(key, np.dtype(dtype), None), column(key, np.dtype(dtype))
+        for name in ("present", "lengths", "values"):
+            assert getattr(got, name).tolist() == getattr(want, name).tolist(), (key, name)
+            assert getattr(got, name).dtype == getattr(want, name).dtype, (key, name)
+    for what, data in IRREGULAR.items():
+        example_pb2.Example.FromString(data)  # protobuf reads it
+        with pytest.raises(parsing._NotCanonical):  # the batch goes to protobuf
+            batch = parsing._WireBatch([data], keys)
+            for key, dtype in dtypes.items():
+                batch.column(key, np.dtype(dtype), None)
+            pytest.fail(f"read {what} from the bytes")
 
 
 CSV = np.array([b'1,2.5,"a,""b""",x', b"-3,,c,", b" 4 ,1e3,,z", b"5,nan,d,NA"], object)
@@ -270,7 +357,7 @@ def test_parse_sequence_example_v2():
     check(build, {"s:0": SEQUENCES})
 
 
-def test_parse_example_v2_raw_outputs():
+def test_parse_example_v2_raw_outputs(reader):
     """The ragged row splits parse_single_example drops (a scalar input) compare too."""
 
     def build(tf):

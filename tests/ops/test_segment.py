@@ -101,6 +101,26 @@ def test_unsorted_segment(data, ids, num, fed_ids):
     compare_with_tf(build, feeds, grads=True)
 
 
+@pytest.mark.parametrize("kind", ["sum", "mean", "sqrtn", "prod", "max", "min"])
+@pytest.mark.parametrize("dtype", [np.float32, np.int32, np.uint8, np.float16])  # int64: jax narrows it
+def test_segment_reduce_in_numpy_matches_jax(kind, dtype):
+    """Op by op on host values (a host stage), the reductions run in NumPy: the same values as
+    jax.numpy's, with ids out of range dropped, empty segments, and integer means truncated."""
+    from jaxmeta.ops import segment
+
+    if kind == "sqrtn" and np.dtype(dtype).kind != "f":
+        pytest.skip("TF's SqrtN is for floats")
+    data = RNG.integers(-9, 10, (8, 3)).astype(dtype) if np.dtype(dtype).kind != "u" else RNG.integers(0, 9, (8, 3)).astype(dtype)
+    ids = np.int32([0, 0, 1, 4, 4, 4, -1, 6])  # segments 2, 3 and 5 empty; -1 and 6 dropped
+    for empty in (None, 7):
+        got = segment._segment_numpy(kind, data, ids, 6, empty)
+        want = np.asarray(jax.jit(lambda d, empty=empty: segment._segment_reduce(
+            kind, d, jnp.asarray(ids), 6, sorted_ids=False, empty=empty))(data))
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=2e-3 if dtype == np.float16
+                                   else 1e-6, err_msg=f"{kind} {empty}")
+
+
 def test_segment_v2():
     # TF has no CPU kernel for the V2 ops: build the graph only, compare with the documented results.
     tf = get_tf()
