@@ -215,6 +215,22 @@ def test_bytes_reader_reads_what_protobuf_writes_and_only_that():
             pytest.fail(f"read {what} from the bytes")
 
 
+@pytest.mark.parametrize("bad", [BATCH[0][:-3], field(1, varint(1 << 34)), b"\x0a\xff\xff\xff\xff\xff\xff"])
+def test_a_broken_example_in_a_large_batch_is_named(bad):
+    """Truncated, or a length past the end: the bytes reader hands the batch to protobuf, whose
+    error names the example."""
+    tf = get_tf()
+    g = tf.Graph()
+    with g.as_default():
+        s = tf.compat.v1.placeholder(tf.string, [None], name="s")
+        out = flat(tf.io.parse_example(s, spec(tf)))
+        meta = tf.compat.v1.train.export_meta_graph(graph=g)
+    f = jaxmeta.import_meta_graph(meta).function([t.name for t in out], feeds=["s:0"])
+    batch = np.array(list(BATCH) * 8 + [bad] + list(BATCH), object)
+    with pytest.raises(jaxmeta.GraphError, match="serialized example 24 is not a tf.train.Example"):
+        f({}, batch)
+
+
 CSV = np.array([b'1,2.5,"a,""b""",x', b"-3,,c,", b" 4 ,1e3,,z", b"5,nan,d,NA"], object)
 
 
