@@ -146,5 +146,11 @@ class _ProductSum:
         rhs = [jnp.asarray(x) for x in operands[1::2]]
         if sum(x.size for x in lhs + rhs) > MAX_CONCAT:
             return sum(lax.dot_general(a, b, self.dims) for a, b in zip(lhs, rhs))
+        if len({x.shape for x in lhs}) == 1 and len({x.shape for x in rhs}) == 1:
+            # Stacked on a new axis, contracted over it and the terms' own axis: the same product
+            # as concatenating (a reshape apart), but a batch split over devices stays split (XLA
+            # sums the partial products once, instead of exchanging the operands of every term).
+            dims = (((0, 1 + self.axes[0]), (0, 1 + self.axes[1])), ((), ()))
+            return lax.dot_general(jnp.stack(lhs), jnp.stack(rhs), dims)
         a, b = jnp.concatenate(lhs, axis=self.axes[0]), jnp.concatenate(rhs, axis=self.axes[1])
         return lax.dot_general(a, b, self.dims)

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from oracle import compare_with_tf, get_tf
+from test_devices import run_with_devices
 from test_train_graphs import check_training
 
 import jaxmeta
@@ -71,6 +72,41 @@ def test_static_rnn_step_compiles_to_linear_code(monkeypatch):
     assert unplanned > 4 * T and planned < unplanned / 3, (planned, unplanned)
 
 
+@pytest.mark.oracle
+def test_static_rnn_step_split_over_devices_sums_once(tmp_path):
+    """With the batch split over devices, the per-step gradient products stay split: one
+    all-reduce of the partial sums, no exchange of each step's operands (as concatenating the
+    terms along the batch would ask of XLA's partitioner)."""
+    tf = get_tf()
+    g = tf.Graph()
+    with g.as_default():
+        loss, train_op = _static_lstm(tf)
+        tf.compat.v1.train.export_meta_graph(str(tmp_path / "rnn.meta"), graph=g)
+    out = run_with_devices("test_fusion", "check_split_step", str(tmp_path / "rnn.meta"), loss.name, train_op.name,
+                           count=2)
+    assert "ok" in out, out
+
+
+def check_split_step(path: str, loss: str, train_op: str) -> None:
+    from jaxmeta import parallel
+
+    graph = jaxmeta.import_meta_graph(path)
+    variables = graph.init_variables(key=jax.random.key(0))
+    step = jax.jit(graph.step(loss, feeds=list(_batches(0)), targets=[train_op]))
+    one = step(variables, *_batches(0).values())
+    mesh = parallel.batch_mesh()
+    batch = parallel.shard_batch(tuple(_batches(0).values()), mesh)
+    split = step(parallel.replicate(variables, mesh), *batch)
+    hlo = step.lower(parallel.replicate(variables, mesh), *batch).compile().as_text()
+    exchanges = re.findall(r"\b(all-to-all|all-gather|collective-permute)(?:-start)?\(", hlo)
+    assert not exchanges, exchanges
+    np.testing.assert_allclose(np.asarray(split[0]), np.asarray(one[0]), rtol=1e-5)
+    for name in one[1]:
+        np.testing.assert_allclose(np.asarray(split[1][name]), np.asarray(one[1][name]), rtol=1e-4, atol=1e-6,
+                                   err_msg=name)
+    print("ok")
+
+
 def test_plan_marks_long_shared_chains_only():
     class Node:
         def __init__(self, name, type_):
@@ -125,16 +161,17 @@ def _count_merges(monkeypatch):
 
 @pytest.mark.oracle
 @pytest.mark.parametrize("transpose_a, transpose_b", [(True, False), (False, False), (False, True), (True, True)])
-@pytest.mark.parametrize("max_concat", [_fusion.MAX_CONCAT, 0], ids=["concatenated", "term by term"])
+@pytest.mark.parametrize("max_concat, mixed", [(_fusion.MAX_CONCAT, False), (_fusion.MAX_CONCAT, True), (0, True)],
+                         ids=["stacked", "concatenated", "term by term"])
 @pytest.mark.parametrize("identity", [False, True], ids=["direct", "through Identity"])
-def test_sum_of_products_matches_tf(monkeypatch, transpose_a, transpose_b, max_concat, identity):
+def test_sum_of_products_matches_tf(monkeypatch, transpose_a, transpose_b, max_concat, mixed, identity):
     monkeypatch.setattr(_fusion, "MAX_CONCAT", max_concat)
     merged = _count_merges(monkeypatch)
     n = _fusion.MIN_TERMS + 2
     rng = np.random.default_rng(0)
     feeds = {}
     for i in range(n):
-        k = 3 + i % 4  # the contraction size differs between terms
+        k = 3 + i % 4 if mixed else 4  # the terms' contraction sizes differ (concatenated), or not (stacked)
         a = rng.standard_normal((k, 5) if transpose_a else (5, k)).astype(np.float32)
         b = rng.standard_normal((6, k) if transpose_b else (k, 6)).astype(np.float32)
         feeds[f"a{i}:0"], feeds[f"b{i}:0"] = a, b
