@@ -23,7 +23,11 @@ a machine whose speed drifts during the run favours no framework:
 - inference with frozen variables, each framework's own way: jaxmeta's `jaxmeta.freeze` (the
   variables become constants of the compiled program; autotuned) vs TF's
   `convert_variables_to_constants` graph in a new Session;
-- peak resident memory of the process (`ru_maxrss`; for jaxmeta before autotuning).
+- peak resident memory of the process (`ru_maxrss`; for jaxmeta before autotuning);
+- on a CPU with several cores, jaxmeta's large batch and train step again in a process of its own
+  whose CPU is split into one JAX device per core (`jaxmeta.parallel.cpu_devices`), the batch
+  split over them (`parallel.shard_batch`, the variables replicated): XLA runs most of a program on
+  one thread, where TF1's Session uses every core.
 
 jaxmeta runs on JAX's default device (a GPU where JAX's CUDA build is installed; the report names
 it), TF1 and OpenVINO on the CPU.
@@ -61,6 +65,7 @@ sys.path.insert(0, HERE)
 import models  # noqa: E402  (no TensorFlow at import time)
 
 FRAMEWORKS = ("jaxmeta", "tf", "openvino")
+SPLIT = "jaxmeta-split"  # a jaxmeta process with the CPU split into devices: rows of the jaxmeta column
 DEFAULT_MODELS = "mlp,resnet50,inception3,lstm,cnn_train,static_lstm"
 RESULT_TAG = "BENCH-RESULT "
 
@@ -77,16 +82,20 @@ METRICS = [
     ("throughput_tuned", "throughput, large batch, autotuned", "samples/s", False),
     ("latency_frozen_ms", "latency, batch 1, frozen variables (jaxmeta: + autotuned)", "ms", True),
     ("throughput_frozen", "throughput, large batch, frozen variables (jaxmeta: + autotuned)", "samples/s", False),
+    ("throughput_split", "throughput, large batch, split over the CPU's cores (`parallel.cpu_devices`)", "samples/s",
+     False),
     ("train_first_s", "train step, first call", "s", True),
     ("train_step_ms", "train step", "ms", True),
     ("train_step_tuned_ms", "train step, autotuned", "ms", True),
+    ("train_step_split_ms", "train step, split over the CPU's cores", "ms", True),
     ("train_tflops", "train step, TFLOP/s (XLA's count of the step's work, as lowered for the CPU)", "TFLOP/s", False),
     ("autotune_s", "autotune (all five, compiles included)", "s", True),
     ("peak_rss_mb", "peak resident memory", "MB", True),
     ("output_abs_sum", "Σ|output| at the large batch (all columns must agree)", "", None),
 ]
 # An autotuned jaxmeta row is compared with TF's own (TF has nothing to tune).
-REFERENCE = {"latency_tuned_ms": "latency_ms", "throughput_tuned": "throughput", "train_step_tuned_ms": "train_step_ms"}
+REFERENCE = {"latency_tuned_ms": "latency_ms", "throughput_tuned": "throughput", "train_step_tuned_ms": "train_step_ms",
+             "throughput_split": "throughput", "train_step_split_ms": "train_step_ms"}
 
 
 # -- measuring, inside a worker process -------------------------------------------------------------
@@ -233,6 +242,50 @@ def worker_jaxmeta(rec: Recorder, directory: str, spec: models.ModelSpec, args) 
         raise RuntimeError("the jaxmeta worker imported TensorFlow")
 
 
+def worker_jaxmeta_split(rec: Recorder, directory: str, spec: models.ModelSpec, args) -> None:
+    """The large batch and the train step with the CPU split into one device per core and the
+    batch split over them; no samples where JAX runs on an accelerator or the CPU has one core."""
+    import jax
+
+    from jaxmeta import parallel
+
+    count = parallel.cpu_devices()
+    import jaxmeta
+
+    if jax.default_backend() != "cpu" or count < 2:
+        return
+    rec.info["split"] = f"{count} CPU devices"
+    if args.compile_cache:
+        jax.config.update("jax_compilation_cache_dir", args.compile_cache)
+    prefix = os.path.join(directory, "model.ckpt")
+    graph = jaxmeta.import_meta_graph(prefix + ".meta")
+    restored = {name: np.asarray(value) for name, value in graph.saver.restore(prefix).items()}
+    mesh = parallel.batch_mesh(jax.devices("cpu"))
+    variables = parallel.replicate(restored, mesh)
+    f = graph.function(spec.fetch, feeds=[f.name for f in spec.infer_feeds])
+    kw = {"key": jax.random.key(0)} if f.program.random else {}
+    infer = jax.jit(f)
+    big = spec.large_batch
+    if big % count == 0:
+        xb = parallel.shard_batch(tuple(models.make_inputs(spec.infer_feeds, big)), mesh)
+        jax.block_until_ready(infer(variables, *xb, **kw))
+        rec.put("throughput_split", [big / s for s in _timed(lambda: jax.block_until_ready(infer(variables, *xb, **kw)),
+                                                            args.repeats)])
+    s = graph.step([], feeds=[f.name for f in spec.train_feeds], targets=[spec.train_op])
+    kw_s = {"key": jax.random.key(0)} if s.program.random else {}
+    if spec.train_batch % count == 0:
+        train = jax.jit(s, donate_argnums=0)
+        xt = parallel.shard_batch(tuple(models.make_inputs(spec.train_feeds, spec.train_batch)), mesh)
+        state = [parallel.replicate(restored, mesh)]
+
+        def one_step():
+            _, state[0] = train(state[0], *xt, **kw_s)
+            jax.block_until_ready(state[0])
+
+        one_step()
+        rec.put("train_step_split_ms", _timed(one_step, args.repeats), 1e3)
+
+
 def _flops(jitted, *args, **kwargs) -> float | None:
     """XLA's count of a jitted function's floating-point operations in its program as lowered for
     the CPU, on any backend, with no compile; None where jax cannot say. Compiled programs are no
@@ -360,7 +413,7 @@ def worker_main(args) -> None:
     spec = models.load_spec(directory)
     rec = Recorder()
     try:
-        {"jaxmeta": worker_jaxmeta, "tf": worker_tf, "openvino": worker_openvino}[args.framework](
+        {"jaxmeta": worker_jaxmeta, SPLIT: worker_jaxmeta_split, "tf": worker_tf, "openvino": worker_openvino}[args.framework](
             rec, directory, spec, args)
     except BaseException as e:  # the table shows the error; earlier metrics are kept
         rec.error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
@@ -525,10 +578,13 @@ def render(results: dict, specs: dict, args, notes: list[str]) -> str:
             lines.append(f"| {label}{f' ({unit})' if unit else ''} | {cell(per_fw['jaxmeta'], key)} | {cell(per_fw['tf'], key)} | "
                          f"{cell(per_fw['openvino'], key)} | {'' if r is None else f'{r:.2f}'} |")
         jm = per_fw["jaxmeta"]
-        choices = {phase: choice for phase, choice in (jm.info if jm is not None else {}).items() if phase != "device"}
+        choices = {phase: choice for phase, choice in (jm.info if jm is not None else {}).items()
+                   if phase not in ("device", "split")}
         if choices:
             lines.append("\nXLA options chosen by `jaxmeta.autotune`: "
                          + "; ".join(f"{phase}: {choice}" for phase, choice in choices.items()))
+        if jm is not None and "split" in jm.info:
+            lines.append(f"\nSplit rows: the CPU as {jm.info['split']}, the batch split over them, in a process of its own.")
         for fw in FRAMEWORKS:
             if per_fw[fw] is not None and per_fw[fw].error:
                 lines.append(f"\n**{fw} error**: `{per_fw[fw].error}`")
@@ -544,7 +600,8 @@ def summary(results: dict, specs: dict) -> list[str]:
     GB/s says little)."""
     lines = ["## Summary against the targets", "",
              "Time ratios jaxmeta/TF: XLA's default options / autotuned (`jaxmeta.autotune`) / frozen variables "
-             "(`jaxmeta.freeze` + autotune, against TF's frozen graph); the target ≤ 0.8 is judged on the best "
+             "(`jaxmeta.freeze` + autotune, against TF's frozen graph) / split over the CPU's cores "
+             "(`jaxmeta.parallel.cpu_devices`, large batch and train step); the target ≤ 0.8 is judged on the best "
              "time of each framework; restore in GB/s (target ≥ 1 and ≥ TF, judged on checkpoints of 50 MB or "
              "more).", "",
              "| model | latency b1 | large-batch time | train step | best / best | restore GB/s jaxmeta / TF | targets met |",
@@ -557,8 +614,8 @@ def summary(results: dict, specs: dict) -> list[str]:
         return statistics.median(r.samples[key]) if r is not None and r.samples.get(key) else None
 
     rows = (("latency_ms", "latency_tuned_ms", "latency_frozen_ms"),
-            ("throughput", "throughput_tuned", "throughput_frozen"),
-            ("train_step_ms", "train_step_tuned_ms"))
+            ("throughput", "throughput_tuned", "throughput_frozen", "throughput_split"),
+            ("train_step_ms", "train_step_tuned_ms", "train_step_split_ms"))
     for model, per_fw in results.items():
         if isinstance(per_fw, str):
             lines.append(f"| {model} | — | — | — | — | — | not measured |")
@@ -645,7 +702,9 @@ def main(argv: list[str] | None = None) -> None:
                              "optionally without the checkpoint's data, which jaxmeta then initializes)")
     parser.add_argument("--batches", default="",
                         help="per-model batch sizes, e.g. resnet50=128/64 (large batch / train batch)")
-    parser.add_argument("--framework", choices=(*FRAMEWORKS, "materialize"), help=argparse.SUPPRESS)
+    parser.add_argument("--framework", choices=(*FRAMEWORKS, SPLIT, "materialize"), help=argparse.SUPPRESS)
+    parser.add_argument("--no-split", action="store_true",
+                        help="skip the rows with the CPU split into one JAX device per core")
     parser.add_argument("--model", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -688,6 +747,8 @@ def main(argv: list[str] | None = None) -> None:
             spec.large_batch, spec.train_batch = batches[model]
             models.save_spec(spec, os.path.join(args.dir, model))  # what the workers read
         frameworks = [fw for fw in FRAMEWORKS if have[fw]]
+        if not args.no_split and (os.cpu_count() or 1) > 1:
+            frameworks.insert(1, SPLIT)
         rounds: dict[str, list[Result]] = {fw: [] for fw in frameworks}
         for r in range(args.rounds):
             # Odd rounds run the frameworks in reverse order, so that a machine that speeds up or
@@ -697,6 +758,8 @@ def main(argv: list[str] | None = None) -> None:
                 rounds[fw].append(result)
                 print(f"[{model}] round {r + 1} {fw}: {result.seconds:.1f} s" + (f", error: {result.error}"
                       if result.error else ""), file=sys.stderr, flush=True)
+        if SPLIT in rounds:  # its rows belong to the jaxmeta column
+            rounds["jaxmeta"] = rounds["jaxmeta"] + rounds.pop(SPLIT)
         results[model] = {fw: merge(rounds[fw]) if fw in rounds else None for fw in FRAMEWORKS}
     table = render(results, specs, args, notes)
     os.makedirs(args.out, exist_ok=True)
