@@ -52,9 +52,10 @@ def cpu_devices(count: int | None = None) -> int:
 
     JAX starts with one CPU device, and XLA runs most of a program on one thread of it, so a TF1
     model whose TF Session used every core runs on fewer. Measured on 2 cores
-    (`benchmarks/run.py`): a CNN's batch of 128 and an unrolled LSTM's batch of 64 took 0.55× the
-    time on two devices that they took on one. A program left on one of the devices of a split
-    CPU may run a little slower than on an unsplit one (it has fewer threads).
+    (`benchmarks/run.py`): an unrolled LSTM's batch of 64 ran in 0.65× the time of its best
+    one-device form, a `dynamic_rnn` LSTM's in 0.86×; convolutional models gained nothing, and
+    training steps ran slower split (the gradients are summed across devices). A program left on
+    one device of a split CPU runs a little slower than on an unsplit one (it has fewer threads).
 
     Call it right after `import jax`, before any JAX operation (JAX's `jax_num_cpu_devices`; the
     environment's `XLA_FLAGS=--xla_force_host_platform_device_count=N` does the same).

@@ -187,6 +187,25 @@ def check_cnn(path: str) -> None:
     print("ok")
 
 
+def test_cpu_devices_splits_the_cpu_before_jax_starts():
+    code = (
+        "import jax\n"
+        "from jaxmeta import parallel\n"
+        "from jaxmeta._devices import DevicePlacementError\n"
+        "assert parallel.cpu_devices(3) == 3 and len(jax.devices('cpu')) == 3, jax.devices()\n"
+        "assert parallel.cpu_devices(3) == 3  # again, with the same count: fine\n"
+        "try:\n"
+        "    parallel.cpu_devices(2)\n"
+        "except DevicePlacementError as e:\n"
+        "    assert 'right after `import jax`' in str(e), e\n"
+        "    print('ok')\n"
+    )
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
+
+
 # -- many hosts: two processes on this machine -------------------------------------------------------
 def test_two_processes_train_as_one(tmp_path):
     with socket.socket() as s:
