@@ -39,6 +39,7 @@ EXAMPLES = {
     "v1_record": 80,
     "v1_file": 200,
     "state_file": 120,
+    "example": 200,
 }
 
 mutations = st.lists(

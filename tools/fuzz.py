@@ -2,7 +2,7 @@
 
 Each target takes seeds from the committed fixtures (MetaGraphDefs in binary and text form,
 TensorProtos of their constants, SSTables, V2 bundle index entries and string tensors, V1 slice
-records, `checkpoint` state files), mutates them (bit flips, byte sets, insertions of random bytes or
+records, `checkpoint` state files, serialized `tf.train.Example`s), mutates them (bit flips, byte sets, insertions of random bytes or
 of dictionary tokens, deletions, truncations, duplications, splices with another seed) and feeds the
 result through jaxmeta's public entry points. Structured targets (`bundle_entry`, `v1_record`) mutate
 one record and rebuild the table around it with valid checksums, so the mutation reaches the decoder
@@ -43,7 +43,7 @@ import jaxmeta  # noqa: E402
 from jaxmeta._errors import JaxmetaError  # noqa: E402
 from jaxmeta.checkpoint import _bundle, _sstable  # noqa: E402
 from jaxmeta.ops.control_flow import _WhileLoop  # noqa: E402
-from jaxmeta.proto import checkpoint_pb2, meta_graph_pb2, tensor_pb2  # noqa: E402
+from jaxmeta.proto import checkpoint_pb2, example_pb2, meta_graph_pb2, tensor_pb2  # noqa: E402
 
 GRAPHS = ROOT / "tests" / "fixtures" / "graphs"
 CHECKPOINTS = ROOT / "tests" / "fixtures" / "checkpoints"
@@ -434,6 +434,58 @@ def _run_state(ctx, data: bytes, workdir: str) -> None:
         jaxmeta.CheckpointReader(folder).list_variables()
 
 
+def _example_seeds():
+    rng = np.random.default_rng(0)
+    seeds = []
+    for i in range(12):
+        ex = example_pb2.Example()
+        feature = ex.features.feature
+        feature["a"].float_list.value.extend(rng.standard_normal(1 + i % 3).tolist())
+        if i % 2:
+            feature["b"].int64_list.value.extend([int(v) for v in rng.integers(-(1 << 40), 1 << 40, i % 4)])
+        if i % 3:
+            feature["s"].bytes_list.value.extend([b"x" * (i % 5), bytes(range(i * 20, i * 20 + 9))])
+        if i % 4 == 0:
+            feature["z" * (1 + i)].SetInParent()
+        seeds.append((None, ex.SerializeToString()))
+    return seeds
+
+
+_EXAMPLE_PARSER = None
+
+
+def _run_example(ctx, data: bytes, workdir: str) -> None:
+    """A mutated Example in a batch read from its bytes, and again by protobuf: both an error (the
+    first fault each finds may differ), or the same values bit for bit (the bytes reader must never
+    answer differently)."""
+    global _EXAMPLE_PARSER
+    from types import SimpleNamespace
+
+    from jaxmeta.ops import parsing
+
+    if _EXAMPLE_PARSER is None:
+        node = SimpleNamespace(name="parse", type="ParseExampleV2", inputs=["serialized:0"])
+        dense = parsing._Dense("a", np.dtype(np.float32), (-1,), np.zeros(1, np.float32))
+        _EXAMPLE_PARSER = parsing._Parser(node, [("b", np.dtype(np.int64)), ("s", np.dtype(object))], [dense],
+                                          [("a", np.dtype(np.float32), np.dtype(np.int64))])
+    batch = np.array([seed for _, seed in _example_seeds()[:parsing.WIRE_BATCH]] + [data], object)
+    answers = []
+    for limit in (1, 1 << 30):  # from the bytes, by protobuf
+        saved, parsing.WIRE_BATCH = parsing.WIRE_BATCH, limit
+        try:
+            answers.append([(a.dtype.str, a.shape, a.tolist() if a.dtype.kind == "O" else a.tobytes())
+                            for a in map(np.asarray, _EXAMPLE_PARSER(batch, np.array([], object)))])
+        except JaxmetaError as e:
+            answers.append(e)
+        finally:
+            parsing.WIRE_BATCH = saved
+    errors = [a for a in answers if isinstance(a, JaxmetaError)]
+    if len(errors) == 1 or (not errors and answers[0] != answers[1]):
+        raise AssertionError(f"the bytes reader answered {answers[0]!r:.300}, protobuf {answers[1]!r:.300}")
+    if errors:
+        raise errors[1]
+
+
 def targets() -> dict[str, Target]:
     """Every fuzz target, seeds loaded from the fixtures."""
     return {
@@ -454,6 +506,7 @@ def targets() -> dict[str, Target]:
             Target("v1_record", _v1_record_seeds(), _run_v1_record),
             Target("v1_file", _v1_file_seeds(), _run_v1_file),
             Target("state_file", _state_seeds(), _run_state),
+            Target("example", _example_seeds(), _run_example),
         ]
     }
 

@@ -120,6 +120,33 @@ def _message_values(feature) -> tuple:
     return kind, np.array(getattr(feature, kind).value, np.float32 if kind == "float_list" else np.int64)
 
 
+def _lazy_example():
+    """`tf.train.Example` with each Feature left as bytes (`map<string, bytes>`, the same wire
+    format): as in TF's parser, a feature the op does not read is not parsed, so its damage is no
+    error (`_WireBatch` reads batches so too)."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    field = descriptor_pb2.FieldDescriptorProto
+    file = descriptor_pb2.FileDescriptorProto(name="jaxmeta/lazy_example.proto", package="jaxmeta.lazy",
+                                              syntax="proto3")
+    features = file.message_type.add(name="Features")
+    entry = features.nested_type.add(name="FeatureEntry")
+    entry.options.map_entry = True
+    entry.field.add(name="key", number=1, type=field.TYPE_STRING, label=field.LABEL_OPTIONAL)
+    entry.field.add(name="value", number=2, type=field.TYPE_BYTES, label=field.LABEL_OPTIONAL)
+    features.field.add(name="feature", number=1, type=field.TYPE_MESSAGE, label=field.LABEL_REPEATED,
+                       type_name=".jaxmeta.lazy.Features.FeatureEntry")
+    example = file.message_type.add(name="Example")
+    example.field.add(name="features", number=1, type=field.TYPE_MESSAGE, label=field.LABEL_OPTIONAL,
+                      type_name=".jaxmeta.lazy.Features")
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("jaxmeta.lazy.Example"))
+
+
+_LazyExample = _lazy_example()
+
+
 class _NotCanonical(Exception):
     """The bytes are not encoded as protobuf writes them: protobuf parses them instead."""
 
@@ -178,8 +205,8 @@ class _WireBatch:
                 raise _NotCanonical
             key_size, pos = _varints(buf, pos + 1, stop)
             at = pos + key_size
-            if (at >= stop).any() or (buf[at] != 0x12).any():
-                raise _NotCanonical
+            if (at >= stop).any() or (buf[at] != 0x12).any() or (self._gather(pos, key_size) >= 0x80).any():
+                raise _NotCanonical  # (a key that is not ASCII: protobuf checks it is UTF-8)
             feature_size, feature = _varints(buf, at + 1, stop)
             if (feature + feature_size != stop).any():
                 raise _NotCanonical
@@ -293,18 +320,22 @@ class _Parser:
         return values
 
     def examples(self, serialized: np.ndarray, names: np.ndarray, message=example_pb2.Example) -> list:
-        """The messages `serialized` holds (Examples' `features`, or whole SequenceExamples)."""
+        """The messages `serialized` holds: Examples' features (each Feature as bytes, parsed when
+        read), or whole SequenceExamples."""
         names = _texts(names) if np.size(names) else []
         out = []
         for i, data in enumerate(serialized.reshape(-1).tolist()):
             try:
-                parsed = message.FromString(data)
+                parsed = (_LazyExample if message is example_pb2.Example else message).FromString(data)
             except (DecodeError, RuntimeError) as e:
-                name = f" ({names[i]!r})" if i < len(names) else ""
-                raise self._error(f"serialized example {i}{name} is not a tf.train.{message.__name__} ({e}); check "
-                                  f"what is fed to {self.node.inputs[0] if self.node.inputs else 'its input'}") from None
-            out.append(parsed.features if message is example_pb2.Example else parsed)
+                raise self._not_parsed(i, names, message.__name__, e) from None
+            out.append((i, names, parsed.features) if message is example_pb2.Example else parsed)
         return out
+
+    def _not_parsed(self, i: int, names: list, what: str, e: Exception) -> GraphError:
+        name = f" ({names[i]!r})" if i < len(names) else ""
+        return self._error(f"serialized example {i}{name} is not a tf.train.{what} ({e}); check what is fed to "
+                           f"{self.node.inputs[0] if self.node.inputs else 'its input'}")
 
     def __call__(self, serialized: np.ndarray, names: np.ndarray) -> list:
         if serialized.ndim > 1:
@@ -322,11 +353,26 @@ class _Parser:
         return self.parse(self.messages(self.examples(serialized, names)), serialized.ndim == 1)
 
     def messages(self, features: list):
-        """`column(key, dtype)` over parsed `Features` messages."""
+        """`column(key, dtype)` over parsed `Features` messages, or (index, names, lazy features)
+        from `examples` (each Feature parsed here, when read)."""
+
+        def value(i: int, found, key: str, dtype: np.dtype):
+            if isinstance(found, tuple):
+                i, names, lazy = found
+                if key not in lazy.feature:
+                    return None
+                try:
+                    found = example_pb2.Feature.FromString(lazy.feature[key])
+                except (DecodeError, RuntimeError) as e:
+                    raise self._not_parsed(i, names, "Example", e) from None
+            elif key not in found.feature:
+                return None
+            else:
+                found = found.feature[key]
+            return self.feature(found, key, dtype, f"example {i}")
 
         def column(key: str, dtype: np.dtype) -> _Column:
-            return _Column.from_rows([self.feature(f.feature[key], key, dtype, f"example {i}") if key in f.feature
-                                      else None for i, f in enumerate(features)], dtype)
+            return _Column.from_rows([value(i, f, key, dtype) for i, f in enumerate(features)], dtype)
 
         return column
 
