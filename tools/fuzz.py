@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import glob
 import os
 import random
@@ -451,30 +452,35 @@ def _example_seeds():
     return seeds
 
 
-_EXAMPLE_PARSER = None
+@functools.cache
+def _example_batch():
+    """The parser `_run_example` calls (sparse, dense and ragged features), and the seeds that
+    share each mutated Example's batch."""
+    from types import SimpleNamespace
+
+    from jaxmeta.ops import parsing
+
+    node = SimpleNamespace(name="parse", type="ParseExampleV2", inputs=["serialized:0"])
+    dense = parsing._Dense("a", np.dtype(np.float32), (-1,), np.zeros(1, np.float32))
+    parser = parsing._Parser(node, [("b", np.dtype(np.int64)), ("s", np.dtype(object))], [dense],
+                             [("a", np.dtype(np.float32), np.dtype(np.int64))])
+    return parser, [seed for _, seed in _example_seeds()]
 
 
 def _run_example(ctx, data: bytes, workdir: str) -> None:
     """A mutated Example in a batch read from its bytes, and again by protobuf: both an error (the
     first fault each finds may differ), or the same values bit for bit (the bytes reader must never
     answer differently)."""
-    global _EXAMPLE_PARSER
-    from types import SimpleNamespace
-
     from jaxmeta.ops import parsing
 
-    if _EXAMPLE_PARSER is None:
-        node = SimpleNamespace(name="parse", type="ParseExampleV2", inputs=["serialized:0"])
-        dense = parsing._Dense("a", np.dtype(np.float32), (-1,), np.zeros(1, np.float32))
-        _EXAMPLE_PARSER = parsing._Parser(node, [("b", np.dtype(np.int64)), ("s", np.dtype(object))], [dense],
-                                          [("a", np.dtype(np.float32), np.dtype(np.int64))])
-    batch = np.array([seed for _, seed in _example_seeds()[:parsing.WIRE_BATCH]] + [data], object)
+    parser, seeds = _example_batch()
+    batch = np.array([*seeds, data], object)
     answers = []
     for limit in (1, 1 << 30):  # from the bytes, by protobuf
         saved, parsing.WIRE_BATCH = parsing.WIRE_BATCH, limit
         try:
             answers.append([(a.dtype.str, a.shape, a.tolist() if a.dtype.kind == "O" else a.tobytes())
-                            for a in map(np.asarray, _EXAMPLE_PARSER(batch, np.array([], object)))])
+                            for a in map(np.asarray, parser(batch, np.array([], object)))])
         except JaxmetaError as e:
             answers.append(e)
         finally:

@@ -24,7 +24,7 @@ import numpy as np
 from jaxmeta import _dtypes
 from jaxmeta._errors import GraphError
 from jaxmeta.ops.registry import need_known, register, static
-from jaxmeta.ops.strings import _bytes_array
+from jaxmeta.ops.strings import _bytes_array, each_once
 
 # TF2's KeyValueTensorInitializer imports its contents (LookupTableImportV2); TF1's initializes.
 _INITIALIZERS = ("InitializeTable", "InitializeTableV2", "LookupTableImport", "LookupTableImportV2")
@@ -176,9 +176,8 @@ def _lookup_table_find(node):
             query, default = need_known(node, "its keys", "a lookup of string keys or into string values (JAX "
                                         "has no strings) needs", query, default,
                                         hint=f", or feed the lookup's output ({node.name}:0)")
-            queries, fallback = np.asarray(query).reshape(-1).tolist(), default.item()
-            done = {q: mapping.get(_as_key(q), fallback) for q in dict.fromkeys(queries)}  # each distinct key once
-            found = [done[q] for q in queries]
+            fallback = default.item()
+            found = each_once(lambda q: mapping.get(_as_key(q), fallback), np.asarray(query).reshape(-1).tolist())
             return np.array(found, values.dtype).reshape(np.shape(query))
         if static(query, default):
             return _search(np, sorted_keys, sorted_values, np.asarray(query), default)

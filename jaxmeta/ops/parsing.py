@@ -15,12 +15,14 @@ import dataclasses
 import math
 import re
 import zlib
+from typing import Any
 
 import numpy as np
 from google.protobuf.message import DecodeError
 
 from jaxmeta import _dtypes, _tensor_util
 from jaxmeta._errors import GraphError
+from jaxmeta.checkpoint._sstable import get_varint
 from jaxmeta.ops.registry import register
 from jaxmeta.ops.strings import MAX_STRING_BYTES, _bytes_array, host
 from jaxmeta.proto import example_pb2, tensor_pb2
@@ -276,20 +278,16 @@ class _WireBatch:
         return self.buf[np.repeat(first - (np.cumsum(sizes) - sizes), sizes) + np.arange(total)]
 
     def _strings(self, pos: int, stop: int) -> list:
+        """The strings of the BytesList in data[pos:stop]."""
         data, out = self.data, []
         while pos < stop:
             if data[pos] != 0x0A:
                 raise _NotCanonical
-            size = shift = 0
-            while True:  # the string's varint length
-                pos += 1
-                byte = data[pos]
-                size |= (byte & 0x7F) << shift
-                shift += 7
-                if byte < 0x80 or shift > 35:
-                    break
-            pos += 1
-            if byte >= 0x80 or pos + size > stop:
+            try:
+                size, pos = get_varint(data, pos + 1, stop, limit_bits=35)
+            except ValueError:  # (overlong lengths too: protobuf reads those)
+                raise _NotCanonical from None
+            if pos + size > stop:
                 raise _NotCanonical
             out.append(data[pos:pos + size])
             pos += size
@@ -304,6 +302,7 @@ class _Parser:
 
     def __init__(self, node, sparse, dense, ragged):
         self.node, self.sparse, self.dense, self.ragged = node, sparse, dense, ragged
+        self.keys = {k for k, _ in sparse} | {d.key for d in dense} | {k for k, _, _ in ragged}
 
     def _error(self, text: str) -> GraphError:
         return GraphError(f"node {self.node.name!r} ({self.node.type}): {text}")
@@ -322,17 +321,17 @@ class _Parser:
     def examples(self, serialized: np.ndarray, names: np.ndarray, message=example_pb2.Example) -> list:
         """The messages `serialized` holds: Examples' features (each Feature as bytes, parsed when
         read), or whole SequenceExamples."""
-        names = _texts(names) if np.size(names) else []
         out = []
         for i, data in enumerate(serialized.reshape(-1).tolist()):
             try:
                 parsed = (_LazyExample if message is example_pb2.Example else message).FromString(data)
             except (DecodeError, RuntimeError) as e:
                 raise self._not_parsed(i, names, message.__name__, e) from None
-            out.append((i, names, parsed.features) if message is example_pb2.Example else parsed)
+            out.append(parsed.features if message is example_pb2.Example else parsed)
         return out
 
-    def _not_parsed(self, i: int, names: list, what: str, e: Exception) -> GraphError:
+    def _not_parsed(self, i: int, names: Any, what: str, e: Exception) -> GraphError:
+        names = _texts(names) if np.size(names) else []
         name = f" ({names[i]!r})" if i < len(names) else ""
         return self._error(f"serialized example {i}{name} is not a tf.train.{what} ({e}); check what is fed to "
                            f"{self.node.inputs[0] if self.node.inputs else 'its input'}")
@@ -343,32 +342,27 @@ class _Parser:
         strings = serialized.reshape(-1).tolist()
         if len(strings) >= WIRE_BATCH and all(type(s) is bytes for s in strings):
             try:
-                wire = _WireBatch(strings, {k for k, _ in self.sparse} | {d.key for d in self.dense}
-                                  | {k for k, _, _ in self.ragged})
+                wire = _WireBatch(strings, self.keys)
                 return self.parse(lambda key, dtype: wire.column(
                     key, dtype, lambda i, kind: self._kind_error(f"example {i}", key, kind, dtype)),
                     serialized.ndim == 1)
             except _NotCanonical:
                 pass
-        return self.parse(self.messages(self.examples(serialized, names)), serialized.ndim == 1)
+        return self.parse(self.messages(self.examples(serialized, names), names), serialized.ndim == 1)
 
-    def messages(self, features: list):
-        """`column(key, dtype)` over parsed `Features` messages, or (index, names, lazy features)
-        from `examples` (each Feature parsed here, when read)."""
+    def messages(self, features: list, names: Any = ()):
+        """`column(key, dtype)` over parsed `Features`: messages, or the lazy ones `examples` makes
+        of Examples (each Feature's bytes parsed here, when read; `names` for its errors)."""
 
-        def value(i: int, found, key: str, dtype: np.dtype):
-            if isinstance(found, tuple):
-                i, names, lazy = found
-                if key not in lazy.feature:
-                    return None
+        def value(i: int, features, key: str, dtype: np.dtype):
+            if key not in features.feature:
+                return None
+            found = features.feature[key]
+            if isinstance(found, bytes):
                 try:
-                    found = example_pb2.Feature.FromString(lazy.feature[key])
+                    found = example_pb2.Feature.FromString(found)
                 except (DecodeError, RuntimeError) as e:
                     raise self._not_parsed(i, names, "Example", e) from None
-            elif key not in found.feature:
-                return None
-            else:
-                found = found.feature[key]
             return self.feature(found, key, dtype, f"example {i}")
 
         def column(key: str, dtype: np.dtype) -> _Column:

@@ -251,14 +251,7 @@ def _sparse_segment_grad(node):
 
     def fn(grad, indices, segment_ids, output_dim0):
         n = _static_int(node, output_dim0, "output_dim0")
-        if _numpy_ok(grad, indices, segment_ids):
-            grad = np.asarray(grad)
-            out = np.zeros((n,) + grad.shape[1:], grad.dtype)
-            np.add.at(out, np.asarray(indices).astype(np.int64), _segment_grad_rows(kind, grad, segment_ids))
-            return out
-        grad = jnp.asarray(grad)
-        out = jnp.zeros((n,) + grad.shape[1:], grad.dtype)
-        return out.at[jnp.asarray(indices).astype(jnp.int32)].add(_segment_grad_rows(kind, grad, segment_ids))
+        return _scatter_grad_rows(kind, grad, segment_ids, indices, n)
 
     return fn
 
@@ -278,16 +271,21 @@ def _sparse_segment_grad_v2(node):
             raise GraphError(f"node {node.name!r} ({node.type}): indices must be in [0, {n}), "
                              f"got values from {idx.min()} to {idx.max()}")
         unique, inverse = np.unique(idx, return_inverse=True)
-        if _numpy_ok(grad, segment_ids):
-            grad = np.asarray(grad)
-            out = np.zeros((len(unique),) + grad.shape[1:], grad.dtype)
-            np.add.at(out, inverse.reshape(-1), _segment_grad_rows(kind, grad, segment_ids))
-            return out, unique.astype(idx.dtype)
-        grad = jnp.asarray(grad)
-        out = jnp.zeros((len(unique),) + grad.shape[1:], grad.dtype)
-        return out.at[inverse.reshape(-1)].add(_segment_grad_rows(kind, grad, segment_ids)), unique.astype(idx.dtype)
+        return _scatter_grad_rows(kind, grad, segment_ids, inverse.reshape(-1), len(unique)), unique.astype(idx.dtype)
 
     return fn
+
+
+def _scatter_grad_rows(kind: str, grad, segment_ids, rows_at, n: int):
+    """`n` rows of zeros with `_segment_grad_rows` added at rows `rows_at` (in NumPy on host values)."""
+    if _numpy_ok(grad, segment_ids, rows_at):
+        grad = np.asarray(grad)
+        out = np.zeros((n,) + grad.shape[1:], grad.dtype)
+        np.add.at(out, np.asarray(rows_at).astype(np.int64), _segment_grad_rows(kind, grad, segment_ids))
+        return out
+    grad = jnp.asarray(grad)
+    out = jnp.zeros((n,) + grad.shape[1:], grad.dtype)
+    return out.at[jnp.asarray(rows_at).astype(jnp.int32)].add(_segment_grad_rows(kind, grad, segment_ids))
 
 
 def _segment_grad_rows(kind: str, grad, segment_ids):

@@ -167,7 +167,7 @@ def _sparse_cross(node):
     one feature from each column (sparse columns, then dense; the last changing fastest), as
     `a_X_b` strings or as TF's FingerprintCat64 hash. The output size depends on the values, so
     the inputs must be concrete (strings usually are: see `ops/strings.py`)."""
-    from jaxmeta.ops.strings import _M64, fingerprint64, fingerprint_cat64, host
+    from jaxmeta.ops.strings import _M64, each_once, fingerprint64, fingerprint_cat64, host
 
     count = node.attr_int("N")
     hashed, buckets = node.attr_bool("hashed_output"), node.attr_int("num_buckets")
@@ -185,21 +185,15 @@ def _sparse_cross(node):
                 rows[r].append(v)
             columns.append(rows)
         columns += [[list(row) for row in d.reshape(batch, -1).tolist()] for d in dense]
-        prints: dict = {}  # each distinct string and combination hashed once (a batch repeats a few)
-
-        def feature_hash(v):  # a string feature hashes to its Fingerprint64, an integer is its own hash
-            if not isinstance(v, bytes):
-                return v & _M64
-            if v not in prints:
-                prints[v] = fingerprint64(v)
-            return prints[v]
-
-        if hashed:
-            features = [[[feature_hash(v) for v in row] for row in col] for col in columns]
+        if hashed:  # a string feature hashes to its Fingerprint64, an integer is its own hash
+            flat = each_once(lambda v: fingerprint64(v) if isinstance(v, bytes) else v & _M64,
+                             [v for col in columns for row in col for v in row])
+            hashes = iter(flat)
+            features = [[[next(hashes) for _ in row] for row in col] for col in columns]
         else:
             features = [[[v if isinstance(v, bytes) else str(v).encode() for v in row] for row in col]
                         for col in columns]
-        out_indices, out_values, crossed = [], [], {}
+        out_indices, out_values, crossed = [], [], {}  # each distinct combination hashed once
         for r in range(batch):
             for j, combo in enumerate(itertools.product(*(col[r] for col in features))):
                 out_indices.append((r, j))

@@ -51,17 +51,19 @@ def _bytes_array(items, shape) -> np.ndarray:
     return out.reshape(shape)
 
 
+def each_once(fn, values: list) -> list:
+    """`[fn(v) for v in values]`, calling `fn` once per distinct value (a batch of features repeats
+    a few); an error names the first value that raises."""
+    done = {v: fn(v) for v in dict.fromkeys(values)}
+    return [done[v] for v in values]
+
+
 def _map(node, fn, otype=object):
     """An elementwise op over one string tensor: `fn(bytes) -> value`."""
 
     def run(x):
         (x,) = host(node, x)
-        values = x.reshape(-1).tolist()
-        if len(values) > 8:  # each distinct string once (a batch of features repeats a few); errors name the first
-            done = {v: fn(v) for v in dict.fromkeys(values)}
-            flat = [done[v] for v in values]
-        else:
-            flat = [fn(v) for v in values]
+        flat = each_once(fn, x.reshape(-1).tolist())
         return _bytes_array(flat, x.shape) if otype is object else np.array(flat, otype).reshape(x.shape)
 
     return run
