@@ -68,6 +68,8 @@ FRAMEWORKS = ("jaxmeta", "tf", "openvino")
 SPLIT = "jaxmeta-split"  # a jaxmeta process with the CPU split into devices: rows of the jaxmeta column
 DEFAULT_MODELS = "mlp,resnet50,inception3,lstm,cnn_train,static_lstm"
 RESULT_TAG = "BENCH-RESULT "
+# The side of the square matrix product each worker times as its framework's peak rate on the host.
+PEAK_SIDE = 2048
 
 # (key, label, unit, lower is better)
 METRICS = [
@@ -89,6 +91,10 @@ METRICS = [
     ("train_step_tuned_ms", "train step, autotuned", "ms", True),
     ("train_step_split_ms", "train step, split over the CPU's cores (+ autotuned)", "ms", True),
     ("train_tflops", "train step, TFLOP/s (XLA's count of the step's work, as lowered for the CPU)", "TFLOP/s", False),
+    ("large_batch_gflop", "work of one large batch (XLA's count, as lowered for the CPU)", "GFLOP", None),
+    ("train_gflop", "work of one train step (XLA's count, as lowered for the CPU)", "GFLOP", None),
+    ("matmul_gflops", f"a {PEAK_SIDE}x{PEAK_SIDE}x{PEAK_SIDE} float32 matrix product, the framework's best rate",
+     "GFLOP/s", False),
     ("autotune_s", "autotune (all five, compiles included)", "s", True),
     ("peak_rss_mb", "peak resident memory", "MB", True),
     ("output_abs_sum", "Σ|output| at the large batch (all columns must agree)", "", None),
@@ -203,6 +209,11 @@ def worker_jaxmeta(rec: Recorder, directory: str, spec: models.ModelSpec, args) 
 
     rec.put("train_first_s", _timed(lambda: one_step(0, train), 1))
     flops = _flops(train, states[0], *xt, **kw_s)
+    if flops:
+        rec.put("train_gflop", flops / 1e9)
+    flops_b = _flops(infer, states[0], *xb, **kw)
+    if flops_b:
+        rec.put("large_batch_gflop", flops_b / 1e9)
     # What a user's process holds after restore, inference and training; autotuning's extra
     # executables and the second training state below would inflate it.
     rec.put("peak_rss_mb", _peak_rss_mb())
@@ -238,8 +249,30 @@ def worker_jaxmeta(rec: Recorder, directory: str, spec: models.ModelSpec, args) 
     rec.put("train_step_tuned_ms", tuned, 1e3)
     if flops:
         rec.put("train_tflops", [flops / s / 1e12 for s in default])
+    rec.put("matmul_gflops", _matmul_rate_jax(args.repeats))
     if "tensorflow" in sys.modules:  # the jaxmeta process must run without TensorFlow
         raise RuntimeError("the jaxmeta worker imported TensorFlow")
+
+
+def _matmul_rate_jax(repeats: int) -> list[float]:
+    """GFLOP/s of XLA's `PEAK_SIDE`-square float32 matrix product on jaxmeta's device, with the
+    best of `jaxmeta.autotune`'s candidate options on a CPU (by median): the rate the models' own
+    products and convolutions are measured against."""
+    import jax
+
+    from jaxmeta import tuning
+
+    rng = np.random.default_rng(0)
+    a, b = (jax.device_put(rng.standard_normal((PEAK_SIDE, PEAK_SIDE), np.float32)) for _ in range(2))
+    candidates = tuning.CPU_CANDIDATES if jax.default_backend() == "cpu" else tuning.CPU_CANDIDATES[:1]
+    best = []
+    for _, options in candidates:
+        product = jax.jit(jax.numpy.matmul).lower(a, b).compile(options)
+        jax.block_until_ready(product(a, b))
+        rates = [2 * PEAK_SIDE ** 3 / s / 1e9 for s in _timed(lambda p=product: jax.block_until_ready(p(a, b)), repeats)]
+        if not best or statistics.median(rates) > statistics.median(best):
+            best = rates
+    return best
 
 
 def worker_jaxmeta_split(rec: Recorder, directory: str, spec: models.ModelSpec, args) -> None:
@@ -371,6 +404,20 @@ def worker_tf(rec: Recorder, directory: str, spec: models.ModelSpec, args) -> No
     ft = feed(spec.train_feeds, spec.train_batch)
     rec.put("train_first_s", _timed(lambda: sess.run(train_op, ft), 1))
     rec.put("train_step_ms", _timed(lambda: sess.run(train_op, ft), args.repeats), 1e3)
+    sess.close()
+
+    # TF1's own rate for a large matrix product on this host (its oneDNN kernel), the result left
+    # in the Session like jaxmeta's on its device.
+    peak = tf.Graph()
+    rng = np.random.default_rng(0)
+    with peak.as_default():  # variables, not constants, which grappler would fold
+        product = v1.matmul(*(v1.Variable(rng.standard_normal((PEAK_SIDE, PEAK_SIDE), np.float32)) for _ in range(2)))
+        init = v1.global_variables_initializer()
+    with v1.Session(graph=peak) as peak_sess:
+        peak_sess.run(init)
+        peak_sess.run(product.op)
+        rec.put("matmul_gflops", [2 * PEAK_SIDE ** 3 / s / 1e9
+                                  for s in _timed(lambda: peak_sess.run(product.op), args.repeats)])
 
 
 def worker_openvino(rec: Recorder, directory: str, spec: models.ModelSpec, args) -> None:
@@ -563,6 +610,7 @@ def render(results: dict, specs: dict, args, notes: list[str]) -> str:
               "in a fresh process per round, the rounds in alternating framework order. "
               "jaxmeta/TF < 1 means jaxmeta is faster for times, > 1 means better for GB/s and samples/s.", ""]
     lines += summary(results, specs)
+    lines += against_peak(results, specs)
     for model, per_fw in results.items():
         spec = specs.get(model)
         header = f"## {model}"
@@ -594,6 +642,10 @@ def render(results: dict, specs: dict, args, notes: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _median(result: Result | None, key: str) -> float | None:
+    return statistics.median(result.samples[key]) if result is not None and result.samples.get(key) else None
+
+
 def summary(results: dict, specs: dict) -> list[str]:
     """The issue's targets per model: jaxmeta time <= 0.8 x TF for steady inference and the train
     step, judged on each framework's best (jaxmeta: XLA's defaults, autotuned, or frozen and
@@ -613,9 +665,6 @@ def summary(results: dict, specs: dict) -> list[str]:
     def show(x):
         return "error" if x is None else f"{x:.2f}"
 
-    def median(r, key):
-        return statistics.median(r.samples[key]) if r is not None and r.samples.get(key) else None
-
     rows = (("latency_ms", "latency_tuned_ms", "latency_frozen_ms"),
             ("throughput", "throughput_tuned", "throughput_frozen", "throughput_split"),
             ("train_step_ms", "train_step_tuned_ms", "train_step_split_ms"))
@@ -633,10 +682,10 @@ def summary(results: dict, specs: dict) -> list[str]:
             shown = [ratio(jm, tf, k) for k in keys]
             shown = [1 / x if inverse and x else x for x in shown]
             cells.append(" / ".join(show(x) for x in shown if x is not None) or "error")
-            times = [[1 / v if inverse else v for v in (median(r, k) for k in keys) if v]
+            times = [[1 / v if inverse else v for v in (_median(r, k) for k in keys) if v]
                      for r in (jm, tf)]  # each framework's variants, as times
             best.append(min(times[0]) / min(times[1]) if times[0] and times[1] else None)
-        gb = [median(r, "restore_gbps") for r in (jm, tf)]
+        gb = [_median(r, "restore_gbps") for r in (jm, tf)]
         checks = [x is not None and x <= 0.8 for x in best]
         big = specs[model].checkpoint_bytes >= 50e6
         checks.append(not big or (gb[0] is not None and gb[1] is not None and gb[0] >= 1 and gb[0] >= gb[1]))
@@ -644,6 +693,45 @@ def summary(results: dict, specs: dict) -> list[str]:
         lines.append(f"| {model} | {' | '.join(cells)} | {' / '.join(show(x) for x in best)} | "
                      f"{show(gb[0])} / {show(gb[1])} | {'all' if not missed else 'missed: ' + ', '.join(missed)} |")
     return [*lines, ""]
+
+
+def against_peak(results: dict, specs: dict) -> list[str]:
+    """Each framework's best large batch and train step as GFLOP/s (XLA's count of the work, the
+    same graph for both), the rate jaxmeta would need for 0.8 x TF's best time, and each
+    framework's rate for a large matrix product on this host: a target that asks for more than
+    XLA's own matrix product reaches cannot be met by arranging XLA's work."""
+    rows = []
+    for model, per_fw in results.items():
+        if isinstance(per_fw, str) or per_fw["tf"] is None:
+            continue
+        jm, tf = per_fw["jaxmeta"], per_fw["tf"]
+        big = specs[model].large_batch
+        cells = []
+        for work_key, keys, per_second in (
+                ("large_batch_gflop", ("throughput", "throughput_tuned", "throughput_frozen", "throughput_split"), True),
+                ("train_gflop", ("train_step_ms", "train_step_tuned_ms", "train_step_split_ms"), False)):
+            work = _median(jm, work_key)
+            # each framework's best time for one batch (s)
+            best = [min((big / v if per_second else v / 1e3 for v in (_median(r, k) for k in keys) if v), default=None)
+                    for r in (jm, tf)]
+            if work is None or None in best:
+                cells.append("— | —")
+                continue
+            cells.append(f"{work / best[0]:.0f} / {work / best[1]:.0f} | {work / best[1] / 0.8:.0f}")
+        peaks = [_median(r, "matmul_gflops") for r in (jm, tf)]
+        shown = " / ".join("—" if p is None else f"{p:.0f}" for p in peaks)
+        rows.append(f"| {model} | {' | '.join(cells)} | {shown} |")
+    if not rows:
+        return []
+    return ["## Against the host's peak", "",
+            "GFLOP/s at XLA's count of each graph's work (as lowered for the CPU; the same graph for both "
+            "frameworks), each framework's best variant; \"≤ 0.8 needs\": the rate jaxmeta must reach for 0.8 × TF's "
+            f"best time; last column: a {PEAK_SIDE}×{PEAK_SIDE}×{PEAK_SIDE} float32 matrix product in each framework "
+            "(XLA with the best of `autotune`'s options; TF1's oneDNN). A model that needs more than XLA's matrix "
+            "product reaches is beyond what arranging XLA's work can do on this host.", "",
+            "| model | large batch GFLOP/s jaxmeta / TF | ≤ 0.8 needs | train step GFLOP/s jaxmeta / TF | ≤ 0.8 needs "
+            "| matrix product GFLOP/s XLA / TF1 |",
+            "|---|---:|---:|---:|---:|---:|", *rows, ""]
 
 
 def plot(results: dict, path: str) -> bool:

@@ -59,6 +59,8 @@ def test_run_writes_a_table_for_the_mlp(tmp_path):
     assert len(frozen) == 1 and all(c.strip()[0].isdigit() for c in frozen[0].split("|")[2:4]), frozen
     assert "XLA options chosen by `jaxmeta.autotune`: latency: " in table
     assert re.search(r"^- jaxmeta ran on: \w+ \(.+\); TF1 and OpenVINO on the CPU$", table, re.M), table[:800]
+    peak = [line for line in table.splitlines() if line.startswith("| mlp | ") and line.count("|") == 7]
+    assert len(peak) == 1 and "—" not in peak[0], peak  # both frameworks' work rates and products measured
     assert "error" not in table, table
 
 
