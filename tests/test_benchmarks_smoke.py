@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -64,7 +65,7 @@ def test_run_writes_a_table_for_the_mlp(tmp_path):
     assert "error" not in table, table
 
 
-def test_rounds_pool_samples_and_keep_every_autotune_choice():
+def _run_module():
     spec = importlib.util.spec_from_file_location("bench_run", os.path.join(ROOT, "benchmarks", "run.py"))
     run = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look it up
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
@@ -73,6 +74,19 @@ def test_rounds_pool_samples_and_keep_every_autotune_choice():
     finally:
         sys.path.pop(0)
         del sys.modules[spec.name]
+    return run
+
+
+def test_fast_calls_are_timed_more_often_and_first_calls_once():
+    run = _run_module()
+    fast, slow = (lambda: None), (lambda: time.sleep(run.FILL_S / 4))
+    assert len(run._timed_alternately([fast, fast], 5)[0]) == 5 * run.MAX_TURNS_FACTOR
+    assert [len(t) for t in run._timed_alternately([slow], 5)] == [5]
+    assert len(run._timed(fast, 1)) == 1
+
+
+def test_rounds_pool_samples_and_keep_every_autotune_choice():
+    run = _run_module()
     first = run.Result({"latency_ms": [1.0, 2.0]}, None, 3.0, {"latency": "no YNNPACK", "train": "XLA default"})
     second = run.Result({"latency_ms": [4.0], "restore_s": [0.5]}, "boom", 2.0,
                         {"latency": "XLA default", "train": "XLA default"})
