@@ -272,23 +272,16 @@ def worker_jaxmeta(rec: Recorder, directory: str, spec: models.ModelSpec, args) 
 
 def _matmul_rate_jax(repeats: int) -> list[float]:
     """GFLOP/s of XLA's `PEAK_SIDE`-square float32 matrix product on jaxmeta's device, with the
-    best of `jaxmeta.autotune`'s candidate options on a CPU (by median): the rate the models' own
-    products and convolutions are measured against."""
+    XLA options `jaxmeta.autotune` picks for it: the rate the models' own products and
+    convolutions are measured against."""
     import jax
 
-    from jaxmeta import tuning
+    import jaxmeta
 
     rng = np.random.default_rng(0)
     a, b = (jax.device_put(rng.standard_normal((PEAK_SIDE, PEAK_SIDE), np.float32)) for _ in range(2))
-    candidates = tuning.CPU_CANDIDATES if jax.default_backend() == "cpu" else tuning.CPU_CANDIDATES[:1]
-    best = []
-    for _, options in candidates:
-        product = jax.jit(jax.numpy.matmul).lower(a, b).compile(options)
-        jax.block_until_ready(product(a, b))
-        rates = [2 * PEAK_SIDE ** 3 / s / 1e9 for s in _timed(lambda p=product: jax.block_until_ready(p(a, b)), repeats)]
-        if not best or statistics.median(rates) > statistics.median(best):
-            best = rates
-    return best
+    product = jaxmeta.autotune(jax.numpy.matmul, a, b)
+    return [2 * PEAK_SIDE ** 3 / s / 1e9 for s in _timed(lambda: jax.block_until_ready(product(a, b)), repeats)]
 
 
 def worker_jaxmeta_split(rec: Recorder, directory: str, spec: models.ModelSpec, args) -> None:
@@ -667,6 +660,18 @@ def _median(result: Result | None, key: str) -> float | None:
     return statistics.median(result.samples[key]) if result is not None and result.samples.get(key) else None
 
 
+# Each timed row's variants (XLA's defaults, autotuned, frozen, split); TF fills the ones it has.
+LATENCY_KEYS = ("latency_ms", "latency_tuned_ms", "latency_frozen_ms")
+THROUGHPUT_KEYS = ("throughput", "throughput_tuned", "throughput_frozen", "throughput_split")
+TRAIN_KEYS = ("train_step_ms", "train_step_tuned_ms", "train_step_split_ms")
+
+
+def _best_seconds(result: Result | None, keys: tuple[str, ...], batch: int) -> float | None:
+    """The fastest of `result`'s medians at `keys`, as seconds per call (samples/s at `batch`)."""
+    times = [v / 1e3 if key.endswith("_ms") else batch / v for key in keys if (v := _median(result, key))]
+    return min(times, default=None)
+
+
 def summary(results: dict, specs: dict) -> list[str]:
     """The issue's targets per model: jaxmeta time <= 0.8 x TF for steady inference and the train
     step, judged on each framework's best (jaxmeta: XLA's defaults, autotuned, or frozen and
@@ -686,9 +691,6 @@ def summary(results: dict, specs: dict) -> list[str]:
     def show(x):
         return "error" if x is None else f"{x:.2f}"
 
-    rows = (("latency_ms", "latency_tuned_ms", "latency_frozen_ms"),
-            ("throughput", "throughput_tuned", "throughput_frozen", "throughput_split"),
-            ("train_step_ms", "train_step_tuned_ms", "train_step_split_ms"))
     for model, per_fw in results.items():
         if isinstance(per_fw, str):
             lines.append(f"| {model} | — | — | — | — | — | not measured |")
@@ -698,14 +700,13 @@ def summary(results: dict, specs: dict) -> list[str]:
             lines.append(f"| {model} | — | — | — | — | — | no TF1 column to judge against |")
             continue
         cells, best = [], []
-        for keys in rows:
-            inverse = keys[0] == "throughput"  # samples/s: the time ratio is its inverse
+        for keys in (LATENCY_KEYS, THROUGHPUT_KEYS, TRAIN_KEYS):
+            inverse = keys is THROUGHPUT_KEYS  # samples/s: the time ratio is its inverse
             shown = [ratio(jm, tf, k) for k in keys]
             shown = [1 / x if inverse and x else x for x in shown]
             cells.append(" / ".join(show(x) for x in shown if x is not None) or "error")
-            times = [[1 / v if inverse else v for v in (_median(r, k) for k in keys) if v]
-                     for r in (jm, tf)]  # each framework's variants, as times
-            best.append(min(times[0]) / min(times[1]) if times[0] and times[1] else None)
+            times = [_best_seconds(r, keys, specs[model].large_batch) for r in (jm, tf)]
+            best.append(None if None in times else times[0] / times[1])
         gb = [_median(r, "restore_gbps") for r in (jm, tf)]
         checks = [x is not None and x <= 0.8 for x in best]
         big = specs[model].checkpoint_bytes >= 50e6
@@ -728,13 +729,9 @@ def against_peak(results: dict, specs: dict) -> list[str]:
         jm, tf = per_fw["jaxmeta"], per_fw["tf"]
         big = specs[model].large_batch
         cells = []
-        for work_key, keys, per_second in (
-                ("large_batch_gflop", ("throughput", "throughput_tuned", "throughput_frozen", "throughput_split"), True),
-                ("train_gflop", ("train_step_ms", "train_step_tuned_ms", "train_step_split_ms"), False)):
+        for work_key, keys in (("large_batch_gflop", THROUGHPUT_KEYS), ("train_gflop", TRAIN_KEYS)):
             work = _median(jm, work_key)
-            # each framework's best time for one batch (s)
-            best = [min((big / v if per_second else v / 1e3 for v in (_median(r, k) for k in keys) if v), default=None)
-                    for r in (jm, tf)]
+            best = [_best_seconds(r, keys, big) for r in (jm, tf)]  # one batch's best time, each
             if work is None or None in best:
                 cells.append("— | —")
                 continue
