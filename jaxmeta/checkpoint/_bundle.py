@@ -404,10 +404,11 @@ def _shape(proto: tensor_shape_pb2.TensorShapeProto, *, where: str) -> tuple[int
 
 
 def _byteswap(arr: np.ndarray) -> None:
-    if arr.dtype.kind == "c":
-        arr.view(arr.real.dtype).byteswap(inplace=True)
+    flat = arr.reshape(-1)  # a view (`arr` is contiguous); 0-d arrays cannot change itemsize
+    if arr.dtype.kind == "c":  # each half of a complex number on its own
+        flat.view(arr.real.dtype).byteswap(inplace=True)
     else:
-        arr.view(np.dtype(f"u{arr.dtype.itemsize}")).byteswap(inplace=True)
+        flat.view(np.dtype(f"u{arr.dtype.itemsize}")).byteswap(inplace=True)
 
 
 # --- strings -----------------------------------------------------------------------------------

@@ -162,6 +162,36 @@ def test_newer_version_refused(tmp_path):
         BundleReader(prefix)
 
 
+def test_big_endian(tmp_path):
+    """A bundle a big-endian machine wrote: its numbers' bytes swapped, scalars and complex included."""
+    from jaxmeta.checkpoint._writer import write_checkpoint
+
+    values = {"c": np.complex64(1 + 2j), "cv": np.complex128([3 - 1j, 0.5j]), "f": np.float32([[1.5, -2]]),
+              "i": np.int64(7), "h": np.float16([1, 2, 3]), "b": np.uint8([1, 2]), "s": np.array([b"ab"], object)}
+    swapped = {k: v if k in ("b", "s") else _swap(v) for k, v in values.items()}  # bytes stay as they are
+    prefix = write_checkpoint(str(tmp_path / "be"), swapped)
+    table = Table(_bundle.index_path(prefix))
+    items = {k: bytes(v) for k, v in table.entries.items()}
+    header = checkpoint_pb2.BundleHeaderProto.FromString(items[b""])
+    header.endianness = checkpoint_pb2.BundleHeaderProto.BIG
+    items[b""] = header.SerializeToString()
+    with open(_bundle.index_path(prefix), "wb") as f:
+        f.write(build_table(sorted(items.items())))
+    reader = BundleReader(prefix)
+    for name, want in values.items():
+        got = reader.read(name)
+        assert got.dtype == want.dtype and got.shape == np.shape(want), name
+        np.testing.assert_array_equal(got, want, err_msg=name)
+
+
+def _swap(v):
+    v = np.array(v)
+    flat = v.reshape(-1)
+    if v.dtype.kind == "c":
+        return flat.view(v.real.dtype).byteswap().view(v.dtype).reshape(v.shape)
+    return v.byteswap()
+
+
 def test_missing_key_named():
     with pytest.raises(CheckpointError, match="'nope' is not in checkpoint"):
         BundleReader(str(DTYPES)).read("nope")
