@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmeta._errors import GraphError
-from jaxmeta.ops.registry import known, need_known, register, static, xnp
+from jaxmeta.ops.registry import checked_indices, known, need_known, register, static, xnp
 
 _INT32 = np.dtype(np.int32)
 
@@ -679,13 +679,17 @@ def _roll(node):
 # -- gathers and scatters -------------------------------------------------------------------------
 
 
-def _gather(params, indices, axis: int, batch_dims: int):
+def gather(node, params, indices, axis: int = 0, batch_dims: int = 0):
+    """TF's Gather along `axis` after `batch_dims` leading axes shared by `params` and `indices`;
+    indices outside the axis raise (known) or read zeros (traced), see `checked_indices`."""
+    indices = checked_indices(node, indices, np.shape(params)[axis])
     if batch_dims == 0:
-        m = xnp(params, indices)
-        return m.take(_asarray(m, params), _asarray(m, indices), axis=axis)
+        if static(params, indices):
+            return np.take(params, indices, axis=axis)
+        return jnp.take(jnp.asarray(params), indices, axis=axis, mode="fill", fill_value=0)
 
     def take(p, i):
-        return jnp.take(p, i, axis=axis - batch_dims)
+        return jnp.take(p, i, axis=axis - batch_dims, mode="fill", fill_value=0)
 
     for _ in range(batch_dims):
         take = jax.vmap(take)
@@ -694,7 +698,7 @@ def _gather(params, indices, axis: int, batch_dims: int):
 
 @register("Gather")
 def _gather_v1(node):
-    return lambda params, indices: _gather(params, indices, 0, 0)
+    return lambda params, indices: gather(node, params, indices)
 
 
 @register("GatherV2")
@@ -706,7 +710,7 @@ def _gather_v2(node):
         b = batch_dims + np.ndim(indices) if batch_dims < 0 else batch_dims
         if b > a or b > np.ndim(indices):
             raise GraphError(f"node {node.name!r} (GatherV2): batch_dims={batch_dims} with axis={a}")
-        return _gather(params, indices, a, b)
+        return gather(node, params, indices, a, b)
 
     return fn
 
@@ -715,37 +719,61 @@ def _nd_index(indices) -> tuple:
     return tuple(indices[..., k] for k in range(np.shape(indices)[-1]))
 
 
-def gather_nd(params, indices):
-    """TF's GatherNd: `params` indexed by the last axis of `indices` (NumPy in, NumPy out)."""
-    m = xnp(params, indices)
-    params, indices = _asarray(m, params), _asarray(m, indices)
+def gather_nd(node, params, indices):
+    """TF's GatherNd: `params` indexed by the last axis of `indices` (NumPy in, NumPy out);
+    coordinates outside `params` raise (known) or read zeros (traced), see `checked_indices`."""
+    depth = np.shape(indices)[-1]
     lead = np.shape(indices)[:-1]
-    if np.shape(indices)[-1] == 0:
-        return m.broadcast_to(params, lead + np.shape(params))
-    return params[_nd_index(indices)]
+    if depth == 0:
+        return xnp(params).broadcast_to(params, lead + np.shape(params))
+    indices = checked_indices(node, indices, np.shape(params)[:depth])
+    if static(params, indices):
+        return np.asarray(params)[_nd_index(indices)]
+    return jnp.asarray(params).at[_nd_index(indices)].get(mode="fill", fill_value=0)
 
 
 @register("GatherNd")
 def _gather_nd(node):
-    return gather_nd
+    return lambda params, indices: gather_nd(node, params, indices)
 
 
-def _scatter_nd(update):
+#: TF's scatter kinds as updates of `x.at[indices]`. Out-of-range rows are skipped (`mode="drop"`),
+#: which is what `checked_indices` turns a traced out-of-range index into.
+SCATTER_UPDATES = {
+    "Update": lambda at, u: at.set(u, mode="drop"),
+    "Add": lambda at, u: at.add(u, mode="drop"),
+    "Sub": lambda at, u: at.add(-u, mode="drop"),
+    "Mul": lambda at, u: at.multiply(u, mode="drop"),
+    "Div": lambda at, u: at.divide(u, mode="drop"),
+    "Min": lambda at, u: at.min(u, mode="drop"),
+    "Max": lambda at, u: at.max(u, mode="drop"),
+}
+
+
+def scatter_nd_at(node, x, indices):
+    """`x.at[...]` at GatherNd-style coordinates (the last axis of `indices`), checked as TF checks
+    them (`checked_indices`); update it with one of `SCATTER_UPDATES`."""
+    depth = np.shape(indices)[-1]
+    indices = checked_indices(node, indices, np.shape(x)[:depth])
+    return jnp.asarray(x).at[_nd_index(jnp.asarray(indices))]
+
+
+def _tensor_scatter(kind: str):
+    update = SCATTER_UPDATES[kind]
+
     def build(node):
         def fn(x, indices, updates):
-            x, updates = jnp.asarray(x), jnp.asarray(updates, jnp.result_type(x))
-            return update(x.at[_nd_index(jnp.asarray(indices))], updates)
+            x = jnp.asarray(x)
+            return update(scatter_nd_at(node, x, indices), jnp.asarray(updates, x.dtype))
 
         return fn
 
     return build
 
 
-register("TensorScatterUpdate")(_scatter_nd(lambda at, u: at.set(u)))
-register("TensorScatterAdd")(_scatter_nd(lambda at, u: at.add(u)))
-register("TensorScatterSub")(_scatter_nd(lambda at, u: at.add(-u)))
-register("TensorScatterMax")(_scatter_nd(lambda at, u: at.max(u)))
-register("TensorScatterMin")(_scatter_nd(lambda at, u: at.min(u)))
+for _kind in ("Update", "Add", "Sub", "Max", "Min"):
+    register(f"TensorScatter{_kind}")(_tensor_scatter(_kind))
+register("ScatterNdNonAliasingAdd")(_tensor_scatter("Add"))
 
 
 @register("ScatterNd")
@@ -754,14 +782,9 @@ def _scatter_nd_op(node):
         dims = _ints(node, shape, "shape")
         updates = jnp.asarray(updates)
         # Duplicate indices accumulate, as in TF.
-        return jnp.zeros(dims, updates.dtype).at[_nd_index(jnp.asarray(indices))].add(updates)
+        return SCATTER_UPDATES["Add"](scatter_nd_at(node, jnp.zeros(dims, updates.dtype), indices), updates)
 
     return fn
-
-
-@register("ScatterNdNonAliasingAdd")
-def _scatter_nd_non_aliasing_add(node):
-    return _scatter_nd(lambda at, u: at.add(u))(node)
 
 
 @register("Where")
@@ -1314,7 +1337,8 @@ def _inplace(update):
     def build(node):
         def fn(x, i, v):
             x = jnp.asarray(x)
-            return update(x.at[jnp.asarray(i)], jnp.asarray(v, x.dtype))
+            rows = xnp(i).mod(i, max(x.shape[0], 1))  # TF's kernel takes any row index modulo the rows
+            return update(x.at[jnp.asarray(rows)], jnp.asarray(v, x.dtype))
 
         return fn
 

@@ -212,6 +212,40 @@ def expect_shape(node: Any, what: str, value: Any, want: Iterable[int], hint: st
                          f"expected {tuple(want)}; {hint}")
 
 
+def checked_indices(node: Any, indices: Any, bounds: Any, what: str = "indices", *,
+                    negative_ok: bool = False) -> Any:
+    """`indices` into axes of sizes `bounds`, checked as TF's CPU kernels check them.
+
+    A scalar `bounds` checks every value; a sequence checks `indices[..., k]` against `bounds[k]`
+    (GatherNd's coordinates). Values known now (constants, or any value outside `jax.jit`) come
+    back as NumPy int64, and one outside `[0, bound)` raises a GraphError naming the node and the
+    first bad position, as TF does (`negative_ok`: negative values are allowed, as in
+    `UnsortedSegment*`, which drops them). Traced values cannot raise: each one outside its range,
+    negative ones included, becomes `bound`, which gathers with `mode="fill"` read as zeros and
+    scatters with `mode="drop"` skip (TF's GPU kernels' rule). NumPy and jax.numpy would instead
+    wrap negative indices and clamp or fill large ones.
+    """
+    value = known(indices)
+    sizes = np.asarray(bounds, np.int64)
+    if value is None:  # traced: out-of-range values (negative ones too) become the bound
+        indices = jnp.asarray(indices)
+        limit = jnp.broadcast_to(jnp.asarray(sizes, indices.dtype), indices.shape)
+        return jnp.where((indices < 0) | (indices >= limit), limit, indices)
+    value = value.astype(np.int64)
+    bad = (value >= sizes) if negative_ok else (value < 0) | (value >= sizes)
+    if bad.any():
+        at = np.unravel_index(int(np.argmax(bad.reshape(-1))), bad.shape)
+        at = at[:-1] if sizes.ndim else at  # a whole coordinate for GatherNd's indices
+        if sizes.ndim:
+            where = f"does not index into shape {sizes.tolist()}"
+        else:
+            where = f"is not below {int(sizes)}" if negative_ok else f"is not in [0, {int(sizes)})"
+        raise GraphError(
+            f"node {node.name!r} ({node.type}): {what}{[int(a) for a in at]} = {value[at].tolist()} {where}, "
+            "which TF rejects. Check the ids fed to the graph against the size of what they index")
+    return value
+
+
 def in_host_memory(*xs: Any) -> bool:
     """True when no value is traced and every JAX array among them is in the CPU's memory: an op
     running op by op (a host stage of `_staging`, an unjitted call) may then compute in NumPy

@@ -18,13 +18,14 @@ jaxmeta's policy, op by op:
   has n rows. Each row of the result is then TF's. (TF rejects partition ids outside
   `[0, num_partitions)`; under jit their rows stay zero.) Anything else that reads a partition
   under jit raises a `GraphError`.
-- `Unique`, `UniqueV2`, `UniqueWithCounts`: with static input the result is TF's exactly. With a
-  traced input the outputs are padded to the input's length so they stay jit-able: `y[:k]` are
-  the k unique values in order of first appearance and `idx` is exact (so `y[idx] == x`), while
-  the padded entries `y[k:]` hold distinct out-of-range values (the dtype's max, max - 1, ...; NaN
-  for floats) and `count[k:] == 0`. Scatters drop out-of-range indices, so the TF pattern
-  `Unique -> UnsortedSegmentSum(num_segments=Shape(y)[0]) -> Scatter*/SparseApply*` (how TF's
-  optimizers sum duplicate embedding gradients) updates exactly the rows TF updates.
+- `Unique`, `UniqueV2`, `UniqueWithCounts`: with a known input (a constant, or any call without
+  `jax.jit`) the result is TF's exactly. With a traced input the outputs are padded to the
+  input's length so they stay jit-able: `y[:k]` are the k unique values in order of first
+  appearance and `idx` is exact (so `y[idx] == x`), while the padded entries `y[k:]` hold distinct
+  out-of-range values (the dtype's max, max - 1, ...; NaN for floats) and `count[k:] == 0`. Under
+  jit, gathers read zeros at out-of-range indices and scatters skip them (`checked_indices`), so
+  the TF pattern `Unique -> UnsortedSegmentSum(num_segments=Shape(y)[0]) -> Scatter*/SparseApply*`
+  (how TF's optimizers sum duplicate embedding gradients) updates exactly the rows TF updates.
 """
 
 from __future__ import annotations
@@ -38,12 +39,14 @@ import numpy as np
 from jaxmeta._errors import GraphError
 from jaxmeta.ops.registry import (
     OUTPUT_SIZES,
+    checked_indices,
     in_host_memory,
     known,
     need_known,
     program_nodes,
     register,
     static,
+    xnp,
 )
 
 # -- helpers ----------------------------------------------------------------------------------------
@@ -64,6 +67,22 @@ def _lowest(dtype):
 
 def _highest(dtype):
     return np.finfo(dtype).max if jnp.issubdtype(dtype, jnp.inexact) else np.iinfo(dtype).max
+
+
+def _sorted_ids(node, ids, num_segments: int):
+    """The ids of a sorted segment op, checked as TF checks them (`checked_indices`; known ones
+    must also be non-decreasing)."""
+    ids = checked_indices(node, ids, num_segments, "segment_ids")
+    if isinstance(ids, np.ndarray) and ids.size > 1:
+        down = np.diff(ids.reshape(-1)) < 0
+        if down.any():
+            k = int(np.argmax(down)) + 1
+            flat = ids.reshape(-1)
+            raise GraphError(
+                f"node {node.name!r} ({node.type}): segment_ids are not sorted (segment_ids[{k}] = "
+                f"{flat[k]} follows {flat[k - 1]}), which TF rejects; the Unsorted* segment ops take "
+                "ids in any order")
+    return ids
 
 
 def _segment_reduce(kind: str, data, ids, num_segments: int, *, sorted_ids: bool, empty=None):
@@ -178,6 +197,7 @@ def _segment(node):
     def fn(data, ids):
         value = need_known(node, "segment_ids", "the number of segments (max id + 1) depends on", ids)[0]
         n = int(value.max()) + 1 if value.size else 0
+        ids = _sorted_ids(node, value, n)
         # TF's sorted SegmentMax/Min give 0 for empty segments (the unsorted ops give lowest/highest).
         return _segment_reduce(kind, data, ids, n, sorted_ids=True, empty=0 if kind in ("max", "min") else None)
 
@@ -190,6 +210,7 @@ def _segment_v2(node):
 
     def fn(data, ids, num_segments):
         n = _static_int(node, num_segments, "num_segments")
+        ids = _sorted_ids(node, ids, n)
         empty = {"max": lambda d: _lowest(d), "min": lambda d: _highest(d)}.get(kind)
         return _segment_reduce(kind, data, ids, n, sorted_ids=True,
                                empty=None if empty is None else empty(jnp.result_type(data)))
@@ -208,6 +229,7 @@ def _unsorted_segment(node):
 
     def fn(data, ids, num_segments):
         n = _static_int(node, num_segments, "num_segments")
+        ids = checked_indices(node, ids, n, "segment_ids", negative_ok=True)  # negative ids are dropped
         dtype = jnp.result_type(data)
         empty = {"max": _lowest, "min": _highest}.get(kind)
         return _segment_reduce(kind, data, ids, n, sorted_ids=False,
@@ -229,16 +251,18 @@ def _sparse_segment(node):
     with_num = node.type.endswith("WithNumSegments")
 
     def fn(data, indices, segment_ids, num_segments=None):
+        rows = checked_indices(node, indices, np.shape(data)[0])
         if with_num:
             n = _static_int(node, num_segments, "num_segments")
         else:
             value = need_known(node, "segment_ids", "the number of segments (max id + 1) depends on",
                                segment_ids)[0]
             n = int(value.max()) + 1 if value.size else 0
-        if _numpy_ok(data, indices, segment_ids):
-            return _segment_numpy(kind, np.asarray(data)[np.asarray(indices).astype(np.int64)], segment_ids, n)
-        gathered = jnp.take(jnp.asarray(data), jnp.asarray(indices).astype(jnp.int32), axis=0)
-        return _segment_reduce(kind, gathered, segment_ids, n, sorted_ids=True)
+        ids = _sorted_ids(node, segment_ids, n)
+        if _numpy_ok(data, rows, ids):
+            return _segment_numpy(kind, np.asarray(data)[rows], ids, n)
+        gathered = jnp.take(jnp.asarray(data), jnp.asarray(rows).astype(jnp.int32), axis=0, mode="fill", fill_value=0)
+        return _segment_reduce(kind, gathered, ids, n, sorted_ids=True)
 
     return fn
 
@@ -251,7 +275,8 @@ def _sparse_segment_grad(node):
 
     def fn(grad, indices, segment_ids, output_dim0):
         n = _static_int(node, output_dim0, "output_dim0")
-        return _scatter_grad_rows(kind, grad, segment_ids, indices, n)
+        ids = checked_indices(node, segment_ids, np.shape(grad)[0], "segment_ids")
+        return _scatter_grad_rows(kind, grad, ids, checked_indices(node, indices, n), n)
 
     return fn
 
@@ -266,12 +291,11 @@ def _sparse_segment_grad_v2(node):
         (idx,) = need_known(node, "indices", OUTPUT_SIZES, indices)
         idx = idx.reshape(-1)
         bound = known(dense_output_dim0)
-        n = None if bound is None else int(np.reshape(bound, -1)[0])
-        if n is not None and idx.size and (idx.min() < 0 or idx.max() >= n):
-            raise GraphError(f"node {node.name!r} ({node.type}): indices must be in [0, {n}), "
-                             f"got values from {idx.min()} to {idx.max()}")
+        if bound is not None:
+            checked_indices(node, idx, int(np.reshape(bound, -1)[0]))
         unique, inverse = np.unique(idx, return_inverse=True)
-        return _scatter_grad_rows(kind, grad, segment_ids, inverse.reshape(-1), len(unique)), unique.astype(idx.dtype)
+        ids = checked_indices(node, segment_ids, np.shape(grad)[0], "segment_ids")
+        return _scatter_grad_rows(kind, grad, ids, inverse.reshape(-1), len(unique)), unique.astype(idx.dtype)
 
     return fn
 
@@ -285,7 +309,7 @@ def _scatter_grad_rows(kind: str, grad, segment_ids, rows_at, n: int):
         return out
     grad = jnp.asarray(grad)
     out = jnp.zeros((n,) + grad.shape[1:], grad.dtype)
-    return out.at[jnp.asarray(rows_at).astype(jnp.int32)].add(_segment_grad_rows(kind, grad, segment_ids))
+    return out.at[jnp.asarray(rows_at).astype(jnp.int32)].add(_segment_grad_rows(kind, grad, segment_ids), mode="drop")
 
 
 def _segment_grad_rows(kind: str, grad, segment_ids):
@@ -300,10 +324,10 @@ def _segment_grad_rows(kind: str, grad, segment_ids):
             rows = rows * scale.reshape(scale.shape + (1,) * (rows.ndim - 1))
         return rows
     segment_ids = jnp.asarray(segment_ids).astype(jnp.int32)
-    rows = jnp.take(grad, segment_ids, axis=0)
+    rows = jnp.take(grad, segment_ids, axis=0, mode="fill", fill_value=0)
     if kind != "Sum":
         count = jax.ops.segment_sum(jnp.ones(segment_ids.shape, grad.dtype), segment_ids, grad.shape[0])
-        scale = jnp.take(1.0 / (count if kind == "Mean" else jnp.sqrt(count)), segment_ids)
+        scale = jnp.take(1.0 / (count if kind == "Mean" else jnp.sqrt(count)), segment_ids, mode="fill", fill_value=0)
         rows = rows * jnp.reshape(scale, scale.shape + (1,) * (rows.ndim - 1))
     return rows
 
@@ -332,6 +356,7 @@ def _dynamic_stitch(node):
         idx = need_known(node, "indices", "the output size (max index + 1) depends on", *indices)
         flat_idx = np.concatenate([np.reshape(i, -1) for i in idx]).astype(np.int64)
         size = int(flat_idx.max()) + 1 if flat_idx.size else 0
+        checked_indices(node, flat_idx, size)  # a negative index: TF's error, not NumPy's wrap-around
         tail = tuple(np.shape(data[0]))[np.ndim(idx[0]):]
         if static(*data):
             out = np.zeros((size,) + tail, np.result_type(*data))
@@ -364,7 +389,7 @@ def _dynamic_partition(node):
         if feeds_stitch_indices:
             need_known(node, "data", "its outputs are a DynamicStitch's indices, which need", data)
         (parts,) = need_known(node, "partitions", "each output's size is a count of", partitions)
-        flat_parts = np.reshape(parts, -1)
+        flat_parts = checked_indices(node, np.reshape(parts, -1), num, "partitions")
         shape = tuple(np.shape(data))
         tail = shape[np.ndim(parts):]
         if static(data):
@@ -530,6 +555,8 @@ def _unique(node):
     with_axis = node.type.endswith("V2")
 
     def fn(x, axis=None):
+        value = known(x)
+        x = x if value is None else value  # known (no jit): exact, as TF
         x_shape = tuple(np.shape(x))
         if with_axis:
             ax = np.reshape(_static_axis(node, axis), -1)
@@ -670,15 +697,15 @@ def _sparse_to_dense(node):
     def fn(indices, output_shape, values, default):
         shape = tuple(int(d) for d in np.reshape(_static_shape(node, output_shape), -1))
         rank = len(shape)
-        if static(indices, values, default):
-            idx = np.reshape(np.asarray(indices, np.int64), (-1, rank))
+        idx = checked_indices(node, xnp(indices).reshape(indices, (-1, rank)), shape)
+        if static(idx, values, default):
             out = np.full(shape, default, np.asarray(values).dtype)
             out[tuple(idx.T)] = values
             return out
-        idx = jnp.reshape(jnp.asarray(indices).astype(jnp.int32), (-1, rank))
         values = jnp.asarray(values)
         out = jnp.full(shape, default, values.dtype)
-        return out.at[tuple(idx.T)].set(jnp.broadcast_to(values, idx.shape[:1]))
+        return out.at[tuple(jnp.asarray(idx).astype(jnp.int32).T)].set(
+            jnp.broadcast_to(values, idx.shape[:1]), mode="drop")
 
     return fn
 
@@ -726,7 +753,7 @@ def _sparse_dense_matmul(node):
 
     def fn(indices, values, a_shape, b):
         shape = np.reshape(_static_shape(node, a_shape), -1)
-        idx = jnp.asarray(indices).astype(jnp.int32)
+        idx = jnp.asarray(checked_indices(node, indices, shape[:2], "a_indices")).astype(jnp.int32)
         rows, cols = idx[:, 0], idx[:, 1]
         values = jnp.asarray(values)
         b = jnp.asarray(b)
@@ -735,7 +762,7 @@ def _sparse_dense_matmul(node):
         if adjoint_b:
             b = jnp.conj(b.T)
         out_rows = int(shape[1] if adjoint_a else shape[0])
-        products = values[:, None] * jnp.take(b, cols, axis=0)
+        products = values[:, None] * jnp.take(b, cols, axis=0, mode="fill", fill_value=0)
         return jax.ops.segment_sum(products, rows, out_rows)
 
     return fn

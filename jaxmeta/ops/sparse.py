@@ -26,6 +26,7 @@ from google.protobuf.message import DecodeError
 
 from jaxmeta import _dtypes, _tensor_util
 from jaxmeta._errors import GraphError
+from jaxmeta.ops.array import SCATTER_UPDATES, scatter_nd_at
 from jaxmeta.ops.registry import OUTPUT_SIZES, need_known, register, static_ints, xnp
 from jaxmeta.ops.strings import _bytes_array, _limit, host
 from jaxmeta.proto import tensor_pb2
@@ -53,7 +54,7 @@ def _sparse_reorder(node):
 def _sparse_tensor_dense_add(node):
     def fn(indices, values, shape, dense):
         dense = jnp.asarray(dense)
-        return dense.at[tuple(jnp.asarray(indices).T)].add(jnp.asarray(values, dense.dtype))
+        return SCATTER_UPDATES["Add"](scatter_nd_at(node, dense, indices), jnp.asarray(values, dense.dtype))
 
     return fn
 

@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmeta._interpreter import VarRef
-from jaxmeta.ops.array import gather_nd, strided_slice_update
-from jaxmeta.ops.registry import register
+from jaxmeta.ops.array import SCATTER_UPDATES, gather, gather_nd, scatter_nd_at, strided_slice_update
+from jaxmeta.ops.registry import checked_indices, register
 
 
 @register("VariableV2", "Variable", "VarHandleOp", "TemporaryVariable")
@@ -60,9 +60,9 @@ def _scatter(update):
         resource = node.type.startswith("Resource")
 
         def fn(ctx, ref, indices, updates):
-            indices, updates = ctx.value(indices), ctx.value(updates)
             old = ctx.read(ref)
-            ctx.assign(ref, update(old.at[jnp.asarray(indices)], jnp.asarray(updates, old.dtype)))
+            rows = checked_indices(node, ctx.value(indices), old.shape[0] if old.ndim else 0)
+            ctx.assign(ref, update(old.at[jnp.asarray(rows)], jnp.asarray(ctx.value(updates), old.dtype)))
             return None if resource else ref
 
         return fn
@@ -70,16 +70,7 @@ def _scatter(update):
     return build
 
 
-_SCATTERS = {
-    "Update": lambda at, u: at.set(u),
-    "Add": lambda at, u: at.add(u),
-    "Sub": lambda at, u: at.add(-u),
-    "Mul": lambda at, u: at.multiply(u),
-    "Div": lambda at, u: at.divide(u),
-    "Min": lambda at, u: at.min(u),
-    "Max": lambda at, u: at.max(u),
-}
-for _name, _update in _SCATTERS.items():
+for _name, _update in SCATTER_UPDATES.items():
     register(f"Scatter{_name}", f"ResourceScatter{_name}", assigns=True, context=True)(_scatter(_update))
 
 
@@ -89,14 +80,13 @@ _SCATTERS_ND = ("Update", "Add", "Sub", "Max", "Min")
 @register(*(f"{prefix}ScatterNd{kind}" for kind in _SCATTERS_ND for prefix in ("", "Resource")),
           assigns=True, context=True)
 def _scatter_nd(node):
-    update = _SCATTERS[node.type.removeprefix("Resource").removeprefix("ScatterNd")]
+    update = SCATTER_UPDATES[node.type.removeprefix("Resource").removeprefix("ScatterNd")]
     resource = node.type.startswith("Resource")
 
     def fn(ctx, ref, indices, updates):
         old = ctx.read(ref)
-        idx = jnp.asarray(ctx.value(indices))
-        upd = jnp.asarray(ctx.value(updates), old.dtype)
-        ctx.assign(ref, update(old.at[tuple(jnp.moveaxis(idx, -1, 0))], upd))
+        ctx.assign(ref, update(scatter_nd_at(node, old, ctx.value(indices)),
+                               jnp.asarray(ctx.value(updates), old.dtype)))
         return None if resource else ref
 
     return fn
@@ -127,20 +117,12 @@ def _variable_shape(node):
 @register("ResourceGather", context=True, ref_inputs=True)
 def _resource_gather(node):
     batch_dims = node.attr_int("batch_dims", 0)
-
-    def fn(ctx, ref, indices):
-        params = ctx.read(ref)
-        indices = jnp.asarray(ctx.value(indices))
-        if batch_dims:
-            return jnp.take_along_axis(params, indices, axis=batch_dims)  # rare; simple batch case
-        return jnp.take(params, indices, axis=0)
-
-    return fn
+    return lambda ctx, ref, indices: gather(node, ctx.read(ref), ctx.value(indices), batch_dims, batch_dims)
 
 
 @register("ResourceGatherNd", context=True, ref_inputs=True)
 def _resource_gather_nd(node):
-    return lambda ctx, ref, indices: gather_nd(ctx.read(ref), ctx.value(indices))
+    return lambda ctx, ref, indices: gather_nd(node, ctx.read(ref), ctx.value(indices))
 
 
 @register("DestroyResourceOp", "DestroyTemporaryVariable", context=True, ref_inputs=True)

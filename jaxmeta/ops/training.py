@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmeta.ops.registry import register, static
+from jaxmeta.ops.registry import checked_indices, register
 
 Rule = Callable[[types.SimpleNamespace], dict]
 
@@ -196,7 +196,8 @@ def _build_update(rule: Rule, inputs: tuple[str, ...], n_refs: int, bool_attrs: 
                 if name != "indices"
             }
             if sparse:
-                new = _sparse_update(rule, attrs, state, values, ctx.value(named["indices"]))
+                rows = checked_indices(node, ctx.value(named["indices"]), state["var"].shape[0])
+                new = _sparse_update(rule, attrs, state, values, rows)
             else:
                 new = rule(types.SimpleNamespace(**state, **values), attrs)
             for name in refs:
@@ -209,36 +210,39 @@ def _build_update(rule: Rule, inputs: tuple[str, ...], n_refs: int, bool_attrs: 
 
 
 def _sparse_update(rule, attrs, state, values, indices):
-    """Applies `rule` to the rows `indices` selects.
+    """Applies `rule` to the rows `indices` selects (`checked_indices`: NumPy when known, traced
+    ones out of range point past the last row and change nothing).
 
     TF's sparse kernels walk the indices in order, so a duplicated index is updated twice, the
     second time from the first update's result. Unique indices (what TF's optimizers produce:
     they sum duplicates first) take one vectorized gather-update-scatter; duplicates fall back to
     a sequential loop over the rows.
     """
-    known = np.asarray(indices) if static(indices) else None
+    known = indices if isinstance(indices, np.ndarray) else None
     indices = jnp.asarray(indices).astype(jnp.int32)
     grad = values["grad"]
     scalars = {k: v for k, v in values.items() if k != "grad"}
     n = indices.shape[0]
     if n == 0:
         return state
+    size = state["var"].shape[0]
 
     def rows_rule(rows, g):
         return rule(types.SimpleNamespace(**rows, **scalars, grad=g), attrs)
 
     def vectorized(st):
-        rows = {k: v[indices] for k, v in st.items()}
+        rows = {k: v.at[indices].get(mode="fill", fill_value=0) for k, v in st.items()}
         new = rows_rule(rows, grad)
-        return {k: st[k].at[indices].set(new[k].astype(st[k].dtype)) for k in st}
+        return {k: st[k].at[indices].set(new[k].astype(st[k].dtype), mode="drop") for k in st}
 
     def sequential(st):
         def body(carry, xs):
             i, g = xs
             rows = {k: jax.lax.dynamic_index_in_dim(v, i, keepdims=False) for k, v in carry.items()}
             new = rows_rule(rows, g)
-            return {k: jax.lax.dynamic_update_index_in_dim(carry[k], new[k].astype(carry[k].dtype), i, 0)
-                    for k in carry}, None
+            return {k: jax.lax.dynamic_update_index_in_dim(
+                carry[k], jnp.where(i < size, new[k].astype(carry[k].dtype), rows[k]), i, 0)
+                for k in carry}, None
 
         out, _ = jax.lax.scan(body, st, (indices, grad))
         return out
