@@ -6,8 +6,9 @@ import jax
 import numpy as np
 
 from jaxmeta import _dtypes
+from jaxmeta._errors import GraphError
 from jaxmeta._interpreter import ReadAlias, VarRef
-from jaxmeta.ops.registry import register
+from jaxmeta.ops.registry import known, register
 
 
 @register("Const", "HostConst")
@@ -63,16 +64,63 @@ def _no_op(node):
 
 @register("Assert")
 def _assert(node):
-    # Assert's data are strings and host printing: nothing to compute under XLA. The condition is
-    # not checked inside traced code (it would need a host round trip); see docs/semantics.md.
-    return lambda *args: None
+    """TF's Assert, checked where its condition is known (constants, any call without `jax.jit`):
+    a false one raises a GraphError with the data, as TF raises. Inside traced code the check would
+    need a host round trip, so it is not made (see the README's "What runs")."""
+    summarize = node.attr_int("summarize", 3)
+
+    def fn(condition, *data):
+        value = known(condition)
+        if value is not None and not np.all(value):
+            shown = " ".join(f"[{_summary(known(d), summarize)}]" for d in data)
+            raise GraphError(f"node {node.name!r} (Assert): assertion failed: {shown}")
+
+    return fn
 
 
-@register("CheckNumerics", "CheckNumericsV2", "EnsureShape", "DebugIdentity", "DebugIdentityV2", "Copy",
-          "CopyHost")
+def _summary(value, summarize: int) -> str:
+    """A value as TF's Assert message shows it: strings as text, at most `summarize` elements."""
+    if value is None:
+        return "(computed under jax.jit)"
+    flat = np.reshape(value, -1)
+    items = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in flat[:summarize].tolist()]
+    return " ".join(items) + ("..." if flat.size > summarize else "")
+
+
+@register("CheckNumerics", "CheckNumericsV2")
+def _check_numerics(node):
+    """Forwards x; where x is known (any call without `jax.jit`), NaN or Inf raise a GraphError with
+    the op's message, as TF raises (under jit the check would need a host round trip)."""
+    message = node.attr_str("message", "")
+
+    def fn(x):
+        value = known(x)
+        if value is not None and value.dtype.kind in "fc" and not np.isfinite(value).all():
+            what = "NaN" if np.isnan(value).any() else "Inf"
+            raise GraphError(f"node {node.name!r} ({node.type}): {message} : Tensor had {what} values")
+        return x
+
+    return fn
+
+
+@register("EnsureShape")
+def _ensure_shape(node):
+    """Forwards x after checking its (static) shape against the op's `shape` (-1: any size)."""
+    want = node.attr_shape("shape")
+
+    def fn(x):
+        got = tuple(np.shape(x))
+        if want is not None and (len(got) != len(want) or any(w >= 0 and w != g for w, g in zip(want, got))):
+            raise GraphError(f"node {node.name!r} (EnsureShape): shape of tensor {got} is not compatible "
+                             f"with expected shape {list(want)}")
+        return x
+
+    return fn
+
+
+@register("DebugIdentity", "DebugIdentityV2", "Copy", "CopyHost")
 def _pass_through(node):
-    # CheckNumerics* would need a host round trip to raise on NaN/Inf inside traced code (as for
-    # Assert); Copy/CopyHost are tfdbg's copies of a watched tensor.
+    # tfdbg's copies of a watched tensor.
     return lambda x, *rest: x
 
 

@@ -28,7 +28,7 @@ from jaxmeta._errors import GraphError
 from jaxmeta._graph import Graph, Node, TensorRef
 from jaxmeta._interpreter import OpContext, _check_runnable, _prune, build_steps, run_steps
 from jaxmeta.ops.control_flow import _carryable, _like, _select, _to_carry
-from jaxmeta.ops.registry import register, static
+from jaxmeta.ops.registry import known, register, static
 from jaxmeta.proto import node_def_pb2
 
 _ARG = "<arg>"  # prefix of the references to a function's arguments (no node can be named so)
@@ -220,8 +220,9 @@ def _if(node):
     def fn(ctx, pred, *args):
         then_fn, else_fn = _function(node.graph, then_name), _function(node.graph, else_name)
         pred = _truthy(ctx.value(pred))
-        if static(pred):
-            return tuple((then_fn if bool(pred) else else_fn)(ctx, args))
+        value = known(pred)  # known (a constant, or no jit): only the taken branch runs, as in TF
+        if value is not None:
+            return tuple((then_fn if bool(value) else else_fn)(ctx, args))
         return _run_branches(ctx, [then_fn, else_fn], args, lambda xs: _select(pred, xs[0], xs[1]))
 
     return fn
@@ -234,8 +235,9 @@ def _case(node):
     def fn(ctx, index, *args):
         branches = [_function(node.graph, n) for n in names]
         index = ctx.value(index)
-        if static(index):
-            k = int(index)
+        value = known(index)
+        if value is not None:
+            k = int(value)
             return tuple(branches[k if 0 <= k < len(branches) else -1](ctx, args))
 
         def choose(xs):  # an out-of-range index runs the last branch, as in TF

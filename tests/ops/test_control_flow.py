@@ -397,3 +397,28 @@ def test_assignment_inside_cond_branch_takes_effect_only_when_taken(taken):
     (y,), new = step({k: jnp.asarray(v) for k, v in run.variables.items()}, np.bool_(taken))
     np.testing.assert_allclose(y, run.expected[0])
     np.testing.assert_allclose(new["v"], [2.0, 3.0] if taken else [1.0, 2.0])
+
+
+def test_assert_in_the_untaken_branch_does_not_fire():
+    """Both branches of a v1 cond run; a check inside the untaken one is skipped (its values may
+    well fail it: `sqrt` of a negative x is guarded by the cond), the taken one's still raises."""
+    import jaxmeta
+
+    tf = get_tf()
+    g = tf.Graph()
+    with g.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [], name="x")
+
+        def root():
+            with tf.control_dependencies([tf.debugging.assert_non_negative(x), tf.debugging.assert_less(x, 100.0)]):
+                return tf.debugging.check_numerics(tf.sqrt(x), "root")
+
+        y = tf.cond(x >= 0, root, lambda: tf.debugging.check_numerics(-x, "negated"))
+        meta = tf.compat.v1.train.export_meta_graph(graph=g)
+    f = jaxmeta.import_meta_graph(meta).function([y.name], ["x:0"])
+    for jit in (False, True):
+        fn = jax.jit(f) if jit else f
+        np.testing.assert_allclose(fn({}, np.float32(4))[0], 2)
+        np.testing.assert_allclose(fn({}, np.float32(-3))[0], 3)
+    with pytest.raises(jaxmeta.GraphError, match=r"\(Assert\): assertion failed"):
+        f({}, np.float32(400))  # the taken branch's own check

@@ -281,3 +281,47 @@ def test_session_compiler_options():
                                   want)
     with pytest.raises(jax.errors.JaxRuntimeError, match="no_such_xla_option"):
         jaxmeta.Session(graph, variables, compiler_options={"no_such_xla_option": 1}).run("loss:0", {"x:0": x})
+
+
+# -- Assert, CheckNumerics, EnsureShape: TF's checks where the values are known -------------------
+
+
+def test_assert_raises_where_known():
+    tf = get_tf()
+    g = tf.Graph()
+    with g.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [3], name="x")
+        check = tf.debugging.Assert(tf.reduce_all(x > 0), ["x must be positive:", x], summarize=2)
+        with tf.control_dependencies([check]):
+            tf.identity(x * 2, name="y")
+        meta = tf.compat.v1.train.export_meta_graph(graph=g)
+    f = jaxmeta.import_meta_graph(meta).function(["y:0"], ["x:0"])
+    np.testing.assert_array_equal(f({}, np.float32([1, 2, 3]))[0], [2, 4, 6])
+    with pytest.raises(jaxmeta.GraphError, match=r"'Assert/AssertGuard/Assert' \(Assert\): assertion failed: "
+                                                 r"\[x must be positive:\] \[1.0 -2.0...\]"):
+        f({}, np.float32([1, -2, 3]))
+    with tf.compat.v1.Session(graph=g) as sess, pytest.raises(tf.errors.InvalidArgumentError):
+        sess.run("y:0", {"x:0": np.float32([1, -2, 3])})
+    np.testing.assert_array_equal(jax.jit(f)({}, np.float32([1, -2, 3]))[0], [2, -4, 6])  # not checked
+
+
+def test_check_numerics_and_ensure_shape():
+    tf = get_tf()
+    g = tf.Graph()
+    with g.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [None], name="x")
+        tf.debugging.check_numerics(tf.math.log(x), "log of x", name="checked")
+        tf.ensure_shape(x, [2], name="shaped")
+        meta = tf.compat.v1.train.export_meta_graph(graph=g)
+    graph = jaxmeta.import_meta_graph(meta)
+    f = graph.function(["checked:0"], ["x:0"])
+    np.testing.assert_allclose(f({}, np.float32([1, np.e]))[0], [0, 1], rtol=1e-6)
+    with pytest.raises(jaxmeta.GraphError, match=r"'checked' \(CheckNumerics\): log of x : Tensor had NaN values"):
+        f({}, np.float32([1, -1]))
+    with pytest.raises(jaxmeta.GraphError, match=r"'checked' .*Tensor had Inf values"):
+        f({}, np.float32([1, 0]))
+    shaped = graph.function(["shaped:0"], ["x:0"])
+    np.testing.assert_array_equal(jax.jit(shaped)({}, np.float32([1, 2]))[0], [1, 2])
+    with pytest.raises(jaxmeta.GraphError, match=r"'shaped' \(EnsureShape\): shape of tensor \(3,\) is not "
+                                                 r"compatible with expected shape \[2\]"):
+        jax.jit(shaped)({}, np.float32([1, 2, 3]))
