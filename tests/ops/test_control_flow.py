@@ -399,22 +399,31 @@ def test_assignment_inside_cond_branch_takes_effect_only_when_taken(taken):
     np.testing.assert_allclose(new["v"], [2.0, 3.0] if taken else [1.0, 2.0])
 
 
-def test_assert_in_the_untaken_branch_does_not_fire():
-    """Both branches of a v1 cond run; a check inside the untaken one is skipped (its values may
-    well fail it: `sqrt` of a negative x is guarded by the cond), the taken one's still raises."""
+@pytest.mark.parametrize("v2", [False, True], ids=["v1_cond", "v2_if"])
+def test_assert_in_the_untaken_branch_does_not_fire(v2):
+    """Both branches of a v1 cond run, so a check inside the untaken one is skipped (its values may
+    well fail it: `sqrt` of a negative x is guarded by the cond); a v2 If with a known predicate
+    runs only the taken branch. The taken branch's own checks still raise."""
     import jaxmeta
 
     tf = get_tf()
-    g = tf.Graph()
-    with g.as_default():
-        x = tf.compat.v1.placeholder(tf.float32, [], name="x")
+    if v2:
+        tf.compat.v1.enable_control_flow_v2()
+    try:
+        g = tf.Graph()
+        with g.as_default():
+            x = tf.compat.v1.placeholder(tf.float32, [], name="x")
 
-        def root():
-            with tf.control_dependencies([tf.debugging.assert_non_negative(x), tf.debugging.assert_less(x, 100.0)]):
-                return tf.debugging.check_numerics(tf.sqrt(x), "root")
+            def root():
+                with tf.control_dependencies([tf.debugging.assert_non_negative(x),
+                                              tf.debugging.assert_less(x, 100.0)]):
+                    return tf.debugging.check_numerics(tf.sqrt(x), "root")
 
-        y = tf.cond(x >= 0, root, lambda: tf.debugging.check_numerics(-x, "negated"))
-        meta = tf.compat.v1.train.export_meta_graph(graph=g)
+            y = tf.cond(x >= 0, root, lambda: tf.debugging.check_numerics(-x, "negated"))
+            meta = tf.compat.v1.train.export_meta_graph(graph=g)
+    finally:
+        tf.compat.v1.disable_control_flow_v2()
+    assert any(n.op == "If" or n.op == "StatelessIf" for n in meta.graph_def.node) == v2
     f = jaxmeta.import_meta_graph(meta).function([y.name], ["x:0"])
     for jit in (False, True):
         fn = jax.jit(f) if jit else f

@@ -129,27 +129,3 @@ def test_tf_function_call_in_v1_graph():
     # (TF cannot add gradients of a call after the graph ran, so the oracle checks values only.)
     compare_with_tf(build, {"x:0": X}, rtol=1e-5, atol=1e-5)
 
-
-def test_assert_in_the_untaken_branch_does_not_fire():
-    """Without jit the predicate is known: only the taken branch runs, so its checks do not fire
-    on the other branch's values (TF: `sqrt` of a negative x is guarded by the cond)."""
-    import jax
-
-    import jaxmeta
-
-    with control_flow_v2(intermediates=False) as tf:
-        g = tf.Graph()
-        with g.as_default():
-            x = tf.compat.v1.placeholder(tf.float32, [], name="x")
-
-            def root():
-                with tf.control_dependencies([tf.debugging.assert_non_negative(x)]):
-                    return tf.sqrt(x)
-
-            y = tf.cond(x >= 0, root, lambda: -x)
-            meta = tf.compat.v1.train.export_meta_graph(graph=g)
-    f = jaxmeta.import_meta_graph(meta).function([y.name], ["x:0"])
-    for jit in (False, True):
-        fn = jax.jit(f) if jit else f
-        np.testing.assert_allclose(fn({}, np.float32(4))[0], 2)
-        np.testing.assert_allclose(fn({}, np.float32(-3))[0], 3)

@@ -58,22 +58,28 @@ GATHERS = {  # op: (build, the result under jit for indices [0, 2, bad])
 }
 
 
+def _rejected_by_both(build, indices, match):
+    """Imports `build(tf, i)`; TF and jaxmeta (without jit) must both reject `indices`. Returns
+    jaxmeta's jitted result for other indices, and TF's graph."""
+    tf = get_tf()
+    g, out, init, graph = _import(tf, build, len(indices))
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        _tf_run(tf, g, out, init, indices)
+    step = graph.step([out.name], ["i:0"])
+    variables = graph.init_variables()
+    with pytest.raises(jaxmeta.GraphError, match=match):
+        step(variables, indices)
+    return (lambda i: jax.jit(step)(variables, i)[0][0]), (tf, g, out, init)
+
+
 @pytest.mark.parametrize("bad", BAD)
 @pytest.mark.parametrize("op", sorted(GATHERS))
 def test_gather_out_of_range(op, bad):
-    tf = get_tf()
     build, expect = GATHERS[op]
-    g, out, init, graph = _import(tf, build, 3)
-    with pytest.raises(tf.errors.InvalidArgumentError):
-        _tf_run(tf, g, out, init, np.int32([0, 2, bad]))
-    f = graph.function([out.name], ["i:0"])
-    variables = graph.init_variables()
-    with pytest.raises(jaxmeta.GraphError, match=rf"indices\[2\] = \[?{bad}\b"):
-        f(variables, np.int32([0, 2, bad]))
-    (got,) = jax.jit(f)(variables, np.int32([0, 2, bad]))
-    assert_close(got, np.asarray(expect, np.float32), rtol=0, atol=0, what=op)
-    (fine,) = jax.jit(f)(variables, np.int32([0, 2, 1]))  # in-range indices give TF's result
-    assert_close(fine, _tf_run(tf, g, out, init, np.int32([0, 2, 1])), rtol=0, atol=0, what=op)
+    run, tf_graph = _rejected_by_both(build, np.int32([0, 2, bad]), rf"indices\[2\] = \[?{bad}\b")
+    assert_close(run(np.int32([0, 2, bad])), np.asarray(expect, np.float32), rtol=0, atol=0, what=op)
+    # In-range indices give TF's result.
+    assert_close(run(np.int32([0, 2, 1])), _tf_run(*tf_graph, np.int32([0, 2, 1])), rtol=0, atol=0, what=op)
 
 
 # -- scatters: under jit, the bad entry is skipped -------------------------------------------------
@@ -123,18 +129,12 @@ def _coordinates(tf, i):
 @pytest.mark.parametrize("bad", BAD)
 @pytest.mark.parametrize("op", sorted(SCATTERS))
 def test_scatter_out_of_range(op, bad):
-    tf = get_tf()
-    g, out, init, graph = _import(tf, lambda tf, i: SCATTERS[op](tf, i, UPDATES), 3)
-    with pytest.raises(tf.errors.InvalidArgumentError):
-        _tf_run(tf, g, out, init, np.int32([0, 2, bad]))
-    step = graph.step([out.name], ["i:0"])
-    variables = graph.init_variables()
-    with pytest.raises(jaxmeta.GraphError, match=r"indices\[2\]"):
-        step(variables, np.int32([0, 2, bad]))
-    (got,), _ = jax.jit(step)(variables, np.int32([0, 2, bad]))
+    run, (tf, *_) = _rejected_by_both(lambda tf, i: SCATTERS[op](tf, i, UPDATES), np.int32([0, 2, bad]),
+                                      r"indices\[2\]")
     # TF's result for the first two entries alone.
     g2, out2, init2, _ = _import(tf, lambda tf, i: SCATTERS[op](tf, i, UPDATES[:2]), 2)
-    assert_close(got, _tf_run(tf, g2, out2, init2, np.int32([0, 2])), rtol=0, atol=0, what=op)
+    assert_close(run(np.int32([0, 2, bad])), _tf_run(tf, g2, out2, init2, np.int32([0, 2])), rtol=0, atol=0,
+                 what=op)
 
 
 # -- segment ids -----------------------------------------------------------------------------------
@@ -155,12 +155,8 @@ def test_unsorted_segment_ids():
 
 
 def test_sorted_segment_ids_must_be_sorted():
-    tf = get_tf()
-    g, out, init, graph = _import(tf, lambda tf, i: tf.math.segment_sum(PARAMS[:3], i), 3)
-    with pytest.raises(tf.errors.InvalidArgumentError):
-        _tf_run(tf, g, out, init, np.int32([1, 0, 1]))
-    with pytest.raises(jaxmeta.GraphError, match=r"not sorted \(segment_ids\[1\] = 0 follows 1\)"):
-        graph.function([out.name], ["i:0"])({}, np.int32([1, 0, 1]))
+    _rejected_by_both(lambda tf, i: tf.math.segment_sum(PARAMS[:3], i), np.int32([1, 0, 1]),
+                      r"not sorted \(segment_ids\[1\] = 0 follows 1\)")
 
 
 def test_checked_indices_messages():
@@ -187,18 +183,10 @@ def test_inplace_rows_wrap_as_in_tf(op):
 
 
 def test_dynamic_stitch_negative_index():
-    tf = get_tf()
-    g, out, init, graph = _import(tf, lambda tf, i: tf.dynamic_stitch([i, [3]], [UPDATES, PARAMS[:1]]), 3)
-    with pytest.raises(tf.errors.InvalidArgumentError):
-        _tf_run(tf, g, out, init, np.int32([0, -1, 2]))
-    with pytest.raises(jaxmeta.GraphError, match=r"indices\[1\] = -1 is not in \[0, 4\)"):
-        graph.function([out.name], ["i:0"])({}, np.int32([0, -1, 2]))
+    _rejected_by_both(lambda tf, i: tf.dynamic_stitch([i, [3]], [UPDATES, PARAMS[:1]]), np.int32([0, -1, 2]),
+                      r"indices\[1\] = -1 is not in \[0, 4\)")
 
 
 def test_dynamic_partition_out_of_range():
-    tf = get_tf()
-    g, out, init, graph = _import(tf, lambda tf, i: tf.dynamic_partition(UPDATES, i, 2)[0], 3)
-    with pytest.raises(tf.errors.InvalidArgumentError):
-        _tf_run(tf, g, out, init, np.int32([0, 2, 1]))
-    with pytest.raises(jaxmeta.GraphError, match=r"partitions\[1\] = 2 is not in \[0, 2\)"):
-        graph.function([out.name], ["i:0"])({}, np.int32([0, 2, 1]))
+    _rejected_by_both(lambda tf, i: tf.dynamic_partition(UPDATES, i, 2)[0], np.int32([0, 2, 1]),
+                      r"partitions\[1\] = 2 is not in \[0, 2\)")
