@@ -72,7 +72,7 @@ import numpy as np
 from jaxmeta._errors import GraphError
 from jaxmeta._graph import Graph, TensorRef
 from jaxmeta._interpreter import OpContext, _prune, _Step, build_steps, run_steps, to_jax
-from jaxmeta.ops.registry import OpSpec, known, register, static
+from jaxmeta.ops.registry import OpSpec, known, register, static, unchecked
 
 _ENTER = ("Enter", "RefEnter")
 _EXIT = ("Exit", "RefExit")
@@ -558,7 +558,7 @@ def plan_conds(graph: Graph, steps: list[_Step]) -> None:
             out = frozenset().union(*data) | control
             if out and (step.spec.assigns or _stateful(step)):
                 _guard(step, out)
-            elif out and step.node.type in _CHECKS:
+            if out and loop is None:
                 _check_when_taken(step, out)
         if loop is not None:
             for ref in step.outputs:
@@ -641,22 +641,22 @@ def _guard(step: _Step, literals: frozenset) -> None:
     step.fn = guarded
 
 
-#: Ops that check values and raise (where the values are known): what each returns unchecked.
-_CHECKS = {"Assert": lambda *args: None, "CheckNumerics": lambda x: x, "CheckNumericsV2": lambda x: x}
-
-
 def _check_when_taken(step: _Step, literals: frozenset) -> None:
-    """A check inside a cond branch (`Assert`, `CheckNumerics`) runs only when the branch is known
-    to be taken: both branches run here, and an untaken branch's values may well fail it."""
-    fn, n, unchecked = step.fn, len(step.inputs), _CHECKS[step.node.type]
+    """A step inside a cond branch checks values (indices in range, divisors not zero, Assert) only
+    when the branch is known to be taken: both branches run here, and the untaken one's values may
+    well fail a check that TF never makes (`tf.cond(i < n, lambda: tf.gather(x, i), ...)`)."""
+    fn, n, first = step.fn, len(step.inputs), int(step.spec.context)
     pred_refs = sorted({r for r, _ in literals})
 
-    def check(*args):
-        live = known(_truth(literals, dict(zip(pred_refs, args[n:]))))
-        return fn(*args[:n]) if live is not None and bool(live) else unchecked(*args[:n])
+    def run(*args):
+        preds = [known(p) for p in args[first + n:]]
+        if all(p is not None for p in preds) and _truth(literals, dict(zip(pred_refs, preds))):
+            return fn(*args[:first + n])
+        with unchecked():
+            return fn(*args[:first + n])
 
     step.inputs = (*step.inputs, *pred_refs)
-    step.fn = check
+    step.fn = run
 
 
 # -- v1 control-flow ops --------------------------------------------------------------------------

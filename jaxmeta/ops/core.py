@@ -8,7 +8,7 @@ import numpy as np
 from jaxmeta import _dtypes
 from jaxmeta._errors import GraphError
 from jaxmeta._interpreter import ReadAlias, VarRef
-from jaxmeta.ops.registry import known, register
+from jaxmeta.ops.registry import checked, known, register
 
 
 @register("Const", "HostConst")
@@ -70,7 +70,7 @@ def _assert(node):
     summarize = node.attr_int("summarize", 3)
 
     def fn(condition, *data):
-        value = known(condition)
+        value = checked(condition)
         if value is not None and not np.all(value):
             shown = " ".join(f"[{_summary(known(d), summarize)}]" for d in data)
             raise GraphError(f"node {node.name!r} (Assert): assertion failed: {shown}")
@@ -94,7 +94,7 @@ def _check_numerics(node):
     message = node.attr_str("message", "")
 
     def fn(x):
-        value = known(x)
+        value = checked(x)
         if value is not None and value.dtype.kind in "fc" and not np.isfinite(value).all():
             what = "NaN" if np.isnan(value).any() else "Inf"
             raise GraphError(f"node {node.name!r} ({node.type}): {message} : Tensor had {what} values")

@@ -20,6 +20,7 @@ from jaxmeta._errors import GraphError
 from jaxmeta.ops.registry import (
     binary,
     broadcast_ranks,
+    checked,
     register,
     register_table,
     static,
@@ -264,6 +265,28 @@ def _mul_no_nan(x, y):
     return m.where(y == 0, m.zeros_like(x * y), x * y)
 
 
+def _division(f_jnp, f_np=None):
+    """`binary(f_jnp, f_np or f_jnp)` for TF's divisions: an integer one by zero raises a GraphError where the
+    divisor is known (constants, any call without jit), as TF's kernels refuse it. Under jit
+    XLA's result stands (x / 0 == -1, x % 0 == x)."""
+    inner = binary(f_jnp, f_np or f_jnp)
+
+    def build(node):
+        fn = inner(node)
+
+        def divide(x, y):
+            if _is_int(y):
+                value = checked(y)
+                if value is not None and not np.all(value):
+                    raise GraphError(f"node {node.name!r} ({node.type}): integer division by zero, which TF "
+                                     "refuses; check the divisor's values")
+            return fn(x, y)
+
+        return divide
+
+    return build
+
+
 def _polygamma(a, x):
     # TF returns NaN for a non-integer order.
     a, x = _same_dtype(a, x)
@@ -279,16 +302,16 @@ register_table({
     "Sub": binary(jnp.subtract, np.subtract),
     "Mul": binary(jnp.multiply, np.multiply),
     "MulNoNan": binary(_mul_no_nan, _mul_no_nan),
-    "Div": binary(_div, _div),
-    "RealDiv": binary(_div, _div),
+    "Div": _division(_div),
+    "RealDiv": _division(_div),
     "DivNoNan": binary(_div_no_nan, _div_no_nan),
-    "FloorDiv": binary(_floor_div, _floor_div),
+    "FloorDiv": _division(_floor_div),
     # TF's FloorMod takes the sign of y, as Python's % (jnp/np.remainder) does.
-    "FloorMod": binary(jnp.remainder, np.remainder),
-    "TruncateDiv": binary(_truncate_div, _truncate_div),
+    "FloorMod": _division(jnp.remainder, np.remainder),
+    "TruncateDiv": _division(_truncate_div),
     # Mod is C's %/fmod (sign of x), not Python's: Mod(-7, 2) == -1.
-    "TruncateMod": binary(jnp.fmod, np.fmod),
-    "Mod": binary(jnp.fmod, np.fmod),
+    "TruncateMod": _division(jnp.fmod, np.fmod),
+    "Mod": _division(jnp.fmod, np.fmod),
     "Pow": binary(jnp.power, np.power),
     "Maximum": binary(_maximum, _maximum),
     "Minimum": binary(_minimum, _minimum),

@@ -136,6 +136,26 @@ def program_nodes() -> frozenset[str] | None:
     return _PROGRAM_NODES.get()
 
 
+_UNCHECKED: contextvars.ContextVar[bool] = contextvars.ContextVar("jaxmeta_unchecked", default=False)
+
+
+@contextlib.contextmanager
+def unchecked() -> Iterator[None]:
+    """While a step of a cond branch that is not known to be taken runs (both branches run, and
+    the untaken one's values may well fail a check): checks of values do not raise."""
+    token = _UNCHECKED.set(True)
+    try:
+        yield
+    finally:
+        _UNCHECKED.reset(token)
+
+
+def checked(value: Any) -> np.ndarray | None:
+    """`known(value)` for ops that check values as TF's kernels do (indices in range, divisors not
+    zero, Assert): None, so nothing is checked, where the value is traced or `unchecked()` holds."""
+    return None if _UNCHECKED.get() else known(value)
+
+
 def lookup(op_type: str) -> OpSpec | None:
     return _REGISTRY.get(op_type)
 
@@ -225,9 +245,9 @@ def checked_indices(node: Any, indices: Any, bounds: Any, what: str = "indices",
     scatters with `mode="drop"` skip (TF's GPU kernels' rule). NumPy and jax.numpy would instead
     wrap negative indices and clamp or fill large ones.
     """
-    value = known(indices)
+    value = checked(indices)
     sizes = np.asarray(bounds, np.int64)
-    if value is None:  # traced: out-of-range values (negative ones too) become the bound
+    if value is None:  # traced or unchecked: out-of-range values (negative ones too) become the bound
         indices = jnp.asarray(indices)
         limit = jnp.broadcast_to(jnp.asarray(sizes, indices.dtype), indices.shape)
         return jnp.where((indices < 0) | (indices >= limit), limit, indices)
@@ -241,7 +261,7 @@ def checked_indices(node: Any, indices: Any, bounds: Any, what: str = "indices",
         else:
             where = f"is not below {int(sizes)}" if negative_ok else f"is not in [0, {int(sizes)})"
         raise GraphError(
-            f"node {node.name!r} ({node.type}): {what}{[int(a) for a in at]} = {value[at].tolist()} {where}, "
+            f"node {node.name!r} ({node.type}): {what}{[int(a) for a in at] if at else ''} = {value[at].tolist()} {where}, "
             "which TF rejects. Check the ids fed to the graph against the size of what they index")
     return value
 

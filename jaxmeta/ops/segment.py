@@ -389,7 +389,8 @@ def _dynamic_partition(node):
         if feeds_stitch_indices:
             need_known(node, "data", "its outputs are a DynamicStitch's indices, which need", data)
         (parts,) = need_known(node, "partitions", "each output's size is a count of", partitions)
-        flat_parts = checked_indices(node, np.reshape(parts, -1), num, "partitions")
+        flat_parts = np.reshape(parts, -1)
+        checked_indices(node, flat_parts, num, "partitions")
         shape = tuple(np.shape(data))
         tail = shape[np.ndim(parts):]
         if static(data):

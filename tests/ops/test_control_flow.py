@@ -431,3 +431,33 @@ def test_assert_in_the_untaken_branch_does_not_fire(v2):
         np.testing.assert_allclose(fn({}, np.float32(-3))[0], 3)
     with pytest.raises(jaxmeta.GraphError, match=r"\(Assert\): assertion failed"):
         f({}, np.float32(400))  # the taken branch's own check
+
+
+@pytest.mark.parametrize("v2", [False, True], ids=["v1_cond", "v2_if"])
+def test_checks_in_the_untaken_branch_do_not_fire(v2):
+    """A gather and an integer division that a cond guards: TF never runs them on the values that
+    would fail them, so jaxmeta does not check them there either (it runs both v1 branches)."""
+    import jaxmeta
+
+    tf = get_tf()
+    if v2:
+        tf.compat.v1.enable_control_flow_v2()
+    try:
+        g = tf.Graph()
+        with g.as_default():
+            i = tf.compat.v1.placeholder(tf.int32, [], name="i")
+            table = tf.constant([10, 20, 30])
+            y = tf.cond((i >= 0) & (i < 3), lambda: tf.gather(table, i) // i, lambda: tf.constant(-1))
+            meta = tf.compat.v1.train.export_meta_graph(graph=g)
+        with tf.compat.v1.Session(graph=g) as sess:
+            want = [sess.run(y, {i: v}) for v in (1, 2, 5, -1)]
+            with pytest.raises(tf.errors.InvalidArgumentError):
+                sess.run(y, {i: 0})  # the taken branch divides by zero
+    finally:
+        tf.compat.v1.disable_control_flow_v2()
+    f = jaxmeta.import_meta_graph(meta).function([y.name], ["i:0"])
+    for jit in (False, True):
+        fn = jax.jit(f) if jit else f
+        assert [int(fn({}, np.int32(v))[0]) for v in (1, 2, 5, -1)] == want
+    with pytest.raises(jaxmeta.GraphError, match=r"integer division by zero"):
+        f({}, np.int32(0))

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
-from oracle import compare_with_tf, run_tf
+from oracle import compare_with_tf, get_tf, run_tf
 
 import jaxmeta
 from jaxmeta.ops import registry
@@ -935,3 +936,23 @@ def test_self_adjoint_eig():
         return [e, tf.abs(v), recon, e_only]
 
     compare_with_tf(build, {"x:0": x}, rtol=1e-4, atol=1e-4, grads=True)
+
+
+@pytest.mark.parametrize("op", ["FloorDiv", "FloorMod", "TruncateDiv", "TruncateMod", "Div", "Mod"])
+def test_integer_division_by_zero_is_refused(op):
+    """TF refuses an integer division by zero; jaxmeta too where the divisor is known (under jit
+    XLA's result stands)."""
+    tf = get_tf()
+    x, y = np.int32([7, -7, 5]), np.int32([2, 2, 0])
+    g = tf.Graph()
+    with g.as_default():
+        ph = [tf.compat.v1.placeholder(tf.int32, [3], name=n) for n in "xy"]
+        out = getattr(tf.raw_ops, op)(x=ph[0], y=ph[1])
+        meta = tf.compat.v1.train.export_meta_graph(graph=g)
+    with tf.compat.v1.Session(graph=g) as sess, pytest.raises(tf.errors.OpError):  # TruncateDiv: InternalError
+        sess.run(out, {"x:0": x, "y:0": y})
+    f = jaxmeta.import_meta_graph(meta).function([out.name], ["x:0", "y:0"])
+    with pytest.raises(jaxmeta.GraphError, match=rf"\({op}\): integer division by zero"):
+        f({}, x, y)
+    assert jax.jit(f)({}, x, y)[0].shape == (3,)
+    compare_with_tf(lambda tf: getattr(tf.raw_ops, op)(x=tf.constant(x), y=tf.constant([2, 2, 3])))
