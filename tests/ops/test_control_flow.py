@@ -399,6 +399,33 @@ def test_assignment_inside_cond_branch_takes_effect_only_when_taken(taken):
     np.testing.assert_allclose(new["v"], [2.0, 3.0] if taken else [1.0, 2.0])
 
 
+def _guarded_graph(v2, build):
+    """`build(tf)` in a fresh graph with v1 conds (or v2 If ops): (the graph, build's result, its
+    MetaGraphDef)."""
+    tf = get_tf()
+    if v2:
+        tf.compat.v1.enable_control_flow_v2()
+    try:
+        g = tf.Graph()
+        with g.as_default():
+            out = build(tf)
+            meta = tf.compat.v1.train.export_meta_graph(graph=g)
+    finally:
+        tf.compat.v1.disable_control_flow_v2()
+    assert any(n.op in ("If", "StatelessIf") for n in meta.graph_def.node) == v2
+    return g, out, meta
+
+
+def _sqrt_with_checks(tf):
+    x = tf.compat.v1.placeholder(tf.float32, [], name="x")
+
+    def root():
+        with tf.control_dependencies([tf.debugging.assert_non_negative(x), tf.debugging.assert_less(x, 100.0)]):
+            return tf.debugging.check_numerics(tf.sqrt(x), "root")
+
+    return tf.cond(x >= 0, root, lambda: tf.debugging.check_numerics(-x, "negated"))
+
+
 @pytest.mark.parametrize("v2", [False, True], ids=["v1_cond", "v2_if"])
 def test_assert_in_the_untaken_branch_does_not_fire(v2):
     """Both branches of a v1 cond run, so a check inside the untaken one is skipped (its values may
@@ -406,24 +433,7 @@ def test_assert_in_the_untaken_branch_does_not_fire(v2):
     runs only the taken branch. The taken branch's own checks still raise."""
     import jaxmeta
 
-    tf = get_tf()
-    if v2:
-        tf.compat.v1.enable_control_flow_v2()
-    try:
-        g = tf.Graph()
-        with g.as_default():
-            x = tf.compat.v1.placeholder(tf.float32, [], name="x")
-
-            def root():
-                with tf.control_dependencies([tf.debugging.assert_non_negative(x),
-                                              tf.debugging.assert_less(x, 100.0)]):
-                    return tf.debugging.check_numerics(tf.sqrt(x), "root")
-
-            y = tf.cond(x >= 0, root, lambda: tf.debugging.check_numerics(-x, "negated"))
-            meta = tf.compat.v1.train.export_meta_graph(graph=g)
-    finally:
-        tf.compat.v1.disable_control_flow_v2()
-    assert any(n.op == "If" or n.op == "StatelessIf" for n in meta.graph_def.node) == v2
+    _, y, meta = _guarded_graph(v2, _sqrt_with_checks)
     f = jaxmeta.import_meta_graph(meta).function([y.name], ["x:0"])
     for jit in (False, True):
         fn = jax.jit(f) if jit else f
@@ -433,6 +443,11 @@ def test_assert_in_the_untaken_branch_does_not_fire(v2):
         f({}, np.float32(400))  # the taken branch's own check
 
 
+def _gather_then_divide(tf):
+    i = tf.compat.v1.placeholder(tf.int32, [], name="i")
+    return tf.cond((i >= 0) & (i < 3), lambda: tf.gather(tf.constant([10, 20, 30]), i) // i, lambda: tf.constant(-1))
+
+
 @pytest.mark.parametrize("v2", [False, True], ids=["v1_cond", "v2_if"])
 def test_checks_in_the_untaken_branch_do_not_fire(v2):
     """A gather and an integer division that a cond guards: TF never runs them on the values that
@@ -440,21 +455,11 @@ def test_checks_in_the_untaken_branch_do_not_fire(v2):
     import jaxmeta
 
     tf = get_tf()
-    if v2:
-        tf.compat.v1.enable_control_flow_v2()
-    try:
-        g = tf.Graph()
-        with g.as_default():
-            i = tf.compat.v1.placeholder(tf.int32, [], name="i")
-            table = tf.constant([10, 20, 30])
-            y = tf.cond((i >= 0) & (i < 3), lambda: tf.gather(table, i) // i, lambda: tf.constant(-1))
-            meta = tf.compat.v1.train.export_meta_graph(graph=g)
-        with tf.compat.v1.Session(graph=g) as sess:
-            want = [sess.run(y, {i: v}) for v in (1, 2, 5, -1)]
-            with pytest.raises(tf.errors.InvalidArgumentError):
-                sess.run(y, {i: 0})  # the taken branch divides by zero
-    finally:
-        tf.compat.v1.disable_control_flow_v2()
+    g, y, meta = _guarded_graph(v2, _gather_then_divide)
+    with tf.compat.v1.Session(graph=g) as sess:
+        want = [sess.run(y, {"i:0": v}) for v in (1, 2, 5, -1)]
+        with pytest.raises(tf.errors.InvalidArgumentError):
+            sess.run(y, {"i:0": 0})  # the taken branch divides by zero
     f = jaxmeta.import_meta_graph(meta).function([y.name], ["i:0"])
     for jit in (False, True):
         fn = jax.jit(f) if jit else f
