@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmeta._errors import GraphError
-from jaxmeta.ops.registry import checked_indices, known, need_known, register, static, xnp
+from jaxmeta.ops.registry import checked_indices, checking, known, need_known, register, static, xnp
 
 _INT32 = np.dtype(np.int32)
 
@@ -342,7 +342,13 @@ def _slice(node):
         shape = np.shape(x)
         if not _is_traced(begin):
             b = _ints(node, begin, "begin")
-            ends = [d if s == -1 else bi + s for bi, s, d in zip(b, sizes, shape)]
+            for k, (bi, si, d) in enumerate(zip(b, sizes, shape)):
+                if checking() and not (0 <= bi <= d and -1 <= si and (si == -1 or bi + si <= d)):
+                    raise GraphError(
+                        f"node {node.name!r} (Slice): begin[{k}] = {bi} with size[{k}] = {si} does not fit in "
+                        f"dimension {k} of size {d} (shape {list(shape)}), which TF rejects")
+            b = [min(max(bi, 0), d) for bi, d in zip(b, shape)]
+            ends = [d if s == -1 else min(bi + max(s, 0), d) for bi, s, d in zip(b, sizes, shape)]
             return x[tuple(slice(bi, e) for bi, e in zip(b, ends))]
         # A traced begin: XLA's dynamic slice (clamps out-of-range starts, where TF raises).
         if -1 in sizes:
@@ -494,9 +500,10 @@ register("TensorStridedSliceUpdate")(strided_slice_update)
 def _tile(node):
     def fn(x, multiples):
         reps = _ints(node, multiples, "multiples")
-        if len(reps) != np.ndim(x):
+        if len(reps) != np.ndim(x) or min(reps, default=0) < 0:
             raise GraphError(
-                f"node {node.name!r} (Tile): {len(reps)} multiples for a rank-{np.ndim(x)} tensor"
+                f"node {node.name!r} (Tile): multiples {reps} for a rank-{np.ndim(x)} tensor; TF needs one "
+                "non-negative multiple per dimension"
             )
         return xnp(x).tile(x, reps)
 
@@ -656,6 +663,7 @@ def _reverse_sequence(node):
         pos_shape[s] = n
         len_shape = [1] * ndim
         len_shape[b] = np.shape(x)[b]
+        checked_indices(node, seq_lengths, n + 1, "seq_lengths")  # each in [0, n], as TF checks
         pos = m.arange(n).reshape(pos_shape)
         lengths = m.asarray(seq_lengths).astype(np.int32).reshape(len_shape)
         src = m.where(pos < lengths, lengths - 1 - pos, pos)

@@ -8,6 +8,7 @@ at trace time.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +22,7 @@ from jaxmeta.ops.registry import (
     binary,
     broadcast_ranks,
     checked,
+    need_known,
     register,
     register_table,
     static,
@@ -50,13 +52,9 @@ def _is_float(x) -> bool:
 
 
 def _const(node, value, what: str):
-    """A Python value of an input that must be known at trace time (axes, sizes, fft lengths)."""
-    if not static(value):
-        raise GraphError(
-            f"node {node.name!r} ({node.type}): input {what!r} must be a constant (known when tracing), "
-            "not a value computed from feeds or variables"
-        )
-    return np.asarray(value)
+    """The NumPy value of an input that must be known when the op runs (axes, sizes, fft lengths):
+    a constant, or any value in a call without jit; a GraphError under jit otherwise."""
+    return need_known(node, f"its input {what!r}", "jaxmeta needs", value)[0]
 
 
 def _out_dtype(node, name: str, default=None):
@@ -265,26 +263,34 @@ def _mul_no_nan(x, y):
     return m.where(y == 0, m.zeros_like(x * y), x * y)
 
 
-def _division(f_jnp, f_np=None):
-    """`binary(f_jnp, f_np or f_jnp)` for TF's divisions: an integer one by zero raises a GraphError where the
-    divisor is known (constants, any call without jit), as TF's kernels refuse it. Under jit
-    XLA's result stands (x / 0 == -1, x % 0 == x)."""
-    inner = binary(f_jnp, f_np or f_jnp)
+def _refusing(refuses: Callable[[np.ndarray], bool], what: str):
+    """`binary(f_jnp, f_np or f_jnp)` for an integer op whose kernel in TF refuses some values of
+    `y` (`refuses(y)`): they raise a GraphError saying `what` where `y` is known (constants, any
+    call without jit). Under jit XLA's result stands (x / 0 == -1, x % 0 == x, x ** -1 == 0)."""
 
-    def build(node):
-        fn = inner(node)
+    def wrap(f_jnp, f_np=None):
+        inner = binary(f_jnp, f_np or f_jnp)
 
-        def divide(x, y):
-            if _is_int(y):
-                value = checked(y)
-                if value is not None and not np.all(value):
-                    raise GraphError(f"node {node.name!r} ({node.type}): integer division by zero, which TF "
-                                     "refuses; check the divisor's values")
-            return fn(x, y)
+        def build(node):
+            fn = inner(node)
 
-        return divide
+            def op(x, y):
+                if _is_int(y):
+                    value = checked(y)
+                    if value is not None and refuses(value):
+                        raise GraphError(f"node {node.name!r} ({node.type}): {what}, which TF refuses; check "
+                                         "the values of its second input")
+                return fn(x, y)
 
-    return build
+            return op
+
+        return build
+
+    return wrap
+
+
+_division = _refusing(lambda y: not np.all(y), "integer division by zero")
+_int_power = _refusing(lambda y: bool(np.any(y < 0)), "an integer to a negative power")
 
 
 def _polygamma(a, x):
@@ -312,7 +318,7 @@ register_table({
     # Mod is C's %/fmod (sign of x), not Python's: Mod(-7, 2) == -1.
     "TruncateMod": _division(jnp.fmod, np.fmod),
     "Mod": _division(jnp.fmod, np.fmod),
-    "Pow": binary(jnp.power, np.power),
+    "Pow": _int_power(jnp.power, np.power),
     "Maximum": binary(_maximum, _maximum),
     "Minimum": binary(_minimum, _minimum),
     "SquaredDifference": binary(_squared_difference, _squared_difference),
@@ -697,12 +703,22 @@ def _count(values, size: int, weights, dtype, binary_output: bool):
     return jnp.zeros((values.shape[0], size), dtype).at[rows, idx].add(weights, mode="drop")
 
 
+def _non_negative(node, values) -> None:
+    """TF's bincount kernels refuse negative values (checked where they are known; under jit they
+    are dropped)."""
+    value = checked(values)
+    if value is not None and value.size and value.min() < 0:
+        raise GraphError(f"node {node.name!r} ({node.type}): a value is negative ({value.min()}), which TF "
+                         "refuses to count")
+
+
 @register("Bincount")
 def _bincount(node):
     dtype = jax.dtypes.canonicalize_dtype(node.attr_dtype("T"))
 
     def fn(arr, size, weights):
         n = int(_const(node, size, "size"))
+        _non_negative(node, arr)
         return _count(jnp.reshape(arr, (-1,)), n, jnp.reshape(weights, (-1,)), dtype, False)
 
     return fn
@@ -717,6 +733,7 @@ def _dense_bincount(node):
         n = int(_const(node, size, "size"))
         if np.ndim(values) not in (1, 2):
             raise GraphError(f"node {node.name!r} (DenseBincount): input must be rank 1 or 2")
+        _non_negative(node, values)
         return _count(values, n, weights, dtype, binary_output)
 
     return fn

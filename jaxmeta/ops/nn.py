@@ -19,7 +19,15 @@ from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
 from jaxmeta._errors import GraphError
-from jaxmeta.ops.registry import broadcast_ranks, register, register_table, static, static_ints, unary
+from jaxmeta.ops.registry import (
+    broadcast_ranks,
+    checked_indices,
+    register,
+    register_table,
+    static,
+    static_ints,
+    unary,
+)
 
 # -- layout and padding helpers ---------------------------------------------------------------------
 
@@ -789,11 +797,12 @@ def _softmax_xent(node):
 
 @register("SparseSoftmaxCrossEntropyWithLogits")
 def _sparse_softmax_xent(node):
-    """Like SoftmaxCrossEntropyWithLogits with one-hot labels; out-of-range labels give NaN (as on
-    TF's GPU; its CPU kernel raises instead)."""
+    """Like SoftmaxCrossEntropyWithLogits with one-hot labels. An out-of-range label raises where
+    the labels are known (no jit), as TF's CPU kernel does, and gives NaN under jit (TF's GPU)."""
 
     def fn(logits, labels):
         n = logits.shape[-1]
+        checked_indices(node, labels, n, "labels")
         logp = jax.nn.log_softmax(logits, axis=-1)
         onehot = jax.nn.one_hot(labels, n, dtype=logits.dtype)
         bad = (labels < 0) | (labels >= n)

@@ -150,10 +150,15 @@ def unchecked() -> Iterator[None]:
         _UNCHECKED.reset(token)
 
 
+def checking() -> bool:
+    """False while `unchecked()` holds (see `checked`)."""
+    return not _UNCHECKED.get()
+
+
 def checked(value: Any) -> np.ndarray | None:
     """`known(value)` for ops that check values as TF's kernels do (indices in range, divisors not
     zero, Assert): None, so nothing is checked, where the value is traced or `unchecked()` holds."""
-    return None if _UNCHECKED.get() else known(value)
+    return known(value) if checking() else None
 
 
 def lookup(op_type: str) -> OpSpec | None:

@@ -39,6 +39,7 @@ import numpy as np
 from jaxmeta._errors import GraphError
 from jaxmeta.ops.registry import (
     OUTPUT_SIZES,
+    checked,
     checked_indices,
     in_host_memory,
     known,
@@ -776,6 +777,10 @@ def _histogram_fixed_width(node):
 
     def fn(values, value_range, nbins):
         n = _static_int(node, nbins, "nbins")
+        bounds = checked(value_range)
+        if n <= 0 or (bounds is not None and not bounds[0] < bounds[1]):
+            what = f"nbins = {n} is not positive" if n <= 0 else f"value_range = {bounds.tolist()} is not increasing"
+            raise GraphError(f"node {node.name!r} (HistogramFixedWidth): {what}, which TF refuses")
         values = jnp.reshape(jnp.asarray(values), (-1,))
         value_range = jnp.asarray(value_range)
         lo, hi = value_range[0], value_range[1]

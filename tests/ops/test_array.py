@@ -988,3 +988,34 @@ def test_space_depth_nchw_matches_nhwc(op):
     want = graph.function("nhwc:0", feeds=["x:0"])({}, value)
     got = jax.jit(graph.function("nchw:0", feeds=["x:0"]))({}, value.transpose(0, 3, 1, 2))
     np.testing.assert_array_equal(np.asarray(got).transpose(0, 2, 3, 1), want)
+
+
+@pytest.mark.parametrize("begin,size", [([1, 0], [4, 2]), ([-1, 0], [1, 2]), ([2, 0], [2, 2]), ([0, 1], [1, 2])])
+def test_slice_outside_the_tensor_is_refused(begin, size):
+    """TF refuses a Slice that does not fit (NumPy would clip it silently)."""
+    tf = get_tf()
+    x = np.arange(6, dtype=np.float32).reshape(3, 2)
+    g = tf.Graph()
+    with g.as_default():
+        out = tf.slice(tf.compat.v1.placeholder(tf.float32, [3, 2], name="x"), begin, size)
+        meta = tf.compat.v1.train.export_meta_graph(graph=g)
+    with tf.compat.v1.Session(graph=g) as sess, pytest.raises(tf.errors.InvalidArgumentError):
+        sess.run(out, {"x:0": x})
+    f = jaxmeta.import_meta_graph(meta).function([out.name], ["x:0"])
+    for fn in (f, jax.jit(f)):  # begin and size are constants: checked when the graph is traced
+        with pytest.raises(jaxmeta.GraphError, match=r"\(Slice\): begin\[\d\] = .* does not fit"):
+            fn({}, x)
+
+
+def test_tile_negative_multiples_are_refused():
+    tf = get_tf()
+    g = tf.Graph()
+    with g.as_default():
+        out = tf.tile(tf.ones([2, 2]), tf.compat.v1.placeholder(tf.int32, [2], name="m"))
+        meta = tf.compat.v1.train.export_meta_graph(graph=g)
+    with tf.compat.v1.Session(graph=g) as sess, pytest.raises(tf.errors.InvalidArgumentError):
+        sess.run(out, {"m:0": [-1, 1]})
+    f = jaxmeta.import_meta_graph(meta).function([out.name], ["m:0"])
+    assert f({}, np.int32([2, 1]))[0].shape == (4, 2)
+    with pytest.raises(jaxmeta.GraphError, match=r"\(Tile\): multiples \[-1, 1\] .*non-negative"):
+        f({}, np.int32([-1, 1]))

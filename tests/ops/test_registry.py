@@ -60,7 +60,7 @@ GATHERS = {  # op: (build, the result under jit for indices [0, 2, bad])
 
 def _rejected_by_both(build, indices, match):
     """Imports `build(tf, i)`; TF and jaxmeta (without jit) must both reject `indices`. Returns
-    jaxmeta's jitted result for other indices, and TF's graph."""
+    jaxmeta's result for other indices (`run(i, jit=True)`), and TF's graph."""
     tf = get_tf()
     g, out, init, graph = _import(tf, build, len(indices))
     with pytest.raises(tf.errors.InvalidArgumentError):
@@ -69,7 +69,7 @@ def _rejected_by_both(build, indices, match):
     variables = graph.init_variables()
     with pytest.raises(jaxmeta.GraphError, match=match):
         step(variables, indices)
-    return (lambda i: jax.jit(step)(variables, i)[0][0]), (tf, g, out, init)
+    return (lambda i, jit=True: (jax.jit(step) if jit else step)(variables, i)[0][0]), (tf, g, out, init)
 
 
 @pytest.mark.parametrize("bad", BAD)
@@ -190,3 +190,20 @@ def test_dynamic_stitch_negative_index():
 def test_dynamic_partition_out_of_range():
     _rejected_by_both(lambda tf, i: tf.dynamic_partition(UPDATES, i, 2)[0], np.int32([0, 2, 1]),
                       r"partitions\[1\] = 2 is not in \[0, 2\)")
+
+
+@pytest.mark.parametrize("case", ["sparse_xent", "reverse_sequence", "bincount"])
+def test_other_ops_that_check_values(case):
+    """Labels of a sparse cross-entropy, sequence lengths, counted values: refused as in TF where
+    known; under jit NaN losses, NaN rows past the sequence, dropped counts."""
+    build, bad, match, good = {
+        "sparse_xent": (lambda tf, i: tf.nn.sparse_softmax_cross_entropy_with_logits(labels=i, logits=PARAMS[:3]),
+                        [0, 3, 1], r"labels\[1\] = 3 is not in \[0, 3\)", [0, 2, 1]),
+        "reverse_sequence": (lambda tf, i: tf.reverse_sequence(PARAMS[:3], i, seq_axis=1, batch_axis=0),
+                             [0, 4, 1], r"seq_lengths\[1\] = 4 is not in \[0, 4\)", [0, 3, 2]),
+        "bincount": (lambda tf, i: tf.math.bincount(i), [0, -2, 1], r"a value is negative \(-2\)", [0, 4, 1]),
+    }[case]
+    run, tf_graph = _rejected_by_both(build, np.int32(bad), match)
+    want = _tf_run(*tf_graph, np.int32(good))
+    for jit in (False,) if case == "bincount" else (False, True):  # bincount's size is max + 1: no jit
+        assert_close(run(np.int32(good), jit), want, rtol=1e-6, atol=1e-6, what=f"{case} jit={jit}")

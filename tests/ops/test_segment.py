@@ -682,3 +682,17 @@ def test_histogram_fixed_width(nbins):
                 tf.histogram_fixed_width(tf.constant([1, 7, 3, 3]), [0, 10], nbins=nbins, dtype=tf.int64)]
 
     compare_with_tf(build, {"v:0": values})
+
+
+def test_histogram_fixed_width_needs_an_increasing_range():
+    tf = get_tf()
+    g = tf.Graph()
+    with g.as_default():
+        out = tf.histogram_fixed_width(tf.constant([1.0, 2.0]), _ph(tf, np.float32([0, 1]), "r"), nbins=3)
+        meta = tf.compat.v1.train.export_meta_graph(graph=g)
+    with tf.compat.v1.Session(graph=g) as sess, pytest.raises(tf.errors.InvalidArgumentError):
+        sess.run(out, {"r:0": [1.0, 1.0]})
+    f = jaxmeta.import_meta_graph(meta).function([out.name], ["r:0"])
+    assert np.asarray(f({}, np.float32([0, 3]))[0]).tolist() == [0, 1, 1]
+    with pytest.raises(jaxmeta.GraphError, match=r"value_range = \[1.0, 1.0\] is not increasing"):
+        f({}, np.float32([1, 1]))
