@@ -245,8 +245,9 @@ def checked_indices(node: Any, indices: Any, bounds: Any, what: str = "indices",
     (GatherNd's coordinates). Values known now (constants, or any value outside `jax.jit`) come
     back as NumPy int64, and one outside `[0, bound)` raises a GraphError naming the node and the
     first bad position, as TF does (`negative_ok`: negative values are allowed, as in
-    `UnsortedSegment*`, which drops them). Traced values cannot raise: each one outside its range,
-    negative ones included, becomes `bound`, which gathers with `mode="fill"` read as zeros and
+    `UnsortedSegment*`, which drops them). Traced values cannot raise (nor do values while
+    `unchecked()` holds): they come back as a jax array where each one outside its range,
+    negative ones included, is `bound`, which gathers with `mode="fill"` read as zeros and
     scatters with `mode="drop"` skip (TF's GPU kernels' rule). NumPy and jax.numpy would instead
     wrap negative indices and clamp or fill large ones.
     """
@@ -265,9 +266,10 @@ def checked_indices(node: Any, indices: Any, bounds: Any, what: str = "indices",
             where = f"does not index into shape {sizes.tolist()}"
         else:
             where = f"is not below {int(sizes)}" if negative_ok else f"is not in [0, {int(sizes)})"
+        position = [int(a) for a in at] if at else ""
         raise GraphError(
-            f"node {node.name!r} ({node.type}): {what}{[int(a) for a in at] if at else ''} = {value[at].tolist()} {where}, "
-            "which TF rejects. Check the ids fed to the graph against the size of what they index")
+            f"node {node.name!r} ({node.type}): {what}{position} = {value[at].tolist()} {where}, which TF "
+            "rejects. Check the ids fed to the graph against the size of what they index")
     return value
 
 

@@ -260,7 +260,7 @@ def _sparse_segment(node):
                                segment_ids)[0]
             n = int(value.max()) + 1 if value.size else 0
         ids = _sorted_ids(node, segment_ids, n)
-        if _numpy_ok(data, rows, ids):
+        if isinstance(rows, np.ndarray) and _numpy_ok(data, ids):  # rows checked: NumPy may index
             return _segment_numpy(kind, np.asarray(data)[rows], ids, n)
         gathered = jnp.take(jnp.asarray(data), jnp.asarray(rows).astype(jnp.int32), axis=0, mode="fill", fill_value=0)
         return _segment_reduce(kind, gathered, ids, n, sorted_ids=True)
@@ -303,7 +303,7 @@ def _sparse_segment_grad_v2(node):
 
 def _scatter_grad_rows(kind: str, grad, segment_ids, rows_at, n: int):
     """`n` rows of zeros with `_segment_grad_rows` added at rows `rows_at` (in NumPy on host values)."""
-    if _numpy_ok(grad, segment_ids, rows_at):
+    if isinstance(rows_at, np.ndarray) and isinstance(segment_ids, np.ndarray) and _numpy_ok(grad):
         grad = np.asarray(grad)
         out = np.zeros((n,) + grad.shape[1:], grad.dtype)
         np.add.at(out, np.asarray(rows_at).astype(np.int64), _segment_grad_rows(kind, grad, segment_ids))

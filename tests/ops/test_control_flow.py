@@ -445,7 +445,12 @@ def test_assert_in_the_untaken_branch_does_not_fire(v2):
 
 def _gather_then_divide(tf):
     i = tf.compat.v1.placeholder(tf.int32, [], name="i")
-    return tf.cond((i >= 0) & (i < 3), lambda: tf.gather(tf.constant([10, 20, 30]), i) // i, lambda: tf.constant(-1))
+
+    def taken():
+        segment = tf.compat.v1.sparse_segment_sum(tf.constant([[1], [2], [3]]), tf.reshape(i, [1]), [0])
+        return (tf.gather(tf.constant([10, 20, 30]), i) + tf.reduce_sum(segment)) // i
+
+    return tf.cond((i >= 0) & (i < 3), taken, lambda: tf.constant(-1))
 
 
 @pytest.mark.parametrize("v2", [False, True], ids=["v1_cond", "v2_if"])
