@@ -756,6 +756,8 @@ SCATTER_UPDATES = {
     "Min": lambda at, u: at.min(u, mode="drop"),
     "Max": lambda at, u: at.max(u, mode="drop"),
 }
+#: The kinds TF's N-d scatters (`ScatterNd*`, `TensorScatter*`) come in.
+SCATTER_ND_KINDS = ("Update", "Add", "Sub", "Max", "Min")
 
 
 def scatter_nd_at(node, x, indices):
@@ -779,7 +781,7 @@ def _tensor_scatter(kind: str):
     return build
 
 
-for _kind in ("Update", "Add", "Sub", "Max", "Min"):
+for _kind in SCATTER_ND_KINDS:
     register(f"TensorScatter{_kind}")(_tensor_scatter(_kind))
 register("ScatterNdNonAliasingAdd")(_tensor_scatter("Add"))
 

@@ -75,10 +75,10 @@ def _sorted_ids(node, ids, num_segments: int):
     must also be non-decreasing)."""
     ids = checked_indices(node, ids, num_segments, "segment_ids")
     if isinstance(ids, np.ndarray) and ids.size > 1:
-        down = np.diff(ids.reshape(-1)) < 0
+        flat = ids.reshape(-1)
+        down = np.diff(flat) < 0
         if down.any():
             k = int(np.argmax(down)) + 1
-            flat = ids.reshape(-1)
             raise GraphError(
                 f"node {node.name!r} ({node.type}): segment_ids are not sorted (segment_ids[{k}] = "
                 f"{flat[k]} follows {flat[k - 1]}), which TF rejects; the Unsorted* segment ops take "
@@ -256,9 +256,9 @@ def _sparse_segment(node):
         if with_num:
             n = _static_int(node, num_segments, "num_segments")
         else:
-            value = need_known(node, "segment_ids", "the number of segments (max id + 1) depends on",
-                               segment_ids)[0]
-            n = int(value.max()) + 1 if value.size else 0
+            segment_ids = need_known(node, "segment_ids", "the number of segments (max id + 1) depends on",
+                                     segment_ids)[0]
+            n = int(segment_ids.max()) + 1 if segment_ids.size else 0
         ids = _sorted_ids(node, segment_ids, n)
         if isinstance(rows, np.ndarray) and _numpy_ok(data, ids):  # rows checked: NumPy may index
             return _segment_numpy(kind, np.asarray(data)[rows], ids, n)

@@ -13,7 +13,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmeta._interpreter import VarRef
-from jaxmeta.ops.array import SCATTER_UPDATES, gather, gather_nd, scatter_nd_at, strided_slice_update
+from jaxmeta.ops.array import (
+    SCATTER_ND_KINDS,
+    SCATTER_UPDATES,
+    gather,
+    gather_nd,
+    scatter_nd_at,
+    strided_slice_update,
+)
 from jaxmeta.ops.registry import checked_indices, register
 
 
@@ -74,10 +81,7 @@ for _name, _update in SCATTER_UPDATES.items():
     register(f"Scatter{_name}", f"ResourceScatter{_name}", assigns=True, context=True)(_scatter(_update))
 
 
-_SCATTERS_ND = ("Update", "Add", "Sub", "Max", "Min")
-
-
-@register(*(f"{prefix}ScatterNd{kind}" for kind in _SCATTERS_ND for prefix in ("", "Resource")),
+@register(*(f"{prefix}ScatterNd{kind}" for kind in SCATTER_ND_KINDS for prefix in ("", "Resource")),
           assigns=True, context=True)
 def _scatter_nd(node):
     update = SCATTER_UPDATES[node.type.removeprefix("Resource").removeprefix("ScatterNd")]
