@@ -63,9 +63,17 @@ def _zero(x):
     return jnp.zeros((), x.dtype)
 
 
+
+
+def _masked(g, on):
+    """TF's `g * on`: where a unit is off a NaN or infinite gradient gives NaN, not 0 (XLA turns
+    a product with a converted mask into a select, so the product is spelled out as g * 0)."""
+    return jnp.where(on, g, g * _zero(g))
+
+
 # (gradients, features) ops
-register("ReluGrad")(_elementwise(lambda g, x: jnp.where(x > 0, g, _zero(g))))
-register("Relu6Grad")(_elementwise(lambda g, x: jnp.where((x > 0) & (x < 6), g, _zero(g))))
+register("ReluGrad")(_elementwise(lambda g, x: _masked(g, x > 0)))
+register("Relu6Grad")(_elementwise(lambda g, x: _masked(g, (x > 0) & (x < 6))))
 register("SoftplusGrad")(_elementwise(lambda g, x: g / (jnp.exp(-x) + 1)))
 register("SoftsignGrad")(_elementwise(lambda g, x: g / jnp.square(1 + jnp.abs(x))))
 # (gradients, outputs) ops
@@ -73,12 +81,22 @@ register("EluGrad")(_elementwise(lambda g, y: jnp.where(y < 0, g * (y + 1), g)))
 register("SeluGrad")(
     _elementwise(lambda g, y: jnp.where(y < 0, g * (y + _SELU_SCALE * _SELU_ALPHA), g * _SELU_SCALE))
 )
-# (y, dy) ops: y is the forward op's output; complex types use the conjugate, as TF does.
-register("TanhGrad")(_elementwise(lambda y, dy: dy * jnp.conj(1 - y * y)))
-register("SigmoidGrad")(_elementwise(lambda y, dy: dy * jnp.conj(y * (1 - y))))
-register("RsqrtGrad")(_elementwise(lambda y, dy: dy * jnp.conj(-0.5 * y * y * y)))
-register("SqrtGrad")(_elementwise(lambda y, dy: dy * 0.5 / jnp.conj(y)))
-register("ReciprocalGrad", "InvGrad")(_elementwise(lambda y, dy: dy * jnp.conj(-y * y)))
+
+
+def _zero_where_dy_is(f):
+    """TF's kernels for these gradients return 0 where `dy` is 0, whatever `y` is (0 * inf or
+    0 / 0 would be NaN)."""
+    return lambda y, dy: jnp.where(dy == 0, _zero(dy), f(y, dy))
+
+
+# (y, dy) ops: y is the forward op's output. TF's Python gradients conjugate y for complex types
+# before they call TanhGrad and SigmoidGrad, whose kernels then do not; the others conjugate it
+# themselves.
+register("TanhGrad")(_elementwise(lambda y, dy: dy * (1 - y * y)))
+register("SigmoidGrad")(_elementwise(lambda y, dy: dy * (y * (1 - y))))
+register("RsqrtGrad")(_elementwise(_zero_where_dy_is(lambda y, dy: dy * jnp.conj(-0.5 * y * y * y))))
+register("SqrtGrad")(_elementwise(_zero_where_dy_is(lambda y, dy: dy * 0.5 / jnp.conj(y))))
+register("ReciprocalGrad", "InvGrad")(_elementwise(_zero_where_dy_is(lambda y, dy: dy * jnp.conj(-y * y))))
 
 
 @register("LeakyReluGrad")
@@ -106,7 +124,8 @@ def _bias_add_grad(node):
         # BiasAdd's NCHW bias runs along axis 1 (TF's "C" of NC...), for any rank >= 3; a rank-2
         # input has its channels last in both formats.
         channel = 1 if data_format == "NCHW" and g.ndim >= 3 else g.ndim - 1
-        return channel_sum(g, tuple(i for i in range(g.ndim) if i != channel))
+        # In g's own type, as TF sums (int8 sums wrap; jnp.sum would widen them to int32).
+        return channel_sum(g, tuple(i for i in range(g.ndim) if i != channel)).astype(g.dtype)
 
     return fn
 

@@ -147,6 +147,59 @@ def test_unary_int():
     compare_with_tf(build, {"x:0": x})
 
 
+def test_population_count_of_negative_int64():
+    # With x64 off an int64 arrives as the int32 of the same value; TF counts its 64 bits.
+    x = np.array([-1, -2, -(2**31), 5, 0], np.int64)
+
+    def build(tf):
+        return tf.raw_ops.PopulationCount(x=_ph(tf, tf.int64, [5], "x"))
+
+    compare_with_tf(build, {"x:0": x})
+
+
+def test_expint_domain():
+    # TF's Ei is NaN below 0 and -inf at 0 (jax.scipy's expi extends it to negative x).
+    x = np.array([-2.0, -0.5, 0.0, -0.0, 0.5, 3.0], F32)
+
+    def build(tf):
+        return [tf.raw_ops.Expint(x=_ph(tf, tf.float32, [6], "x")), tf.raw_ops.Expint(x=tf.constant(x.astype(np.float64)))]
+
+    compare_with_tf(build, {"x:0": x})
+
+
+def test_incomplete_gamma_of_large_a():
+    """XLA's series for P(a, x) and Q(a, x) takes about sqrt(a) steps near x = a (hours at 1e30, a
+    hang) and loses accuracy as a grows; TF's kernels are as far off there (2e-27 for P(1e30,
+    1e30), whose value is 1/2). Past a = 3e3 (float32) or 3e7 (float64) jaxmeta takes Wilson and
+    Hilferty's approximation: checked against SciPy (Temme's expansion), not TF."""
+    from scipy import special
+
+    a = np.array([1e30, 1e20, 1e12, 1e9, 1e9, 5e7, 1e4, 1e4, 5.0, 1e9, 1e9, 1e9])
+    x = np.array([1e30, 1e20 + 1e10, 1e12, 1e9 + 4e4, 1e9 - 6e4, 5e7, 1e4 + 150, 9900, 4.0, np.inf, np.nan, 0.0])
+    for dtype, rtol in [(np.float32, 2e-4), (np.float64, 1e-7)]:
+        if dtype == np.float64 and not jax.config.jax_enable_x64:
+            a64, x64 = a[5:9], x[5:9]  # float64 arrives as float32 with x64 off
+            rtol = 2e-4
+        else:
+            a64, x64 = a, x
+        ax, xx = a64.astype(dtype), x64.astype(dtype)
+
+        def build(tf, ax=ax, xx=xx):
+            r = tf.raw_ops
+            return [r.Igamma(a=tf.constant(ax), x=tf.constant(xx)), r.Igammac(a=tf.constant(ax), x=tf.constant(xx)),
+                    r.IgammaGradA(a=tf.constant(ax), x=tf.constant(xx))]
+
+        run = run_tf(build)
+        got = run.graph.function(run.fetch_names)({})
+        a_, x_ = ax.astype(np.float64), xx.astype(np.float64)
+        np.testing.assert_allclose(np.asarray(got[0], np.float64), special.gammainc(a_, x_), rtol=rtol, atol=1e-12)
+        np.testing.assert_allclose(np.asarray(got[1], np.float64), special.gammaincc(a_, x_), rtol=rtol, atol=1e-12)
+        step = np.minimum(np.sqrt(a_), a_) * 1e-3  # P moves on the scale of sqrt(a)
+        slope = (special.gammainc(a_ + step, x_) - special.gammainc(a_ - step, x_)) / (2 * step)
+        finite = np.isfinite(slope) & (a_ < 1e21)  # beyond, a +- step is lost in rounding
+        np.testing.assert_allclose(np.asarray(got[2], np.float64)[finite], slope[finite], rtol=1e-3, atol=1e-12)
+
+
 def test_round_half_to_even_and_special_values():
     x = np.array([0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 0.49999997, np.inf, -np.inf, np.nan], F32)
 
@@ -497,6 +550,19 @@ def test_clip_by_value():
                 r.ClipByValue(t=tf.constant([1, 5, 9]), clip_value_min=tf.constant(2), clip_value_max=tf.constant(6))]
 
     compare_with_tf(build, {"x:0": x, "lo:0": lo}, grads=True)
+
+
+def test_clip_by_value_complex():
+    # TF clips a complex number's real and imaginary parts each by the bounds' own.
+    x = np.array([1 + 2j, 3 - 1j, -2 + 0.5j, 0.7 + 0.7j], np.complex64)
+
+    def build(tf):
+        t = _ph(tf, tf.complex64, [4], "x")
+        lo, hi = tf.constant(np.complex64(0.5 + 0.5j)), tf.constant(np.complex64(2 + 1j))
+        return [tf.raw_ops.ClipByValue(t=t, clip_value_min=lo, clip_value_max=hi),
+                tf.raw_ops.ClipByValue(t=tf.constant(x), clip_value_min=lo, clip_value_max=hi)]
+
+    compare_with_tf(build, {"x:0": x})
 
 
 # -- scans ----------------------------------------------------------------------------------------

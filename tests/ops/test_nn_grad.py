@@ -101,6 +101,42 @@ def test_elementwise_grad(op, shape):
     compare_with_tf(build, feeds, grads=has_grad, rtol=1e-5, atol=1e-5)
 
 
+EDGES = np.array([0.0, -0.0, 1.0, -1.0, 0.5, -2.5, 6.0, 7.5, 1e-30, 1e30, -1e30, np.inf, -np.inf, np.nan],
+                 np.float32)
+
+
+def test_elementwise_grad_edges():
+    """Every pair of edge values through every op: TF's rules for them hold, e.g. ReluGrad keeps a
+    NaN gradient at a unit that is off NaN (TF multiplies by the mask), SqrtGrad, RsqrtGrad and
+    ReciprocalGrad are 0 wherever dy is 0 (even at y = 0 or inf)."""
+    feeds = {"a:0": np.repeat(EDGES, EDGES.size), "b:0": np.tile(EDGES, EDGES.size)}
+    get_tf()
+    from tensorflow.python.framework import op_def_registry
+
+    def build(tf):
+        ph = placeholders(tf, feeds)
+        outs = []
+        for op in ELEMENTWISE:
+            first, second = (a.name for a in op_def_registry.get(op).input_arg)
+            outs.append(getattr(tf.raw_ops, op)(**{first: ph["a"], second: ph["b"]}))
+        return outs
+
+    compare_with_tf(build, feeds, rtol=1e-5, atol=0)
+
+
+def test_elementwise_grad_complex():
+    """TF's Python gradients conjugate y before TanhGrad and SigmoidGrad, whose kernels then do
+    not; SqrtGrad, RsqrtGrad and ReciprocalGrad conjugate it themselves."""
+    ops = ["TanhGrad", "SigmoidGrad", "SqrtGrad", "RsqrtGrad", "ReciprocalGrad"]
+    feeds = {"y:0": (randn(6) + 1j * randn(6)).astype(np.complex64), "dy:0": (randn(6) + 1j * randn(6)).astype(np.complex64)}
+
+    def build(tf):
+        ph = placeholders(tf, feeds)
+        return [getattr(tf.raw_ops, op)(y=ph["y"], dy=ph["dy"]) for op in ops]
+
+    compare_with_tf(build, feeds, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("alpha", [0.2, 0.01, 1.5])
 def test_leaky_relu_grad(alpha):
     feeds = {"a:0": randn(3, 4), "b:0": _values("randn_with_zeros", (3, 4))}
@@ -129,6 +165,19 @@ def test_bias_add_grad(shape, data_format):
         return tf.raw_ops.BiasAddGrad(out_backprop=ph["g"], data_format=data_format)
 
     compare_with_tf(build, feeds, grads=True, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["int8", "uint8", "int16", "int32"])
+def test_bias_add_grad_integers(dtype):
+    """Sums in the gradient's own type, wrapping as TF's do (jnp.sum would widen int8 to int32)."""
+    feeds = {"g:0": np.full((3, 4, 2), 100, dtype)}
+    feeds["g:0"][0, 0, 1] = 7
+
+    def build(tf):
+        ph = placeholders(tf, feeds)
+        return tf.raw_ops.BiasAddGrad(out_backprop=ph["g"])
+
+    compare_with_tf(build, feeds)
 
 
 # -- convolutions ---------------------------------------------------------------------------------
