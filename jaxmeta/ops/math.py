@@ -511,6 +511,29 @@ def _truncate_mantissa(x, src: np.dtype, dst: np.dtype):
     return lax.bitcast_convert_type(lax.bitcast_convert_type(x, uint) & mask, src)
 
 
+def _float_to_int(m, x, target: np.dtype):
+    """TF's float -> integer cast as its x86 CPU kernels compute it (C's conversion as compiled
+    there), for NumPy or jax.numpy `m`: truncation toward zero to 32 bits (64 for 64-bit types),
+    then the low bits the target holds, e.g. -1.0 -> uint8 255 and 300.0 -> int8 44; NaN and values
+    past that range give its minimum (0 once wrapped to 8 or 16 bits); uint32 and uint64 also take
+    the values only they hold. From bfloat16 to 8- and 16-bit types TF clamps the 32-bit value
+    instead (NaN and -inf: 0). XLA's convert saturates (-1.0 -> uint8 0, 300.0 -> int8 127)."""
+    from_bfloat16 = x.dtype == jnp.bfloat16
+    wide = np.dtype(np.int64) if target.itemsize == 8 else np.dtype(np.int32)
+    wide = np.dtype(jax.dtypes.canonicalize_dtype(wide)) if m is jnp else wide
+    lo = np.iinfo(wide).min
+    x = m.trunc(x.astype(np.float32) if x.dtype.itemsize < 4 else x)
+    inside = (x >= lo) & (x < -float(lo))  # NaN: False
+    out = m.where(inside, m.where(inside, x, 0).astype(wide), wide.type(lo))
+    if from_bfloat16 and target.itemsize <= 2:
+        info = np.iinfo(target)
+        out = m.where(m.isnan(x) | (x == -np.inf), wide.type(0), m.clip(out, info.min, info.max))
+    if target.kind == "u" and np.iinfo(target).bits == 8 * wide.itemsize:
+        unsigned = (x >= -float(lo)) & (x < -2.0 * lo)
+        return m.where(unsigned, m.where(unsigned, x, 0).astype(target), out.astype(target))
+    return out.astype(target)
+
+
 @register("Cast")
 def _cast_op(node):
     """Casts to `DstT` with C semantics: float -> int truncates toward zero, nonzero -> True,
@@ -531,6 +554,9 @@ def _cast_op(node):
                 x = x.real
             if truncate and _is_float(x) and _floating(dst):
                 x = _truncate_mantissa(x, x.dtype, dst)
+            if _is_float(x) and dst.kind in "iu":
+                with np.errstate(invalid="ignore"):
+                    return np.asarray(_float_to_int(np, x, dst))
             return x.astype(dst)
         x = jnp.asarray(x)
         if jnp.iscomplexobj(x) and dst.kind != "c":
@@ -538,6 +564,8 @@ def _cast_op(node):
         target = jax.dtypes.canonicalize_dtype(dst)
         if truncate and _is_float(x) and _floating(target):
             x = _truncate_mantissa(x, np.dtype(x.dtype), np.dtype(target))
+        if _is_float(x) and target.kind in "iu":
+            return _float_to_int(jnp, x, np.dtype(target))
         return x.astype(target)
 
     return fn

@@ -472,6 +472,35 @@ def test_cast(src, dst):
     compare_with_tf(build, {"x:0": x}, grads=src.startswith("float") and dst.startswith("float"))
 
 
+@pytest.mark.parametrize("src", ["float16", "float32", "float64", "bfloat16"])
+def test_cast_float_to_int_out_of_range(src):
+    """TF's CPU casts wrap where XLA saturates: -1.0 -> uint8 255, 300.0 -> int8 44; NaN and inf
+    -> 0 in 8 and 16 bits, the minimum in 32 and 64. From bfloat16 TF clamps to 8 and 16 bits. (TF's
+    results for NaN, inf and values past 32 bits in uint32, and from bfloat16, depend on where in
+    the array they sit: left out.)"""
+    in_range = [-1.0, -2.5, 300.0, -300.0, 70000.0, -70000.0, 255.7, -0.7, 3.0]
+    edges = [np.nan, np.inf, -np.inf, 3e9, -1e30] if src != "bfloat16" else []
+    dsts = ["int8", "uint8", "int16", "uint16"] + (["int32", "uint32"] if src != "bfloat16" else [])
+    if jax.config.jax_enable_x64:
+        dsts += ["int64", "uint64"]
+    dtype = tf_dtype = src
+    if src == "bfloat16":
+        import ml_dtypes
+
+        dtype = ml_dtypes.bfloat16
+    x = np.array(in_range + edges, np.float32).astype(dtype)
+
+    def build(tf):
+        p = _ph(tf, tf_dtype, [x.size], "x")
+        outs = []
+        for dst in dsts:
+            v = p if dst != "uint32" else p[:len(in_range)]  # uint32: values in range only
+            outs += [tf.raw_ops.Cast(x=v, DstT=dst), tf.raw_ops.Cast(x=tf.constant(x)[:len(in_range)], DstT=dst)]
+        return outs
+
+    compare_with_tf(build, {"x:0": x})
+
+
 @pytest.mark.parametrize("dst", ["bfloat16", "float16"])
 def test_cast_truncate(dst):
     x = np.array([1.00390625 + 2**-9, 65519.0, -3.14159, 1 + 2**-11 + 2**-13, 1e-3, 7.0], F32)
