@@ -727,8 +727,14 @@ def _prod(m, x, axes):
 def _mean(m, x, axes):
     n = _reduced_size(x, axes)
     if _is_int(x):
-        # Integer Mean divides the integer sum by the count, truncating (TF's Div).
-        return _div(m.sum(x, axis=axes, dtype=x.dtype), np.asarray(max(n, 1), x.dtype))
+        # Integer Mean divides the integer sum by the count, truncating (TF's Div). TF sums types
+        # up to 32 bits in 64 (int64 wraps); without x64, 8- and 16-bit types sum in 32.
+        wide = np.dtype(np.int64 if x.dtype.kind == "i" else np.uint64)
+        if m is jnp and not jax.config.jax_enable_x64:
+            wide = np.dtype(np.int32 if x.dtype.kind == "i" else np.uint32)
+        wide = max(wide, np.dtype(x.dtype), key=lambda d: d.itemsize)
+        total = m.sum(x, axis=axes, dtype=wide)
+        return _div(total, np.asarray(max(n, 1), wide)).astype(x.dtype)
     if n == 0:
         return m.full([d for i, d in enumerate(np.shape(x)) if i not in axes], np.nan, x.dtype)
     return m.mean(x, axis=axes, dtype=x.dtype)
@@ -754,8 +760,9 @@ def _euclidean_norm(m, x, axes):
     if m.iscomplexobj(x):
         return m.sqrt(m.sum(x * m.conj(x), axis=axes))
     if _is_int(x):
-        s = m.sum(x.astype(np.float64 if m is np else jnp.float32) ** 2, axis=axes)
-        return m.sqrt(s).astype(x.dtype)  # the integer square root truncates, as TF's
+        # TF squares and sums in the integer type (wrapping) and truncates the square root.
+        s = m.sum(x * x, axis=axes, dtype=x.dtype)
+        return _float_to_int(m, m.sqrt(s.astype(np.float64 if m is np else jnp.float32)), np.dtype(x.dtype))
     return m.sqrt(m.sum(x * x, axis=axes, dtype=x.dtype))
 
 
@@ -779,6 +786,10 @@ def _arg_extreme(node):
     def fn(x, dimension):
         axis = int(_const(node, dimension, "dimension"))
         m = xnp(x)
+        if _floating(_dtype(x)):
+            # TF never picks a NaN (its comparisons with NaN are false): NaN ranks as -inf
+            # (ArgMax) or inf (ArgMin), and a tie goes to the first, as in jnp.
+            x = m.where(m.isnan(x), -np.inf if is_max else np.inf, x).astype(_dtype(x))
         y = (m.argmax if is_max else m.argmin)(x, axis=axis)
         return _cast(y, dtype)
 

@@ -437,9 +437,20 @@ def _pool(x, kind: str, ksize: list[int], strides: list[int], padding: str, cf: 
     sp_pads = _tf_pads(padding, sizes, _spatial(ksize, cf), _spatial(strides, cf), ones, explicit)
     pads = _full(sp_pads, cf, (0, 0))
     if kind == "max":
-        return window_reduce(x, "max", ksize, strides, pads)
+        x, finish = _tf_max_inputs(x)
+        return finish(window_reduce(x, "max", ksize, strides, pads))
     total = window_reduce(x, "sum", ksize, strides, pads)
     return total / window_counts(x.shape, ksize, strides, pads).astype(x.dtype)
+
+
+def _tf_max_inputs(x):
+    """TF's max pools compare with `>` from the dtype's lowest finite value: a NaN never wins a
+    window and a window of NaN or -inf alone gives that lowest value. Returns `x` with NaN as -inf
+    and the function that lifts the pooled result to at least the lowest value."""
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        return x, lambda out: out
+    lowest = np.array(jnp.finfo(x.dtype).min, x.dtype)
+    return jnp.where(jnp.isnan(x), np.array(-np.inf, x.dtype), x), lambda out: jnp.maximum(out, lowest)
 
 
 def window_reduce(x, kind: str, window, strides, pads):
@@ -619,8 +630,20 @@ def _max_pool_with_argmax(node):
         patches = x[:, np.clip(ys, 0, h - 1), np.clip(xs, 0, w - 1), :]  # [n, oh, ow, kh, kw, c]
         patches = jnp.where(valid[None, ..., None], patches, window_identity("max", x.dtype))
         patches = patches.reshape(n, oh, ow, kh * kw, c)
-        k = jnp.argmax(patches, axis=3)  # the first maximum, as TF's strict `>` scan
-        out = jnp.max(patches, axis=3)
+        # TF's kernel takes each window's first tap, then any strictly greater one: a NaN first
+        # tap stays, a later NaN never wins, and a window of -inf answers its first tap.
+        first = np.argmax(valid.reshape(oh, ow, kh * kw), axis=-1)[None, :, :, None]  # [1, oh, ow, 1]
+        if jnp.issubdtype(x.dtype, jnp.floating):
+            head = jnp.take_along_axis(patches, first[..., None], axis=3)[:, :, :, 0]
+            ranked = jnp.where(jnp.isnan(patches), -jnp.inf, patches)
+            k = jnp.argmax(ranked, axis=3)
+            out = jnp.max(ranked, axis=3)
+            keep_first = jnp.isnan(head) | (out == -jnp.inf)
+            k = jnp.where(keep_first, first, k)
+            out = jnp.where(jnp.isnan(head), head, out)
+        else:
+            k = jnp.argmax(patches, axis=3)  # the first maximum, as TF's strict `>` scan
+            out = jnp.max(patches, axis=3)
         flat = (ys * w + xs).reshape(oh, ow, kh * kw)  # [oh, ow, kh*kw]
         idx = jnp.take_along_axis(jnp.asarray(flat)[None, :, :, :, None], k[:, :, :, None, :], axis=3)[
             :, :, :, 0

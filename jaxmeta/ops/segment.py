@@ -63,11 +63,11 @@ def _static_int(node, x, what: str) -> int:
 
 
 def _lowest(dtype):
-    return np.finfo(dtype).min if jnp.issubdtype(dtype, jnp.inexact) else np.iinfo(dtype).min
+    return jnp.finfo(dtype).min if jnp.issubdtype(dtype, jnp.inexact) else np.iinfo(dtype).min
 
 
 def _highest(dtype):
-    return np.finfo(dtype).max if jnp.issubdtype(dtype, jnp.inexact) else np.iinfo(dtype).max
+    return jnp.finfo(dtype).max if jnp.issubdtype(dtype, jnp.inexact) else np.iinfo(dtype).max
 
 
 def _sorted_ids(node, ids, num_segments: int):

@@ -693,6 +693,40 @@ def test_arg_extremes(op, output_type):
     compare_with_tf(build, {"x:0": x})
 
 
+def test_arg_extremes_skip_nan():
+    """TF's comparisons with NaN are false, so it never picks a NaN (an all-NaN row gives 0);
+    jnp.argmax would pick the first NaN."""
+    nan, inf = np.nan, np.inf
+    x = np.array([[nan, 1, 2], [1, nan, 0], [-inf, -inf, nan], [nan, nan, nan], [2, 2, 1], [-inf, nan, -inf],
+                  [nan, -inf, 3], [1, 3, 3]], F32)
+
+    def build(tf):
+        p = _ph(tf, tf.float32, [8, 3], "x")
+        return [tf.raw_ops.ArgMax(input=p, dimension=1), tf.raw_ops.ArgMin(input=p, dimension=1),
+                tf.raw_ops.ArgMax(input=tf.constant(x.astype(np.float16)), dimension=1)]
+
+    compare_with_tf(build, {"x:0": x})
+
+
+def test_integer_mean_and_norm_overflow():
+    """TF sums 8- to 32-bit integers in 64 bits for Mean (uint8 [250, 250, 250] -> 250, not a
+    wrapped sum), while EuclideanNorm squares and sums in the type itself (int8 [100, 100] -> 5)."""
+    u8 = np.array([[250, 250, 250, 3], [1, 2, 3, 4]], np.uint8)
+    i8 = np.array([[120, 120, 120, -7], [100, 100, 3, 4]], np.int8)
+    i16 = np.array([[30000, 30000, 30000, 1], [-30000, -30000, 5, 0]], np.int16)
+
+    def build(tf):
+        r = tf.raw_ops
+        outs = []
+        for name, v in [("u8", u8), ("i8", i8), ("i16", i16)]:
+            p = _ph(tf, v.dtype, list(v.shape), name)
+            outs += [r.Mean(input=p, axis=1), r.Mean(input=p, axis=[0, 1]), r.Mean(input=tf.constant(v), axis=1)]
+        p = _ph(tf, tf.int8, [2, 4], "n8")
+        return outs + [r.EuclideanNorm(input=p, axis=1), r.EuclideanNorm(input=tf.constant(i8), axis=1)]
+
+    compare_with_tf(build, {"u8:0": u8, "i8:0": i8, "i16:0": i16, "n8:0": i8})
+
+
 def test_fed_axis_works_without_jit_only():
     """An axis is a static shape under XLA: fed, it is known in a call without jit, not under it."""
     x = np.arange(6, dtype=F32).reshape(2, 3)

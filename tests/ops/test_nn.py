@@ -686,6 +686,28 @@ def test_max_pool_with_argmax():
     run_cases([case_max_pool_with_argmax(*c, i % 2 == 1) for i, c in enumerate(POOL2D + POOL2D[1:2])])
 
 
+def test_max_pools_skip_nan():
+    """TF's max pools start each window at the dtype's lowest value and take only greater ones: a
+    NaN never wins, and a window of NaN or -inf alone gives that lowest value (XLA's max would
+    propagate NaN, and give -inf). MaxPoolWithArgmax starts at each window's first tap instead: a
+    NaN there stays."""
+    nan, inf = np.nan, np.inf
+    x = np.array([[nan, nan, 1, 2, nan, 3], [nan, nan, -inf, 3, 1, nan], [-inf, -inf, 0, 0, 5, 6],
+                  [-inf, -inf, 0, nan, 7, 8]], np.float32)[None, :, :, None]
+
+    def build(tf):
+        p = ph(tf, "x", x)
+        r = tf.raw_ops
+        return [r.MaxPool(input=p, ksize=[1, 2, 2, 1], strides=[1, 2, 2, 1], padding="VALID"),
+                r.MaxPool(input=p, ksize=[1, 3, 3, 1], strides=[1, 1, 1, 1], padding="SAME"),
+                r.MaxPoolV2(input=p, ksize=[1, 2, 1, 1], strides=[1, 1, 1, 1], padding="VALID"),
+                r.MaxPool3D(input=p[None], ksize=[1, 1, 2, 2, 1], strides=[1, 1, 2, 2, 1], padding="VALID"),
+                *r.MaxPoolWithArgmax(input=p, ksize=[1, 2, 2, 1], strides=[1, 2, 2, 1], padding="VALID"),
+                *r.MaxPoolWithArgmax(input=p, ksize=[1, 3, 3, 1], strides=[1, 1, 1, 1], padding="SAME")]
+
+    compare_with_tf(build, {"x:0": x})
+
+
 def test_bias_add():
     shapes = [
         ((2, 3), "NHWC"),

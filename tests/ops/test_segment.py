@@ -101,6 +101,20 @@ def test_unsorted_segment(data, ids, num, fed_ids):
     compare_with_tf(build, feeds, grads=True)
 
 
+def test_unsorted_segment_extremes_of_bfloat16():
+    # Empty segments hold the dtype's lowest (highest) value: bfloat16's came from np.finfo, which
+    # does not know it.
+    import ml_dtypes
+
+    data = np.array([1.5, -2.0, 3.0, 0.25], ml_dtypes.bfloat16)
+
+    def build(tf):
+        x = _ph(tf, data, "x")
+        return [tf.math.unsorted_segment_max(x, [0, 2, 0, 1], 4), tf.math.unsorted_segment_min(x, [0, 2, 0, 1], 4)]
+
+    compare_with_tf(build, {"x:0": data})
+
+
 @pytest.mark.parametrize("kind, dtype", [  # int64: jax narrows it; SqrtN is for floats
     (kind, dtype) for kind in ["sum", "mean", "sqrtn", "prod", "max", "min"]
     for dtype in [np.float32, np.int32, np.uint8, np.float16] if kind != "sqrtn" or np.dtype(dtype).kind == "f"])
