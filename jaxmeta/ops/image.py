@@ -409,6 +409,7 @@ def _rgb_to_hsv(rgb):
 
 
 def _hsv_to_rgb(hsv):
+    """Wikipedia's sectors, as TF's AdjustSaturation kernel converts back."""
     h, s, v = hsv[..., 0], hsv[..., 1], hsv[..., 2]
     c = s * v
     m = v - c
@@ -431,7 +432,16 @@ def _rgb_to_hsv_op(node):
 
 @register("HSVToRGB")
 def _hsv_to_rgb_op(node):
-    return _hsv_to_rgb
+    # TF's HSVToRGB kernel: each channel's share of the hue as a clamped tent, for any h (no
+    # wrapping into [0, 1], unlike the sectors of `_hsv_to_rgb`).
+    def fn(hsv):
+        h, s, v = hsv[..., 0], hsv[..., 1], hsv[..., 2]
+        dh = h * 6
+        shares = [jnp.clip(jnp.abs(dh - 3) - 1, 0, 1), jnp.clip(2 - jnp.abs(dh - 2), 0, 1),
+                  jnp.clip(2 - jnp.abs(dh - 4), 0, 1)]
+        return jnp.stack([((1 - s) + s * d) * v for d in shares], axis=-1)
+
+    return fn
 
 
 def _contrast(images, factor):
@@ -467,13 +477,50 @@ def _adjust_saturation(node):
     return fn
 
 
+def _hue_range(rgb):
+    """TF's AdjustHue kernel's form of a colour: hue in [0, 6] and the smallest and largest
+    channel (no saturation, so channels outside [0, 1] come back as they were)."""
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    # The kernel's comparisons, in its order: (largest, middle, smallest, hue category).
+    bgr = b < r
+    r_lt_g = [(g, r, b, 1), (b, g, r, 3), (g, b, r, 2)]  # b < r; b > g; else
+    g_le_r = [(r, g, b, 0), (b, r, g, 4), (r, b, g, 5)]  # b < g; b > r; else
+
+    def pick(cases, first, second):
+        return [jnp.where(first, a, jnp.where(second, b_, c)) for a, b_, c in zip(*cases)]
+
+    hi1, mid1, lo1, cat1 = pick(r_lt_g, bgr, b > g)
+    hi2, mid2, lo2, cat2 = pick(g_le_r, b < g, b > r)
+    first = r < g
+    hi, mid, lo = (jnp.where(first, x, y) for x, y in ((hi1, hi2), (mid1, mid2), (lo1, lo2)))
+    cat = jnp.where(first, cat1, cat2).astype(rgb.dtype)
+    span = hi - lo
+    ratio = (mid - lo) / jnp.where(span == 0, 1, span)
+    even = jnp.fmod(cat, 2) == 0
+    h = jnp.where(span == 0, 0, cat + jnp.where(even, ratio, 1 - ratio))
+    return h, lo, hi
+
+
+def _from_hue_range(h, lo, hi):
+    cat = jnp.minimum(jnp.floor(h), 5)
+    ratio = h - cat
+    ratio = jnp.where(jnp.fmod(cat, 2) == 0, ratio, 1 - ratio)
+    mid = lo + ratio * (hi - lo)
+    table = [(hi, mid, lo), (mid, hi, lo), (lo, hi, mid), (lo, mid, hi), (mid, lo, hi), (hi, lo, mid)]
+    out = table[5]
+    for k in range(5):
+        out = [jnp.where(cat == k, a, b) for a, b in zip(table[k], out)]
+    return jnp.stack(out, axis=-1)
+
+
 @register("AdjustHue")
 def _adjust_hue(node):
     def fn(images, delta):
-        hsv = _rgb_to_hsv(images.astype(jnp.float32))
-        h = jnp.fmod(hsv[..., 0] + delta, 1.0)
-        h = jnp.where(h < 0, h + 1, h)
-        return _hsv_to_rgb(jnp.stack([h, hsv[..., 1], hsv[..., 2]], axis=-1)).astype(images.dtype)
+        h, lo, hi = _hue_range(images.astype(jnp.float32))
+        h = h + jnp.asarray(delta, jnp.float32) * 6
+        h = h - 6 * jnp.floor(h / 6)  # into [0, 6), as the kernel's loops
+        h = jnp.where(h >= 6, h - 6, h)
+        return _from_hue_range(h, lo, hi).astype(images.dtype)
 
     return fn
 

@@ -386,9 +386,14 @@ def _transpose_of(conv, cf: bool, node):
         shape = tuple(static_ints(input_sizes, node, "input_sizes"))
         if len(shape) == dy.ndim - 2:  # spatial sizes only: batch from dy, channels from the filter
             shape = (dy.shape[0], w.shape[-2], *shape) if cf else (dy.shape[0], *shape, w.shape[-2])
-        # conv is linear in x, so its VJP at any point is the transposed convolution.
-        _, vjp = jax.vjp(lambda x: conv(x, w), jnp.zeros(shape, dy.dtype))
-        return vjp(dy)[0]
+        # conv is linear in x, so its VJP at any point is the transposed convolution. JAX does
+        # not differentiate integers: those (TF has int32 kernels) go through floats.
+        dtype = np.dtype(dy.dtype)
+        exact = jnp.issubdtype(dtype, jnp.inexact)
+        work = dtype if exact else np.dtype(jax.dtypes.canonicalize_dtype(np.float64))
+        _, vjp = jax.vjp(lambda x: conv(x, w.astype(work)), jnp.zeros(shape, work))
+        out = vjp(dy.astype(work))[0]
+        return out if exact else jnp.round(out).astype(dtype)
 
     return fn
 
@@ -927,6 +932,83 @@ def _fake_quant_vars(node):
 def _fake_quant_vars_per_channel(node):
     bits, narrow = _fake_quant_attrs(node)
     return lambda x, lo, hi: _fake_quant(x, lo, hi, bits, narrow)
+
+
+def quantize_and_dequantize(node, x, lo, hi, *, bits: int, signed: bool, range_given: bool, half_up: bool,
+                            narrow: bool, axis: int, grad: str):
+    """TF's QuantizeAndDequantize kernels: x scaled onto the integer grid of `bits` bits that keeps
+    0 exact and covers [lo, hi] (x's own range unless `range_given`, then x is clamped to the range
+    as widened to the grid), rounded (half to even, or half up) and scaled back; per slice along
+    `axis`, or whole (-1). `grad`: "straight" (V2, V3: TF's gradient passes dy through) or "range"
+    (V4: dy where lo <= x <= hi)."""
+    x = jnp.asarray(x)
+    dtype = x.dtype
+    if axis != -1:
+        axis = axis % x.ndim if -x.ndim <= axis < x.ndim else None
+        if axis is None:
+            raise GraphError(f"node {node.name!r} ({node.type}): axis is outside the input's {x.ndim} dimensions")
+    shape = [1] * x.ndim
+    if axis != -1:
+        shape[axis] = x.shape[axis]
+    given_lo, given_hi = (jnp.reshape(jnp.asarray(v, dtype), shape) for v in (lo, hi))
+    if range_given:
+        lo, hi = given_lo, given_hi
+    else:
+        axes = tuple(i for i in range(x.ndim) if i != axis)
+        lo, hi = (lax.stop_gradient(f(x, axis=axes, keepdims=True)) for f in (jnp.min, jnp.max))
+    qmin = (-(2 ** (bits - 1)) + int(narrow)) if signed else 0
+    qmax = 2 ** (bits - 1) - 1 if signed else 2**bits - 1
+    big = jnp.asarray(jnp.finfo(dtype).max, dtype)
+    from_min = jnp.where(qmin * lo > 0, qmin / jnp.where(lo == 0, 1, lo), big)
+    from_max = jnp.where(qmax * hi > 0, qmax / jnp.where(hi == 0, 1, hi), big)
+    use_min = from_min < from_max
+    scale = jnp.where(use_min, from_min, from_max)
+    inverse = jnp.where(use_min, lo / (qmin or 1), hi / qmax)
+    lo, hi = jnp.where(use_min, lo, qmin * inverse), jnp.where(use_min, qmax * inverse, hi)
+    v = jnp.clip(x, lo, hi) if range_given else x
+    scaled = v * scale
+    out = (jnp.floor(scaled + jnp.asarray(0.5, dtype)) if half_up else jnp.round(scaled)) * inverse
+    through = x
+    if grad == "range":
+        through = jnp.where((x >= given_lo) & (x <= given_hi), x, lax.stop_gradient(x))
+    return (through + lax.stop_gradient(out - through)).astype(dtype)
+
+
+def _qdq_round(node) -> bool:
+    mode = node.attr_str("round_mode", "HALF_TO_EVEN")
+    if mode not in ("HALF_TO_EVEN", "HALF_UP"):
+        raise GraphError(f"node {node.name!r} ({node.type}): round_mode {mode!r} is not one of TF's")
+    return mode == "HALF_UP"
+
+
+def _qdq_bits(node, bits: int) -> int:
+    signed = node.attr_bool("signed_input", True)
+    if not (0 < bits < 64 and (bits > 1 or not signed)):
+        raise GraphError(f"node {node.name!r} ({node.type}): num_bits is {bits}, which TF rejects")
+    return bits
+
+
+@register("QuantizeAndDequantizeV2", "QuantizeAndDequantizeV4")
+def _quantize_and_dequantize_v2(node):
+    opts = dict(bits=_qdq_bits(node, node.attr_int("num_bits", 8)), signed=node.attr_bool("signed_input", True),
+                range_given=node.attr_bool("range_given", False), half_up=_qdq_round(node),
+                narrow=node.attr_bool("narrow_range", False), axis=node.attr_int("axis", -1),
+                grad="range" if node.type == "QuantizeAndDequantizeV4" else "straight")
+    return lambda x, lo, hi: quantize_and_dequantize(node, x, lo, hi, **opts)
+
+
+@register("QuantizeAndDequantizeV3")
+def _quantize_and_dequantize_v3(node):
+    """V3: the number of bits is an input (it must be known: a constant in practice)."""
+    opts = dict(signed=node.attr_bool("signed_input", True), range_given=node.attr_bool("range_given", True),
+                half_up=False, narrow=node.attr_bool("narrow_range", False), axis=node.attr_int("axis", -1),
+                grad="straight")
+
+    def fn(x, lo, hi, num_bits):
+        bits = _qdq_bits(node, static_ints(num_bits, node, "num_bits", 1)[0])
+        return quantize_and_dequantize(node, x, lo, hi, bits=bits, **opts)
+
+    return fn
 
 
 @register("Dilation2D")

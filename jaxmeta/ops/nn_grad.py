@@ -63,12 +63,12 @@ def _zero(x):
     return jnp.zeros((), x.dtype)
 
 
-
-
-def _masked(g, on):
-    """TF's `g * on`: where a unit is off a NaN or infinite gradient gives NaN, not 0 (XLA turns
-    a product with a converted mask into a select, so the product is spelled out as g * 0)."""
-    return jnp.where(on, g, g * _zero(g))
+def _masked(dy, mask):
+    """`dy * mask` as TF's gradient kernels compute it (ReluGrad, the fake-quant gradients: with a
+    0/1 float mask): an infinite or NaN `dy` outside the mask gives NaN, not 0. Written as a
+    select of `dy * 0`, which XLA keeps, where it rewrites a product with a converted mask into a
+    select of 0."""
+    return jnp.where(mask, dy, dy * _zero(dy))
 
 
 # (gradients, features) ops
@@ -626,13 +626,6 @@ def _fake_quant_grad_range(node) -> tuple[float, float]:
     return (1.0 if narrow else 0.0), float(2**bits - 1)
 
 
-def _masked(dy, mask):
-    """`dy * mask` as TF's fake-quant gradient kernels compute it (with a 0/1 float mask): an
-    infinite or NaN `dy` outside the mask gives NaN, not 0. Written as a select of `dy * 0`, which
-    XLA keeps, where it rewrites a product with a converted mask into a select of 0."""
-    return jnp.where(mask, dy, dy * jnp.zeros((), dy.dtype))
-
-
 def _fake_quant_backprops(dy, x, lo, hi, quant_range):
     """TF's straight-through estimator of FakeQuantWithMinMaxVars(PerChannel): dy to the inputs
     inside the nudged [min, max], the rest summed into min (below it) and max (above it), over
@@ -761,3 +754,21 @@ def _resize_nearest_grad(node):
         return out.at[:, iy[:, None], ix[None, :], :].add(dy)
 
     return fn
+
+
+@register("QuantizeAndDequantizeV4Grad")
+def _quantize_and_dequantize_v4_grad(node):
+    """(gradients, input, input_min, input_max) -> dy where input_min <= input <= input_max (per
+    slice along `axis`, or whole), and zeros for the range, as TF's kernel."""
+    axis = node.attr_int("axis", -1)
+
+    def fn(dy, x, lo, hi):
+        dy, x = jnp.asarray(dy), jnp.asarray(x)
+        shape = [1] * x.ndim
+        if axis != -1:
+            shape[axis % x.ndim] = x.shape[axis % x.ndim]
+        lo_b, hi_b = (jnp.reshape(jnp.asarray(v, x.dtype), shape) for v in (lo, hi))
+        return _masked(dy, (x >= lo_b) & (x <= hi_b)), jnp.zeros(np.shape(lo), dy.dtype), jnp.zeros(np.shape(hi), dy.dtype)
+
+    return fn
+

@@ -343,6 +343,22 @@ def test_adjust_hue(delta):
     compare_with_tf(build, {"x:0": RGB}, rtol=1e-5, atol=1e-5)
 
 
+def test_colour_ops_outside_the_unit_range():
+    """Values outside [0, 1] (normalized images, hues past 1) go through TF's kernels' own
+    formulas: HSVToRGB's clamped tents (no wrapping of h), AdjustHue's hue and min/max channel
+    form (no saturation), as well as NaN and inf."""
+    x = (np.random.default_rng(5).standard_normal((4, 6, 3)) * 2).astype(np.float32)
+    x[0, :4] = [[np.nan, 0.2, 0.3], [np.inf, 1.0, 0.0], [-np.inf, 0.5, 0.5], [0.3, 0.3, 0.3]]
+
+    def build(tf):
+        p = ph(tf, "x", x)
+        r = tf.raw_ops
+        return [r.HSVToRGB(images=p), r.AdjustHue(images=p, delta=tf.constant(np.float32(0.3))),
+                r.AdjustHue(images=p, delta=tf.constant(np.float32(-1.7)))]
+
+    compare_with_tf(build, {"x:0": x}, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("scale", [0.0, 0.5, 1.0, 2.5])
 def test_adjust_saturation(scale):
     def build(tf):

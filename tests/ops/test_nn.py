@@ -708,6 +708,55 @@ def test_max_pools_skip_nan():
     compare_with_tf(build, {"x:0": x})
 
 
+def test_conv2d_backprop_input_int32():
+    # TF has int32 kernels; JAX does not differentiate integers, so jaxmeta goes through floats.
+    dy = np.random.default_rng(2).integers(-9, 9, (1, 4, 6, 2)).astype(np.int32)
+    w = np.random.default_rng(3).integers(-3, 4, (3, 2, 3, 2)).astype(np.int32)
+
+    def build(tf):
+        return tf.raw_ops.Conv2DBackpropInput(input_sizes=[1, 4, 6, 3], filter=tf.constant(w), out_backprop=ph(tf, "dy", dy),
+                                              strides=[1, 1, 1, 1], padding="SAME")
+
+    compare_with_tf(build, {"dy:0": dy})
+
+
+QDQ = [  # (op, attrs, range): range None = the input's own
+    ("V2", dict(), (-1.0, 2.0)),
+    ("V2", dict(range_given=True), (-1.0, 2.0)),
+    ("V2", dict(range_given=True, signed_input=False, num_bits=4), (0.0, 1.5)),
+    ("V2", dict(range_given=True, narrow_range=True, round_mode="HALF_UP"), (-0.7, 0.3)),
+    ("V2", dict(axis=1), ([-1.0, -2.0, 0.0], [1.0, 0.5, 3.0])),
+    ("V3", dict(range_given=True), (-1.5, 1.0)),
+    ("V3", dict(range_given=False, narrow_range=True), (0.0, 0.0)),
+    ("V4", dict(range_given=True), (-1.0, 0.8)),
+    ("V4", dict(axis=1, signed_input=False), ([0.0, -1.0, 0.0], [1.0, 0.5, 3.0])),
+]  # (TF 2.21 rejects a per-channel range_given: "input_min must be a scalar")
+
+
+@pytest.mark.parametrize("op,attrs,rng", QDQ, ids=[f"{op}-{i}" for i, (op, _, _) in enumerate(QDQ)])
+def test_quantize_and_dequantize(op, attrs, rng):
+    """Forward values, and gradients as TF's: V2 and V3 pass dy through, V4 only where the input
+    lies in [input_min, input_max] (its QuantizeAndDequantizeV4Grad op, fetched too)."""
+    x = (randn(4, 3) * 1.5).astype(np.float32)
+    x[0, 0] = 0.5 / 127  # a half step
+    with_grad_op = False
+
+    def build(tf):
+        p = ph(tf, "x", x)
+        lo, hi = tf.constant(np.float32(rng[0])), tf.constant(np.float32(rng[1]))
+        r = tf.raw_ops
+        if op == "V3":
+            y = r.QuantizeAndDequantizeV3(input=p, input_min=lo, input_max=hi, num_bits=tf.constant(6), **attrs)
+        else:
+            y = getattr(r, f"QuantizeAndDequantize{op}")(input=p, input_min=lo, input_max=hi, **attrs)
+        return [y, tf.compat.v1.gradients(y * y, p)[0]] if op == "V4" and with_grad_op else y
+
+    compare_with_tf(build, {"x:0": x}, grads=True)
+    if op == "V4":  # (TF cannot differentiate the gradient op itself)
+        with_grad_op = True
+        compare_with_tf(build, {"x:0": x})
+
+
 def test_bias_add():
     shapes = [
         ((2, 3), "NHWC"),
