@@ -115,7 +115,8 @@ def _case_id(case):
     return "-".join([name, *extra])
 
 
-def _build_update(op_type, attrs, scalars, *, sparse, indices=None, shape=(4, 3), seed=0, fed_indices=False):
+def _build_update(op_type, attrs, scalars, *, sparse, indices=None, shape=(4, 3), seed=0, fed_indices=False,
+                  dtype=np.float32):
     """A builder making every variable input a variable and calling the raw op once."""
     get_tf()  # the op's signature comes from TF's registry: skipped without TensorFlow
     from tensorflow.python.framework import op_def_registry
@@ -136,13 +137,13 @@ def _build_update(op_type, attrs, scalars, *, sparse, indices=None, shape=(4, 3)
                     "randn": rng.standard_normal(shape),
                     "small": 0.1 * rng.standard_normal(shape),
                     "positive": rng.uniform(0.1, 1.0, shape),
-                }[kind].astype(np.float32)
+                }[kind].astype(dtype)
                 v = tf.compat.v1.get_variable(name, initializer=init, use_resource=resource)
                 var = v if name == "var" else var
                 args[name] = v.handle if resource else v
             elif name in ("grad", "delta"):
                 # A fed gradient: the unit tests need no ops beyond the update itself.
-                args[name] = tf.compat.v1.placeholder(tf.float32, None, name="g0")
+                args[name] = tf.compat.v1.placeholder(dtype, None, name="g0")
             elif name == "indices" and fed_indices:  # traced: duplicates are detected at run time
                 args[name] = tf.compat.v1.placeholder(tf.int32, [len(indices)], name="idx")
             elif name == "indices":
@@ -152,10 +153,11 @@ def _build_update(op_type, attrs, scalars, *, sparse, indices=None, shape=(4, 3)
             else:
                 value = scalars.get(name, SCALARS[name])
                 if isinstance(value, tuple):
-                    v = tf.compat.v1.get_variable(name, initializer=np.float32(value[0]), use_resource=resource)
+                    v = tf.compat.v1.get_variable(name, initializer=np.dtype(dtype).type(value[0]),
+                                                  use_resource=resource)
                     args[name] = v.read_value() if resource else v
                 else:
-                    args[name] = tf.constant(value, tf.float32)
+                    args[name] = tf.constant(value, dtype)
         return getattr(tf.raw_ops, op_type)(**args, **attrs, name="update")
 
     return build
@@ -179,6 +181,22 @@ def test_dense_apply(case, resource):
     op_type = f"{'Resource' if resource else ''}Apply{name}"
     g0 = np.random.default_rng(1).standard_normal((4, 3)).astype(np.float32)
     run_steps(_build_update(op_type, attrs, scalars, sparse=False), {"g0:0": g0})
+
+
+NO_HALF_KERNEL = {"ProximalGradientDescent", "AdagradDA", "ProximalAdagrad"}  # TF: float and double only
+
+
+@pytest.mark.parametrize("case,dtype", [
+    pytest.param(case, dtype, id=f"{_case_id(case)}-{dtype}") for case in DENSE for dtype in ("float16", "float64")
+    if dtype == "float64" or case[0] not in NO_HALF_KERNEL])
+def test_dense_apply_half_and_double(case, dtype):
+    """The same updates in float16 (TF computes in half: results to ~1e-3) and float64 (narrowed
+    to float32 without x64)."""
+    name, attrs, scalars = case
+    g0 = np.random.default_rng(1).standard_normal((4, 3)).astype(dtype)
+    tol = 3e-3 if dtype == "float16" else 2e-5
+    run_steps(_build_update(f"ResourceApply{name}", attrs, scalars, sparse=False, dtype=np.dtype(dtype)),
+              {"g0:0": g0}, rtol=tol, atol=tol)
 
 
 INDICES = [  # (indices, fed through a placeholder (traced), id)
