@@ -16,6 +16,7 @@ from jaxmeta._errors import (
     GraphError,
     JaxmetaError,
     PrecisionError,
+    RunTimeValuesError,
     SideEffectError,
     UnsupportedOpError,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "Node",
     "OpContext",
     "PrecisionError",
+    "RunTimeValuesError",
     "Saver",
     "Session",
     "SideEffectError",

@@ -11,6 +11,11 @@ class GraphError(JaxmetaError, ValueError):
     """A MetaGraphDef or GraphDef is malformed, or a name does not resolve in the graph."""
 
 
+class RunTimeValuesError(GraphError):
+    """An op needs the values of tensors that `jax.jit` only traces (sizes that depend on the data,
+    as a CTC decoder's or `tf.unique`'s): call without jit, or let a `Session` run it on the host."""
+
+
 class UnsupportedOpError(JaxmetaError, NotImplementedError):
     """The graph uses op types jaxmeta cannot run; the message lists every one of them."""
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import jax
 
+from jaxmeta._errors import RunTimeValuesError
 from jaxmeta._graph import Graph, Tensor
 from jaxmeta._interpreter import make_program, to_jax, unflatten
 from jaxmeta._staging import StagedProgram
@@ -22,7 +23,8 @@ class Session:
         variables: initial variables (e.g. from `graph.saver.restore`); defaults to empty.
         seed: seed of the random key split for each run that draws random numbers.
         jit: compile each (fetches, feeds, targets) signature once with `jax.jit`. Signatures that
-            feed or fetch strings, which JAX cannot trace, run their string ops op by op on the
+            feed or fetch strings, which JAX cannot trace, or hold ops that size their outputs from
+            run-time values (CTC decoders, `tf.edit_distance`, `tf.unique`), run those ops on the
             host and compile the rest (`jaxmeta._staging`); `jit=False` runs everything op by op.
         compiler_options: XLA options for those compiles (`jax.jit(..., compiler_options=)`), e.g.
             `{"xla_gpu_enable_triton_gemm": False}` on a GPU, where XLA otherwise autotunes its
@@ -74,7 +76,16 @@ class Session:
         key = None
         if program.random:
             self._key, key = jax.random.split(self._key)
-        outputs, new_variables = fn(self.variables, list(feed_dict.values()), key)
+        try:
+            outputs, new_variables = fn(self.variables, list(feed_dict.values()), key)
+        except RunTimeValuesError:
+            if not self._jit or isinstance(fn, StagedProgram):
+                raise
+            # An op that sizes its output from run-time values (a CTC decoder, tf.edit_distance,
+            # Unique) cannot be traced: it and what needs it run on the host, the rest compiled.
+            fn = StagedProgram(program, functools.partial(jax.jit, compiler_options=self._compiler_options))
+            self._cache[signature] = (program, fn, resolved)
+            outputs, new_variables = fn(self.variables, list(feed_dict.values()), key)
         if program.assigns:
             self.variables = new_variables
         return to_bytes(unflatten(treedef, resolved, outputs))

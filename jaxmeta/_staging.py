@@ -10,7 +10,9 @@ parse (host) -> model (one compiled call), a classifier that fetches labels pars
 label lookup.
 
 Some ops need values that a device stage only knows when it runs (sizes that depend on the data:
-`Unique`, sparse segment ids from parsed features). When tracing a device stage fails at a node,
+`Unique`, sparse segment ids from parsed features, CTC decoders, `EditDistance`); a `Session`
+whose compiled program fails at one for that reason (`RunTimeValuesError`) stages it too, with
+no strings at all. When tracing a device stage fails at a node,
 the node moves to a host stage and the program is cut again; the stages are kept, so that happens
 once per signature. If the node fails on the host too, the input was wrong: the error is raised
 and the node goes back.
@@ -45,7 +47,8 @@ class StagedProgram:
     but jits the parts between string ops; see the module docstring.
 
     Args:
-        program: a program whose feeds or fetches include strings (`program.host_strings`).
+        program: a program whose feeds or fetches include strings (`program.host_strings`), or
+            whose whole trace failed at an op that needs run-time values (`RunTimeValuesError`).
         jit: `jax.jit` or a partial of it (e.g. with `compiler_options`).
     """
 

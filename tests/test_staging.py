@@ -208,3 +208,33 @@ def test_int64_values_past_int32_keep_their_readers_on_the_host():
     assert runner.moved == {"FloorMod"} and _kinds(runner) == ["host", "device"]
     with pytest.raises(jaxmeta.PrecisionError, match="StringToNumber"):  # fetched itself, as op by op
         jaxmeta.Session(graph).run("StringToNumber:0", {"s:0": feed})
+
+
+def test_sessions_stage_numeric_graphs_with_run_time_sizes():
+    """No strings at all: a CTC model's logits, its greedy decoder and tf.edit_distance (sizes from
+    the decoded values) in a jit Session, which stages the decoder and the distance on the host
+    and compiles the model; the same values as TF."""
+    tf = get_tf()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 2, 4)).astype(np.float32)  # [time, batch, features]
+    w = rng.standard_normal((4, 5)).astype(np.float32)  # 4 classes + blank
+    labels = tf.compat.v1.SparseTensorValue([[0, 0], [0, 1], [1, 0]], np.int64([1, 2, 3]), [2, 2])
+    g = tf.Graph()
+    with g.as_default():
+        inputs = tf.compat.v1.placeholder(tf.float32, [6, 2, 4], name="x")
+        logits = tf.tensordot(inputs, tf.constant(w), 1, name="logits")
+        decoded, _ = tf.nn.ctc_greedy_decoder(logits, tf.fill([2], 6))
+        truth = tf.SparseTensor(*labels)
+        ler = tf.reduce_mean(tf.edit_distance(tf.cast(decoded[0], tf.int64), truth), name="ler")
+        meta = tf.compat.v1.train.export_meta_graph(graph=g)
+        with tf.compat.v1.Session(graph=g) as sess:
+            want = sess.run([ler, decoded[0].values], {inputs: x})
+    graph = jaxmeta.import_meta_graph(meta)
+    with jaxmeta.Session(graph) as sess:
+        for _ in range(2):
+            got = sess.run([ler.name, decoded[0].values.name], {"x:0": x})
+        runner = next(iter(sess._cache.values()))[1]
+    assert isinstance(runner, _staging.StagedProgram) and not runner.op_by_op
+    assert "device" in _kinds(runner) and runner.moved
+    for g_value, w_value in zip(got, want):
+        assert_close(g_value, w_value, rtol=1e-6, atol=0)

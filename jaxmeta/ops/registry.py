@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend.core import concrete_or_error
 
-from jaxmeta._errors import GraphError
+from jaxmeta._errors import GraphError, RunTimeValuesError
 
 OpFn = Callable[..., Any]
 Builder = Callable[[Any], OpFn]
@@ -206,7 +206,7 @@ def need_known(node: Any, what: str, why: str, *values: Any, hint: str = "") -> 
     """
     out = [known(v) for v in values]
     if any(v is None for v in out):
-        raise GraphError(
+        raise RunTimeValuesError(
             f"node {node.name!r} ({node.type}): {why} the values of {what}, which are only known at run "
             f"time under jax.jit (XLA's shapes are static). Compute {what} in the graph from constants or "
             "tensor shapes (tf.shape), or call the function without jax.jit "

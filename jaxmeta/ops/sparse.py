@@ -249,6 +249,61 @@ def _sparse_add(node):
     return fn
 
 
+def _levenshtein(a: np.ndarray, b: np.ndarray) -> int:
+    """Edits (insertions, deletions, substitutions) turning sequence `a` into `b`; one NumPy row
+    per element of `a` (a row's insertions are a running minimum)."""
+    if a.size == 0 or b.size == 0:
+        return int(max(a.size, b.size))
+    steps = np.arange(b.size + 1)
+    row = steps.copy()
+    for i, x in enumerate(a, 1):
+        best = np.empty_like(row)
+        best[0] = i
+        best[1:] = np.minimum(row[1:] + 1, row[:-1] + (b != x))
+        row = np.minimum.accumulate(best - steps) + steps
+    return int(row[-1])
+
+
+def _sequences(indices: np.ndarray, values: np.ndarray) -> dict[tuple, np.ndarray]:
+    """A SparseTensor's sequences along its last axis, keyed by the index of the others."""
+    groups: dict[tuple, list] = {}
+    for k in np.lexsort(indices.T[::-1]) if indices.size else []:
+        groups.setdefault(tuple(indices[k, :-1].tolist()), []).append(values[k])
+    return {key: np.asarray(v) for key, v in groups.items()}
+
+
+@register("EditDistance")
+def _edit_distance(node):
+    """`tf.edit_distance`: the Levenshtein distance between the hypothesis and truth sequences
+    (the last axis of two SparseTensors) at every index of the other axes, over the larger of the
+    two dense shapes; divided by the truth's length with `normalize` (x / 0: inf, 0 / 0: NaN, as
+    TF's float division). The sequences are read on the host, so the inputs must be known (the
+    output of CTC decoders is anyway)."""
+    normalize = node.attr_bool("normalize", True)
+
+    def fn(h_indices, h_values, h_shape, t_indices, t_values, t_shape):
+        h_idx, h_val, h_shp, t_idx, t_val, t_shp = need_known(
+            node, "both SparseTensors", OUTPUT_SIZES, h_indices, h_values, h_shape, t_indices, t_values, t_shape)
+        if h_shp.size != t_shp.size or h_shp.size < 1 or h_idx.shape[-1:] != h_shp.shape or t_idx.shape[-1:] != t_shp.shape:
+            raise GraphError(f"node {node.name!r} ({node.type}): the hypothesis (shape {h_shp.tolist()}) and truth "
+                             f"(shape {t_shp.tolist()}) must be SparseTensors of one rank")
+        out_shape = tuple(int(v) for v in np.maximum(h_shp[:-1], t_shp[:-1]))
+        hyp, truth = _sequences(h_idx, h_val), _sequences(t_idx, t_val)
+        out = np.zeros(out_shape, np.float32)
+        empty = np.zeros(0, t_val.dtype)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            for key in set(hyp) | set(truth):
+                if any(not 0 <= k < n for k, n in zip(key, out_shape)):
+                    raise GraphError(f"node {node.name!r} ({node.type}): index {list(key)} is outside the "
+                                     f"output's shape {list(out_shape)}, which TF rejects")
+                a, b = hyp.get(key, empty), truth.get(key, empty)
+                dist = np.float32(_levenshtein(a, b))
+                out[key] = dist / np.float32(b.size) if normalize else dist
+        return out
+
+    return fn
+
+
 @register("SparseAddGrad")
 def _sparse_add_grad(node):
     """The gradient of SparseAdd's values: each output entry's gradient goes to the a and b

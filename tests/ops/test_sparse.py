@@ -148,6 +148,44 @@ def test_sparse_add(thresh):
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-6, err_msg=name)
 
 
+def _sparse_rows(rows):
+    """A [batch, 1, time] SparseTensor's (indices, values, shape) from a list of sequences."""
+    indices = [[b, 0, t] for b, row in enumerate(rows) for t in range(len(row))]
+    values = [v for row in rows for v in row]
+    width = max([len(r) for r in rows] + [1])
+    return np.array(indices, np.int64).reshape(-1, 3), values, np.array([len(rows), 1, width], np.int64)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_edit_distance(normalize):
+    """tf.edit_distance (the CER/WER of CTC models): Levenshtein distances over the larger dense
+    shape, normalized by the truth's length (an empty truth: inf, or NaN for an empty hypothesis),
+    of int64 and string sequences, the int ones fed (as a CTC decoder would hand them over)."""
+    hyp = [[1, 2, 3, 4], [5, 5], [], [7, 8, 9], [1]]
+    truth = [[1, 3, 4, 2], [5, 6, 5], [2], [], [], [3, 3]]  # a sixth row only the truth has
+    hi, hv, hs = _sparse_rows(hyp)
+    ti, tv, ts = _sparse_rows(truth)
+    arrays = {"hi": hi, "hv": np.array(hv, np.int64), "ti": ti, "tv": np.array(tv, np.int64)}
+    words = [["the", "cat", "sat"], ["a", "dog"]]
+    wi, wv, ws = _sparse_rows(words)
+    ri, rv, rs = _sparse_rows([["the", "cat", "sat", "down"], ["dog"]])
+
+    def build(tf):
+        p = {k: ph(tf, k, v) for k, v in arrays.items()}
+        ints = tf.edit_distance(tf.SparseTensor(p["hi"], p["hv"], hs), tf.SparseTensor(p["ti"], p["tv"], ts),
+                                normalize=normalize)
+        text = tf.edit_distance(tf.SparseTensor(wi, tf.constant(wv), ws), tf.SparseTensor(ri, tf.constant(rv), rs),
+                                normalize=normalize)
+        return [ints, text]
+
+    run = run_tf(build, feeds(**arrays))
+    for jit in (False, True):
+        with jaxmeta.Session(run.graph, jit=jit) as sess:
+            got = sess.run(run.fetch_names, feeds(**arrays))
+        for name, g, w in zip(run.fetch_names, got, run.expected):
+            np.testing.assert_array_equal(np.asarray(g), np.asarray(w), err_msg=name)
+
+
 # --- SparseTensors as strings: SerializeSparse, SerializeManySparse, DeserializeSparse ---------------
 
 
