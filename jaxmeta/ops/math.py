@@ -982,6 +982,44 @@ def _cholesky(node):
     return fn
 
 
+@register("CholeskyGrad", "BatchCholeskyGrad")
+def _cholesky_grad(node):
+    """TF1's gradient op of Cholesky (Murray's "Differentiation of the Cholesky algorithm"): from
+    l = cholesky(a) and dl (only its lower triangle is read), the symmetrized da, in the closed form
+    TF's later Python gradient writes: L^-H Phi(L^H dl) L^-1, Phi keeping the lower triangle with its
+    diagonal halved, then (x + x^H) / 2."""
+
+    def fn(factor, grad):
+        factor, grad = jnp.asarray(factor), jnp.asarray(grad)
+        middle = jnp.tril(_adjoint(factor) @ jnp.tril(grad))
+        middle = middle - 0.5 * jnp.tril(jnp.triu(middle))  # the diagonal halved
+        # L^-H middle L^-1 as two triangular solves
+        left = lax.linalg.triangular_solve(factor, middle, left_side=True, lower=True, transpose_a=True,
+                                           conjugate_a=True)
+        out = lax.linalg.triangular_solve(factor, left, left_side=False, lower=True)
+        return 0.5 * (out + _adjoint(out))
+
+    return fn
+
+
+@register("Lu")
+def _lu(node):
+    """`tf.linalg.lu`: the packed LU factors of P A (partial pivoting, as LAPACK's getrf) and the
+    permutation P as row indices. TF refuses a singular matrix (a zero pivot): so does jaxmeta
+    where the values are known; under jit the factors keep their zero."""
+    index_dtype = jax.dtypes.canonicalize_dtype(node.attr_dtype("output_idx_type", np.dtype(np.int32)))
+
+    def fn(x):
+        lu, _, permutation = lax.linalg.lu(jnp.asarray(x))
+        factors = checked(lu)
+        if factors is not None and (np.diagonal(factors, axis1=-2, axis2=-1) == 0).any():
+            raise GraphError(f"node {node.name!r} ({node.type}): the matrix is not invertible (a zero pivot), "
+                             "which TF rejects")
+        return lu, permutation.astype(index_dtype)
+
+    return fn
+
+
 def _broadcast_batch(a, b):
     """Broadcasts the batch dimensions (all but the last two) of two matrix stacks."""
     a, b = broadcast_ranks(jnp.asarray(a), jnp.asarray(b))

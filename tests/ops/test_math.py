@@ -969,6 +969,36 @@ def test_cholesky():
     compare_with_tf(build, {"x:0": x}, rtol=1e-4, atol=1e-5, grads=True)
 
 
+def test_cholesky_grad_and_lu():
+    """TF1's CholeskyGrad op (its Cholesky gradient before TF 1.5 wrote it in Python; only dl's
+    lower triangle counts) and tf.linalg.lu (factors and pivots as LAPACK's)."""
+    x = _sample("any", (2, 4, 4))
+    dl = _sample("any", (2, 4, 4), seed=1)
+    singular = np.array([[1, 2, 3], [2, 4, 6], [1, 0, 1]], F32)
+
+    def build(tf):
+        p, g = _ph(tf, tf.float32, [2, 4, 4], "x"), _ph(tf, tf.float32, [2, 4, 4], "dl")
+        chol = tf.linalg.cholesky(tf.matmul(p, p, transpose_b=True) + tf.constant(2 * np.eye(4, dtype=F32)))
+        lu = tf.raw_ops.Lu(input=p)
+        lu64 = tf.raw_ops.Lu(input=tf.cast(p, tf.complex64), output_idx_type=tf.int64)
+        return [tf.raw_ops.CholeskyGrad(l=chol, grad=g), *lu, *lu64]
+
+    compare_with_tf(build, {"x:0": x, "dl:0": dl}, rtol=1e-4, atol=1e-5)
+
+    # A singular matrix: TF refuses it, and so does jaxmeta where the values are known.
+    tf = get_tf()
+    g = tf.Graph()
+    with g.as_default():
+        lu = tf.raw_ops.Lu(input=_ph(tf, tf.float32, [3, 3], "a"))
+        with tf.compat.v1.Session(graph=g) as sess, pytest.raises(tf.errors.InvalidArgumentError):
+            sess.run(lu, {"a:0": singular})
+        meta = tf.compat.v1.train.export_meta_graph(graph=g)
+    f = jaxmeta.import_meta_graph(meta).function([lu.lu.name], feeds=["a:0"])
+    with pytest.raises(jaxmeta.GraphError, match="not invertible"):
+        f({}, singular)
+    assert np.asarray(jax.jit(f)({}, singular)[0])[2, 2] == 0
+
+
 def test_matrix_triangular_solve():
     a = _well_conditioned((2, 3, 3))
     feeds = {"a:0": a, "lo:0": np.tril(a), "up:0": np.triu(a), "b:0": _sample("any", (3, 2), seed=3),
