@@ -482,14 +482,15 @@ def _hue_range(rgb):
     channel (no saturation, so channels outside [0, 1] come back as they were)."""
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     # The kernel's comparisons, in its order: (largest, middle, smallest, hue category).
-    bgr = b < r
     r_lt_g = [(g, r, b, 1), (b, g, r, 3), (g, b, r, 2)]  # b < r; b > g; else
     g_le_r = [(r, g, b, 0), (b, r, g, 4), (r, b, g, 5)]  # b < g; b > r; else
 
     def pick(cases, first, second):
-        return [jnp.where(first, a, jnp.where(second, b_, c)) for a, b_, c in zip(*cases)]
+        """The kernel's three-way branch: cases[0] where `first`, cases[1] where `second`, else
+        cases[2]."""
+        return [jnp.where(first, x, jnp.where(second, y, z)) for x, y, z in zip(*cases)]
 
-    hi1, mid1, lo1, cat1 = pick(r_lt_g, bgr, b > g)
+    hi1, mid1, lo1, cat1 = pick(r_lt_g, b < r, b > g)
     hi2, mid2, lo2, cat2 = pick(g_le_r, b < g, b > r)
     first = r < g
     hi, mid, lo = (jnp.where(first, x, y) for x, y in ((hi1, hi2), (mid1, mid2), (lo1, lo2)))

@@ -123,6 +123,14 @@ def _large_a(small, large):
 # -- elementwise unary ----------------------------------------------------------------------------
 
 
+def _expint(x):
+    """TF's Ei(x) is defined for x >= 0 only: NaN below, -inf at 0 (jax.scipy's expi extends it
+    to negative x and is NaN at 0)."""
+    x = jnp.asarray(x)
+    nan, minus_inf = jnp.asarray(jnp.nan, x.dtype), jnp.asarray(-jnp.inf, x.dtype)
+    return jnp.where(x < 0, nan, jnp.where(x == 0, minus_inf, jsp.expi(x)))
+
+
 def _with_tout(f_jnp, f_np=None, attr: str = "Tout"):
     """Unary builder whose output dtype comes from an attribute (Real, Imag, Angle, ComplexAbs)."""
 
@@ -197,7 +205,7 @@ register_table({
     "BesselI0e": unary(jsp.i0e),
     "BesselI1e": unary(jsp.i1e),
     "Spence": unary(lambda x: _spence(x)),
-    "Expint": unary(lambda x: _expint(x)),
+    "Expint": unary(_expint),
     "IsFinite": unary(jnp.isfinite, np.isfinite),
     "IsInf": unary(jnp.isinf, np.isinf),
     "IsNan": unary(jnp.isnan, np.isnan),
@@ -209,14 +217,6 @@ register_table({
     "Angle": _with_tout(jnp.angle, np.angle),
     "ComplexAbs": _with_tout(jnp.abs, np.abs),
 })
-
-
-def _expint(x):
-    """TF's Ei(x) is defined for x >= 0 only: NaN below, -inf at 0 (jax.scipy's expi extends it
-    to negative x and is NaN at 0)."""
-    x = jnp.asarray(x)
-    nan, minus_inf = jnp.asarray(jnp.nan, x.dtype), jnp.asarray(-jnp.inf, x.dtype)
-    return jnp.where(x < 0, nan, jnp.where(x == 0, minus_inf, jsp.expi(x)))
 
 
 @register("PopulationCount")

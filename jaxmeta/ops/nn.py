@@ -934,7 +934,7 @@ def _fake_quant_vars_per_channel(node):
     return lambda x, lo, hi: _fake_quant(x, lo, hi, bits, narrow)
 
 
-def quantize_and_dequantize(node, x, lo, hi, *, bits: int, signed: bool, range_given: bool, half_up: bool,
+def _quantize_and_dequantize(node, x, lo, hi, *, bits: int, signed: bool, range_given: bool, half_up: bool,
                             narrow: bool, axis: int, grad: str):
     """TF's QuantizeAndDequantize kernels: x scaled onto the integer grid of `bits` bits that keeps
     0 exact and covers [lo, hi] (x's own range unless `range_given`, then x is clamped to the range
@@ -994,7 +994,7 @@ def _quantize_and_dequantize_v2(node):
                 range_given=node.attr_bool("range_given", False), half_up=_qdq_round(node),
                 narrow=node.attr_bool("narrow_range", False), axis=node.attr_int("axis", -1),
                 grad="range" if node.type == "QuantizeAndDequantizeV4" else "straight")
-    return lambda x, lo, hi: quantize_and_dequantize(node, x, lo, hi, **opts)
+    return lambda x, lo, hi: _quantize_and_dequantize(node, x, lo, hi, **opts)
 
 
 @register("QuantizeAndDequantizeV3")
@@ -1006,7 +1006,7 @@ def _quantize_and_dequantize_v3(node):
 
     def fn(x, lo, hi, num_bits):
         bits = _qdq_bits(node, static_ints(num_bits, node, "num_bits", 1)[0])
-        return quantize_and_dequantize(node, x, lo, hi, bits=bits, **opts)
+        return _quantize_and_dequantize(node, x, lo, hi, bits=bits, **opts)
 
     return fn
 
