@@ -526,6 +526,50 @@ def _adjust_hue(node):
     return fn
 
 
+# -- drawing --------------------------------------------------------------------------------------
+
+# TF's colours for boxes when none are given: yellow, blue, red, lime, purple, olive, maroon, navy,
+# aqua, fuchsia (RGBA; a grayscale image takes the first channel, which TF sets to 1).
+_BOX_COLORS = np.array([[1, 1, 0, 1], [0, 0, 1, 1], [1, 0, 0, 1], [0, 1, 0, 1], [0.5, 0, 0.5, 1], [0.5, 0.5, 0, 1],
+                        [0.5, 0, 0, 1], [0, 0, 0.5, 1], [0, 1, 1, 1], [1, 0, 1, 1]], np.float32)
+
+
+@register("DrawBoundingBoxes", "DrawBoundingBoxesV2")
+def _draw_bounding_boxes(node):
+    """`tf.image.draw_bounding_boxes` (detection models' image summaries): each box's one-pixel
+    outline at TF's pixel rows and columns (the normalized corner times size - 1, truncated),
+    clipped to the image, in its colour (`colors` cycling over the boxes, or TF's table); a later
+    box paints over an earlier one; inverted boxes and boxes wholly outside are not drawn."""
+
+    def fn(images, boxes, colors=None):
+        images, boxes = jnp.asarray(images), jnp.asarray(boxes, jnp.float32)
+        if images.ndim != 4 or boxes.ndim != 3 or boxes.shape[-1] != 4 or images.shape[3] not in (1, 3, 4):
+            raise GraphError(f"node {node.name!r} ({node.type}): images must be [batch, height, width, 1, 3 or "
+                             f"4] and boxes [batch, boxes, 4]; got {images.shape} and {boxes.shape}")
+        _, h, w, depth = images.shape
+        table = _BOX_COLORS.copy()
+        if depth == 1:
+            table[:, 0] = 1
+        if colors is not None and np.size(colors):
+            table = jnp.asarray(colors, jnp.float32)
+        table = jnp.asarray(table)[:, :depth]
+        scale = jnp.asarray([h - 1, w - 1, h - 1, w - 1], jnp.float32)[None, None, :]
+        corners = jnp.clip(jnp.trunc(boxes * scale), -(2**30), 2**30).astype(jnp.int32)  # [batch, boxes, 4]
+        r0, c0, r1, c1 = (corners[..., k, None, None] for k in range(4))  # each [batch, boxes, 1, 1]
+        drawn = (r0 <= r1) & (c0 <= c1) & (r0 < h) & (r1 >= 0) & (c0 < w) & (c1 >= 0)
+        rows, cols = jnp.arange(h)[None, None, :, None], jnp.arange(w)[None, None, None, :]
+        across = (cols >= jnp.maximum(c0, 0)) & (cols <= jnp.minimum(c1, w - 1))
+        down = (rows >= jnp.maximum(r0, 0)) & (rows <= jnp.minimum(r1, h - 1))
+        outline = (((rows == r0) | (rows == r1)) & across) | (((cols == c0) | (cols == c1)) & down)
+        paint = drawn & outline  # [batch, boxes, h, w]
+        n = boxes.shape[1]
+        last = jnp.max(jnp.where(paint, jnp.arange(1, n + 1)[None, :, None, None], 0), axis=1)  # 0: none
+        color = table[jnp.maximum(last - 1, 0) % table.shape[0]]  # [batch, h, w, depth]
+        return jnp.where((last > 0)[..., None], color.astype(images.dtype), images)
+
+    return fn
+
+
 # -- non-maximum suppression ----------------------------------------------------------------------
 
 

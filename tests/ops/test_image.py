@@ -359,6 +359,28 @@ def test_colour_ops_outside_the_unit_range():
     compare_with_tf(build, {"x:0": x}, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("depth", [1, 3, 4])
+def test_draw_bounding_boxes(depth):
+    """Boxes inside, across the edges, inverted, wholly outside and overlapping (a later one
+    paints over), with TF's colour table and with given colours (cycling, more channels than the
+    image has), V1 and V2."""
+    images = np.random.default_rng(depth).uniform(0, 1, (2, 9, 11, depth)).astype(np.float32)
+    boxes = np.array([[[0.1, 0.2, 0.6, 0.7], [-0.3, 0.5, 0.4, 1.4], [0.8, 0.1, 0.2, 0.9], [1.2, 0.2, 1.5, 0.5],
+                       [0.3, 0.3, 0.9, 0.95]],
+                      [[0.0, 0.0, 1.0, 1.0], [0.5, 0.5, 0.5, 0.5], [0.25, -0.2, 0.75, 0.3], [0.1, 0.1, 0.2, 0.2],
+                       [0.4, 0.6, 1.1, 1.2]]], np.float32)
+    colors = np.array([[0.2, 0.4, 0.6, 0.8, 0.9], [1.0, 0.0, 0.5, 0.25, 0.1]], np.float32)
+
+    def build(tf):
+        x, b = ph(tf, "x", images), ph(tf, "b", boxes)
+        r = tf.raw_ops
+        return [r.DrawBoundingBoxes(images=x, boxes=b), r.DrawBoundingBoxesV2(images=x, boxes=b, colors=colors),
+                r.DrawBoundingBoxesV2(images=x, boxes=b, colors=np.zeros((0, 4), np.float32)),
+                r.DrawBoundingBoxes(images=tf.cast(x, tf.float16), boxes=b)]
+
+    compare_with_tf(build, {"x:0": images, "b:0": boxes}, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("scale", [0.0, 0.5, 1.0, 2.5])
 def test_adjust_saturation(scale):
     def build(tf):
