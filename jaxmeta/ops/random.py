@@ -107,6 +107,19 @@ def _random_gamma(node):
     return fn
 
 
+@register("RandomGammaGrad")
+def _random_gamma_grad(node):
+    """d sample / d alpha of a Gamma(alpha, 1) sample (implicit reparameterization: how the sample
+    moves as alpha does with its CDF value held), which TF's gradient of tf.random.gamma writes
+    into training graphs (Gamma and Dirichlet VAEs)."""
+
+    def fn(alpha, sample):
+        alpha, sample = jnp.broadcast_arrays(jnp.asarray(alpha), jnp.asarray(sample))
+        return jax.lax.random_gamma_grad(alpha, sample.astype(alpha.dtype))
+
+    return fn
+
+
 @register("RandomPoisson", "RandomPoissonV2", random=True, context=True)
 def _random_poisson(node):
     dtype = _dtype(node, "dtype")

@@ -348,3 +348,18 @@ def test_sampled_softmax_loss_runs_with_sampler():
 
     (loss,), (want,) = _draws(build)
     assert np.isfinite(loss).all() and loss.shape == want.shape
+
+
+def test_random_gamma_grad():
+    """RandomGammaGrad (tf.random.gamma's gradient op in training graphs): d sample / d alpha,
+    against TF over small and large alphas and samples in both tails."""
+    alpha = np.array([0.1, 0.5, 1.0, 2.5, 7.0, 30.0, 200.0, 0.8], np.float32)
+    sample = np.array([0.01, 0.3, 1.0, 4.0, 5.5, 35.0, 190.0, 1e-6], np.float32)
+
+    def build(tf):
+        a = tf.compat.v1.placeholder(tf.float32, [8], name="a")
+        s = tf.compat.v1.placeholder(tf.float32, [8], name="s")
+        return [tf.raw_ops.RandomGammaGrad(alpha=a, sample=s),
+                tf.raw_ops.RandomGammaGrad(alpha=tf.cast(a, tf.float64), sample=tf.cast(s, tf.float64))]
+
+    compare_with_tf(build, {"a:0": alpha, "s:0": sample}, rtol=2e-4, atol=1e-6)
