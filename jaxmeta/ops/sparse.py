@@ -304,6 +304,79 @@ def _edit_distance(node):
     return fn
 
 
+# -- sets along the last axis (tf.sets) -------------------------------------------------------------
+
+
+def _dense_sets(x: np.ndarray) -> tuple[dict[tuple, set], tuple]:
+    """A dense tensor's sets: every value of the last axis, by the index of the others."""
+    lead = x.shape[:-1]
+    return {key: set(x[key].tolist()) for key in np.ndindex(*lead)}, lead
+
+
+def _sparse_sets(indices: np.ndarray, values: np.ndarray, shape: np.ndarray) -> tuple[dict[tuple, set], tuple]:
+    groups: dict[tuple, set] = {}
+    for row, value in zip(indices.tolist(), values.tolist()):
+        groups.setdefault(tuple(row[:-1]), set()).add(value)
+    return groups, tuple(int(d) for d in shape[:-1])
+
+
+_SET_OPERATIONS = {
+    "a-b": lambda a, b: a - b, "b-a": lambda a, b: b - a,
+    "intersection": lambda a, b: a & b, "union": lambda a, b: a | b,
+}
+
+
+@register("DenseToDenseSetOperation", "DenseToSparseSetOperation", "SparseToSparseSetOperation")
+def _set_operation(node):
+    """`tf.sets.intersection/union/difference` over the last axis: a SparseTensor of each group's
+    resulting set in ascending order (groups in order, empty ones left out), its last dimension
+    the largest set. Run on the host: the result's size depends on the values."""
+    name = node.attr_str("set_operation").lower()
+    if name not in _SET_OPERATIONS:
+        raise GraphError(f"node {node.name!r} ({node.type}): set_operation {name!r} is not one of "
+                         f"{sorted(_SET_OPERATIONS)}")
+    apply = _SET_OPERATIONS[name]
+    kinds = {"DenseToDenseSetOperation": "dd", "DenseToSparseSetOperation": "ds",
+             "SparseToSparseSetOperation": "ss"}[node.type]
+
+    def fn(*args):
+        values = need_known(node, "both sets", OUTPUT_SIZES, *args)
+        if kinds[0] == "d":
+            (first, lead1), rest = _dense_sets(values[0]), values[1:]
+        else:
+            (first, lead1), rest = _sparse_sets(*values[:3]), values[3:]
+        second, lead2 = _dense_sets(rest[0]) if kinds[1] == "d" else _sparse_sets(*rest)
+        if lead1 != lead2:
+            raise GraphError(f"node {node.name!r} ({node.type}): the sets' shapes {list(lead1)} and {list(lead2)} "
+                             "differ in their leading dimensions, which TF rejects")
+        dtype = np.asarray(values[0] if kinds[0] == "d" else values[1]).dtype
+        out_indices, out_values, widest = [], [], 0
+        for key in sorted(set(first) | set(second)):
+            result = sorted(apply(first.get(key, set()), second.get(key, set())))
+            widest = max(widest, len(result))
+            out_indices += [(*key, k) for k in range(len(result))]
+            out_values += result
+        rank = len(lead1) + 1
+        return (np.array(out_indices, np.int64).reshape(-1, rank), np.array(out_values, dtype).reshape(-1),
+                np.array([*lead1, widest], np.int64))
+
+    return fn
+
+
+@register("SetSize")
+def _set_size(node):
+    """`tf.sets.size`: the number of distinct values in each group of a SparseTensor (int32)."""
+
+    def fn(indices, values, shape):
+        sets, lead = _sparse_sets(*need_known(node, "the set", "jaxmeta needs", indices, values, shape))
+        out = np.zeros(lead, np.int32)
+        for key, members in sets.items():
+            out[key] = len(members)
+        return out
+
+    return fn
+
+
 @register("SparseAddGrad")
 def _sparse_add_grad(node):
     """The gradient of SparseAdd's values: each output entry's gradient goes to the a and b

@@ -186,6 +186,31 @@ def test_edit_distance(normalize):
             np.testing.assert_array_equal(np.asarray(g), np.asarray(w), err_msg=name)
 
 
+@pytest.mark.parametrize("op", ["intersection", "union", "a-b", "b-a"])
+def test_set_operations(op):
+    """tf.sets over the last axis, dense-dense, dense-sparse and sparse-sparse (strings), and
+    tf.sets.size: each group's set in ascending order, empty groups left out."""
+    a = np.array([[[1, 2, 2, 5], [7, 7, 7, 7]], [[3, 1, 4, 1], [0, 9, 8, 9]]], np.int64)
+    b = np.array([[[2, 5, 6, 6], [1, 2, 3, 4]], [[4, 4, 3, 3], [9, 9, 0, 0]]], np.int64)
+    words_a = (np.array([[0, 0], [0, 1], [0, 2], [1, 0], [2, 1]], np.int64),
+               np.array([b"cat", b"dog", b"cat", b"emu", b"ant"], object), np.array([3, 3], np.int64))
+    words_b = (np.array([[0, 0], [0, 1], [1, 0], [1, 1]], np.int64),
+               np.array([b"dog", b"yak", b"emu", b"bee"], object), np.array([3, 4], np.int64))
+    name = {"a-b": "difference", "b-a": "difference"}.get(op, op)
+
+    def build(tf):
+        f = getattr(tf.sets, name)
+        kw = {"aminusb": op == "a-b"} if name == "difference" else {}
+        sa = tf.SparseTensor(*[tf.constant(v) for v in words_a])
+        sb = tf.SparseTensor(*[tf.constant(v) for v in words_b])
+        dense_sparse = f(tf.constant(a), tf.sparse.from_dense(tf.constant(b)), **kw)
+        outs = [f(ph(tf, "a", a), tf.constant(b), **kw), dense_sparse, f(sa, sb, **kw)]
+        flat = [t for o in outs for t in (o.indices, o.values, o.dense_shape)]
+        return flat + [tf.sets.size(sa), tf.sets.size(tf.sparse.from_dense(ph(tf, "a2", a)))]
+
+    compare_host_ops(build, {"a:0": a, "a2:0": a})
+
+
 # --- SparseTensors as strings: SerializeSparse, SerializeManySparse, DeserializeSparse ---------------
 
 
