@@ -359,3 +359,32 @@ def test_serialized_sparse_errors():
         sparse_indices=tf.constant([[0]], tf.int64), sparse_values=tf.constant([1.0]),
         sparse_shape=tf.constant([2], tf.int64), out_type=tf.variant), "out_type variant is not supported",
         tf_fails=False)
+
+
+def test_precision_and_recall_at_k_metrics():
+    """tf.compat.v1.metrics.precision_at_k / recall_at_k, streamed over three batches in a jit
+    Session: top-k, set intersections and sizes (on the host, staged by the Session) and the
+    metrics' local variables."""
+    tf = get_tf()
+    rng = np.random.default_rng(0)
+    batches = [(rng.standard_normal((4, 6)).astype(np.float32), rng.integers(0, 6, (4, 2))) for _ in range(3)]
+    g = tf.Graph()
+    with g.as_default():
+        logits = tf.compat.v1.placeholder(tf.float32, [4, 6], name="logits")
+        labels = tf.compat.v1.placeholder(tf.int64, [4, 2], name="labels")
+        precision, update_p = tf.compat.v1.metrics.precision_at_k(labels, logits, k=3)
+        recall, update_r = tf.compat.v1.metrics.recall_at_k(labels, logits, k=3)
+        init = tf.compat.v1.local_variables_initializer()
+        meta = tf.compat.v1.train.export_meta_graph(graph=g)
+        with tf.compat.v1.Session(graph=g) as sess:
+            sess.run(init)
+            for x, y in batches:
+                sess.run([update_p, update_r], {logits: x, labels: y})
+            want = sess.run([precision, recall])
+    graph = jaxmeta.import_meta_graph(meta)
+    with jaxmeta.Session(graph) as sess:
+        sess.run(init.name)
+        for x, y in batches:
+            sess.run([update_p.name, update_r.name], {"logits:0": x, "labels:0": y})
+        got = sess.run([precision.name, recall.name])
+    np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=1e-6)
