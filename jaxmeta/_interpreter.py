@@ -356,6 +356,9 @@ def _prune(graph: Graph, fetches, targets, fed: set[TensorRef], satisfied: Any =
     Control inputs on `satisfied` nodes are not followed (`True`: no control input is followed).
     """
     needed: set[str] = set()
+    # A fed placeholder's control edges pass to its feed, as in TF (a control dependency on a fed
+    # placeholder is met: tf.metrics.mean_tensor's update depends on its input that way).
+    fed_placeholders = {r.node for r in fed if graph.nodes[r.node].type in ("Placeholder", "PlaceholderV2")}
     stack = [r.node for r in fetches if r not in fed] + list(targets)
     while stack:
         name = stack.pop()
@@ -365,7 +368,7 @@ def _prune(graph: Graph, fetches, targets, fed: set[TensorRef], satisfied: Any =
         node = graph.nodes[name]
         stack.extend(ref.node for ref in node.inputs if ref not in fed)
         if satisfied is not True:
-            stack.extend(c for c in node.control_inputs if c not in satisfied)
+            stack.extend(c for c in node.control_inputs if c not in satisfied and c not in fed_placeholders)
     return needed
 
 

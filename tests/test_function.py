@@ -8,7 +8,7 @@ import re
 import jax
 import numpy as np
 import pytest
-from oracle import assert_close
+from oracle import assert_close, get_tf
 
 import jaxmeta
 
@@ -41,3 +41,22 @@ def test_fed_integers_that_do_not_fit_32_bits_raise():
     f(variables, images, np.array([1, 2], np.int64))  # int64 values that fit: narrowed, as JAX does
     with pytest.raises(jaxmeta.PrecisionError, match="feed labels:0"):
         f(variables, images, np.array([1, 2**40], np.int64))
+
+
+def test_control_edges_on_a_fed_placeholder_are_met():
+    """TF moves a fed Placeholder's control edges to its feed: tf.metrics.mean_tensor's update
+    reads its variables under a control dependency on its input, which must not ask for another
+    feed."""
+    tf = get_tf()
+    g = tf.Graph()
+    with g.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [2, 3], name="x")
+        value, update = tf.compat.v1.metrics.mean_tensor(x)
+        init = tf.compat.v1.local_variables_initializer()
+        meta = tf.compat.v1.train.export_meta_graph(graph=g)
+    batches = [np.arange(6, dtype=np.float32).reshape(2, 3), np.ones((2, 3), np.float32)]
+    with jaxmeta.Session(jaxmeta.import_meta_graph(meta)) as sess:
+        sess.run(init.name)
+        for batch in batches:
+            sess.run(update.name, {"x:0": batch})
+        np.testing.assert_allclose(sess.run(value.name), (batches[0] + batches[1]) / 2)
