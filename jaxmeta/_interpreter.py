@@ -358,7 +358,8 @@ def _prune(graph: Graph, fetches, targets, fed: set[TensorRef], satisfied: Any =
     needed: set[str] = set()
     # A fed placeholder's control edges pass to its feed, as in TF (a control dependency on a fed
     # placeholder is met: tf.metrics.mean_tensor's update depends on its input that way).
-    fed_placeholders = {r.node for r in fed if graph.nodes[r.node].type in ("Placeholder", "PlaceholderV2")}
+    fed_placeholders = {r.node for r in fed
+                        if getattr(graph.nodes.get(r.node), "type", None) in ("Placeholder", "PlaceholderV2")}
     stack = [r.node for r in fetches if r not in fed] + list(targets)
     while stack:
         name = stack.pop()
