@@ -2,7 +2,7 @@
 kernels with the gradient kernels that TF1 training graphs contain (`LSTMBlockCell`,
 `BlockLSTM(V2)`, `GRUBlockCell` and `LSTMBlockCellGrad`, `BlockLSTMGrad(V2)`, `GRUBlockCellGrad`),
 XLA's own dot/convolution ops (`XlaDotV2`, `XlaConvV2`, as tf2xla/`jit_compile` graphs contain
-them), `CombinedNonMaxSuppression`, `TensorListResize`, `SparseFillEmptyRows`,
+them), `CombinedNonMaxSuppression`, `TensorListResize`, `SparseFillEmptyRows` (and its gradient),
 `CTCGreedyDecoder`, and `Placeholder` (registered only so the supported-op list names it).
 
 `SparseFillEmptyRows` and `CTCGreedyDecoder` produce sparse tensors whose size depends on the
@@ -19,7 +19,7 @@ from jax import lax
 from jaxmeta._errors import FeedError, GraphError
 from jaxmeta.ops.functional import _items, _PendingList, _PushList
 from jaxmeta.ops.image import _nms_padded
-from jaxmeta.ops.registry import OUTPUT_SIZES, expect_shape, need_known, register, static
+from jaxmeta.ops.registry import OUTPUT_SIZES, checked_indices, expect_shape, need_known, register, static
 
 # -- Placeholder ----------------------------------------------------------------------------------
 
@@ -563,6 +563,22 @@ def _sparse_fill_empty_rows(node):
         out_values = xp.where(source >= 0, gathered, default)
         return (out_indices.astype(index_dtype), out_values, empty,
                 reverse.astype(index_dtype))
+
+    return fn
+
+
+@register("SparseFillEmptyRowsGrad")
+def _sparse_fill_empty_rows_grad(node):
+    """The gradient of SparseFillEmptyRows: each input value's output gradient (through
+    `reverse_index_map`), and the rest (the filled entries') summed into the default value.
+    Jit-able: the map's length is the input's nnz."""
+
+    def fn(reverse_index_map, grad_values):
+        grad = jnp.asarray(grad_values)
+        index = checked_indices(node, reverse_index_map, grad.shape[0], "reverse_index_map")
+        taken = jnp.zeros(grad.shape[0], bool).at[index].set(True, mode="drop")
+        d_values = jnp.take(grad, index, axis=0, mode="fill", fill_value=0)
+        return d_values, jnp.sum(jnp.where(taken, jnp.zeros((), grad.dtype), grad))
 
     return fn
 

@@ -625,6 +625,31 @@ def test_sparse_fill_empty_rows_fed_indices():
         f({}, indices, values)
 
 
+def test_sparse_fill_empty_rows_grad():
+    """The gradient op TF writes for SparseFillEmptyRows' values and default value (fetched from
+    tf.gradients, so the op is in the graph), jit-able: a reverse map into 7 outputs of which
+    3 are filled rows."""
+    indices = np.asarray([[1, 0], [3, 2], [1, 1], [0, 4]], np.int64)
+    values = randn(4, seed=3)
+    weights = randn(7, seed=4)
+
+    def build(tf):
+        v, d = ph(tf, "values", values), ph(tf, "default", np.float32(-7.5))
+        out = tf.raw_ops.SparseFillEmptyRows(indices=tf.constant(indices), values=v, dense_shape=tf.constant(
+            np.asarray([6, 6], np.int64)), default_value=d)
+        grads = tf.gradients(tf.reduce_sum(out[1] * tf.constant(weights)), [v, d])
+        direct = tf.raw_ops.SparseFillEmptyRowsGrad(reverse_index_map=ph(tf, "map", np.int64([4, 0, 2, 6])),
+                                                    grad_values=tf.constant(weights))
+        return [*grads, *direct]
+
+    feeds = {"values:0": values, "default:0": np.float32(-7.5), "map:0": np.int64([4, 0, 2, 6])}
+    compare_with_tf(build, feeds, jit_modes=(False,))
+    run = run_tf(build, feeds)
+    got = jax.jit(run.graph.function(run.fetch_names[2:], feeds=["map:0"]))({}, np.int64([4, 0, 2, 6]))
+    for g_value, w_value in zip(got, run.expected[2:]):
+        np.testing.assert_allclose(np.asarray(g_value), w_value, rtol=1e-6)
+
+
 # -- CTCGreedyDecoder -----------------------------------------------------------------------------
 
 
