@@ -304,6 +304,46 @@ def _edit_distance(node):
     return fn
 
 
+@register("SparseSlice")
+def _sparse_slice(node):
+    """`tf.sparse.slice`: the entries inside [start, start + size), their indices from `start`,
+    in input order; the dense shape clipped to what the tensor holds past `start`."""
+
+    def fn(indices, values, shape, start, size):
+        idx, shp, begin, extent = need_known(node, "the indices and bounds", OUTPUT_SIZES, indices, shape, start, size)
+        begin, extent = begin.astype(np.int64), extent.astype(np.int64)
+        inside = np.all((idx >= begin) & (idx < begin + extent), axis=1) if idx.size else np.zeros(len(idx), bool)
+        keep = np.nonzero(inside)[0]
+        out_shape = np.maximum(np.minimum(begin + extent, shp) - begin, 0)
+        picked = values[keep] if isinstance(values, np.ndarray) else jnp.asarray(values)[keep]
+        return (idx[keep] - begin).astype(np.int64), picked, out_shape.astype(np.int64)
+
+    return fn
+
+
+@register("SparseSparseMaximum", "SparseSparseMinimum")
+def _sparse_sparse_extreme(node):
+    """`tf.sparse.maximum/minimum` of two SparseTensors of one shape: every index either holds,
+    in canonical order, with the larger (smaller) value, a missing entry counting as 0."""
+    pick = np.maximum if node.type == "SparseSparseMaximum" else np.minimum
+
+    def fn(a_indices, a_values, a_shape, b_indices, b_values, b_shape):
+        a_idx, a_val, a_shp, b_idx, b_val, b_shp = need_known(
+            node, "both SparseTensors", OUTPUT_SIZES, a_indices, a_values, a_shape, b_indices, b_values, b_shape)
+        if a_shp.tolist() != b_shp.tolist():
+            raise GraphError(f"node {node.name!r} ({node.type}): the shapes {a_shp.tolist()} and {b_shp.tolist()} "
+                             "differ, which TF rejects")
+        rank = len(a_shp)
+        keys = sorted({tuple(r) for r in a_idx.tolist()} | {tuple(r) for r in b_idx.tolist()})
+        zero = np.zeros((), a_val.dtype)
+        a_map = dict(zip(map(tuple, a_idx.tolist()), a_val))
+        b_map = dict(zip(map(tuple, b_idx.tolist()), b_val))
+        values = [pick(a_map.get(k, zero), b_map.get(k, zero)) for k in keys]
+        return np.array(keys, np.int64).reshape(-1, rank), np.array(values, a_val.dtype).reshape(-1)
+
+    return fn
+
+
 # -- sets along the last axis (tf.sets) -------------------------------------------------------------
 
 

@@ -388,3 +388,27 @@ def test_precision_and_recall_at_k_metrics():
             sess.run([update_p.name, update_r.name], {"logits:0": x, "labels:0": y})
         got = sess.run([precision.name, recall.name])
     np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=1e-6)
+
+
+def test_sparse_slice_maximum_minimum():
+    """tf.sparse.slice (entries inside the window, shifted, the shape clipped) and
+    tf.sparse.maximum/minimum (the union of indices, a missing entry counting as 0)."""
+    a_idx = np.array([[0, 1], [1, 3], [2, 0], [3, 2], [1, 0]], np.int64)
+    a_val = np.array([1.5, -2.0, 3.0, 0.5, -1.0], np.float32)
+    b_idx = np.array([[0, 1], [1, 2], [3, 2], [2, 3]], np.int64)
+    b_val = np.array([-0.5, 4.0, 2.5, -3.0], np.float32)
+
+    def build(tf):
+        a = tf.SparseTensor(ph(tf, "ai", a_idx), ph(tf, "av", a_val), [4, 4])
+        b = tf.sparse.reorder(tf.SparseTensor(tf.constant(b_idx), tf.constant(b_val), [4, 4]))
+        a_sorted = tf.sparse.reorder(a)
+        outs = [tf.sparse.slice(a, [1, 1], [2, 5]), tf.sparse.slice(a, [3, 3], [4, 4]),
+                tf.sparse.maximum(a_sorted, b), tf.sparse.minimum(a_sorted, b)]
+        return [t for o in outs for t in (o.indices, o.values, o.dense_shape)]
+
+    run = run_tf(build, feeds(ai=a_idx, av=a_val))
+    for jit in (False, True):
+        with jaxmeta.Session(run.graph, jit=jit) as sess:
+            got = sess.run(run.fetch_names, feeds(ai=a_idx, av=a_val))
+        for name, g, w in zip(run.fetch_names, got, run.expected):
+            np.testing.assert_array_equal(np.asarray(g), np.asarray(w), err_msg=name)
