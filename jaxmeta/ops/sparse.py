@@ -1,12 +1,15 @@
 """SparseTensor arithmetic: `tf.sparse.add` (of a dense or a sparse operand), the sparse-dense
 elementwise ops, `tf.sparse.reduce_sum` / `reduce_max`, `tf.sparse.softmax`, `tf.sparse.reorder`,
-`tf.sparse.concat` and feature crosses (`SparseCross`).
+`tf.sparse.concat`, feature crosses (`SparseCross`), `tf.sparse.slice`, `tf.sparse.maximum` /
+`minimum`, `tf.edit_distance` and the set operations of `tf.sets`.
 
 A SparseTensor is (indices [nnz, rank], values [nnz], dense_shape [rank]). Most of these ops keep
 nnz, so they trace under `jax.jit`; where the dense shape sizes an output (`SparseReduce*`), it
-must be known when tracing. `SparseAdd` (of two SparseTensors) and `SparseCross` size their
-output from the indices, so those must be concrete (constants, or a run without `jax.jit`). Like TF's kernels, `SparseSoftmax`, `SparseReorder` and `SparseConcat` return
-their entries in canonical (row-major) order. `SparseToDense`, `SparseReshape`,
+must be known when tracing. `SparseAdd` (of two SparseTensors), `SparseCross` and the others
+that size their output from the values (slices, maxima, edit distances, sets) need them concrete
+(constants, or a run without `jax.jit`; a `Session` runs them on the host by itself). Like TF's
+kernels, `SparseSoftmax`, `SparseReorder` and `SparseConcat` return their entries in canonical
+(row-major) order. `SparseToDense`, `SparseReshape`,
 `SparseTensorDenseMatMul` and the sparse-segment ops live with the segment ops (`ops/segment.py`).
 
 `SerializeSparse`, `SerializeManySparse`, `DeserializeSparse` and `DeserializeManySparse` turn
