@@ -259,10 +259,12 @@ def _levenshtein(a: np.ndarray, b: np.ndarray) -> int:
         return int(max(a.size, b.size))
     steps = np.arange(b.size + 1)
     row = steps.copy()
+    strings = b.dtype == object  # compared in Python: NumPy would read b"a\0" as b"a"
     for i, x in enumerate(a, 1):
+        differ = np.fromiter((y != x for y in b.tolist()), bool, b.size) if strings else b != x
         best = np.empty_like(row)
         best[0] = i
-        best[1:] = np.minimum(row[1:] + 1, row[:-1] + (b != x))
+        best[1:] = np.minimum(row[1:] + 1, row[:-1] + differ)
         row = np.minimum.accumulate(best - steps) + steps
     return int(row[-1])
 
@@ -272,7 +274,7 @@ def _sequences(indices: np.ndarray, values: np.ndarray) -> dict[tuple, np.ndarra
     groups: dict[tuple, list] = {}
     for k in np.lexsort(indices.T[::-1]) if indices.size else []:
         groups.setdefault(tuple(indices[k, :-1].tolist()), []).append(values[k])
-    return {key: np.asarray(v) for key, v in groups.items()}
+    return {key: np.asarray(v, values.dtype) for key, v in groups.items()}  # object strings stay whole
 
 
 @register("EditDistance")
@@ -357,9 +359,8 @@ def _dense_sets(x: np.ndarray) -> tuple[dict[tuple, set], tuple]:
 
 
 def _sparse_sets(indices: np.ndarray, values: np.ndarray, shape: np.ndarray) -> tuple[dict[tuple, set], tuple]:
-    groups: dict[tuple, set] = {}
-    for row, value in zip(indices.tolist(), values.tolist()):
-        groups.setdefault(tuple(row[:-1]), set()).add(value)
+    """A SparseTensor's sets: its `_sequences`' values, by the index of the other axes."""
+    groups = {key: set(seq.tolist()) for key, seq in _sequences(indices, values).items()}
     return groups, tuple(int(d) for d in shape[:-1])
 
 

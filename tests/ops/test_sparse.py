@@ -412,3 +412,18 @@ def test_sparse_slice_maximum_minimum():
             got = sess.run(run.fetch_names, feeds(ai=a_idx, av=a_val))
         for name, g, w in zip(run.fetch_names, got, run.expected):
             np.testing.assert_array_equal(np.asarray(g), np.asarray(w), err_msg=name)
+
+
+def test_string_sets_keep_trailing_zero_bytes():
+    """b"a\\0" and b"a" are two strings (NumPy's fixed-width bytes would drop the zero byte)."""
+    indices = np.array([[0, 0], [0, 1], [1, 0]], np.int64)
+    hyp = np.array([b"a\x00", b"a", b"b"], object)
+    truth = np.array([b"a", b"b", b"b\x00"], object)
+
+    def build(tf):
+        h = tf.SparseTensor(tf.constant(indices), tf.constant(hyp), [2, 2])
+        t = tf.SparseTensor(tf.constant(indices), tf.constant(truth), [2, 2])
+        both = tf.sets.intersection(h, t)
+        return [tf.sets.size(h), both.indices, both.values, tf.edit_distance(h, t, normalize=False)]
+
+    compare_host_ops(build)
