@@ -39,7 +39,8 @@ class Session:
         self.variables: dict[str, Any] = {name: to_jax(value) for name, value in (variables or {}).items()}
         self._key = jax.random.key(seed)
         self._jit = jit
-        self._compiler_options = dict(compiler_options) if compiler_options else None
+        # jax.jit with the session's XLA options, for every signature it compiles
+        self._compile = functools.partial(jax.jit, compiler_options=dict(compiler_options) if compiler_options else None)
         self._cache: dict[Any, Any] = {}
         self._closed = False
         keep_host_memory()  # as TF's Session keeps its allocator's memory between runs
@@ -64,13 +65,12 @@ class Session:
             def run_program(variables, feed_values, key):
                 return program(variables, feed_values, key)
 
-            jit = functools.partial(jax.jit, compiler_options=self._compiler_options)
             if not self._jit:
                 fn = run_program
             elif program.host_strings:  # JAX cannot trace strings: the string ops run on the host
-                fn = StagedProgram(program, jit)
+                fn = StagedProgram(program, self._compile)
             else:
-                fn = jit(run_program)
+                fn = self._compile(run_program)
             entry = self._cache[signature] = (program, fn, resolved)
         program, fn, resolved = entry
         key = None
@@ -83,7 +83,7 @@ class Session:
                 raise
             # An op that sizes its output from run-time values (a CTC decoder, tf.edit_distance,
             # Unique) cannot be traced: it and what needs it run on the host, the rest compiled.
-            fn = StagedProgram(program, functools.partial(jax.jit, compiler_options=self._compiler_options))
+            fn = StagedProgram(program, self._compile)
             self._cache[signature] = (program, fn, resolved)
             outputs, new_variables = fn(self.variables, list(feed_dict.values()), key)
         if program.assigns:

@@ -943,14 +943,7 @@ def _quantize_and_dequantize(node, x, lo, hi, *, bits: int, signed: bool, range_
     (V4: dy where lo <= x <= hi)."""
     x = jnp.asarray(x)
     dtype = x.dtype
-    if axis != -1:
-        axis = axis % x.ndim if -x.ndim <= axis < x.ndim else None
-        if axis is None:
-            raise GraphError(f"node {node.name!r} ({node.type}): axis is outside the input's {x.ndim} dimensions")
-    shape = [1] * x.ndim
-    if axis != -1:
-        shape[axis] = x.shape[axis]
-    given_lo, given_hi = (jnp.reshape(jnp.asarray(v, dtype), shape) for v in (lo, hi))
+    axis, given_lo, given_hi = quantization_range(node, x, axis, lo, hi)
     if range_given:
         lo, hi = given_lo, given_hi
     else:
@@ -972,6 +965,19 @@ def _quantize_and_dequantize(node, x, lo, hi, *, bits: int, signed: bool, range_
     if grad == "range":
         through = jnp.where((x >= given_lo) & (x <= given_hi), x, lax.stop_gradient(x))
     return (through + lax.stop_gradient(out - through)).astype(dtype)
+
+
+def quantization_range(node, x, axis: int, lo, hi):
+    """A QuantizeAndDequantize op's `axis` (-1: the whole tensor, else made non-negative) and its
+    `lo`, `hi` (scalars, or one per slice along `axis`) shaped to broadcast against `x`."""
+    shape = [1] * x.ndim
+    if axis != -1:
+        if not -x.ndim <= axis < x.ndim:
+            raise GraphError(f"node {node.name!r} ({node.type}): axis is outside the input's {x.ndim} dimensions")
+        axis %= x.ndim
+        shape[axis] = x.shape[axis]
+    lo, hi = (jnp.reshape(jnp.asarray(v, x.dtype), shape) for v in (lo, hi))
+    return axis, lo, hi
 
 
 def _qdq_round(node) -> bool:

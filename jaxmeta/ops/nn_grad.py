@@ -32,6 +32,7 @@ from jaxmeta.ops.nn import (
     first_maxima,
     lrn_config,
     max_pool_tangent,
+    quantization_range,
     window_counts,
     window_identity,
     window_reduce,
@@ -764,10 +765,7 @@ def _quantize_and_dequantize_v4_grad(node):
 
     def fn(dy, x, lo, hi):
         dy, x = jnp.asarray(dy), jnp.asarray(x)
-        shape = [1] * x.ndim
-        if axis != -1:
-            shape[axis % x.ndim] = x.shape[axis % x.ndim]
-        lo_b, hi_b = (jnp.reshape(jnp.asarray(v, x.dtype), shape) for v in (lo, hi))
+        _, lo_b, hi_b = quantization_range(node, x, axis, lo, hi)
         return _masked(dy, (x >= lo_b) & (x <= hi_b)), jnp.zeros(np.shape(lo), dy.dtype), jnp.zeros(np.shape(hi), dy.dtype)
 
     return fn
