@@ -248,11 +248,17 @@ def _asymptotic_f32(y, mo, ph, shift):
     return p, q * _polevl(q * q, ph) - shift + y
 
 
-def _asymptotic_f64(y, pp, pq, qp, qq, shift):
-    """P, Q and the phase y - shift of J and Y beyond 5 (double); J = sqrt(2 / (pi y)) (P cos(phase)
-    - 5 / y Q sin(phase)), Y the same with sin and cos swapped."""
+def _asymptotic_f64(y, order: int, *, second_kind: bool = False):
+    """J (or Y) of `order` 0 or 1 beyond 5 (double): sqrt(2 / (pi y)) (P cos(phase) - 5 / y Q sin(phase))
+    with phase = y - pi / 4 (order 0) or y - 3 pi / 4 (order 1); Y swaps sin and cos and adds."""
+    pp, pq, qp, qq, shift = (_PP0, _PQ0, _QP0, _QQ0, _PI_4) if order == 0 else (_PP1, _PQ1, _QP1, _QQ1, _3PI_4)
     s = 25 / (y * y)
-    return _polevl(s, pp) / _polevl(s, pq), _polevl(s, qp) / _polevl(s, qq), y - shift
+    p, q, phase = _polevl(s, pp) / _polevl(s, pq), _polevl(s, qp) / _polevl(s, qq), y - shift
+    if second_kind:
+        p = p * jnp.sin(phase) + (5 / y) * (q * jnp.cos(phase))
+    else:
+        p = p * jnp.cos(phase) + (-5 / y) * (q * jnp.sin(phase))
+    return p * (_SQRT_2_PI * lax.rsqrt(y))
 
 
 def _j0_f32(x):
@@ -275,9 +281,7 @@ def _j0_f64(x):
           3.18121955943204943306e16, 1.71086294081043136091e18)
     small = jnp.where(y < 1e-5, z * -0.25 + 1,
                       (z - 5.78318596294678452118) * (z - 3.04712623436620863991e1) * (_polevl(z, rp) / _polevl(z, rq)))
-    p, q, yn = _asymptotic_f64(y, _PP0, _PQ0, _QP0, _QQ0, _PI_4)
-    p = p * jnp.cos(yn) + (-5 / y) * (q * jnp.sin(yn))
-    return jnp.where(y <= 5, small, p * (_SQRT_2_PI * lax.rsqrt(y)))
+    return jnp.where(y <= 5, small, _asymptotic_f64(y, 0))
 
 
 def _j1_f32(x):
@@ -299,9 +303,7 @@ def _j1_f64(x):
           2.21511595479792499675e10, 4.74914122079991414898e12, 7.84369607876235854894e14,
           8.95222336184627338078e16, 5.32278620332680085395e18)
     small = _polevl(z, rp) / _polevl(z, rq) * x * (z - 1.46819706421238932572e1) * (z - 4.92184563216946036703e1)
-    p, q, yn = _asymptotic_f64(y, _PP1, _PQ1, _QP1, _QQ1, _3PI_4)
-    p = p * jnp.cos(yn) + (-5 / y) * (q * jnp.sin(yn))
-    big = p * (_SQRT_2_PI * lax.rsqrt(y))
+    big = _asymptotic_f64(y, 1)
     return jnp.where(y <= 5, small, jnp.where(x < 0, -big, big))
 
 
@@ -323,9 +325,7 @@ def _y0_f64(x):
           8.64002487103935000337e10, 2.02979612750105546709e13, 3.17157752842975028269e15, 2.50596256172653059228e17)
     small = (_2_PI * jnp.log(x)) * _j0_f64(x) + _polevl(z, yp) / _polevl(z, yq)
     small = jnp.where(x <= 0, -jnp.inf, small)
-    p, q, xn = _asymptotic_f64(x, _PP0, _PQ0, _QP0, _QQ0, _PI_4)
-    p = p * jnp.sin(xn) + (5 / x) * (q * jnp.cos(xn))
-    return jnp.where(x <= 5, small, p * (_SQRT_2_PI * lax.rsqrt(x)))
+    return jnp.where(x <= 5, small, _asymptotic_f64(x, 0, second_kind=True))
 
 
 def _y1_f32(x):
@@ -349,9 +349,7 @@ def _y1_f64(x):
           6.87141087355300489866e16, 3.97270608116560655612e18)
     small = _polevl(z, yp) / _polevl(z, yq) * x + _2_PI * (_j1_f64(x) * jnp.log(x) + -1 / x)
     small = jnp.where(x <= 0, -jnp.inf, small)
-    p, q, xn = _asymptotic_f64(x, _PP1, _PQ1, _QP1, _QQ1, _3PI_4)
-    p = p * jnp.sin(xn) + (5 / x) * (q * jnp.cos(xn))
-    return jnp.where(x <= 5, small, p * (_SQRT_2_PI * lax.rsqrt(x)))
+    return jnp.where(x <= 5, small, _asymptotic_f64(x, 1, second_kind=True))
 
 
 # K0 and K1: Chebyshev series in x^2 - 2 up to 2 (A), in 8 / x - 2 beyond (B); the float series
