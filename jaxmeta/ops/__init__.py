@@ -3,6 +3,7 @@
 from jaxmeta.ops import (  # noqa: F401
     array,
     audio,
+    contrib,
     control_flow,
     core,
     ctc,

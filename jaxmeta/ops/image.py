@@ -724,22 +724,24 @@ def _round_half_away(x):
     return jnp.sign(x) * jnp.floor(jnp.abs(x) + 0.5)
 
 
-@register("ImageProjectiveTransformV2", "ImageProjectiveTransformV3")
+@register("ImageProjectiveTransform", "ImageProjectiveTransformV2", "ImageProjectiveTransformV3")
 def _image_projective_transform(node):
     """Each output pixel (x, y) reads the input at ((a0 x + a1 y + a2) / k, (b0 x + b1 y + b2) / k),
     k = c0 x + c1 y + 1, with one 8-vector per image (or one for all), nearest (half away from
     zero) or bilinear, and TF's fill modes; a pixel whose k is 0, or which reads outside the image
-    in CONSTANT mode, gets the fill value (0 for V2)."""
-    interpolation = node.attr_str("interpolation")
+    in CONSTANT mode, gets the fill value (0 for V2). `tf.contrib.image`'s first version has no
+    output size (the input's) and, before TF 1.4, no interpolation attribute (nearest); its V2 has
+    no fill mode (CONSTANT)."""
+    interpolation = node.attr_str("interpolation", "NEAREST")
     mode = node.attr_str("fill_mode", "CONSTANT")
     if interpolation not in ("NEAREST", "BILINEAR") or mode not in ("REFLECT", "WRAP", "CONSTANT", "NEAREST"):
         raise GraphError(f"node {node.name!r} ({node.type}): interpolation {interpolation!r} / fill_mode {mode!r} is not "
                          "one of TF's")
 
-    def fn(images, transforms, output_shape, fill_value=0.0):
+    def fn(images, transforms, output_shape=None, fill_value=0.0):
         images, transforms = jnp.asarray(images), jnp.asarray(transforms, jnp.float32)
-        out_h, out_w = static_ints(output_shape, node, "output_shape")
         batch, height, width, _ = images.shape
+        out_h, out_w = (height, width) if output_shape is None else static_ints(output_shape, node, "output_shape")
         if transforms.ndim != 2 or transforms.shape[1] != 8 or transforms.shape[0] not in (1, batch):
             raise GraphError(f"node {node.name!r} ({node.type}): transforms must be [1 or {batch}, 8], got "
                              f"{transforms.shape}")

@@ -165,17 +165,29 @@ def _sparse_concat(node):
     return fn
 
 
-@register("SparseCross")
+def _hash_combine(a: int, b: int) -> int:
+    """`tf.contrib.layers`' first feature-cross hash step, on uint64 values (its `a >> 4` shifts
+    the signed value)."""
+    signed = a - (1 << 64) if a >> 63 else a
+    return (a ^ (b + 0x9E3779B97F4A7800 + (signed << 10) + (signed >> 4))) & ((1 << 64) - 1)
+
+
+@register("SparseCross", "SparseFeatureCross", "SparseFeatureCrossV2")
 def _sparse_cross(node):
     """Feature crosses (`crossed_column`, `tf.sparse.cross(_hashed)`): per row, every combination of
     one feature from each column (sparse columns, then dense; the last changing fastest), as
     `a_X_b` strings or as TF's FingerprintCat64 hash. The output size depends on the values, so
-    the inputs must be concrete (strings usually are: see `ops/strings.py`)."""
+    the inputs must be concrete (strings usually are: see `ops/strings.py`).
+
+    `tf.contrib.layers`' crosses are the same kernel: `SparseFeatureCrossV2` is `SparseCross`, and
+    the first `SparseFeatureCross` hashes with `_hash_combine` from a fixed seed (no hash key)."""
     from jaxmeta.ops.strings import _M64, each_once, fingerprint64, fingerprint_cat64, host
 
     count = node.attr_int("N")
     hashed, buckets = node.attr_bool("hashed_output"), node.attr_int("num_buckets")
-    hash_key = node.attr_int("hash_key") & _M64
+    first_version = node.type == "SparseFeatureCross"
+    hash_key = 0xDECAFCAFFE if first_version else node.attr_int("hash_key") & _M64
+    combine = _hash_combine if first_version else fingerprint_cat64
 
     def fn(*args):
         arrays = host(node, *args)
@@ -205,7 +217,7 @@ def _sparse_cross(node):
                     if combo not in crossed:
                         h = hash_key
                         for feature in combo:
-                            h = fingerprint_cat64(h, feature)
+                            h = combine(h, feature)
                         # Without buckets TF takes the hash modulo int64's max, so it is never negative.
                         crossed[combo] = h % buckets if buckets > 0 else h % ((1 << 63) - 1)
                     out_values.append(crossed[combo])
