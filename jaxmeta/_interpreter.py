@@ -55,7 +55,8 @@ _FORWARDS_READS = frozenset({"Identity"})
 class OpContext:
     """What stateful and random ops see while a program runs: variables and the random key."""
 
-    def __init__(self, graph: Graph, variables: dict[str, Any], key: Any, state: Any = None, loop_bounds=()):
+    def __init__(self, graph: Graph, variables: dict[str, Any], key: Any, state: Any = None, loop_bounds=(),
+                 may_stop_early: bool = False):
         self.graph = graph
         self.variables = dict(variables)
         self.assigned: set[str] = set()
@@ -64,6 +65,9 @@ class OpContext:
         self.state: dict[str, Any] = dict(state or {})
         # Static trip-count bounds of the enclosing while loops (None: unbounded), outermost first.
         self.loop_bounds: tuple[int | None, ...] = tuple(loop_bounds)
+        # Whether an enclosing loop runs to a static bound but may stop before it (its cond also
+        # depends on run-time values): what it writes to growing TensorArrays has a run-time size.
+        self.may_stop_early = may_stop_early
 
     @property
     def static_trip_count(self) -> int | None:
@@ -73,11 +77,13 @@ class OpContext:
             return None
         return int(np.prod(self.loop_bounds))
 
-    def for_iteration(self, iteration: Any, bound: int | None, variables: dict, state: dict) -> OpContext:
+    def for_iteration(self, iteration: Any, bound: int | None, variables: dict, state: dict, *,
+                      may_stop_early: bool = False) -> OpContext:
         """The context of one while-loop iteration: a key folded with the iteration number (so
         random ops draw fresh numbers each iteration) and the loop's carried variables/state."""
         key = None if self._key is None else jax.random.fold_in(self._key, iteration)
-        return OpContext(self.graph, variables, key, state, (*self.loop_bounds, bound))
+        return OpContext(self.graph, variables, key, state, (*self.loop_bounds, bound),
+                         self.may_stop_early or may_stop_early)
 
     def value(self, x: Any) -> Any:
         """The current value of a variable ref, or `x` itself for any other value."""

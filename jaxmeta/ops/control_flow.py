@@ -51,7 +51,11 @@ like variables, and ordered by the graph's data edges (a TensorArray's `flow` te
 scalar, as in TF, which is what TF's gradient code adds and accumulates). A TensorArray is a
 `[size, *element_shape]` array; its size must be static (the `size` input, or the enclosing loops'
 trip count for `dynamic_size` arrays); an element shape the graph leaves open comes from the
-first write (for writes in a loop, from a shape-only trace of the loop body). Gradient
+first write (for writes in a loop, from a shape-only trace of the loop body). A `dynamic_size`
+array that a loop may leave before its bound (a decoder's `maximum_iterations` with a finished
+test) also counts what was written: its `size()`, `stack()` and `concat()` are TF's (the rows
+written) where the loop ran on concrete values, and raise a `RunTimeValuesError` under `jax.jit`,
+where that size is a run-time value (a jit `Session` then stages the program). Gradient
 TensorArrays accumulate writes, as TF's do. A stack is `(buffer, pointer)` with `max_size`
 entries, or the product of the enclosing loops' static trip counts when `max_size` is -1; a stack
 that only ever receives one static value (the forward loop's `Shape`s, which TF's gradient loop
@@ -69,7 +73,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmeta._errors import GraphError
+from jaxmeta._errors import GraphError, RunTimeValuesError
 from jaxmeta._graph import Graph, TensorRef
 from jaxmeta._interpreter import OpContext, _prune, _Step, build_steps, run_steps, to_jax
 from jaxmeta.ops.registry import OpSpec, known, register, static, unchecked
@@ -336,13 +340,14 @@ class _WhileLoop:
         inits = [consts[ref] for ref in self.init_refs]
         trips = self._static_trips(consts, inits)
         bound = trips.n if trips else None
+        early = trips is not None and not trips.exact
         carried = [j for j, v in enumerate(inits) if _carryable(v)]
         fixed = {j: v for j, v in enumerate(inits) if j not in carried}
 
         def body(carry, record=None):
             i, vals, state, variables = carry
             before = {**ctx.state, **state}
-            sub = ctx.for_iteration(i, bound, {**ctx.variables, **variables}, before)
+            sub = ctx.for_iteration(i, bound, {**ctx.variables, **variables}, before, may_stop_early=early)
             env = self._env(consts, {**fixed, **dict(zip(carried, vals))})
             run_steps(self.body_steps, sub, env, self.fed)
             new = tuple(_like(env[self.nexts[j]], old) for j, old in zip(carried, vals))
@@ -356,7 +361,8 @@ class _WhileLoop:
 
         def cond(carry):
             i, vals, state, variables = carry
-            sub = ctx.for_iteration(i, bound, {**ctx.variables, **variables}, {**ctx.state, **state})
+            sub = ctx.for_iteration(i, bound, {**ctx.variables, **variables}, {**ctx.state, **state},
+                                    may_stop_early=early)
             env = self._env(consts, {**fixed, **dict(zip(carried, vals))})
             run_steps(self.cond_steps, sub, env, self.fed)
             return jnp.reshape(jnp.asarray(env[self.cond_ref], bool), ())
@@ -838,6 +844,10 @@ def _buffer(ctx: OpContext, handle: TensorArrayHandle, element_shape=None) -> An
     return buf
 
 
+def _extent_key(handle: TensorArrayHandle) -> str:
+    return handle.key + "#extent"
+
+
 def _store(ctx: OpContext, handle: TensorArrayHandle, at, value) -> None:
     value = jnp.asarray(value, handle.dtype)
     buf = ctx.state.get(handle.key)
@@ -845,6 +855,31 @@ def _store(ctx: OpContext, handle: TensorArrayHandle, at, value) -> None:
         buf = jnp.zeros((_size(ctx, handle), *value.shape[at[1]:]), handle.dtype)
     index = jnp.asarray(at[0])
     ctx.state[handle.key] = buf.at[index].add(value) if handle.accumulate else buf.at[index].set(value)
+    if handle.dynamic_size and not handle.accumulate and ctx.may_stop_early and index.size:
+        # Its buffer holds the loop's bound; TF's array holds what was written (see `_extent`).
+        written = ctx.state.get(_extent_key(handle), 0)
+        ctx.state[_extent_key(handle)] = jnp.maximum(jnp.int32(written), jnp.max(index).astype(jnp.int32) + 1)
+
+
+def _extent(node, ctx: OpContext, handle: TensorArrayHandle) -> int | None:
+    """The size of a growing TensorArray written in a loop that may stop before its bound (a
+    decoder's `maximum_iterations` or all beams finished), as TF counts it: the last index written
+    plus one (at least its initial size). None when no such loop wrote it (the buffer's size is
+    then the array's). Known when the loop ran on concrete values; under `jax.jit` it is only
+    known at run time, and the op cannot give TF's answer."""
+    written = ctx.state.get(_extent_key(handle))
+    if written is None:
+        return None
+    value = known(written)
+    if value is None:
+        raise RunTimeValuesError(
+            f"node {node.name!r} ({node.type}): TensorArray {handle.key.split(':', 1)[1]!r} grows in a while loop "
+            f"that may stop before its bound ({ctx.state[handle.key].shape[0]} iterations), so its size is only "
+            "known at run time, and under jax.jit its stacked shape cannot be. Run without jax.jit (a "
+            "jaxmeta.Session does this by itself, or call the function unjitted), or fetch tensors from inside "
+            "the loop's results that have a static shape"
+        )
+    return max(int(value), handle.size or 0)
 
 
 @register("TensorArrayWriteV3", "TensorArrayWriteV2", context=True)
@@ -884,6 +919,8 @@ def _ta_gather(node):
 def _ta_concat(node):
     def fn(ctx, handle, flow):
         buf = _buffer(ctx, handle)
+        extent = _extent(node, ctx, handle)
+        buf = buf if extent is None else buf[:extent]
         if buf.ndim < 2:
             raise GraphError(f"node {node.name!r}: TensorArrayConcat needs elements of rank >= 1")
         return buf.reshape((buf.shape[0] * buf.shape[1], *buf.shape[2:])), np.full(buf.shape[0], buf.shape[1], np.int64)
@@ -909,6 +946,9 @@ def _ta_split(node):
 def _ta_size(node):
     def fn(ctx, handle, flow):
         buf = ctx.state.get(handle.key)
+        extent = None if buf is None else _extent(node, ctx, handle)
+        if extent is not None:
+            return np.int32(extent)
         return np.int32(buf.shape[0] if buf is not None else _size(ctx, handle))
 
     return fn

@@ -345,3 +345,81 @@ def test_sparse_feature_cross_first_version(buckets):
     assert np.asarray(indices).tolist() == want[0].tolist() and np.asarray(shape).tolist() == want[2].tolist()
     assert np.asarray(got).tolist() == values
     assert values != want[1].tolist()  # not V2's hash
+
+
+# -- a beam-search decoder, as tf.contrib.seq2seq builds one --------------------------------------
+
+
+def test_beam_search_decoder_ends_in_gather_tree(tmp_path):
+    """A GRU decoder's beam search in a v1 while loop (top-k over beams x vocabulary, finished beams
+    extended by the end token only, stopping when every beam has ended), whose step and parent
+    ids GatherTree traces back, as `tf.contrib.seq2seq.BeamSearchDecoder` does; from a .meta and
+    checkpoint, under jax.jit. TF runs the loop; the kernel's port gives the last step."""
+    tf = get_tf()
+    batch, beams, vocab, units, end, max_len = 2, 3, 7, 8, 1, 9
+    memory = np.random.default_rng(4).standard_normal((batch, units)).astype(np.float32)
+    g = tf.Graph()
+    with g.as_default():
+        tf.compat.v1.set_random_seed(1)
+        mem = tf.compat.v1.placeholder(tf.float32, [batch, units], name="memory")
+        embedding = tf.compat.v1.get_variable("embedding", [vocab, units])
+        cell = tf.compat.v1.nn.rnn_cell.GRUCell(units, name="gru")
+        project = tf.compat.v1.layers.Dense(vocab, name="project",
+                                            bias_initializer=tf.constant_initializer([0, 1.5, 0, 0, 0, 0, 0]))
+        state0 = tf.reshape(tf.tile(mem[:, None], [1, beams, 1]), [batch * beams, units])
+        scores0 = tf.constant([[0.0] + [-np.inf] * (beams - 1)] * batch)
+        rows = tf.tile(tf.range(batch)[:, None], [1, beams])
+
+        def pick(x, parents):  # each beam's row of x from its parent beam
+            return tf.gather_nd(x, tf.stack([rows, parents], axis=-1))
+
+        def body(t, tokens, scores, finished, lengths, state, ids_ta, parents_ta):
+            out, state = cell(tf.gather(embedding, tf.reshape(tokens, [-1])), state)
+            logp = tf.reshape(tf.nn.log_softmax(project(out)), [batch, beams, vocab])
+            only_end = tf.one_hot(end, vocab, on_value=0.0, off_value=-np.inf)
+            logp = tf.where(tf.tile(finished[..., None], [1, 1, vocab]), tf.broadcast_to(only_end, tf.shape(logp)), logp)
+            top, index = tf.nn.top_k(tf.reshape(scores[..., None] + logp, [batch, beams * vocab]), k=beams)
+            parents, tokens = index // vocab, index % vocab
+            was_finished = pick(finished, parents)
+            lengths = pick(lengths, parents) + tf.cast(~was_finished, tf.int32)
+            state = tf.reshape(pick(tf.reshape(state, [batch, beams, units]), parents), [batch * beams, units])
+            return (t + 1, tokens, top, was_finished | tf.equal(tokens, end), lengths, state,
+                    ids_ta.write(t, tokens), parents_ta.write(t, parents))
+
+        def cond(t, tokens, scores, finished, *_):
+            return (t < max_len) & ~tf.reduce_all(finished)
+
+        arrays = [tf.TensorArray(tf.int32, size=0, dynamic_size=True) for _ in range(2)]
+        loop = tf.compat.v1.while_loop(cond, body, [0, tf.zeros([batch, beams], tf.int32), scores0,
+                                                     tf.zeros([batch, beams], tf.bool), tf.zeros([batch, beams], tf.int32),
+                                                     state0, *arrays])
+        step_ids = tf.identity(loop[6].stack(), name="step_ids")
+        parent_ids = tf.identity(loop[7].stack(), name="parent_ids")
+        lengths = tf.reduce_max(loop[4], axis=1, name="lengths")
+        tf.raw_ops.IdentityN(input=[step_ids, parent_ids, lengths, tf.constant(end)], name="beams")
+        saver = tf.compat.v1.train.Saver()
+        with tf.compat.v1.Session(graph=g) as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            want_ids, want_parents, want_lengths = sess.run([step_ids, parent_ids, lengths], {mem: memory})
+            prefix = saver.save(sess, str(tmp_path / "decoder"))
+        meta = tf.compat.v1.train.export_meta_graph(graph=g, saver_def=saver.saver_def)
+    assert want_ids.shape[0] < max_len  # every beam ended early: the loop's trip count came from the data
+    node = next(n for n in meta.graph_def.node if n.name == "beams")
+    node.op = "GatherTree"
+    node.attr.clear()
+    node.attr["T"].type = tf.int32.as_datatype_enum
+    text_format.Parse(OP_DEFS["GatherTree"], meta.meta_info_def.stripped_op_list.op.add())
+    graph = jaxmeta.import_meta_graph(meta)
+    variables = graph.saver.restore(prefix)
+    fetches = ["beams:0", "step_ids:0", "parent_ids:0"]
+    f = graph.function(fetches, feeds=["memory:0"])
+    want = _gather_tree_reference(want_ids, want_parents, want_lengths, end)
+    with jaxmeta.Session(graph, variables) as sess:  # jit: finds the loop's size is the data's, and stages
+        session_out = sess.run(fetches, {"memory:0": memory})
+    for beams_out, ids, parents in (f(variables, memory), session_out):
+        np.testing.assert_array_equal(ids, want_ids)
+        np.testing.assert_array_equal(parents, want_parents)
+        np.testing.assert_array_equal(beams_out, want)
+    # A jitted function cannot have TF's shapes, which depend on the data: it says so.
+    with pytest.raises(jaxmeta.RunTimeValuesError, match="grows in a while loop that may stop before its bound"):
+        jax.jit(f)(variables, memory)
