@@ -106,3 +106,17 @@ def test_wire_format_matches_tensorflow():
             ours = {v.name: v.number for v in enum.values}
             assert ours == {v.name: v.number for v in other.values}, enum.name
     assert checked >= 30
+
+
+def test_op_output_table_matches_tensorflow(tmp_path):
+    """`jaxmeta/ops/_op_outputs.py` (output arguments of the multi-output ops jaxmeta runs) is what
+    tools/generate_op_outputs.py makes from TF's op registry: fresh for every op added since."""
+    pytest.importorskip("tensorflow")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("generate_op_outputs", ROOT / "tools" / "generate_op_outputs.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    tool.generate(tmp_path / "_op_outputs.py")
+    shipped = (ROOT / "jaxmeta" / "ops" / "_op_outputs.py").read_text()
+    assert (tmp_path / "_op_outputs.py").read_text() == shipped, "run tools/generate_op_outputs.py"

@@ -25,9 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmeta._errors import GraphError
+from jaxmeta._errors import GraphError, RunTimeValuesError
 from jaxmeta._graph import Graph, Node, TensorRef
 from jaxmeta._interpreter import OpContext, _check_runnable, _prune, build_steps, run_steps
+from jaxmeta.ops._op_outputs import OUTPUT_ARGS
 from jaxmeta.ops.control_flow import _carryable, _like, _select, _to_carry
 from jaxmeta.ops.registry import checked_indices, checking, known, need_known, register, static
 from jaxmeta.proto import node_def_pb2
@@ -111,8 +112,8 @@ def _output_index(graph: Graph, node_def, out_arg: str) -> int:
     op_def = graph.op_defs.get(node_def.op)
     if op_def is None and node_def.op in graph.functions:
         op_def = graph.functions[node_def.op].signature
-    if op_def is None:
-        return 0  # unknown op: its outputs are taken to form a single list
+    if op_def is None:  # an op used only in function bodies: TF leaves its OpDef out of the file
+        return _known_output_index(node_def, out_arg)
     offset = 0
     defaults = {a.name: a.default_value for a in op_def.attr}
     for arg in op_def.output_arg:
@@ -126,6 +127,27 @@ def _output_index(graph: Graph, node_def, out_arg: str) -> int:
             offset += len(attr.list.type)
         else:
             offset += 1
+    raise GraphError(f"op {node_def.op} has no output {out_arg!r} (node {node_def.name!r} in a function body)")
+
+
+def _known_output_index(node_def, out_arg: str) -> int:
+    """`_output_index` from jaxmeta's table of output arguments (`ops/_op_outputs.py`)."""
+    args = OUTPUT_ARGS.get(node_def.op)
+    if args is None:
+        return 0  # one output argument (or an op jaxmeta does not run): its outputs form one list
+    offset = 0
+    for arg in args.split():
+        name, _, count = arg.partition("*")
+        if name == out_arg:
+            return offset
+        if not count:
+            offset += 1
+        elif count not in node_def.attr:
+            raise GraphError(f"node {node_def.name!r} ({node_def.op}) in a function body lacks its attribute "
+                             f"{count!r}, which says how many outputs precede {out_arg!r}")
+        else:
+            attr = node_def.attr[count]
+            offset += len(attr.list.type) if attr.HasField("list") else attr.i
     raise GraphError(f"op {node_def.op} has no output {out_arg!r} (node {node_def.name!r} in a function body)")
 
 
@@ -267,11 +289,12 @@ def _while(node):
         inits = list(inits)
         trips = _static_trips(cond, body, inits)
         bound = None if trips is None else trips[0]
+        early = trips is not None and not trips[1]
         carried = [j for j, v in enumerate(inits) if _carryable(v) or isinstance(v, (_PendingList, _PushList))]
         fixed = {j: v for j, v in enumerate(inits) if j not in carried}
 
         def run_body(i, vals):
-            sub = ctx.for_iteration(i, bound, ctx.variables, ctx.state)
+            sub = ctx.for_iteration(i, bound, ctx.variables, ctx.state, may_stop_early=early)
             outs = body(sub, {**fixed, **dict(zip(carried, vals))})
             if sub.assigned:
                 raise GraphError(f"node {node.name!r}: variables assigned inside a v2 while loop are not supported")
@@ -289,12 +312,15 @@ def _while(node):
 
         def go(carry):
             i, vals = carry
-            sub = ctx.for_iteration(i, bound, ctx.variables, ctx.state)
+            sub = ctx.for_iteration(i, bound, ctx.variables, ctx.state, may_stop_early=early)
             (pred,) = cond(sub, {**fixed, **dict(zip(carried, vals))})
             return jnp.reshape(_truthy(pred), ())
 
         vals = [inits[j] for j in carried]
-        pending = [k for k, v in enumerate(vals) if isinstance(v, _PendingList)]
+        # Lists the body lengthens (dynamic-size TensorArrays) become growing buffers inside it.
+        grows = _lengthens_lists(node.graph, body_name)
+        pending = [k for k, v in enumerate(vals)
+                   if isinstance(v, _PendingList) or (grows and not isinstance(v, _PushList) and jnp.ndim(v) > 0)]
         if pending:  # element shapes of lists the graph left open: from a shape-only trace
 
             def probe():
@@ -302,7 +328,11 @@ def _while(node):
                 return [None if isinstance(o, _PendingList) else o for o in outs]
 
             for k, s in zip(pending, jax.eval_shape(probe)):
-                if s is not None:
+                if isinstance(s, _PushList) and not isinstance(vals[k], _PendingList):  # the list so far
+                    start = jnp.asarray(vals[k], s.buffer.dtype)
+                    buffer = jnp.zeros(s.buffer.shape, s.buffer.dtype).at[:start.shape[0]].set(start)
+                    vals[k] = _PushList(buffer, jnp.int32(start.shape[0]), s.early)
+                elif s is not None and isinstance(vals[k], _PendingList):
                     vals[k] = jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), s)
             # Lists that stay empty (TF's gradient bookkeeping of not-yet-written lists) stay fixed.
             keep = [k for k, v in enumerate(vals) if not isinstance(v, _PendingList)]
@@ -327,11 +357,18 @@ def _while(node):
     return fn
 
 
+def _lengthens_lists(graph: Graph, name: str) -> bool:
+    """Whether function `name` writes past a TensorList's end (`resize_if_index_out_of_bounds`)."""
+    fdef = graph.functions.get(name)
+    return fdef is not None and any(
+        n.op == "TensorListSetItem" and n.attr["resize_if_index_out_of_bounds"].b for n in fdef.node_def)
+
+
 def _carry_like(new: Any, old: Any) -> Any:
     if isinstance(old, _PushList):
         if not isinstance(new, _PushList):
             raise GraphError("a TensorList loop variable changed kind inside a v2 while loop")
-        return _PushList(_like(new.buffer, old.buffer), _like(new.count, old.count))
+        return _PushList(_like(new.buffer, old.buffer), _like(new.count, old.count), old.early)
     return _like(new, old)
 
 
@@ -395,18 +432,20 @@ class _PendingList:
 
 @jax.tree_util.register_pytree_node_class
 class _PushList:
-    """A TensorList grown by `TensorListPushBack`: a `[bound, *element_shape]` buffer and a count
-    (TF's v2 gradients accumulate a loop's intermediates in these)."""
+    """A TensorList that grows: by `TensorListPushBack` (TF's v2 gradients accumulate a loop's
+    intermediates in these) or by `TensorListSetItem` past its end (a dynamic-size TensorArray):
+    a `[bound, *element_shape]` buffer and a count. `early`: grown in a loop that may stop before
+    its bound, so that only the count tells how much of the buffer TF's list holds."""
 
-    def __init__(self, buffer: Any, count: Any):
-        self.buffer, self.count = buffer, count
+    def __init__(self, buffer: Any, count: Any, early: bool = False):
+        self.buffer, self.count, self.early = buffer, count, early
 
     def tree_flatten(self):
-        return (self.buffer, self.count), None
+        return (self.buffer, self.count), self.early
 
     @classmethod
     def tree_unflatten(cls, aux, children):
-        return cls(*children)
+        return cls(*children, aux)
 
 
 @jax.tree_util.register_pytree_node_class
@@ -475,7 +514,7 @@ def _list_push(node):
         if not isinstance(items, _PushList):
             raise GraphError(f"node {node.name!r}: TensorListPushBack onto a fixed-size TensorList")
         buffer = items.buffer.at[items.count].set(jnp.asarray(_items(item), items.buffer.dtype))
-        return _PushList(buffer, items.count + 1)
+        return _PushList(buffer, items.count + 1, items.early or ctx.may_stop_early)
 
     return fn
 
@@ -485,7 +524,7 @@ def _list_pop(node):
     def fn(items, element_shape):
         if not isinstance(items, _PushList):
             raise GraphError(f"node {node.name!r}: TensorListPopBack needs a list built by TensorListPushBack")
-        return _PushList(items.buffer, items.count - 1), items.buffer[items.count - 1]
+        return _PushList(items.buffer, items.count - 1, items.early), items.buffer[items.count - 1]
 
     return fn
 
@@ -624,13 +663,24 @@ def _list_get(node):
     return fn
 
 
-@register("TensorListSetItem")
+@register("TensorListSetItem", context=True)
 def _list_set(node):
-    def fn(items, index, item):
+    """`resize_if_index_out_of_bounds` (a dynamic-size TensorArray's write in TF 2's control flow)
+    lengthens the list to the index: outside loops at indices known now (with zeros between, where
+    TF leaves elements unset); inside a loop the list becomes a growing buffer as long as the
+    loops' static bound, whose count `TensorListStack` reads (see `_stacked`)."""
+    resize = node.attr_bool("resize_if_index_out_of_bounds", False)
+
+    def fn(ctx, items, index, item):
         if isinstance(items, _PendingList):
-            items = jnp.zeros((items.size or 0, *jnp.shape(item)), items.dtype)
+            items = jnp.zeros((0 if items.push else (items.size or 0), *jnp.shape(item)), items.dtype)
+        if resize and not isinstance(items, (_PushList, _RaggedList)):
+            items = _resizable(node, ctx, items, index)
         if isinstance(items, _PushList):
-            return _PushList(items.buffer.at[jnp.asarray(index)].set(jnp.asarray(item, items.buffer.dtype)), items.count)
+            at = jnp.asarray(index)
+            buffer = items.buffer.at[at].set(jnp.asarray(item, items.buffer.dtype))
+            count = jnp.maximum(items.count, at.astype(jnp.int32) + 1) if resize else items.count
+            return _PushList(buffer, count, items.early or (resize and ctx.may_stop_early))
         if isinstance(items, _RaggedList):
             elements = list(items.elements)
             elements[int(_ragged_index(node, items, index))] = item
@@ -638,6 +688,38 @@ def _list_set(node):
         return items.at[jnp.asarray(index)].set(jnp.asarray(item, items.dtype))
 
     return fn
+
+
+def _resizable(node: Node, ctx: Any, items: Any, index: Any) -> Any:
+    """A list that `TensorListSetItem` may lengthen to `index`: the list itself, lengthened now
+    where the index is known outside loops, else a growing buffer of the loops' bound."""
+    length, at = items.shape[0], known(index)
+    if not ctx.loop_bounds and at is not None:
+        grow = int(at) + 1 - length
+        return jnp.concatenate([items, jnp.zeros((grow, *items.shape[1:]), items.dtype)]) if grow > 0 else items
+    bound = ctx.static_trip_count
+    if bound is None:
+        raise GraphError(f"node {node.name!r} (TensorListSetItem) lengthens a TensorList in a while loop without a "
+                         "static trip-count bound; jaxmeta needs one (fixed sequence lengths or maximum_iterations)")
+    capacity = max(length, bound, int(at) + 1 if at is not None else 0)
+    buffer = jnp.zeros((capacity, *items.shape[1:]), items.dtype).at[:length].set(items)
+    return _PushList(buffer, jnp.int32(length), ctx.may_stop_early)
+
+
+def _stacked(node: Node, items: _PushList) -> Any:
+    """The elements a growing list holds: its count's worth of the buffer where the count is
+    known; the whole buffer where a loop ran to its bound; a RunTimeValuesError under `jax.jit`
+    when the loop may have stopped before it (TF's stack then has a run-time shape)."""
+    count = known(items.count)
+    if count is not None:
+        return items.buffer[:int(count)]
+    if items.early:
+        raise RunTimeValuesError(
+            f"node {node.name!r} ({node.type}) stacks a TensorList that grows in a while loop that may stop before "
+            f"its bound ({items.buffer.shape[0]} iterations), so its length is only known at run time, and under "
+            "jax.jit its stacked shape cannot be. Run without jax.jit (a jaxmeta.Session does this by itself, or "
+            "call the function unjitted)")
+    return items.buffer
 
 
 @register("TensorListStack")
@@ -652,7 +734,7 @@ def _list_stack(node):
             raise GraphError(
                 f"node {node.name!r} (TensorListStack) stacks a TensorList whose elements have unequal shapes "
                 f"{[list(s) for s in items.shapes()]}, which TF rejects; use TensorArray.concat() instead")
-        return _items(items)
+        return _stacked(node, items) if isinstance(items, _PushList) else items
 
     return fn
 
@@ -796,7 +878,7 @@ def _list_scatter_into(node):
             buffer = _scatter_rows(node, _grown(items.buffer, need), tensor, indices)
             idx = jnp.asarray(indices, jnp.int32)
             written = jnp.max(jnp.where(idx < buffer.shape[0], idx + 1, 0), initial=0)
-            return _PushList(buffer, jnp.maximum(items.count, written.astype(jnp.int32)))
+            return _PushList(buffer, jnp.maximum(items.count, written.astype(jnp.int32)), items.early)
         if isinstance(items, _PendingList):
             length = 0 if items.push else (items.size or 0)
             items = jnp.zeros((length, *tensor.shape[1:]), items.dtype or tensor.dtype)
@@ -879,6 +961,8 @@ def _concat(node: Node, items: Any, dims: list[int] | None, leading_dims: Any = 
         else:
             lengths = [dims[0]] * n
         return jnp.zeros((sum(lengths), *dims[1:]), items.dtype), _lengths(lengths)
+    if isinstance(items, _PushList):
+        items = _stacked(node, items)
     elements = list(items.elements) if isinstance(items, _RaggedList) else None
     shapes = items.shapes() if elements is not None else [tuple(_items(items).shape[1:])]
     if any(not s for s in shapes):
@@ -947,7 +1031,7 @@ def _concat_lists(node: Node, a: Any, b: Any) -> Any:
             ys = _items(y)
             zeros = jnp.zeros((n, *ys.shape[1:]), ys.dtype)
             if isinstance(y, _PushList):  # (the buffer past its count holds zeros)
-                return _PushList(jnp.concatenate([zeros, ys] if first else [ys, zeros]), y.count + n)
+                return _PushList(jnp.concatenate([zeros, ys] if first else [ys, zeros]), y.count + n, y.early)
             return jnp.concatenate([zeros, ys] if first else [ys, zeros])
     if isinstance(a, _PushList) or isinstance(b, _PushList):
         a_items, b_items = _items(a), _items(b)
@@ -959,7 +1043,8 @@ def _concat_lists(node: Node, a: Any, b: Any) -> Any:
         buffer = jnp.zeros((a_items.shape[0] + b_items.shape[0], *a_items.shape[1:]), a_items.dtype)
         buffer = jax.lax.dynamic_update_slice_in_dim(buffer, jnp.asarray(b_items, buffer.dtype), count_a, 0)
         buffer = jax.lax.dynamic_update_slice_in_dim(buffer, a_items, 0, 0)
-        return _PushList(buffer, jnp.asarray(count_a + count_b, jnp.int32))
+        early = any(isinstance(x, _PushList) and x.early for x in (a, b))
+        return _PushList(buffer, jnp.asarray(count_a + count_b, jnp.int32), early)
     if not isinstance(a, _RaggedList) and not isinstance(b, _RaggedList) and a.shape[1:] == b.shape[1:]:
         return jnp.concatenate([a, jnp.asarray(b, a.dtype)])
     elements = [*(a.elements if isinstance(a, _RaggedList) else a), *(b.elements if isinstance(b, _RaggedList) else b)]

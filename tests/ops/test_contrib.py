@@ -350,15 +350,19 @@ def test_sparse_feature_cross_first_version(buckets):
 # -- a beam-search decoder, as tf.contrib.seq2seq builds one --------------------------------------
 
 
-def test_beam_search_decoder_ends_in_gather_tree(tmp_path):
-    """A GRU decoder's beam search in a v1 while loop (top-k over beams x vocabulary, finished beams
+@pytest.mark.parametrize("v2", [False, True], ids=["v1", "v2"])
+def test_beam_search_decoder_ends_in_gather_tree(tmp_path, v2):
+    """A GRU decoder's beam search in a while loop (top-k over beams x vocabulary, finished beams
     extended by the end token only, stopping when every beam has ended), whose step and parent
     ids GatherTree traces back, as `tf.contrib.seq2seq.BeamSearchDecoder` does; from a .meta and
-    checkpoint, under jax.jit. TF runs the loop; the kernel's port gives the last step."""
+    checkpoint. TF runs the loop; the kernel's port gives the last step. In TF1's control flow
+    and in TF 2's (what `tf.compat.v1` graphs built with TF 2 get by default)."""
     tf = get_tf()
     batch, beams, vocab, units, end, max_len = 2, 3, 7, 8, 1, 9
     memory = np.random.default_rng(4).standard_normal((batch, units)).astype(np.float32)
     g = tf.Graph()
+    if v2:
+        tf.compat.v1.enable_control_flow_v2()
     with g.as_default():
         tf.compat.v1.set_random_seed(1)
         mem = tf.compat.v1.placeholder(tf.float32, [batch, units], name="memory")
@@ -403,6 +407,7 @@ def test_beam_search_decoder_ends_in_gather_tree(tmp_path):
             want_ids, want_parents, want_lengths = sess.run([step_ids, parent_ids, lengths], {mem: memory})
             prefix = saver.save(sess, str(tmp_path / "decoder"))
         meta = tf.compat.v1.train.export_meta_graph(graph=g, saver_def=saver.saver_def)
+    tf.compat.v1.disable_control_flow_v2()
     assert want_ids.shape[0] < max_len  # every beam ended early: the loop's trip count came from the data
     node = next(n for n in meta.graph_def.node if n.name == "beams")
     node.op = "GatherTree"

@@ -455,3 +455,70 @@ def test_tensor_list_unequal_elements_changed_in_loop():
             graph, names = _jaxmeta_graph(build)
         with pytest.raises(jaxmeta.GraphError, match=match):
             graph.function(names, feeds=["w:0"])({}, W)
+
+
+# -- growing TensorArrays in loops that may stop early (both control flows) -------------------------
+
+
+@pytest.mark.parametrize("v2", [False, True], ids=["v1", "v2"])
+@pytest.mark.parametrize("stops", ["early", "at_bound", "exact"])
+def test_dynamic_size_tensor_array_has_tf_length(v2, stops):
+    """`TensorArray(size=0, dynamic_size=True)` written once per step, in a loop bounded by 9 that
+    leaves after 5 steps (`early`) or runs to its bound (`at_bound`: the data never stops it), or
+    in one of exactly 6 steps: stack, size and concat are TF's (the rows written). Under jax.jit
+    an early-leaving loop's length is a run-time value: a RunTimeValuesError says so, and a jit
+    Session gets TF's values anyway (it stages)."""
+    tf = get_tf()
+    limit = {"early": 20.0, "at_bound": 1e9, "exact": None}[stops]
+    x = np.ones(3, np.float32)
+    g = tf.Graph()
+    with g.as_default(), (control_flow_v2(False) if v2 else contextlib.nullcontext()):
+        xs = ph(tf, "x", x)
+        ta = tf.TensorArray(tf.float32, size=0, dynamic_size=True, clear_after_read=False)
+
+        def cond(t, y, ta):
+            return t < 6 if limit is None else (t < 9) & (tf.reduce_sum(y) < limit)
+
+        out = tf.compat.v1.while_loop(cond, lambda t, y, ta: (t + 1, y * 1.5, ta.write(t, y)), [0, xs, ta])
+        fetches = [tf.identity(out[2].stack(), name="stacked"), tf.identity(out[2].size(), name="size"),
+                   tf.identity(out[2].concat(), name="concat")]
+        meta = tf.compat.v1.train.export_meta_graph(graph=g)
+        with tf.compat.v1.Session(graph=g) as sess:
+            want = sess.run(fetches, {xs: x})
+    assert want[1] == {"early": 5, "at_bound": 9, "exact": 6}[stops]
+    graph = jaxmeta.import_meta_graph(meta)
+    names = [f.name for f in fetches]
+    f = graph.function(names, feeds=["x:0"])
+    with jaxmeta.Session(graph) as sess:
+        results = [f({}, x), sess.run(names, {"x:0": x})]
+    if stops == "exact":
+        results.append(jax.jit(f)({}, x))
+    else:
+        with pytest.raises(jaxmeta.RunTimeValuesError, match="grows in a while loop that may stop before its bound"):
+            jax.jit(f)({}, x)
+    for got in results:
+        for g_value, w_value in zip(got, want):
+            np.testing.assert_allclose(np.asarray(g_value), w_value, rtol=1e-6)
+
+
+def test_outputs_named_by_argument_in_function_bodies():
+    """TF leaves ops used only inside function bodies out of a MetaGraphDef's op list, and bodies
+    name outputs by argument (`TopKV2:indices:0`, `Unique:idx:0`, `FusedBatchNormV3:batch_mean:0`):
+    jaxmeta's own table of output arguments resolves them."""
+
+    def build(tf):
+        x = _x(tf)
+
+        def body(t, y):
+            top = tf.nn.top_k(y, 2)
+            _, idx = tf.unique(tf.reshape(tf.cast(y > 0, tf.int32), [-1]))
+            _, mean, var = tf.compat.v1.nn.fused_batch_norm(y[None, :, :, None], [1.0], [0.0], is_training=True)[:3]
+            picked = tf.gather(top.values, tf.zeros([4], tf.int32), axis=1) + tf.cast(top.indices[:, :1], tf.float32)
+            return t + 1, y * 0.5 + picked + tf.cast(tf.reshape(idx, [3, 4]), tf.float32) + mean + var
+
+        return tf.while_loop(lambda t, y: t < 3, body, [0, x])[1]
+
+    with control_flow_v2(False):
+        run = compare_with_tf(build, {"x:0": X}, rtol=1e-5, atol=1e-5)
+    used = {o.name for o in run.meta_graph.meta_info_def.stripped_op_list.op}
+    assert "TopKV2" not in used and "Unique" not in used  # what the table is for
