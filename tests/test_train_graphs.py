@@ -692,3 +692,61 @@ def test_wide_and_deep_feature_columns():
         variables = sess.variables
     for name, value in after.items():
         assert_close(variables[name], value, rtol=1e-4, atol=1e-5, what=f"variable {name} after {K} steps")
+
+
+# -- tf.compat.v1 graphs built with TF 2's defaults: control flow v2 (If/While and TensorLists) -------
+
+
+def _bn_from_placeholder(tf):
+    x = tf.compat.v1.placeholder(tf.float32, [4, 8, 8, 2], name="x")
+    labels = tf.compat.v1.placeholder(tf.int32, [4], name="labels")
+    training = tf.compat.v1.placeholder_with_default(True, [], name="training")
+    loss = _cnn(tf, x, labels, training=training)
+    with tf.control_dependencies(tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)):
+        return loss, tf.compat.v1.train.GradientDescentOptimizer(0.1).minimize(loss)
+
+
+def _lstm_with_lengths(tf):
+    x = tf.compat.v1.placeholder(tf.float32, [3, 6, 4], name="x")
+    labels = tf.compat.v1.placeholder(tf.int32, [3], name="labels")
+    lengths = tf.constant([6, 2, 4])
+    cell = tf.compat.v1.nn.rnn_cell.LSTMCell(5, initializer=tf.compat.v1.glorot_uniform_initializer(seed=1))
+    _, state = tf.compat.v1.nn.dynamic_rnn(cell, x, sequence_length=lengths, dtype=tf.float32)
+    logits = tf.compat.v1.layers.dense(state.h, 3, kernel_initializer=tf.compat.v1.glorot_uniform_initializer(seed=2))
+    loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+    return loss, tf.compat.v1.train.AdamOptimizer(0.01).minimize(loss)
+
+
+def _gru_with_fed_lengths(tf):
+    # lengths known only at run time: the forward loop's trip count is the data's (bounded by
+    # maximum_iterations), and so is its gradient loop's
+    x = tf.compat.v1.placeholder(tf.float32, [3, 6, 4], name="x")
+    labels = tf.compat.v1.placeholder(tf.int32, [3], name="labels")
+    lengths = tf.compat.v1.placeholder_with_default(tf.constant([5, 2, 4]), [3], name="lengths")
+    cell = tf.compat.v1.nn.rnn_cell.GRUCell(5, kernel_initializer=tf.compat.v1.glorot_uniform_initializer(seed=3))
+    outputs, _ = tf.compat.v1.nn.dynamic_rnn(cell, x, sequence_length=lengths, dtype=tf.float32)
+    logits = tf.compat.v1.layers.dense(tf.reduce_sum(outputs, axis=1), 3,
+                                       kernel_initializer=tf.compat.v1.glorot_uniform_initializer(seed=4))
+    loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+    return loss, tf.compat.v1.train.MomentumOptimizer(0.1, 0.9).minimize(loss)
+
+
+V2_TRAINING = {"batch_norm_from_placeholder": (_bn_from_placeholder, (4, 8, 8, 2)),
+               "lstm_with_lengths": (_lstm_with_lengths, (3, 6, 4)),
+               "gru_with_fed_lengths": (_gru_with_fed_lengths, (3, 6, 4))}
+
+
+@pytest.mark.parametrize("name", list(V2_TRAINING))
+def test_training_with_tf2_control_flow(name):
+    """What `tf.compat.v1` graphs get from TF 2 without `disable_v2_behavior()`: conds and loops
+    as functional If/While ops whose bodies name outputs by argument (a batch norm's
+    `FusedBatchNormV3:batch_mean` inside an If), gradients as While loops that pop the forward
+    loop's intermediates from TensorLists (some static: list lengths, shapes), `ZerosLike` of
+    optionals and lists."""
+    build, shape = V2_TRAINING[name]
+    tf = get_tf()
+    tf.compat.v1.enable_control_flow_v2()
+    try:
+        check_training(build, _images(shape, 3), rtol=2e-4, atol=2e-5, grad_rtol=2e-4, grad_atol=2e-5)
+    finally:
+        tf.compat.v1.disable_control_flow_v2()

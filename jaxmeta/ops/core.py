@@ -126,8 +126,13 @@ def _pass_through(node):
 
 @register("ZerosLike")
 def _zeros_like(node):
+    from jaxmeta.ops.functional import zeros_like_variant
+
     def fn(x):
-        return np.zeros_like(x) if isinstance(x, np.ndarray) else jax.numpy.zeros_like(x)
+        if isinstance(x, np.ndarray):
+            return np.zeros_like(x)
+        variant = zeros_like_variant(x, fn)  # TensorLists and Optionals (TF's variants)
+        return jax.numpy.zeros_like(x) if variant is None else variant
 
     return fn
 

@@ -29,7 +29,7 @@ from jaxmeta._errors import GraphError, RunTimeValuesError
 from jaxmeta._graph import Graph, Node, TensorRef
 from jaxmeta._interpreter import OpContext, _check_runnable, _prune, build_steps, run_steps
 from jaxmeta.ops._op_outputs import OUTPUT_ARGS
-from jaxmeta.ops.control_flow import _carryable, _like, _select, _to_carry
+from jaxmeta.ops.control_flow import _carryable, _Const, _like, _select, _to_carry
 from jaxmeta.ops.registry import checked_indices, checking, known, need_known, register, static
 from jaxmeta.proto import node_def_pb2
 
@@ -211,6 +211,20 @@ class _Optional:
         self.components = components
 
 
+def zeros_like_variant(x: Any, zeros_like: Any) -> Any:
+    """TF's `ZerosLike` of a variant (TF 2's cond and loop gradients zero their optionals and
+    TensorLists): the same kind of value with zero elements; None for anything else."""
+    if isinstance(x, _Optional):
+        return _Optional(None if x.components is None else tuple(zeros_like(c) for c in x.components))
+    if isinstance(x, _PushList):
+        return _PushList(jnp.zeros_like(x.buffer), x.count, x.early)
+    if isinstance(x, _RaggedList):
+        return _RaggedList([zeros_like(e) for e in x.elements])
+    if isinstance(x, _PendingList):
+        return x
+    return None
+
+
 @register("OptionalFromValue")
 def _optional_from_value(node):
     return lambda *components: _Optional(tuple(components))
@@ -323,11 +337,19 @@ def _while(node):
                    if isinstance(v, _PendingList) or (grows and not isinstance(v, _PushList) and jnp.ndim(v) > 0)]
         if pending:  # element shapes of lists the graph left open: from a shape-only trace
 
-            def probe():
-                outs = [run_body(jnp.int32(0), vals)[carried[k]] for k in pending]
-                return [None if isinstance(o, _PendingList) else o for o in outs]
+            # The carried values enter as traced arguments, as in the loop: what the body pushes
+            # is static there (`_PushList.const`) only if it is static in every iteration.
+            known_kinds = [k for k, v in enumerate(vals) if not isinstance(v, _PendingList)]
 
-            for k, s in zip(pending, jax.eval_shape(probe)):
+            def probe(arrays):
+                inputs = list(vals)
+                for k, a in zip(known_kinds, arrays):
+                    inputs[k] = a
+                outs = run_body(jnp.int32(0), inputs)
+                return [None if isinstance(outs[carried[k]], _PendingList) else outs[carried[k]] for k in pending]
+
+            arrays = [jax.tree_util.tree_map(_to_carry, vals[k]) for k in known_kinds]
+            for k, s in zip(pending, jax.eval_shape(probe, arrays)):
                 if isinstance(s, _PushList) and not isinstance(vals[k], _PendingList):  # the list so far
                     start = jnp.asarray(vals[k], s.buffer.dtype)
                     buffer = jnp.zeros(s.buffer.shape, s.buffer.dtype).at[:start.shape[0]].set(start)
@@ -368,7 +390,7 @@ def _carry_like(new: Any, old: Any) -> Any:
     if isinstance(old, _PushList):
         if not isinstance(new, _PushList):
             raise GraphError("a TensorList loop variable changed kind inside a v2 while loop")
-        return _PushList(_like(new.buffer, old.buffer), _like(new.count, old.count), old.early)
+        return _PushList(_like(new.buffer, old.buffer), _like(new.count, old.count), old.early, old.const)
     return _like(new, old)
 
 
@@ -435,17 +457,19 @@ class _PushList:
     """A TensorList that grows: by `TensorListPushBack` (TF's v2 gradients accumulate a loop's
     intermediates in these) or by `TensorListSetItem` past its end (a dynamic-size TensorArray):
     a `[bound, *element_shape]` buffer and a count. `early`: grown in a loop that may stop before
-    its bound, so that only the count tells how much of the buffer TF's list holds."""
+    its bound, so that only the count tells how much of the buffer TF's list holds. `const`: every
+    push was this one static value (TF's v2 gradients accumulate a forward loop's `Shape`s and
+    list lengths, and pop them where they must be static), as for v1 stacks (`_StackState`)."""
 
-    def __init__(self, buffer: Any, count: Any, early: bool = False):
-        self.buffer, self.count, self.early = buffer, count, early
+    def __init__(self, buffer: Any, count: Any, early: bool = False, const: _Const | None = None):
+        self.buffer, self.count, self.early, self.const = buffer, count, early, const
 
     def tree_flatten(self):
-        return (self.buffer, self.count), self.early
+        return (self.buffer, self.count), (self.early, self.const)
 
     @classmethod
     def tree_unflatten(cls, aux, children):
-        return cls(*children, aux)
+        return cls(*children, *aux)
 
 
 @jax.tree_util.register_pytree_node_class
@@ -511,10 +535,15 @@ def _list_push(node):
             item = _items(item)
             dtype = items.dtype or jnp.result_type(item)
             items = _PushList(jnp.zeros((size, *jnp.shape(item)), dtype), jnp.int32(0))
+            first = True
+        else:
+            first = False
         if not isinstance(items, _PushList):
             raise GraphError(f"node {node.name!r}: TensorListPushBack onto a fixed-size TensorList")
+        const = _Const(np.asarray(item).astype(items.buffer.dtype)) if static(item) else None
+        const = const if first or const == items.const else None
         buffer = items.buffer.at[items.count].set(jnp.asarray(_items(item), items.buffer.dtype))
-        return _PushList(buffer, items.count + 1, items.early or ctx.may_stop_early)
+        return _PushList(buffer, items.count + 1, items.early or ctx.may_stop_early, const)
 
     return fn
 
@@ -524,7 +553,8 @@ def _list_pop(node):
     def fn(items, element_shape):
         if not isinstance(items, _PushList):
             raise GraphError(f"node {node.name!r}: TensorListPopBack needs a list built by TensorListPushBack")
-        return _PushList(items.buffer, items.count - 1, items.early), items.buffer[items.count - 1]
+        top = items.const.value if items.const is not None else items.buffer[items.count - 1]
+        return _PushList(items.buffer, items.count - 1, items.early, items.const), top
 
     return fn
 
