@@ -694,59 +694,115 @@ def test_wide_and_deep_feature_columns():
         assert_close(variables[name], value, rtol=1e-4, atol=1e-5, what=f"variable {name} after {K} steps")
 
 
-# -- tf.compat.v1 graphs built with TF 2's defaults: control flow v2 (If/While and TensorLists) -------
+# -- models with loops and conds, in TF1's control flow and in TF 2's ------------------------------
+# TF 2's is what `tf.compat.v1` graphs get without `disable_v2_behavior()`: conds and loops as
+# functional If/While ops whose bodies name outputs by argument (a batch norm's
+# `FusedBatchNormV3:batch_mean` inside an If), gradients as While loops that pop the forward
+# loop's intermediates from TensorLists (some static: list lengths, shapes; conds' optionals, which
+# differ between branches), `ZerosLike` of optionals and lists.
 
 
 def _bn_from_placeholder(tf):
-    x = tf.compat.v1.placeholder(tf.float32, [4, 8, 8, 2], name="x")
-    labels = tf.compat.v1.placeholder(tf.int32, [4], name="labels")
+    x = tf.compat.v1.placeholder(tf.float32, [3, 6, 4], name="x")
+    labels = tf.compat.v1.placeholder(tf.int32, [3], name="labels")
     training = tf.compat.v1.placeholder_with_default(True, [], name="training")
-    loss = _cnn(tf, x, labels, training=training)
+    loss = _cnn(tf, tf.pad(x[..., None], [[0, 0], [1, 1], [2, 2], [0, 0]]), labels, training=training)
     with tf.control_dependencies(tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)):
         return loss, tf.compat.v1.train.GradientDescentOptimizer(0.1).minimize(loss)
 
 
 def _lstm_with_lengths(tf):
-    x = tf.compat.v1.placeholder(tf.float32, [3, 6, 4], name="x")
-    labels = tf.compat.v1.placeholder(tf.int32, [3], name="labels")
-    lengths = tf.constant([6, 2, 4])
+    x, labels = _seq(tf)
     cell = tf.compat.v1.nn.rnn_cell.LSTMCell(5, initializer=tf.compat.v1.glorot_uniform_initializer(seed=1))
-    _, state = tf.compat.v1.nn.dynamic_rnn(cell, x, sequence_length=lengths, dtype=tf.float32)
-    logits = tf.compat.v1.layers.dense(state.h, 3, kernel_initializer=tf.compat.v1.glorot_uniform_initializer(seed=2))
-    loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
-    return loss, tf.compat.v1.train.AdamOptimizer(0.01).minimize(loss)
+    _, state = tf.compat.v1.nn.dynamic_rnn(cell, x, sequence_length=tf.constant([6, 2, 4]), dtype=tf.float32)
+    return _head(tf, state.h, labels)
 
 
 def _gru_with_fed_lengths(tf):
     # lengths known only at run time: the forward loop's trip count is the data's (bounded by
     # maximum_iterations), and so is its gradient loop's
-    x = tf.compat.v1.placeholder(tf.float32, [3, 6, 4], name="x")
-    labels = tf.compat.v1.placeholder(tf.int32, [3], name="labels")
+    x, labels = _seq(tf)
     lengths = tf.compat.v1.placeholder_with_default(tf.constant([5, 2, 4]), [3], name="lengths")
     cell = tf.compat.v1.nn.rnn_cell.GRUCell(5, kernel_initializer=tf.compat.v1.glorot_uniform_initializer(seed=3))
     outputs, _ = tf.compat.v1.nn.dynamic_rnn(cell, x, sequence_length=lengths, dtype=tf.float32)
-    logits = tf.compat.v1.layers.dense(tf.reduce_sum(outputs, axis=1), 3,
-                                       kernel_initializer=tf.compat.v1.glorot_uniform_initializer(seed=4))
+    return _head(tf, tf.reduce_sum(outputs, axis=1), labels, "momentum")
+
+
+def _seq(tf):
+    x = tf.compat.v1.placeholder(tf.float32, [3, 6, 4], name="x")
+    labels = tf.compat.v1.placeholder(tf.int32, [3], name="labels")
+    return x, labels
+
+def _head(tf, h, labels, opt="adam"):
+    logits = tf.compat.v1.layers.dense(h, 3, kernel_initializer=tf.compat.v1.glorot_uniform_initializer(seed=9))
     loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
-    return loss, tf.compat.v1.train.MomentumOptimizer(0.1, 0.9).minimize(loss)
+    o = {"adam": tf.compat.v1.train.AdamOptimizer(0.01), "sgd": tf.compat.v1.train.GradientDescentOptimizer(0.1),
+         "momentum": tf.compat.v1.train.MomentumOptimizer(0.1, 0.9)}[opt]
+    return loss, o.minimize(loss)
+
+def _bidirectional(tf):
+    x, labels = _seq(tf)
+    init = tf.compat.v1.glorot_uniform_initializer(seed=1)
+    (fw, bw), _ = tf.compat.v1.nn.bidirectional_dynamic_rnn(tf.compat.v1.nn.rnn_cell.LSTMCell(4, initializer=init),
+        tf.compat.v1.nn.rnn_cell.GRUCell(4, kernel_initializer=init), x, sequence_length=tf.constant([6, 3, 5]), dtype=tf.float32)
+    return _head(tf, tf.reduce_mean(tf.concat([fw, bw], -1), 1), labels)
+
+def _map_fn(tf):
+    x, labels = _seq(tf)
+    w = tf.compat.v1.get_variable("w", [4, 5], initializer=tf.compat.v1.glorot_uniform_initializer(seed=1))
+    h = tf.map_fn(lambda s: tf.reduce_max(tf.tanh(tf.matmul(s, w)), 0), x)
+    return _head(tf, h, labels)
+
+def _scan(tf):
+    x, labels = _seq(tf)
+    w = tf.compat.v1.get_variable("w", [4, 4], initializer=tf.compat.v1.glorot_uniform_initializer(seed=1))
+    h = tf.scan(lambda acc, s: tf.tanh(tf.matmul(s, w) + acc), tf.transpose(x, [1, 0, 2]), initializer=tf.zeros([3, 4]))
+    return _head(tf, h[-1], labels)
+
+def _cond_from_placeholder(tf):
+    x, labels = _seq(tf)
+    training = tf.compat.v1.placeholder_with_default(True, [], name="training")
+    h = tf.compat.v1.layers.dense(tf.reshape(x, [3, 24]), 8, kernel_initializer=tf.compat.v1.glorot_uniform_initializer(seed=1))
+    h = tf.cond(training, lambda: h * 2.0 + tf.reduce_mean(h), lambda: h)
+    return _head(tf, h, labels, "sgd")
+
+def _cond_in_while(tf):
+    x, labels = _seq(tf)
+    w = tf.compat.v1.get_variable("w", [4, 4], initializer=tf.compat.v1.glorot_uniform_initializer(seed=1))
+    def body(t, h):
+        xt = tf.gather(x, t, axis=1)
+        return t + 1, tf.cond(tf.equal(t % 2, 0), lambda: tf.tanh(tf.matmul(xt, w) + h), lambda: tf.sigmoid(h) * 2.0)
+    _, h = tf.while_loop(lambda t, h: t < 6, body, [0, tf.zeros([3, 4])])
+    return _head(tf, h, labels)
+
+def _attention_loop(tf):
+    x, labels = _seq(tf)
+    init = tf.compat.v1.glorot_uniform_initializer(seed=1)
+    cell = tf.compat.v1.nn.rnn_cell.GRUCell(4, kernel_initializer=init)
+    mem, state = tf.compat.v1.nn.dynamic_rnn(cell, x, dtype=tf.float32, scope="enc")
+    dec = tf.compat.v1.nn.rnn_cell.GRUCell(4, kernel_initializer=init, name="dec")
+    ta = tf.TensorArray(tf.float32, size=4)
+    def body(t, s, ta):
+        scores = tf.nn.softmax(tf.reduce_sum(mem * s[:, None, :], -1))
+        ctxv = tf.reduce_sum(mem * scores[..., None], 1)
+        o, s = dec(ctxv, s)
+        return t + 1, s, ta.write(t, o)
+    _, s, ta = tf.while_loop(lambda t, s, ta: t < 4, body, [0, state, ta])
+    return _head(tf, tf.reduce_mean(ta.stack(), 0), labels)
+
+LOOP_MODELS = {"batch_norm_from_placeholder": _bn_from_placeholder, "lstm_with_lengths": _lstm_with_lengths,
+               "gru_with_fed_lengths": _gru_with_fed_lengths, "bidirectional": _bidirectional, "map_fn": _map_fn,
+               "scan": _scan, "cond_from_placeholder": _cond_from_placeholder, "cond_in_while": _cond_in_while,
+               "attention_loop": _attention_loop}
 
 
-V2_TRAINING = {"batch_norm_from_placeholder": (_bn_from_placeholder, (4, 8, 8, 2)),
-               "lstm_with_lengths": (_lstm_with_lengths, (3, 6, 4)),
-               "gru_with_fed_lengths": (_gru_with_fed_lengths, (3, 6, 4))}
-
-
-@pytest.mark.parametrize("name", list(V2_TRAINING))
-def test_training_with_tf2_control_flow(name):
-    """What `tf.compat.v1` graphs get from TF 2 without `disable_v2_behavior()`: conds and loops
-    as functional If/While ops whose bodies name outputs by argument (a batch norm's
-    `FusedBatchNormV3:batch_mean` inside an If), gradients as While loops that pop the forward
-    loop's intermediates from TensorLists (some static: list lengths, shapes), `ZerosLike` of
-    optionals and lists."""
-    build, shape = V2_TRAINING[name]
+@pytest.mark.parametrize("v2", [False, True], ids=["v1", "v2"])
+@pytest.mark.parametrize("name", list(LOOP_MODELS))
+def test_training_through_loops_and_conds(name, v2):
     tf = get_tf()
-    tf.compat.v1.enable_control_flow_v2()
+    if v2:
+        tf.compat.v1.enable_control_flow_v2()
     try:
-        check_training(build, _images(shape, 3), rtol=2e-4, atol=2e-5, grad_rtol=2e-4, grad_atol=2e-5)
+        check_training(LOOP_MODELS[name], _images((3, 6, 4), 3), rtol=2e-4, atol=2e-5, grad_rtol=2e-4, grad_atol=2e-5)
     finally:
         tf.compat.v1.disable_control_flow_v2()

@@ -229,10 +229,14 @@ class _WhileLoop:
         self.exit_refs, self.exit_vars = [], []
         for node in own:
             if node.type in _EXIT:
-                if node.inputs[0].node not in switch_var:
+                source = graph.nodes[node.inputs[0].node]
+                # TF's gradient loops may exit through `tf.tuple`'s Identity of the Switch.
+                while source.type in ("Identity", "RefIdentity") and source.inputs and source.name not in switch_var:
+                    source = graph.nodes[source.inputs[0].node]
+                if source.name not in switch_var:
                     raise GraphError(f"exit {node.name!r} of while loop {frame!r} does not leave through a loop Switch")
                 self.exit_refs.append(TensorRef(node.name, 0))
-                self.exit_vars.append(switch_var[node.inputs[0].node])
+                self.exit_vars.append(switch_var[source.name])
         # Inside the loop, an Enter's output is its outer value; loop variables are fed.
         self.enter_refs = {TensorRef(e.name, 0): e.inputs[0] for e in self.enters}
         self.outer = list(dict.fromkeys(self.enter_refs.values()))

@@ -173,9 +173,9 @@ def _run_branches(ctx: OpContext, branches: list, args: tuple, choose) -> tuple:
     """Runs every branch, then selects outputs and variable/state changes with `choose(values)`."""
     before_vars, before_state = dict(ctx.variables), dict(ctx.state)
     results, effects = [], []
-    for fn in branches:
+    for k, fn in enumerate(branches):
         ctx.variables, ctx.state = dict(before_vars), dict(before_state)
-        results.append(fn(ctx, args))
+        results.append(fn(ctx, _for_branch(args, k)))
         effects.append((dict(ctx.variables), dict(ctx.state)))
     ctx.variables, ctx.state = dict(before_vars), dict(before_state)
     for store, which in ((ctx.variables, 0), (ctx.state, 1)):
@@ -200,15 +200,48 @@ def _choose_optional(outs: tuple, choose) -> Any:
         return choose(list(outs))
     present = [o for o in outs if o.components is not None]
     if len(present) == len(outs):
+        if len({tuple(np.shape(c) for c in o.components) for o in outs}) > 1:
+            # Inside loops each branch puts its own intermediates at shared positions: they differ.
+            return _PerBranch(outs)
         return _Optional(tuple(_choose_optional(cs, choose) for cs in zip(*(o.components for o in outs))))
     return present[0] if present else outs[0]
 
 
+@jax.tree_util.register_pytree_node_class
+class _PerBranch:
+    """A cond's output whose branches made values of different structures: TF 2's conds inside
+    loops put each branch's intermediates (for its gradient) at shared positions. It keeps one
+    value per branch; the gradient cond's branch k gets the k-th (`_for_branch`)."""
+
+    def __init__(self, values: Any):
+        self.values = tuple(values)
+
+    def tree_flatten(self):
+        return self.values, len(self.values)
+
+    @classmethod
+    def tree_unflatten(cls, count, children):
+        return cls(children)
+
+
+def _for_branch(args: tuple, k: int) -> tuple:
+    return tuple(a.values[k] if isinstance(a, _PerBranch) else a for a in args)
+
+
+@jax.tree_util.register_pytree_node_class
 class _Optional:
-    """An `Optional` value (`OptionalFromValue`/`OptionalNone`): components, or None."""
+    """An `Optional` value (`OptionalFromValue`/`OptionalNone`): components, or None. A pytree,
+    so that loops carry lists of them (TF 2's loops accumulate their conds' optionals)."""
 
     def __init__(self, components: tuple | None):
         self.components = components
+
+    def tree_flatten(self):
+        return (self.components or ()), self.components is None
+
+    @classmethod
+    def tree_unflatten(cls, empty, children):
+        return cls(None if empty else tuple(children))
 
 
 def zeros_like_variant(x: Any, zeros_like: Any) -> Any:
@@ -217,7 +250,7 @@ def zeros_like_variant(x: Any, zeros_like: Any) -> Any:
     if isinstance(x, _Optional):
         return _Optional(None if x.components is None else tuple(zeros_like(c) for c in x.components))
     if isinstance(x, _PushList):
-        return _PushList(jnp.zeros_like(x.buffer), x.count, x.early)
+        return _PushList(jax.tree_util.tree_map(jnp.zeros_like, x.buffer), x.count, x.early)
     if isinstance(x, _RaggedList):
         return _RaggedList([zeros_like(e) for e in x.elements])
     if isinstance(x, _PendingList):
@@ -259,7 +292,8 @@ def _if(node):
         pred = _truthy(ctx.value(pred))
         value = known(pred)  # known (a constant, or no jit): only the taken branch runs, as in TF
         if value is not None:
-            return tuple((then_fn if bool(value) else else_fn)(ctx, args))
+            taken = 0 if bool(value) else 1
+            return tuple((then_fn, else_fn)[taken](ctx, _for_branch(args, taken)))
         return _run_branches(ctx, [then_fn, else_fn], args, lambda xs: _select(pred, xs[0], xs[1]))
 
     return fn
@@ -275,7 +309,8 @@ def _case(node):
         value = known(index)
         if value is not None:
             k = int(value)
-            return tuple(branches[k if 0 <= k < len(branches) else -1](ctx, args))
+            k = k if 0 <= k < len(branches) else len(branches) - 1
+            return tuple(branches[k](ctx, _for_branch(args, k)))
 
         def choose(xs):  # an out-of-range index runs the last branch, as in TF
             out = xs[-1]
@@ -390,7 +425,8 @@ def _carry_like(new: Any, old: Any) -> Any:
     if isinstance(old, _PushList):
         if not isinstance(new, _PushList):
             raise GraphError("a TensorList loop variable changed kind inside a v2 while loop")
-        return _PushList(_like(new.buffer, old.buffer), _like(new.count, old.count), old.early, old.const)
+        buffer = jax.tree_util.tree_map(_like, new.buffer, old.buffer)
+        return _PushList(buffer, _like(new.count, old.count), old.early, old.const)
     return _like(new, old)
 
 
@@ -532,18 +568,31 @@ def _list_push(node):
                         f"node {node.name!r}: TensorListPushBack in a while loop without a static trip-count "
                         "bound; jaxmeta needs one (fixed sequence lengths or maximum_iterations)"
                     )
-            item = _items(item)
-            dtype = items.dtype or jnp.result_type(item)
-            items = _PushList(jnp.zeros((size, *jnp.shape(item)), dtype), jnp.int32(0))
+            if isinstance(item, (_Optional, _PerBranch)):  # optionals: one buffer per component
+                items = _PushList(jax.tree_util.tree_map(
+                    lambda c: jnp.zeros((size, *jnp.shape(c)), jnp.result_type(c)), item), jnp.int32(0))
+            else:
+                item = _items(item)
+                dtype = items.dtype or jnp.result_type(item)
+                items = _PushList(jnp.zeros((size, *jnp.shape(item)), dtype), jnp.int32(0))
             first = True
         else:
             first = False
         if not isinstance(items, _PushList):
             raise GraphError(f"node {node.name!r}: TensorListPushBack onto a fixed-size TensorList")
+        early = items.early or ctx.may_stop_early
+        if isinstance(items.buffer, (_Optional, _PerBranch)):
+            if jax.tree_util.tree_structure(item) != jax.tree_util.tree_structure(items.buffer):
+                raise GraphError(f"node {node.name!r} (TensorListPushBack) pushes optionals of another structure "
+                                 "than before (with a value where there was none, or other components); "
+                                 "jaxmeta's lists keep one structure")
+            buffer = jax.tree_util.tree_map(lambda b, c: b.at[items.count].set(jnp.asarray(c, b.dtype)),
+                                            items.buffer, item)
+            return _PushList(buffer, items.count + 1, early)
         const = _Const(np.asarray(item).astype(items.buffer.dtype)) if static(item) else None
         const = const if first or const == items.const else None
         buffer = items.buffer.at[items.count].set(jnp.asarray(_items(item), items.buffer.dtype))
-        return _PushList(buffer, items.count + 1, items.early or ctx.may_stop_early, const)
+        return _PushList(buffer, items.count + 1, early, const)
 
     return fn
 
@@ -553,7 +602,10 @@ def _list_pop(node):
     def fn(items, element_shape):
         if not isinstance(items, _PushList):
             raise GraphError(f"node {node.name!r}: TensorListPopBack needs a list built by TensorListPushBack")
-        top = items.const.value if items.const is not None else items.buffer[items.count - 1]
+        if items.const is not None:
+            top = items.const.value
+        else:
+            top = jax.tree_util.tree_map(lambda b: b[items.count - 1], items.buffer)
         return _PushList(items.buffer, items.count - 1, items.early, items.const), top
 
     return fn
