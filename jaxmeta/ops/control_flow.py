@@ -794,6 +794,8 @@ class TensorArrayHandle:
     element_shape: tuple[int, ...] | None  # fully known, or None
     dynamic_size: bool = False
     accumulate: bool = False  # gradient arrays add up writes
+    # Made inside a while loop: a new array each iteration in TF (see `_stack_push`).
+    per_iteration: bool = False
 
 
 _FLOW = np.float32(0)  # a TensorArray's flow: only orders its ops (as in TF)
@@ -817,7 +819,8 @@ def _tensor_array(node):
                 "size (feed fixed-length sequences, or use maximum_iterations)"
             )
         handle = TensorArrayHandle(
-            f"TensorArray:{node.name}", dtype, int(size) if static(size) else None, element_shape, dynamic
+            f"TensorArray:{node.name}", dtype, int(size) if static(size) else None, element_shape, dynamic,
+            per_iteration=bool(ctx.loop_bounds),
         )
         ctx.state[handle.key] = None
         if handle.size is not None and element_shape is not None and not dynamic:
@@ -986,14 +989,16 @@ class StackHandle:
     key: str
     dtype: Any
     max_size: int | None
+    per_iteration: bool = False  # made inside a while loop
 
 
 class _Const:
-    """A static NumPy value as hashable, comparable pytree aux data."""
+    """A static NumPy value (or a resource handle, itself static) as hashable, comparable pytree
+    aux data."""
 
-    def __init__(self, value: np.ndarray):
+    def __init__(self, value: Any):
         self.value = value
-        self._key = (value.dtype.str, value.shape, value.tobytes())
+        self._key = (value.dtype.str, value.shape, value.tobytes()) if isinstance(value, np.ndarray) else value
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, _Const) and self._key == other._key
@@ -1026,13 +1031,18 @@ class _StackState:
         return cls(*children, const)
 
 
+_RESOURCE_TYPES = (20, 21)  # DT_RESOURCE, DT_VARIANT
+
+
 @register("StackV2", "Stack", context=True)
 def _stack(node):
-    dtype = jax.dtypes.canonicalize_dtype(node.attr_dtype("elem_type"))
+    # TF's gradient loops also stack a nested loop's TensorArray handles: static values here.
+    resources = node.attr_dtype_enum("elem_type") in _RESOURCE_TYPES
+    dtype = None if resources else jax.dtypes.canonicalize_dtype(node.attr_dtype("elem_type"))
 
     def fn(ctx, *max_size):
         size = int(max_size[0]) if max_size and static(max_size[0]) and int(max_size[0]) > 0 else None
-        handle = StackHandle(f"Stack:{node.name}", dtype, size)
+        handle = StackHandle(f"Stack:{node.name}", dtype, size, per_iteration=bool(ctx.loop_bounds))
         ctx.state[handle.key] = None
         return handle
 
@@ -1042,9 +1052,24 @@ def _stack(node):
 @register("StackPushV2", "StackPush", context=True)
 def _stack_push(node):
     def fn(ctx, handle, elem):
+        state = ctx.state.get(handle.key)
+        if handle.dtype is None:  # a stack of handles: each push must be the same one
+            if getattr(elem, "per_iteration", False):
+                # TF's gradient of a loop nested in a loop keeps each outer iteration's TensorArrays
+                # and stacks; jaxmeta's resources hold one iteration's contents.
+                raise GraphError(
+                    f"node {node.name!r}: TF's gradient graph of a while loop nested in another (e.g. tf.map_fn "
+                    "inside tf.while_loop) in TF1's control flow keeps every outer iteration's TensorArrays and "
+                    "stacks, which jaxmeta cannot run yet. Differentiate the forward graph with jax.grad instead "
+                    "(jax.grad of graph.function(loss)), which handles nested loops")
+            if isinstance(elem, (np.ndarray, jax.Array)) or (state is not None and state.const != _Const(elem)):
+                raise GraphError(f"node {node.name!r} pushes different resource handles in a loop; jaxmeta's stacks "
+                                 "of handles hold one (a TensorArray created inside the loop)")
+            top = jnp.int32(0) if state is None else state.top
+            ctx.state[handle.key] = _StackState(None, top + 1, _Const(elem))
+            return elem
         const = _Const(np.asarray(elem).astype(handle.dtype)) if static(elem) else None
         value = jnp.asarray(elem, handle.dtype)
-        state = ctx.state.get(handle.key)
         if state is None:
             size = handle.max_size
             if size is None:

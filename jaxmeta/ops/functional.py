@@ -568,7 +568,7 @@ def _list_push(node):
                         f"node {node.name!r}: TensorListPushBack in a while loop without a static trip-count "
                         "bound; jaxmeta needs one (fixed sequence lengths or maximum_iterations)"
                     )
-            if isinstance(item, (_Optional, _PerBranch)):  # optionals: one buffer per component
+            if isinstance(item, _STRUCTURED):  # optionals, lists: one buffer per component
                 items = _PushList(jax.tree_util.tree_map(
                     lambda c: jnp.zeros((size, *jnp.shape(c)), jnp.result_type(c)), item), jnp.int32(0))
             else:
@@ -581,7 +581,7 @@ def _list_push(node):
         if not isinstance(items, _PushList):
             raise GraphError(f"node {node.name!r}: TensorListPushBack onto a fixed-size TensorList")
         early = items.early or ctx.may_stop_early
-        if isinstance(items.buffer, (_Optional, _PerBranch)):
+        if isinstance(items.buffer, _STRUCTURED):
             if jax.tree_util.tree_structure(item) != jax.tree_util.tree_structure(items.buffer):
                 raise GraphError(f"node {node.name!r} (TensorListPushBack) pushes optionals of another structure "
                                  "than before (with a value where there was none, or other components); "
@@ -597,9 +597,20 @@ def _list_push(node):
     return fn
 
 
+# List elements kept as pytrees of buffers: conds' optionals, and lists (a forward loop's inner lists,
+# accumulated for a gradient loop).
+_STRUCTURED = (_Optional, _PerBranch, _PushList)
+
+
 @register("TensorListPopBack")
 def _list_pop(node):
     def fn(items, element_shape):
+        if isinstance(items, _PendingList) and items.push:  # pushes skipped: lists nothing was written to
+            raise GraphError(
+                f"node {node.name!r} (TensorListPopBack) pops TensorLists that a forward loop accumulated, as TF's "
+                "gradient graph of a loop nested in another (e.g. tf.map_fn inside tf.while_loop) does; jaxmeta "
+                "cannot run that yet. Differentiate the forward graph with jax.grad instead (jax.grad of "
+                "graph.function(loss)), which handles nested loops")
         if not isinstance(items, _PushList):
             raise GraphError(f"node {node.name!r}: TensorListPopBack needs a list built by TensorListPushBack")
         if items.const is not None:
