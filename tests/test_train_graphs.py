@@ -865,3 +865,51 @@ def test_training_through_nested_loops(v2):
                        step_error=None if v2 else "nested in another .* jax.grad")
     finally:
         tf.compat.v1.disable_control_flow_v2()
+
+
+def test_keras_model_trained_in_a_session(tmp_path):
+    """TF1's Keras workflow: a `tf.keras` model (Conv1D, BatchNormalization, LSTM, GRU, Dense)
+    compiled and fit in graph mode, saved with a Saver; jaxmeta restores it and continues training
+    with the graph's own Keras train function (its update op, fed inputs, targets and the learning
+    phase), step for step as TF. Predictions match too."""
+    tf = get_tf()
+    tf.compat.v1.disable_eager_execution()  # Keras's graph-mode (TF1) training loop
+    keras = tf.compat.v1.keras
+    tf.compat.v1.enable_control_flow_v2()  # Keras's recurrent layers in TF 2 (TF1's fail in TF itself)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 6, 4)).astype(np.float32)
+    y = rng.integers(0, 3, (8, 1)).astype(np.float32)
+    g = tf.Graph()
+    try:
+        with g.as_default(), tf.compat.v1.Session(graph=g) as sess:
+            keras.backend.set_session(sess)
+            inputs = keras.Input((6, 4), name="x")
+            h = keras.layers.Conv1D(6, 3, padding="same", use_bias=False, name="conv")(inputs)
+            h = keras.layers.BatchNormalization(name="bn")(h)
+            h = keras.layers.LSTM(5, return_sequences=True, name="lstm")(h)
+            h = keras.layers.GRU(4, name="gru")(h)
+            outputs = keras.layers.Dense(3, activation="softmax", name="out")(h)
+            model = keras.Model(inputs, outputs)
+            model.compile(tf.compat.v1.train.AdamOptimizer(0.01), "sparse_categorical_crossentropy")
+            model.fit(x, y, epochs=1, batch_size=8, verbose=0)  # builds the train function
+            train = model.train_function
+            saver = tf.compat.v1.train.Saver()
+            prefix = saver.save(sess, str(tmp_path / "keras"))
+            meta = tf.compat.v1.train.export_meta_graph(graph=g, saver_def=saver.saver_def)
+            predictions = model.predict(x)
+            feed = {train.inputs[0]: x, train.inputs[1]: y, train.inputs[2]: True}
+            losses = [sess.run([train.outputs[0], train.updates_op], feed)[0] for _ in range(K)]
+            after = {v.op.name: sess.run(v) for v in tf.compat.v1.global_variables()}
+    finally:
+        tf.compat.v1.disable_control_flow_v2()
+    graph = jaxmeta.import_meta_graph(meta)
+    variables = graph.saver.restore(prefix)
+    predict = jax.jit(graph.function(outputs.name, feeds=["x:0"]))
+    assert_close(predict(variables, x), predictions, rtol=1e-5, atol=1e-6, what="predictions")
+    step = jax.jit(graph.step(train.outputs[0].name, feeds=[t.name for t in train.inputs],
+                              targets=[train.updates_op.name]), donate_argnums=0)
+    for k in range(K):
+        loss, variables = step(variables, x, y, np.bool_(True))
+        assert_close(loss, losses[k], rtol=1e-5, atol=1e-6, what=f"loss at step {k}")
+    for name, want in after.items():
+        assert_close(variables[name], want, rtol=1e-4, atol=1e-5, what=f"variable {name} after {K} steps")
