@@ -867,30 +867,73 @@ def test_training_through_nested_loops(v2):
         tf.compat.v1.disable_control_flow_v2()
 
 
-def test_keras_model_trained_in_a_session(tmp_path):
-    """TF1's Keras workflow: a `tf.keras` model (Conv1D, BatchNormalization, LSTM, GRU, Dense)
-    compiled and fit in graph mode, saved with a Saver; jaxmeta restores it and continues training
-    with the graph's own Keras train function (its update op, fed inputs, targets and the learning
-    phase), step for step as TF. Predictions match too."""
+def _keras_recurrent(keras, rng):
+    inputs = keras.Input((6, 4), name="x")
+    h = keras.layers.Conv1D(6, 3, padding="same", use_bias=False, name="conv")(inputs)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    h = keras.layers.LSTM(5, return_sequences=True, name="lstm")(h)
+    h = keras.layers.GRU(4, name="gru")(h)
+    return inputs, h, rng.standard_normal((8, 6, 4)).astype(np.float32)
+
+
+def _keras_text(keras, rng):
+    inputs = keras.Input((7,), dtype="int32", name="x")
+    h = keras.layers.Embedding(20, 6, name="emb")(inputs)
+    h = keras.layers.Bidirectional(keras.layers.LSTM(4, return_sequences=True), name="bi")(h)
+    return inputs, keras.layers.GlobalMaxPooling1D()(h), rng.integers(0, 20, (8, 7)).astype(np.int32)
+
+
+def _keras_image(keras, rng):
+    inputs = keras.Input((10, 10, 2), name="x")
+    h = keras.layers.Conv2D(4, 3, activation="relu", use_bias=False, name="conv")(inputs)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    h = keras.layers.SeparableConv2D(5, 3, padding="same", name="sep")(keras.layers.MaxPooling2D()(h))
+    return inputs, keras.layers.Flatten()(h), rng.standard_normal((8, 10, 10, 2)).astype(np.float32)
+
+
+def _keras_sequence(keras, rng):
+    inputs = keras.Input((5, 4), name="x")
+    h = keras.layers.TimeDistributed(keras.layers.Dense(6, activation="tanh"), name="td")(inputs)
+    h = keras.layers.LayerNormalization(name="ln")(keras.layers.SimpleRNN(4, name="rnn")(h))
+    return inputs, h, rng.standard_normal((8, 5, 4)).astype(np.float32)
+
+
+def _keras_attention(keras, rng):
+    inputs = keras.Input((5, 4), name="x")
+    q = keras.layers.Dense(4, name="q")(inputs)
+    h = keras.layers.MultiHeadAttention(2, 3, name="mha")(q, inputs)
+    return inputs, keras.layers.GlobalAveragePooling1D()(h + q), rng.standard_normal((8, 5, 4)).astype(np.float32)
+
+
+KERAS_MODELS = {"recurrent": _keras_recurrent, "text": _keras_text, "image": _keras_image,
+                "sequence": _keras_sequence, "attention": _keras_attention}
+
+
+@pytest.mark.parametrize("name", list(KERAS_MODELS))
+def test_keras_model_trained_in_a_session(tmp_path, name):
+    """TF1's Keras workflow: a `tf.keras` model compiled and fit in graph mode, saved with a Saver;
+    jaxmeta restores it and continues training with the graph's own Keras train function (its
+    update op, fed inputs, targets and the learning phase), step for step as TF. Predictions
+    match too. (Attention's key bias has no gradient but float noise, which Adam would amplify:
+    that model trains with SGD.)"""
     tf = get_tf()
     tf.compat.v1.disable_eager_execution()  # Keras's graph-mode (TF1) training loop
     keras = tf.compat.v1.keras
     tf.compat.v1.enable_control_flow_v2()  # Keras's recurrent layers in TF 2 (TF1's fail in TF itself)
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((8, 6, 4)).astype(np.float32)
-    y = rng.integers(0, 3, (8, 1)).astype(np.float32)
     g = tf.Graph()
     try:
         with g.as_default(), tf.compat.v1.Session(graph=g) as sess:
             keras.backend.set_session(sess)
-            inputs = keras.Input((6, 4), name="x")
-            h = keras.layers.Conv1D(6, 3, padding="same", use_bias=False, name="conv")(inputs)
-            h = keras.layers.BatchNormalization(name="bn")(h)
-            h = keras.layers.LSTM(5, return_sequences=True, name="lstm")(h)
-            h = keras.layers.GRU(4, name="gru")(h)
+            inputs, h, x = KERAS_MODELS[name](keras, rng)
+            y = rng.integers(0, 3, (8, 1)).astype(np.float32)
             outputs = keras.layers.Dense(3, activation="softmax", name="out")(h)
             model = keras.Model(inputs, outputs)
-            model.compile(tf.compat.v1.train.AdamOptimizer(0.01), "sparse_categorical_crossentropy")
+            if name == "attention":
+                optimizer = tf.compat.v1.train.GradientDescentOptimizer(0.1)
+            else:
+                optimizer = tf.compat.v1.train.AdamOptimizer(0.01)
+            model.compile(optimizer, "sparse_categorical_crossentropy")
             model.fit(x, y, epochs=1, batch_size=8, verbose=0)  # builds the train function
             train = model.train_function
             saver = tf.compat.v1.train.Saver()
@@ -911,5 +954,5 @@ def test_keras_model_trained_in_a_session(tmp_path):
     for k in range(K):
         loss, variables = step(variables, x, y, np.bool_(True))
         assert_close(loss, losses[k], rtol=1e-5, atol=1e-6, what=f"loss at step {k}")
-    for name, want in after.items():
-        assert_close(variables[name], want, rtol=1e-4, atol=1e-5, what=f"variable {name} after {K} steps")
+    for var_name, want in after.items():
+        assert_close(variables[var_name], want, rtol=1e-4, atol=1e-5, what=f"variable {var_name} after {K} steps")
