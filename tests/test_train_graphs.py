@@ -833,11 +833,41 @@ def _early_stop(tf):
                          maximum_iterations=6)
     return _head(tf, h, labels)
 
+def _tf_function(tf):
+    x, labels = _seq(tf)
+    w = tf.compat.v1.get_variable("w", [4, 5], initializer=tf.compat.v1.glorot_uniform_initializer(seed=1))
+    @tf.function
+    def layer(a, w):
+        top = tf.nn.top_k(a, 2)
+        return tf.tanh(tf.einsum("btf,fh->bth", a, w)) + tf.reduce_mean(top.values)
+    h = layer(x, w)
+    return _head(tf, tf.reduce_max(h, 1), labels)
+
+def _tf_function_loop(tf):
+    x, labels = _seq(tf)
+    w = tf.compat.v1.get_variable("w", [4, 4], initializer=tf.compat.v1.glorot_uniform_initializer(seed=1))
+    @tf.function
+    def rnn(x, w):
+        h = tf.zeros([3, 4])
+        for t in tf.range(6):
+            h = tf.tanh(tf.matmul(tf.gather(x, t, axis=1), w) + h)
+        return h
+    return _head(tf, rnn(x, w), labels)
+
+def _gather_nd_cond(tf):
+    x, labels = _seq(tf)
+    idx = tf.compat.v1.placeholder_with_default(tf.constant([[0, 1], [2, 3], [1, 5]]), [3, 2], name="idx")
+    h = tf.compat.v1.layers.dense(x, 5, kernel_initializer=tf.compat.v1.glorot_uniform_initializer(seed=1))
+    g = tf.gather_nd(h, idx)
+    g = tf.cond(tf.reduce_sum(g) > 0, lambda: g * 2.0, lambda: tf.nn.relu(g))
+    return _head(tf, g, labels)
+
 LOOP_MODELS = {"batch_norm_from_placeholder": _bn_from_placeholder, "lstm_with_lengths": _lstm_with_lengths,
                "gru_with_fed_lengths": _gru_with_fed_lengths, "bidirectional": _bidirectional, "map_fn": _map_fn,
                "scan": _scan, "cond_from_placeholder": _cond_from_placeholder, "cond_in_while": _cond_in_while,
                "attention_loop": _attention_loop, "switch_case": _switch_case, "manual_rnn": _manual_rnn,
-               "early_stop": _early_stop}
+               "early_stop": _early_stop, "tf_function": _tf_function, "tf_function_loop": _tf_function_loop,
+               "gather_nd_cond": _gather_nd_cond}
 
 
 @pytest.mark.parametrize("v2", [False, True], ids=["v1", "v2"])
