@@ -657,3 +657,21 @@ def test_the_file_watch_sees_access(tmp_path):
     with pytest.raises(AssertionError, match="file system touched"):
         with no_file_access(tmp_path):
             os.listdir(tmp_path)
+
+
+def test_loop_exit_through_an_identity_cycle_is_refused():
+    """A v1 loop's Exit may leave through Identity ops (TF's gradient loops exit through
+    `tf.tuple`'s); a hostile file's Identity cycle there ends in a GraphError, not a hang."""
+    tf = pytest.importorskip("tensorflow")
+    tf.compat.v1.disable_control_flow_v2()
+    g = tf.Graph()
+    with g.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [2], name="x")
+        tf.identity(tf.compat.v1.while_loop(lambda i, y: i < 3, lambda i, y: (i + 1, y * 2.0), [0, x])[1], name="out")
+        meta = tf.compat.v1.train.export_meta_graph(graph=g)
+    exit_node = next(n for n in meta.graph_def.node if n.op == "Exit" and n.name.endswith("Exit_1"))
+    meta.graph_def.node.add(name="while/spin", op="Identity", input=["while/spin"]).attr["T"].type = 1
+    exit_node.input[0] = "while/spin"
+    graph = jaxmeta.import_meta_graph(meta)
+    with pytest.raises(GraphError):
+        graph.function("out:0", feeds=["x:0"])({}, np.ones(2, np.float32))

@@ -229,9 +229,11 @@ class _WhileLoop:
         self.exit_refs, self.exit_vars = [], []
         for node in own:
             if node.type in _EXIT:
-                source = graph.nodes[node.inputs[0].node]
+                source, seen = graph.nodes[node.inputs[0].node], set()
                 # TF's gradient loops may exit through `tf.tuple`'s Identity of the Switch.
-                while source.type in ("Identity", "RefIdentity") and source.inputs and source.name not in switch_var:
+                while (source.type in ("Identity", "RefIdentity") and source.inputs and source.name not in switch_var
+                       and source.name not in seen):  # (a hostile file's Identity cycle ends here)
+                    seen.add(source.name)
                     source = graph.nodes[source.inputs[0].node]
                 if source.name not in switch_var:
                     raise GraphError(f"exit {node.name!r} of while loop {frame!r} does not leave through a loop Switch")

@@ -53,8 +53,9 @@ def _initialize_table(node):
 def _table_node(node):
     """The `HashTable` node a lookup's handle input comes from (through Identity/Enter)."""
     graph, ref = node.graph, node.inputs[0]
-    producer = graph.nodes[ref.node]
-    while producer.type in _FORWARDING and producer.inputs:
+    producer, seen = graph.nodes[ref.node], set()
+    while producer.type in _FORWARDING and producer.inputs and producer.name not in seen:  # (cycles end)
+        seen.add(producer.name)
         producer = graph.nodes[producer.inputs[0].node]
     if producer.type not in ("HashTable", "HashTableV2"):
         raise GraphError(f"node {node.name!r} ({node.type}): its table {producer.name!r} is a {producer.type}; "
