@@ -216,7 +216,8 @@ def test_bytes_reader_reads_what_protobuf_writes_and_only_that():
             pytest.fail(f"read {what} from the bytes")
 
 
-@pytest.mark.parametrize("bad", [BATCH[0][:-3], field(1, varint(1 << 34)), b"\x0a\xff\xff\xff\xff\xff\xff"])
+@pytest.mark.parametrize("bad", [BATCH[0][:-3], field(1, varint(1 << 34)), b"\x0a\xff\xff\xff\xff\xff\xff"],
+                         ids=["truncated", "huge-length", "overlong-varint"])
 def test_a_broken_example_in_a_large_batch_is_named(bad):
     """Truncated, or a length past the end: the bytes reader hands the batch to protobuf, whose
     error names the example."""
