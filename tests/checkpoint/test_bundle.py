@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -220,6 +221,23 @@ def test_crc32c_numpy_fallback_matches(n):
     expected = _crc32c.value(data)
     assert _crc32c._numpy_extend(0, data) == expected
     assert _crc32c._numpy_extend(7, data) == _crc32c.extend(7, data.tobytes())
+
+
+def test_crc32c_numpy_fallback_warns_once_on_large_buffers(monkeypatch):
+    """Without google-crc32c's library, restores are some 60 times slower: the user hears why."""
+    monkeypatch.setattr(_crc32c, "_native", None)
+    monkeypatch.setattr(_crc32c, "IMPLEMENTATION", "numpy")
+    monkeypatch.setattr(_crc32c, "_warned", False)
+    monkeypatch.setattr(_crc32c, "_WARN_BYTES", 1000)
+    data = np.random.default_rng(0).integers(0, 256, 1000, dtype=np.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _crc32c.extend(0, data[:999]) == _crc32c._numpy_extend(0, data[:999])  # small: no warning
+    with pytest.warns(RuntimeWarning, match="pip install google-crc32c"):
+        assert _crc32c.extend(0, data) == _crc32c._numpy_extend(0, data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _crc32c.extend(0, data.tobytes())  # once per process
 
 
 @pytest.mark.oracle
