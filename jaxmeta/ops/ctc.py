@@ -1,4 +1,4 @@
-"""Connectionist temporal classification: `CTCLoss` and `CTCBeamSearchDecoder` (TF's CPU kernels).
+"""Connectionist temporal classification: `CTCLoss`, `CTCLossV2` and `CTCBeamSearchDecoder`.
 
 `CTCLoss` takes its labels as a sparse tensor. Under `jax.jit` the number of labels `nnz` is
 static (the shape of `labels_values`) but the longest label is not, so the label axis is padded to
@@ -18,8 +18,9 @@ outputs are all NaN.
 `CTCGreedyDecoder` it runs on concrete values (NumPy, outside any trace) and raises a `GraphError`
 under `jax.jit` with traced inputs.
 
-`CTCLossV2` (blank index 0) is not supported: TF has only a cuDNN (GPU) kernel for it, so no TF
-graph built for CPU runs it.
+`CTCLossV2` (blank index 0, the op `ctc_loss_v2` builds for cuDNN) has only a GPU kernel in TF:
+jaxmeta runs it as `CTCLoss` with the blank moved from class 0 to the last class, as TF's CPU
+route for the same loss does.
 """
 
 from __future__ import annotations
@@ -233,29 +234,42 @@ def _ctc_loss(node):
     collapse = node.attr_bool("preprocess_collapse_repeated", False)
     merge = node.attr_bool("ctc_merge_repeated", True)
     ignore_longer = node.attr_bool("ignore_longer_outputs_than_inputs", False)
+    return _ctc_loss_fn(node, collapse, merge, ignore_longer)
+
+
+def _ctc_loss_fn(node, collapse, merge, ignore_longer, *, blank_first=False):
+    """The closure of `CTCLoss` (`blank_first=False`) and `CTCLossV2` (`blank_first=True`: the blank
+    is class 0, real labels are 1..num_classes - 1)."""
 
     def fn(inputs, labels_indices, labels_values, sequence_length):
         if np.ndim(inputs) != 3 or np.shape(labels_indices)[1:] != (2,) or np.ndim(labels_values) != 1:
             raise GraphError(
-                f"node {node.name!r} (CTCLoss): expected inputs [max_time, batch, num_classes], labels_indices "
+                f"node {node.name!r} ({node.type}): expected inputs [max_time, batch, num_classes], labels_indices "
                 f"[nnz, 2] and labels_values [nnz], got shapes {np.shape(inputs)}, {np.shape(labels_indices)} "
                 f"and {np.shape(labels_values)}")
         time, batch, classes = inputs.shape
         if np.shape(sequence_length) != (batch,) or np.shape(labels_indices)[0] != np.shape(labels_values)[0]:
             raise GraphError(
-                f"node {node.name!r} (CTCLoss): sequence_length must be [batch={batch}] and labels_indices/"
+                f"node {node.name!r} ({node.type}): sequence_length must be [batch={batch}] and labels_indices/"
                 f"labels_values must have one row per label, got {np.shape(sequence_length)}, "
                 f"{np.shape(labels_indices)} and {np.shape(labels_values)}")
         if batch == 0:
-            raise GraphError(f"node {node.name!r} (CTCLoss): batch_size must not be 0")
+            raise GraphError(f"node {node.name!r} ({node.type}): batch_size must not be 0")
         inputs = jnp.asarray(inputs)
+        logits = jnp.roll(inputs, -1, axis=2) if blank_first else inputs  # the blank last, as CTCLoss has it
         traced = any(isinstance(x, jax.core.Tracer) for x in (labels_indices, labels_values, sequence_length))
         # Concrete labels (constants in the graph) are analysed eagerly, also inside the caller's jit.
         with contextlib.nullcontext() if traced else jax.ensure_compile_time_eval():
             seq_len = jnp.asarray(sequence_length).astype(jnp.int32)
+            values = jnp.asarray(labels_values)
+            if blank_first:
+                values = values - 1
             labels, label_len, raw_len, errors = _labels(
-                jnp.asarray(labels_indices), jnp.asarray(labels_values), seq_len, max_time=time, classes=classes,
+                jnp.asarray(labels_indices), values, seq_len, max_time=time, classes=classes,
                 bound=max(1, min(np.shape(labels_values)[0], time)), collapse=collapse, ignore_longer=ignore_longer)
+            if blank_first:  # checked first: V2's blank (0) would otherwise read as the negative label -1
+                errors = {"a label is outside [1, num_classes) (class 0 is the blank)":
+                          jnp.any((values < 0) | (values >= classes - 1)), **errors}
         if traced:
             bad = jnp.zeros((), bool)
             for mask in errors.values():
@@ -265,15 +279,46 @@ def _ctc_loss(node):
                 mask = np.asarray(mask)
                 if mask.any():
                     where = f" (batch entry {int(np.argmax(mask))})" if mask.ndim else ""
-                    raise GraphError(f"node {node.name!r} (CTCLoss): {what}{where}; TF rejects this input")
+                    raise GraphError(f"node {node.name!r} ({node.type}): {what}{where}; TF rejects this input")
             labels = labels[:, :max(1, int(np.max(np.asarray(label_len))))]  # the exact longest label
-        loss, gradient = _loss_and_gradient(lax.stop_gradient(inputs), labels, label_len, raw_len, seq_len,
+        loss, gradient = _loss_and_gradient(lax.stop_gradient(logits), labels, label_len, raw_len, seq_len,
                                             merge_repeated=merge, ignore_longer=ignore_longer)
+        if blank_first:
+            gradient = jnp.roll(gradient, 1, axis=2)
         if traced:
             loss, gradient = jnp.where(bad, jnp.nan, loss), jnp.where(bad, jnp.nan, gradient)
         return _loss_with_gradient(inputs, loss, gradient), gradient
 
     return fn
+
+
+@register("CTCLossV2")
+def _ctc_loss_v2(node):
+    """`CTCLoss` with the blank at class 0 (labels 1..num_classes - 1): the op TF's `ctc_loss_v2` /
+    `tf.nn.ctc_loss` builds for cuDNN, float32 only.
+
+    TF has only a GPU (cuDNN) kernel for it. jaxmeta computes it as TF's CPU route for the same loss
+    does (`ctc_loss_v2` without cuDNN): `CTCLoss` with class 0 moved last and every label less one,
+    the gradient output moved back. The outputs are CTCLoss's (loss `[batch]`, gradient
+    `[max_time, batch, num_classes]`, zero past each sequence_length) and so is `jax.grad`
+    (TF's `_CTCLossV2Grad` is `_CTCLossGrad`). Where cuDNN's own rules could differ (an empty label,
+    a label that needs more steps than its sequence has) jaxmeta follows the CPU kernel, as TF's
+    CPU route would.
+
+    Raises:
+        GraphError: for attributes other than TF's GPU kernel accepts (`preprocess_collapse_repeated`
+            False, `ctc_merge_repeated` True, `ignore_longer_outputs_than_inputs` False), and as
+            `CTCLoss` for inputs TF rejects, labels outside [1, num_classes) included.
+    """
+    collapse = node.attr_bool("preprocess_collapse_repeated", False)
+    merge = node.attr_bool("ctc_merge_repeated", True)
+    ignore_longer = node.attr_bool("ignore_longer_outputs_than_inputs", False)
+    if collapse or not merge or ignore_longer:
+        raise GraphError(
+            f"node {node.name!r} (CTCLossV2): TF's kernel (cuDNN) requires preprocess_collapse_repeated=False, "
+            f"ctc_merge_repeated=True and ignore_longer_outputs_than_inputs=False, got {collapse}, {merge} and "
+            f"{ignore_longer}; use CTCLoss (blank last) for the others")
+    return _ctc_loss_fn(node, collapse, merge, ignore_longer, blank_first=True)
 
 
 # -- CTCBeamSearchDecoder -------------------------------------------------------------------------

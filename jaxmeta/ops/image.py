@@ -1,6 +1,6 @@
 """Image ops: resizing (TF1's index conventions), crop-and-resize, the gradient ops of both that
-TF1 training graphs contain, colour adjustments, non-maximum suppression, projective transforms
-and glimpses.
+TF1 training graphs contain, colour adjustments, non-maximum suppression, region proposals, projective
+transforms and glimpses.
 
 Resize ops follow TF's kernels rather than `jax.image.resize`: with `align_corners=False` and
 `half_pixel_centers=False` (TF1's default) output pixel `i` samples input position `i * in / out`
@@ -17,7 +17,7 @@ import numpy as np
 from jax import lax
 
 from jaxmeta._errors import GraphError
-from jaxmeta.ops.registry import need_known, register, static_ints
+from jaxmeta.ops.registry import known, need_known, register, static_ints
 
 # -- resizing -------------------------------------------------------------------------------------
 
@@ -689,6 +689,130 @@ def _non_max_suppression_with_overlaps(node):
                                          overlaps.T)
         (count,) = need_known(node, "overlaps and scores", "the size of its output depends on", count)
         return selected[:int(count)]
+
+    return fn
+
+
+# -- region proposals (tf.image.generate_bounding_box_proposals: Faster R-CNN's RPN step) ---------
+
+# TF's kernel caps the decoded log-width/height deltas at log(1000 / 16), computed in double and
+# stored in a float.
+_BBOX_XFORM_CLIP = np.float32(np.log(1000.0 / 16.0))
+
+
+def _cub_descending_order(scores):
+    """The order of CUB's stable descending radix sort of float32 `scores` along the last axis,
+    which TF's GPU kernels sort with: larger first, ties in index order, +0.0 before -0.0, and NaN
+    by its bits (a positive NaN first, a negative one last)."""
+    bits = lax.bitcast_convert_type(scores, jnp.uint32)
+    key = jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(0x80000000))
+    return jnp.argsort(~key, axis=-1, stable=True)
+
+
+def _decode_proposals(anchors, deltas, info, min_size):
+    """TF's GeneratePreNMSUprightBoxesKernel for one image: anchors `[k, 4]` `[y1, x1, y2, x2]`
+    moved by deltas `[k, 4]` `[dy, dx, dh, dw]`, clipped to `[0, width] x [0, height]`; returns
+    (y1, x1, y2, x2, keep) with `keep` false for boxes whose shorter side is below
+    `min_size * scale`. TF uses fmin/fmax (a NaN loses to a number): so does this."""
+    y1, x1, y2, x2 = (anchors[:, i] for i in range(4))
+    dy, dx = deltas[:, 0], deltas[:, 1]
+    dh, dw = jnp.fmin(deltas[:, 2], _BBOX_XFORM_CLIP), jnp.fmin(deltas[:, 3], _BBOX_XFORM_CLIP)
+    half = np.float32(0.5)
+
+    def decode(lo, hi, d, dsize, limit):
+        size = hi - lo
+        centre = lo + half * size + size * d
+        new = size * jnp.exp(dsize)
+        lo, hi = centre - half * new, centre + half * new
+        return jnp.fmax(jnp.fmin(lo, limit), 0), jnp.fmax(jnp.fmin(hi, limit), 0)
+
+    x1, x2 = decode(x1, x2, dx, dw, info[1])
+    y1, y2 = decode(y1, y2, dy, dh, info[0])
+    keep = jnp.fmin(x2 - x1, y2 - y1) >= min_size * info[2]
+    return y1, x1, y2, x2, keep
+
+
+def _proposal_overlaps(y1, x1, y2, x2, threshold):
+    """[k, k] true where TF's GPU NMS (`OverThreshold`, boxes not flipped) suppresses one box
+    with the other: `intersection > union * threshold`, never for a box of zero area."""
+    area = (x2 - x1) * (y2 - y1)
+
+    def side(lo, hi):
+        lo = jnp.maximum(lo[:, None], lo[None, :])
+        hi = jnp.minimum(hi[:, None], hi[None, :])
+        return jnp.where(hi > lo, hi - lo, 0)  # fdimf
+
+    inter = side(x1, x2) * side(y1, y2)
+    over = inter > (area[:, None] + area[None, :] - inter) * threshold
+    return over & (area[:, None] != 0) & (area[None, :] != 0)
+
+
+@register("GenerateBoundingBoxProposals")
+def _generate_bounding_box_proposals(node):
+    """Region proposals as TF's (GPU-only) kernel makes them, per image: the `pre_nms_topn` best
+    scores (a stable sort: ties in `[height, width, anchor]` order), their anchors decoded with
+    `bbox_deltas` and clipped to the image, boxes whose shorter side is below `min_size *
+    image_info[:, 2]` dropped (after the top-n cut: they leave gaps, not room for more), greedy NMS
+    at `nms_threshold`, the first `post_nms_topn` kept as `rois` `[y1, x1, y2, x2]` and
+    `roi_probabilities`, zero-padded. `anchors` holds one box per position and anchor (TF reads it
+    flat as `[height * width * num_anchors, 4]`, the same for every image). Jit-able: the output
+    shapes depend on `post_nms_topn` only; a `pre_nms_topn` fed at run time costs NMS over every
+    box instead of the top n. TF registers no gradient (NotDifferentiable): none flows here.
+    """
+    post = node.attr_int("post_nms_topn", 300)
+    if post <= 0:
+        raise GraphError(f"node {node.name!r} (GenerateBoundingBoxProposals): post_nms_topn must be > 0, got {post}")
+
+    def error(message):
+        return GraphError(f"node {node.name!r} (GenerateBoundingBoxProposals): {message}")
+
+    def fn(scores, bbox_deltas, image_info, anchors, nms_threshold, pre_nms_topn, min_size):
+        scores, bbox_deltas, image_info, anchors = (
+            lax.stop_gradient(jnp.asarray(x, jnp.float32)) for x in (scores, bbox_deltas, image_info, anchors)
+        )
+        if scores.ndim != 4 or bbox_deltas.ndim != 4 or anchors.ndim != 3 or image_info.ndim != 2:
+            raise error(f"expected scores [N, H, W, A], bbox_deltas [N, H, W, 4A], image_info [N, 5] and anchors "
+                        f"[H, W, 4A], got shapes {scores.shape}, {bbox_deltas.shape}, {image_info.shape}, "
+                        f"{anchors.shape}")
+        num_images, height, width, num_anchors = scores.shape
+        n = height * width * num_anchors
+        if num_anchors == 0 or anchors.shape[2] // num_anchors != 4:
+            raise error(f"anchors' last dimension must be 4 x num_anchors = {4 * num_anchors}, got {anchors.shape}")
+        if anchors.size < 4 * n or bbox_deltas.size < 4 * n * num_images or image_info.shape[0] < num_images:
+            raise error(f"anchors {anchors.shape}, bbox_deltas {bbox_deltas.shape} or image_info "
+                        f"{image_info.shape} are too small for scores {scores.shape} (TF would read past them): "
+                        "anchors must be [H, W, 4A], bbox_deltas [N, H, W, 4A] and image_info [N, 5]")
+        threshold, topn, min_size = (known(v) for v in (nms_threshold, pre_nms_topn, min_size))
+        for value, what in ((threshold, "nms_threshold"), (topn, "pre_nms_topn"), (min_size, "min_size")):
+            if value is not None and value.shape != ():
+                raise error(f"{what} must be a scalar, got shape {value.shape}")
+        if threshold is not None and not 0 <= float(threshold) <= 1:
+            raise error(f"nms_threshold must be in [0, 1], got {float(threshold)}")
+        if topn is not None and int(topn) <= 0:
+            raise error(f"pre_nms_topn must be > 0, got {int(topn)}")
+        k = n if topn is None else min(n, int(topn))
+        nms_threshold = jnp.asarray(nms_threshold, jnp.float32)
+        min_size = jnp.asarray(min_size, jnp.float32)
+
+        anchors = anchors.reshape(-1)[: 4 * n].reshape(n, 4)
+        deltas = bbox_deltas.reshape(-1)[: 4 * n * num_images].reshape(num_images, n, 4)
+        scores = scores.reshape(num_images, n)
+
+        def one_image(scores, deltas, info):
+            order = _cub_descending_order(scores)[:k]
+            y1, x1, y2, x2, keep = _decode_proposals(anchors[order], deltas[order], info, min_size)
+            if topn is None:  # fed at run time: the boxes past the top n take no part
+                keep = keep & (jnp.arange(k) < pre_nms_topn)
+            # _nms_padded picks the highest active score first: the sorted position, as a score
+            rank = jnp.where(keep, jnp.arange(k, 0, -1, dtype=jnp.float32), 0)
+            over = _proposal_overlaps(y1, x1, y2, x2, nms_threshold).astype(jnp.float32)
+            selected, _, count = _nms_padded(None, rank, post, 0.5, 0.0, over)
+            valid = jnp.arange(post) < count
+            rois = jnp.stack([y1, x1, y2, x2], axis=-1)[selected] if k else jnp.zeros((post, 4), jnp.float32)
+            probs = scores[order][selected] if k else jnp.zeros((post,), jnp.float32)
+            return jnp.where(valid[:, None], rois, 0), jnp.where(valid, probs, 0)
+
+        return jax.vmap(one_image)(scores, deltas, image_info[:num_images])
 
     return fn
 

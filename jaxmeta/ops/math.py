@@ -1329,31 +1329,90 @@ def _einsum(node):
 # -- FFT ------------------------------------------------------------------------------------------
 
 
-def _fft(kind: str, rank: int):
-    """Builder for FFT/IFFT/RFFT/IRFFT over the innermost `rank` axes; `fft_length` must be constant."""
-    axes = tuple(range(-rank, 0))
+def _fft(kind: str, rank: int | None):
+    """Builder for FFT/IFFT/RFFT/IRFFT over the innermost `rank` axes, or (rank None) for their ND
+    forms FFTND/IFFTND/RFFTND/IRFFTND, whose third input names the axes; `fft_length` (and `axes`)
+    must be constant."""
 
     def build(node):
-        if kind in ("fft", "ifft"):
-            f = jnp.fft.fftn if kind == "fft" else jnp.fft.ifftn
-            return lambda x: f(x, axes=axes)
         real_dtype = _out_dtype(node, "Treal", np.dtype(np.float32))
         complex_dtype = _out_dtype(node, "Tcomplex", np.dtype(np.complex64))
 
-        def fn(x, fft_length):
-            s = [int(n) for n in _const(node, fft_length, "fft_length").reshape(-1)]
+        def transform(x, s, axes):
+            # jnp.fft crops or zero-pads each axis to its length in `s` first (irfftn the last one
+            # to s[-1] // 2 + 1), as TF's kernels and FFTND's documentation do.
+            if kind == "fft":
+                return jnp.fft.fftn(x, s=s, axes=axes)
+            if kind == "ifft":
+                return jnp.fft.ifftn(x, s=s, axes=axes)
             if kind == "rfft":
-                # rfftn crops or zero-pads the input to fft_length first, as TF's RFFT.
                 return _cast(jnp.fft.rfftn(x, s=s, axes=axes), complex_dtype)
             return _cast(jnp.fft.irfftn(x, s=s, axes=axes), real_dtype)
+
+        if rank is not None:
+            axes = tuple(range(-rank, 0))
+            if kind in ("fft", "ifft"):
+                return lambda x: transform(x, None, axes)
+            return lambda x, fft_length: transform(
+                x, [int(n) for n in _const(node, fft_length, "fft_length").reshape(-1)], axes
+            )
+
+        def fn(x, fft_length, axes):
+            shape = np.shape(x)
+            s = _fftnd_lengths(node, kind, shape, fft_length, axes)
+            if 0 in s:  # an empty output (TF's shape), which jnp.fft refuses to make
+                dims = list(s)
+                if kind == "rfft" and dims[-1]:
+                    dims[-1] = dims[-1] // 2 + 1
+                dtype = {"rfft": complex_dtype, "irfft": real_dtype}.get(kind, _dtype(x))
+                return jnp.zeros(tuple(shape[: len(shape) - len(s)]) + tuple(dims), dtype)
+            return transform(x, s, tuple(range(-len(s), 0)))
 
         return fn
 
     return build
 
 
-for _rank, _suffix in ((1, ""), (2, "2D"), (3, "3D")):
-    for _kind in ("fft", "ifft", "rfft", "irfft"):
+def _fftnd_lengths(node, kind: str, shape, fft_length, axes) -> list[int]:
+    """The FFT lengths of an FFTND/IFFTND/RFFTND/IRFFTND node, after the checks of TF's kernel,
+    which transforms only the innermost axes: `axes` (negative ones count from the end) must be
+    successive and ascending and end with the last axis. TF's only kernel (cuFFT, GPU) also
+    refuses more than 3 axes; jaxmeta transforms any number."""
+    where = f"node {node.name!r} ({node.type})"
+    lengths = np.asarray(_const(node, fft_length, "fft_length"))
+    axes = np.asarray(_const(node, axes, "axes"))
+    rank = len(shape)
+    if axes.ndim != 1 or axes.size == 0 or lengths.shape != axes.shape:
+        raise GraphError(
+            f"{where}: axes and fft_length must be non-empty vectors of the same length, got axes "
+            f"{axes.tolist()} and fft_length {lengths.tolist()}"
+        )
+    k = axes.size
+    if k > rank:
+        raise GraphError(f"{where}: the input must have rank at least len(axes) = {k}, got shape {shape}")
+    if [int(a) + rank if a < 0 else int(a) for a in axes] != list(range(rank - k, rank)):
+        raise GraphError(
+            f"{where}: TF transforms only the innermost axes: axes must be successive, ascending and end "
+            f"with the last axis (-1), got {axes.tolist()} for rank {rank}; transpose the input first"
+        )
+    s = [int(n) for n in lengths]
+    if min(s) < 0:
+        raise GraphError(f"{where}: fft_length must not be negative, got {s}")
+    if kind in ("rfft", "irfft"):
+        # Real transforms crop but never pad (tf.signal.rfftnd pads before): TF's kernel refuses
+        # an input shorter than fft_length (the last axis of IRFFTND's: fft_length // 2 + 1).
+        need = s[:-1] + [s[-1] // 2 + 1 if kind == "irfft" else s[-1]]
+        have = list(shape[rank - k :])
+        if any(0 < h < n for h, n in zip(have, need)):
+            raise GraphError(
+                f"{where}: the input's innermost dimensions {have} must be at least {need} (from "
+                f"fft_length {s}); pad the input first"
+            )
+    return s
+
+
+for _kind in ("fft", "ifft", "rfft", "irfft"):
+    for _rank, _suffix in ((1, ""), (2, "2D"), (3, "3D"), (None, "ND")):
         register(_kind.upper() + _suffix)(_fft(_kind, _rank))
 
 

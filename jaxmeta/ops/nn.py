@@ -72,6 +72,9 @@ def _padding_attr(node) -> tuple[str, list[tuple[int, int]] | None]:
     explicit = None
     if padding == "EXPLICIT":
         flat = node.attr_ints("explicit_paddings", [])
+        if len(flat) % 2:
+            raise GraphError(f"node {node.name!r} ({node.type}): explicit_paddings {flat} must hold (before, after) "
+                             "pairs, one per dimension")
         explicit = [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
     return padding, explicit
 
@@ -330,12 +333,19 @@ def _crop_to_reach(w, sizes, pads, strides, dilation):
     return w, pads
 
 
-def _conv_builder(node, rank: int, depthwise: bool = False):
-    """Parses a Conv2D/Conv3D/DepthwiseConv2dNative node; returns (conv(x, w), channels_first)."""
-    default = "NHWC" if rank == 4 else "NDHWC"
-    fmt, cf = _layout(node, default, rank)
+def _conv_builder(node, rank: int, depthwise: bool = False, channels_first: bool | None = None):
+    """Parses a Conv2D/Conv3D/DepthwiseConv2dNative node (or, given `channels_first`, a node whose
+    layout its caller has read: `Conv`'s); returns (conv(x, w), channels_first)."""
+    if channels_first is None:
+        _, cf = _layout(node, "NHWC" if rank == 4 else "NDHWC", rank)
+    else:
+        cf = channels_first
     strides = node.attr_ints("strides")
-    dilations = node.attr_ints("dilations", [1] * rank)
+    dilations = node.attr_ints("dilations", []) or [1] * rank  # Conv's default is [] (all ones)
+    for name, values in (("strides", strides), ("dilations", dilations)):
+        if len(values) != rank:
+            raise GraphError(f"node {node.name!r} ({node.type}): {name} {values} must have {rank} entries, one per "
+                             f"dimension of the input")
     _check_unit(node, "strides", strides, cf)
     _check_unit(node, "dilations", dilations, cf)
     padding, explicit = _padding_attr(node)
@@ -381,6 +391,64 @@ def _depthwise_conv2d(node):
     return conv
 
 
+_CONV_LAYOUTS = {"CHANNELS_LAST": False, "CHANNELS_FIRST": True}
+
+
+@register("Conv")
+def _conv(node):
+    """TF's generic convolution (`tf.raw_ops.Conv`): Conv2D's or Conv3D's over `batch_dims` leading
+    batch dimensions (0: one example without a batch dimension), flattened into one around the
+    convolution as TF's kernel does. The number of spatial dimensions (2 or 3) is `len(strides) - 2`.
+
+    TF's CPU kernel runs CHANNELS_LAST only (jaxmeta runs CHANNELS_FIRST too, as it does NCHW
+    Conv2D), and no TF kernel runs `groups` > 1, which TF's shape function types as Conv2D's grouped
+    convolution (the filter [..., in_channels / groups, out_channels]): jaxmeta runs it as that.
+    """
+    where = f"node {node.name!r} ({node.type})"
+    fmt = node.attr_str("data_format", "CHANNELS_LAST")
+    if fmt not in _CONV_LAYOUTS:
+        raise GraphError(f"{where}: data_format {fmt!r} is not supported (CHANNELS_LAST or CHANNELS_FIRST)")
+    cf = _CONV_LAYOUTS[fmt]
+    rank = len(node.attr_ints("strides"))  # spatial dimensions + 2
+    if rank not in (4, 5):
+        raise GraphError(f"{where}: strides must have 4 or 5 entries (a convolution over 2 or 3 spatial dimensions, "
+                         f"as TF's kernel runs), not {rank}")
+    padding, explicit = _padding_attr(node)
+    if explicit is not None:
+        if rank == 5:
+            raise GraphError(f"{where}: EXPLICIT padding of a 3-D convolution is not supported (TF rejects it too); "
+                             "pad the input with Pad instead")
+        outer = [explicit[0], explicit[1] if cf else explicit[-1]] if len(explicit) == rank else []
+        if len(explicit) != rank or min(min(pair) for pair in explicit) < 0 or any(max(pair) for pair in outer):
+            raise GraphError(f"{where}: explicit_paddings {node.attr_ints('explicit_paddings')} must hold {2 * rank} "
+                             "nonnegative entries, zero in the batch and channel dimensions")
+    batch_dims, groups = node.attr_int("batch_dims", 1), node.attr_int("groups", 1)
+    if batch_dims < 0 or groups < 1:
+        raise GraphError(f"{where}: batch_dims {batch_dims} must be >= 0 and groups {groups} >= 1")
+    conv, _ = _conv_builder(node, rank, channels_first=cf)
+
+    def fn(x, w):
+        if np.ndim(x) != batch_dims + rank - 1 or np.ndim(w) != rank:
+            raise GraphError(f"{where}: an input of rank {np.ndim(x)} and a filter of rank {np.ndim(w)} do not make a "
+                             f"{rank - 2}-D convolution over {batch_dims} batch dimensions (ranks "
+                             f"{batch_dims + rank - 1} and {rank})")
+        batch = x.shape[:batch_dims]
+        x = jnp.reshape(x, (math.prod(batch), *x.shape[batch_dims:]))
+        channels = x.shape[1 if cf else -1]
+        if channels != groups * w.shape[-2] or w.shape[-1] % groups:
+            raise GraphError(f"{where}: a filter of shape {tuple(w.shape)} does not fit an input of {channels} channels "
+                             f"in {groups} group(s): its input channels must be the input's over the groups, its "
+                             "output channels a multiple of the groups")
+        y = conv(x, w)
+        if x.size == 0 or y.size == 0:
+            # TF's kernel returns an empty output, and an empty input's padding convolved (zeros),
+            # before it restores the batch dimensions (which its shape function promises).
+            return y
+        return jnp.reshape(y, (*batch, *y.shape[1:]))
+
+    return fn
+
+
 def _transpose_of(conv, cf: bool, node):
     """The input-gradient of `conv` (a transposed convolution), for a static input shape."""
 
@@ -403,6 +471,14 @@ def _transpose_of(conv, cf: bool, node):
 @register("Conv2DBackpropInput")
 def _conv2d_backprop_input(node):
     return _transpose_of(*_conv_builder(node, 4), node)
+
+
+@register("Conv2DBackpropInputV2")
+def _conv2d_backprop_input_v2(node):
+    # Takes the input tensor itself in place of its shape (only the shape matters). TF 2.21 has
+    # no CPU kernel for it, nor an XLA one.
+    fn = _transpose_of(*_conv_builder(node, 4), node)
+    return lambda x, w, dy: fn(np.asarray(np.shape(x)), w, dy)
 
 
 @register("DepthwiseConv2dNativeBackpropInput")

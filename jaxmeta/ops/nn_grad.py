@@ -177,10 +177,11 @@ def _filter_grad(forward, x, filter_shape, dy):
     return vjp(jnp.asarray(dy, w0.dtype))[0]
 
 
-@register("Conv2DBackpropFilter", "Conv3DBackpropFilterV2", "Conv3DBackpropFilter")
+@register("Conv2DBackpropFilter", "Conv2DBackpropFilterV2", "Conv3DBackpropFilterV2", "Conv3DBackpropFilter")
 def _conv_backprop_filter(node):
     """dL/dfilter of Conv2D/Conv3D given the input and dL/doutput. Conv3DBackpropFilter (V1, which
-    TF runs in graphs before GraphDef version 10) takes the filter itself: only its shape matters."""
+    TF runs in graphs before GraphDef version 10) and Conv2DBackpropFilterV2 (which TF 2.21 has no
+    CPU or XLA kernel for) take the filter itself: only its shape matters."""
     spatial = 3 if node.type.startswith("Conv3D") else 2
     strides, dilations, padding, data_format, channels_first = _conv_config(node, spatial)
 
@@ -195,7 +196,7 @@ def _conv_backprop_filter(node):
         forward = lambda x, w: _conv(x, w, strides, dilations, padding, data_format, groups)  # noqa: E731
         return _filter_grad(forward, x, shape, dy)
 
-    if node.type == "Conv3DBackpropFilter":
+    if node.type in ("Conv3DBackpropFilter", "Conv2DBackpropFilterV2"):
         return lambda x, w, dy: fn(x, np.asarray(np.shape(w)), dy)
     return fn
 

@@ -42,6 +42,118 @@ def test_debug_identities():
     compare_with_tf(build_copies, {"x:0": X, "i:0": np.int32([3, -4])})
 
 
+def test_debug_nan_count_and_identity_v3(tmp_path):
+    """tfdbg's BaseDebugOp kernels: DebugNanCount (int64 [1], also for a scalar; integers have no
+    NaN), DebugIdentityV3 and DebugIdentity (the input); with gated_grpc and no URL but gRPC ones
+    (no debug server opens the gate) TF outputs an empty [0] tensor, a file:// URL keeps it open."""
+    x = np.float32([[1, np.nan, np.inf], [np.nan, -np.inf, 0]])
+    i = np.int32([3, -4])
+    d = np.float64(np.nan)
+    url = [(tmp_path / "dump").as_uri()]  # TF dumps there
+
+    def build(tf):
+        xp, ip, dp = (tf.compat.v1.placeholder(tf.as_dtype(v.dtype), v.shape, name=n) for n, v in
+                      (("x", x), ("i", i), ("d", np.asarray(d))))
+        ops = tf.raw_ops
+        return [ops.DebugNanCount(input=xp, tensor_name="x:0"), ops.DebugNanCount(input=ip, tensor_name="i"),
+                ops.DebugNanCount(input=dp, tensor_name=" d: +0 "), ops.DebugNanCount(input=xp * 0.0, tensor_name=":1"),
+                ops.DebugIdentityV3(input=xp, tensor_name="x:0", io_of_node="mul", is_input=True, io_index=1),
+                ops.DebugIdentityV3(input=ip, tensor_name="i:0", io_of_node="add", is_input=False, io_index=0),
+                ops.DebugIdentity(input=xp + 1.0, tensor_name="add:0"),
+                # gated off: empty outputs
+                ops.DebugNanCount(input=xp, tensor_name="x:0", gated_grpc=True),
+                ops.DebugIdentityV3(input=xp, tensor_name="x:0", gated_grpc=True),
+                ops.DebugIdentity(input=ip, tensor_name="i:0", gated_grpc=True),
+                # a file:// URL keeps the gate open (jaxmeta writes nothing there)
+                ops.DebugNanCount(input=xp, tensor_name="x:0", gated_grpc=True, debug_urls=url)]
+
+    compare_with_tf(build, {"x:0": x, "i:0": i, "d:0": d})
+
+
+@pytest.mark.parametrize("tensor_name", ["", "x:a", "a:b:1", "x:", "x:99999999999"])
+def test_debug_ops_reject_tensor_names_tf_rejects(tensor_name):
+    tf = get_tf()
+    for op in ("DebugNanCount", "DebugIdentityV3", "DebugIdentity"):
+        g = tf.Graph()
+        with g.as_default():
+            x = tf.compat.v1.placeholder(tf.float32, [2], name="x")
+            y = getattr(tf.raw_ops, op)(input=x, tensor_name=tensor_name, name="watch")
+            meta = tf.compat.v1.train.export_meta_graph(graph=g)
+            with tf.compat.v1.Session(graph=g) as sess, pytest.raises(tf.errors.InvalidArgumentError):
+                sess.run(y, {x: np.float32([1, 2])})
+        with pytest.raises(jaxmeta.GraphError, match=rf"'watch' \({op}\): cannot parse tensor_name"):
+            jaxmeta.import_meta_graph(meta).function([y.name], ["x:0"])({}, np.float32([1, 2]))
+
+
+def test_debug_gradient_identities():
+    """tfdbg's GradientsDebugger marks tensors with DebugGradientIdentity (DebugGradientRefIdentity
+    for a ref variable, which stays a ref: an assign through it updates the variable); their TF
+    gradient passes dy through (TF's gradient function needs the debugger's op names)."""
+    from tensorflow.python.debug.lib import debug_gradients
+
+    def build(tf):
+        x = tf.compat.v1.placeholder(tf.float32, [2, 3], name="x")
+        debugger = debug_gradients.GradientsDebugger()
+        y = debugger.identify_gradient(x * 2.0)
+        assert y.op.type == "DebugGradientIdentity"
+        return [y * y, tf.raw_ops.DebugGradientIdentity(input=tf.constant([1, 2]))]
+
+    compare_with_tf(build, {"x:0": X}, grads=True)
+
+    tf = get_tf()
+    g = tf.Graph()
+    with g.as_default():
+        v = tf.compat.v1.get_variable("v", initializer=np.float32([1.0, 2.0]), use_resource=False)
+        watched = debug_gradients.GradientsDebugger().identify_gradient(v._ref())
+        assert watched.op.type == "DebugGradientRefIdentity"
+        update = tf.compat.v1.assign_add(watched, [10.0, 20.0], name="inc")
+        with tf.control_dependencies([update]):
+            out = tf.identity(v.value() * 2.0, name="out")
+        meta = tf.compat.v1.train.export_meta_graph(graph=g)
+        with tf.compat.v1.Session(graph=g) as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            want, want_v = sess.run(out), sess.run(v)
+    np.testing.assert_allclose(want_v, [11.0, 22.0])
+    step = jaxmeta.import_meta_graph(meta).step(out.name)
+    for fn in (step, jax.jit(step)):
+        got, new = fn({"v": np.float32([1.0, 2.0])})
+        np.testing.assert_allclose(got, want)
+        np.testing.assert_allclose(new["v"], want_v)
+
+
+def test_to_bool():
+    """ToBool (how TF's If and While read a non-bool predicate): a scalar is `!= 0` (NaN is true, -0.0
+    false) or, for a string, non-empty; any other tensor is true when it has elements."""
+    scalars = [np.float32(0), np.float32(-0.0), np.float32(np.nan), np.float32(0.5), np.float64(-2), np.int32(0),
+               np.int32(7), np.int64(0), np.int64(-1), np.uint8(0), np.uint8(255), np.int8(-1), np.int16(0),
+               np.bool_(False), np.bool_(True)]
+    tensors = [np.zeros((0,), np.float32), np.zeros((2,), np.float32), np.zeros((1, 1), np.int32),
+               np.zeros((0, 3), np.complex64), np.zeros((2,), np.uint32), np.zeros((1,), np.float16),
+               np.zeros((3, 0), bool)]
+    feeds = {f"v{k}:0": np.asarray(v) for k, v in enumerate(scalars + tensors)}
+
+    def build(tf):
+        outs = [tf.raw_ops.ToBool(input=tf.compat.v1.placeholder(tf.as_dtype(v.dtype), v.shape, name=n[:-2]))
+                for n, v in feeds.items()]
+        # strings: constants (a string cannot be fed under jit)
+        return outs + [tf.raw_ops.ToBool(input=tf.constant(s)) for s in (b"", b"a", [b""], np.zeros((0,), object))]
+
+    compare_with_tf(build, feeds)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "complex64", "uint16", "uint32", "uint64"])
+def test_to_bool_rejects_scalars_tf_rejects(dtype):
+    tf = get_tf()
+    g = tf.Graph()
+    with g.as_default():
+        y = tf.raw_ops.ToBool(input=tf.cast(tf.constant(1), getattr(tf, dtype)), name="pred")
+        meta = tf.compat.v1.train.export_meta_graph(graph=g)
+        with tf.compat.v1.Session(graph=g) as sess, pytest.raises(tf.errors.InvalidArgumentError):
+            sess.run(y)
+    with pytest.raises(jaxmeta.GraphError, match=rf"'pred' \(ToBool\): a {dtype} scalar cannot be converted"):
+        jaxmeta.import_meta_graph(meta).function([y.name])({})
+
+
 def test_placeholder_with_default_and_feeding_any_tensor():
     def build(tf):
         x = tf.compat.v1.placeholder_with_default(tf.constant(X), [2, 3], name="x")

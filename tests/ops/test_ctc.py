@@ -1,11 +1,12 @@
-"""The `ctc` family against TensorFlow: CTCLoss (loss, gradient output, jax.grad of the loss)."""
+"""The `ctc` family against TensorFlow: CTCLoss and CTCLossV2 (loss, gradient output, jax.grad of the
+loss), CTCBeamSearchDecoder."""
 
 from __future__ import annotations
 
 import jax
 import numpy as np
 import pytest
-from oracle import case, compare_with_tf, get_tf, ph, run_cases, run_tf
+from oracle import assert_close, case, compare_with_tf, export_meta, get_tf, ph, run_cases, run_tf
 
 import jaxmeta
 
@@ -155,6 +156,87 @@ def test_ctc_loss_constant_labels():
         return tf.compat.v1.nn.ctc_loss(labels, ph(tf, "x", x), tf.constant([6, 5], tf.int32))
 
     compare_with_tf(build, {"x:0": x}, grads=True, rtol=1e-4, atol=1e-5)
+
+
+# -- CTCLossV2 -----------------------------------------------------------------------------------
+
+
+def ctc_v2(feeds, **attrs):
+    """tf.raw_ops.CTCLossV2 (blank 0) on the feeds' placeholders: both outputs."""
+
+    def build(tf):
+        p = {k[:-2]: ph(tf, k[:-2], v) for k, v in feeds.items()}
+        return list(tf.raw_ops.CTCLossV2(inputs=p["x"], labels_indices=p["idx"], labels_values=p["vals"],
+                                         sequence_length=p["len"], **attrs))
+
+    return build
+
+
+def ctc_v2_on_cpu(feeds):
+    """CTCLossV2's loss and gradient as TF's CPU route for the same loss computes them (`ctc_loss_v2`
+    without cuDNN): CTCLoss with class 0 (the blank) moved last, every label less one, and the
+    gradient output moved back."""
+
+    def build(tf):
+        p = {k[:-2]: ph(tf, k[:-2], v) for k, v in feeds.items()}
+        x = tf.concat([p["x"][:, :, 1:], p["x"][:, :, :1]], 2)
+        loss, grad = tf.raw_ops.CTCLoss(inputs=x, labels_indices=p["idx"], labels_values=p["vals"] - 1,
+                                        sequence_length=p["len"])
+        return [loss, tf.concat([grad[:, :, -1:], grad[:, :, :-1]], 2)]
+
+    return build
+
+
+def compare_ctc_v2(feeds, rtol=1e-4, atol=1e-5):
+    """jaxmeta's CTCLossV2 (with and without jit, and jax.grad of both outputs) against TF.
+
+    TF has no CPU kernel for CTCLossV2 (only cuDNN's), so TF's values come from `ctc_v2_on_cpu`;
+    jaxmeta runs a graph with the CTCLossV2 node itself."""
+    tf = get_tf()
+    with pytest.raises(tf.errors.InvalidArgumentError, match="No OpKernel"):  # else compare with TF's kernel
+        run_tf(ctc_v2(feeds), feeds)
+    run = run_tf(ctc_v2_on_cpu(feeds), feeds, grads=True)
+    meta, outs = export_meta(ctc_v2(feeds))
+    assert outs[0].op.type == "CTCLossV2"
+    f = jaxmeta.import_meta_graph(meta).function([o.name for o in outs], feeds=list(feeds))
+    for jit in (False, True):
+        fn = jax.jit(f) if jit else f
+        for name, got, want in zip(["loss", "gradient"], fn({}, *feeds.values()), run.expected):
+            assert_close(got, want, rtol=rtol, atol=atol, what=f"{name} (jit={jit})")
+
+        def weighted(*values):
+            return sum((o * w).sum() for o, w in zip(f({}, *values), run.grad_weights))
+
+        grad = (jax.jit(jax.grad(weighted)) if jit else jax.grad(weighted))(*feeds.values())
+        assert_close(grad, run.feed_grads["x:0"], rtol=rtol * 10, atol=atol * 10, what=f"d/dx (jit={jit})")
+
+
+def test_ctc_loss_v2():
+    # Labels 1..3 (0 is the blank): variable lengths, repeats, one step; [2, 2] cannot fit in 2 steps
+    # (loss inf, gradient softmax).
+    compare_ctc_v2(ctc_feeds([[1, 2], [3], [1, 2, 1], [2, 2], [3, 1, 3, 2], [1], [2, 2]],
+                             [6, 5, 6, 3, 4, 1, 2], 6, 4, seed=60))
+    compare_ctc_v2(ctc_feeds([[3, 3, 3], [5, 4, 2, 1, 1, 4]], [7, 7], 7, 6, seed=61))
+
+
+def test_ctc_loss_v2_rejects_what_tf_rejects():
+    # TF's (cuDNN) kernel takes only its default attributes.
+    feeds = ctc_feeds([[1, 2], [3]], [4, 4], 4, 4, seed=62)
+    meta, outs = export_meta(ctc_v2(feeds, ctc_merge_repeated=False))
+    with pytest.raises(jaxmeta.GraphError, match=r"'CTCLossV2' \(CTCLossV2\): .*ctc_merge_repeated=True"):
+        jaxmeta.import_meta_graph(meta).function([o.name for o in outs], feeds=list(feeds))({}, *feeds.values())
+    # Labels: 0 is the blank, num_classes is out of range; the rest as CTCLoss.
+    meta, outs = export_meta(ctc_v2(feeds))
+    f = jaxmeta.import_meta_graph(meta).function([o.name for o in outs], feeds=list(feeds))
+    for labels, lengths, what in [([[1, 0], [3]], [4, 4], r"outside \[1, num_classes\)"),
+                                  ([[4], [3]], [4, 4], r"outside \[1, num_classes\)"),
+                                  ([[1, 2], []], [4, 4], "label is empty"),
+                                  ([[1, 2, 3], [1]], [2, 4], "longer than its sequence_length")]:
+        bad = ctc_feeds(labels, lengths, 4, 4, seed=63)
+        with pytest.raises(jaxmeta.GraphError, match=what):
+            f({}, *bad.values())
+        for out in jax.jit(f)({}, *bad.values()):  # under jit it cannot raise: all NaN
+            assert np.isnan(np.asarray(out)).all()
 
 
 # -- CTCBeamSearchDecoder -------------------------------------------------------------------------

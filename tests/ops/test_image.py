@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
-from oracle import case, compare_with_tf, ph, run_cases, run_tf
+from oracle import assert_close, case, compare_with_tf, get_tf, ph, run_cases, run_tf
 
 import jaxmeta
 
@@ -657,6 +657,257 @@ def test_non_max_suppression_with_overlaps(seed):
                 tf.image.non_max_suppression_overlaps(o, s, 20, overlap_threshold=0.9)]
 
     compare_with_tf(build, feeds, jit_modes=(False,))
+
+
+# -- region proposals ------------------------------------------------------------------------------
+# TF has GenerateBoundingBoxProposals on the GPU only (the CPU build here cannot run it), so these
+# tests compare jaxmeta with `_proposals_reference`, a NumPy transcription of TF's GPU kernel, and
+# with TF itself only where TF can run the op. TF still builds the graphs (its op definition and
+# shape function), and its CPU NonMaxSuppression checks the transcription's NMS step.
+
+
+def _cub_order(scores):
+    """CUB's stable descending radix sort (TF's `SortPairsDescending`): larger first, ties in index
+    order; a float's key flips all bits when negative, else the sign bit."""
+    bits = scores.view(np.uint32)
+    keys = np.where(bits >> 31 == 1, ~bits, bits | np.uint32(0x80000000))
+    return np.argsort(~keys, kind="stable")
+
+
+def _greedy_nms(boxes):
+    """TF's `NmsGpu` over `(x1, y1, x2, y2, threshold)` boxes sorted best first (no flipping):
+    box j is masked by an earlier kept box i when `OverThreshold(i, j)`."""
+    def over(a, b, threshold):
+        a_area = (a[2] - a[0]) * (a[3] - a[1])
+        b_area = (b[2] - b[0]) * (b[3] - b[1])
+        if a_area == 0 or b_area == 0:
+            return False
+        w = max(min(a[2], b[2]) - max(a[0], b[0]), np.float32(0))  # fdimf
+        h = max(min(a[3], b[3]) - max(a[1], b[1]), np.float32(0))
+        inter = w * h
+        return inter > (a_area + b_area - inter) * threshold
+
+    removed, kept = [False] * len(boxes), []
+    for i, box in enumerate(boxes):
+        if removed[i]:
+            continue
+        kept.append(i)
+        for j in range(i + 1, len(boxes)):
+            removed[j] = removed[j] or over(box, boxes[j], box[4])
+    return kept
+
+
+def _proposals_reference(scores, deltas, info, anchors, nms_threshold, pre_nms_topn, min_size, post_nms_topn):
+    """NumPy transcription, step for step and in float32, of TF's GPU kernel
+    (tensorflow/core/kernels/image/generate_box_proposals_op.cu.cc with NmsGpu from
+    non_max_suppression_op.cu.cc): per image, sort all scores (CUB, stable), take the first
+    min(n, pre_nms_topn), decode them (GeneratePreNMSUprightBoxesKernel), drop boxes whose shorter
+    side is below min_size * scale, NMS, write the first post_nms_topn as [y1, x1, y2, x2], zeros
+    after. Returns (rois, probabilities, the NMS inputs per image, the number dropped by min_size)."""
+    f32 = np.float32
+    num_images, height, width, num_anchors = scores.shape
+    n = height * width * num_anchors
+    anchors = anchors.reshape(-1)[: 4 * n].reshape(n, 4)  # no image offset: shared by all images
+    deltas = deltas.reshape(num_images, n, 4)
+    clip = f32(np.log(1000.0 / 16.0))
+    rois = np.zeros((num_images, post_nms_topn, 4), f32)
+    probs = np.zeros((num_images, post_nms_topn), f32)
+    nms_inputs, dropped = [], 0
+    for image in range(num_images):
+        image_scores = scores[image].reshape(-1)
+        boxes, box_scores = [], []
+        for index in _cub_order(image_scores)[: min(n, pre_nms_topn)]:
+            y1, x1, y2, x2 = anchors[index]
+            dy, dx, dh, dw = deltas[image, index]
+            dw, dh = np.fmin(dw, clip), np.fmin(dh, clip)
+            w = x2 - x1
+            ctr_x = x1 + f32(0.5) * w
+            pred_ctr_x = ctr_x + w * dx
+            pred_w = w * np.exp(dw)
+            x1, x2 = pred_ctr_x - f32(0.5) * pred_w, pred_ctr_x + f32(0.5) * pred_w
+            h = y2 - y1
+            ctr_y = y1 + f32(0.5) * h
+            pred_ctr_y = ctr_y + h * dy
+            pred_h = h * np.exp(dh)
+            y1, y2 = pred_ctr_y - f32(0.5) * pred_h, pred_ctr_y + f32(0.5) * pred_h
+            img_h, img_w = info[image, 0], info[image, 1]
+            min_size_scaled = f32(min_size) * info[image, 2]
+            x1, x2 = (np.fmax(np.fmin(v, img_w), f32(0)) for v in (x1, x2))
+            y1, y2 = (np.fmax(np.fmin(v, img_h), f32(0)) for v in (y1, y2))
+            if np.fmin(x2 - x1, y2 - y1) >= min_size_scaled:
+                boxes.append((x1, y1, x2, y2, f32(nms_threshold)))
+                box_scores.append(image_scores[index])
+            else:
+                dropped += 1
+        nms_inputs.append((boxes, box_scores))
+        for i, b in enumerate(_greedy_nms(boxes)[:post_nms_topn]):
+            x1, y1, x2, y2, _ = boxes[b]
+            rois[image, i] = (y1, x1, y2, x2)
+            probs[image, i] = box_scores[b]
+    return rois, probs, nms_inputs, dropped
+
+
+def _proposal_data(seed, num_images=2, height=5, width=6, num_anchors=3, stride=8.0):
+    """Anchors of three shapes at every position (already shifted, [H, W, 4A]), some tiny; deltas
+    with widths and heights past TF's clip (on the tiny anchors too, which then stay inside the
+    image); scores in steps of 1/8 (many ties, one -0.0); two image sizes and scales."""
+    rng = np.random.default_rng(seed)
+    cy, cx = np.meshgrid((np.arange(height) + 0.5) * stride, (np.arange(width) + 0.5) * stride, indexing="ij")
+    sizes = np.array([[8.0, 8.0], [12.0, 24.0], [30.0, 16.0]])[:num_anchors]
+    sizes = sizes * rng.uniform(0.7, 1.3, (height, width, num_anchors, 2))
+    tiny = rng.uniform(size=(height, width, num_anchors)) < 0.15  # stay small even at the clip
+    sizes[tiny] *= 0.02
+    centres = np.stack([cy, cx], -1)[:, :, None, :] + rng.uniform(-2, 2, (height, width, num_anchors, 2))
+    anchors = np.concatenate([centres - sizes / 2, centres + sizes / 2], -1)
+    anchors = anchors.reshape(height, width, 4 * num_anchors).astype(np.float32)
+    deltas = rng.normal(0, 0.3, (num_images, height, width, num_anchors, 4))
+    deltas[..., 2:][rng.uniform(size=deltas[..., 2:].shape) < 0.03] = 6.0  # past log(1000 / 16)
+    deltas[:, tiny, 2:] = np.where(rng.uniform(size=deltas[:, tiny, 2:].shape) < 0.5, 6.0, deltas[:, tiny, 2:])
+    deltas = deltas.reshape(num_images, height, width, 4 * num_anchors).astype(np.float32)
+    scores = (rng.integers(0, 9, (num_images, height, width, num_anchors)) / 8).astype(np.float32)
+    scores[0, 0, 0, 0], scores[0, 0, 1, 0] = -0.0, 0.0  # CUB sorts +0.0 first
+    info = np.array([[height * stride, width * stride, 1.0, 0, 0],
+                     [height * stride - 7, width * stride - 5, 1.5, 0, 0]], np.float32)[:num_images]
+    return scores, deltas, info, anchors
+
+
+def _proposal_graph(feeds, nms_threshold, min_size, post_nms_topn, pre_nms_topn=None, fed_topn=False):
+    """Builds tf.image.generate_bounding_box_proposals in a TF graph; returns the jaxmeta graph, its
+    fetches, the feed names, and TF's result where TF can run the op (None on a CPU-only TF)."""
+    tf = get_tf()
+    g = tf.Graph()
+    with g.as_default():
+        inputs = [ph(tf, name, value) for name, value in feeds.items()]
+        if fed_topn:
+            topn = tf.compat.v1.placeholder(tf.int32, [], name="topn")
+        else:
+            topn = tf.constant(pre_nms_topn, tf.int32)
+        rois, probs = tf.image.generate_bounding_box_proposals(
+            *inputs, nms_threshold=nms_threshold, pre_nms_topn=topn, min_size=min_size, post_nms_topn=post_nms_topn
+        )
+        num_images = feeds["scores"].shape[0]
+        assert rois.shape.as_list() == [num_images, post_nms_topn, 4]  # TF's shape function
+        assert probs.shape.as_list() == [num_images, post_nms_topn]
+        meta = tf.compat.v1.train.export_meta_graph(graph=g)
+        feed_dict = {t: v for t, v in zip(inputs, feeds.values())}
+        if fed_topn:
+            feed_dict[topn] = np.int32(pre_nms_topn)
+        try:
+            with tf.compat.v1.Session(graph=g) as sess:
+                expected = sess.run([rois, probs], feed_dict)
+        except (tf.errors.NotFoundError, tf.errors.InvalidArgumentError):
+            expected = None  # no kernel for this device: the op exists on the GPU only
+    names = [name + ":0" for name in feeds] + (["topn:0"] if fed_topn else [])
+    return jaxmeta.import_meta_graph(meta), [rois.name, probs.name], names, expected
+
+
+PROPOSAL_CASES = {
+    # (nms_threshold, pre_nms_topn, min_size, post_nms_topn)
+    "top_n_cut_padded": (0.5, 40, 6.0, 60),
+    "all_boxes_truncated": (0.7, 1000, 4.0, 7),
+    "loose_nms": (0.3, 90, 9.0, 25),
+    "no_min_size": (0.6, 60, 0.0, 12),
+    "one_box": (0.7, 1, 0.0, 5),
+}
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("case_name", list(PROPOSAL_CASES))
+def test_generate_bounding_box_proposals(case_name, seed):
+    """jaxmeta (with and without jit) against the NumPy transcription of TF's GPU kernel (and TF
+    itself where it has a kernel): ties in score, boxes dropped by min_size and by the top-n cut,
+    deltas past TF's clip, two images of different sizes and scales, zero padding."""
+    nms_threshold, pre_nms_topn, min_size, post_nms_topn = PROPOSAL_CASES[case_name]
+    scores, deltas, info, anchors = _proposal_data(seed)
+    feeds = {"scores": scores, "bbox_deltas": deltas, "image_info": info, "anchors": anchors}
+    want_rois, want_probs, _, dropped = _proposals_reference(
+        scores, deltas, info, anchors, nms_threshold, pre_nms_topn, min_size, post_nms_topn
+    )
+    if min_size >= 6:
+        assert dropped > 0  # the data does drop small boxes
+    graph, fetches, names, tf_result = _proposal_graph(feeds, nms_threshold, min_size, post_nms_topn, pre_nms_topn)
+    f = graph.function(fetches, feeds=names)
+    for fn in (f, jax.jit(f)):
+        rois, probs = fn({}, *feeds.values())
+        assert_close(rois, want_rois, rtol=1e-5, atol=1e-4, what="rois")
+        assert_close(probs, want_probs, rtol=0, atol=0, what="roi_probabilities")
+    if tf_result is not None:
+        assert_close(rois, tf_result[0], rtol=1e-5, atol=1e-4, what="rois (TF)")
+        assert_close(probs, tf_result[1], rtol=0, atol=0, what="roi_probabilities (TF)")
+
+
+def test_generate_bounding_box_proposals_reference_nms_matches_tf():
+    """The transcription's NMS step picks what TF's CPU NonMaxSuppression picks from the same
+    boxes in the same order (the same greedy rule; TF's CPU kernel divides where the GPU one
+    multiplies, which only matters at an exact tie with the threshold)."""
+    tf = get_tf()
+    scores, deltas, info, anchors = _proposal_data(0)
+    for threshold in (0.3, 0.7):
+        _, _, nms_inputs, _ = _proposals_reference(scores, deltas, info, anchors, threshold, 1000, 4.0, 10)
+        for boxes, _ in nms_inputs:
+            yxyx = np.array([(b[1], b[0], b[3], b[2]) for b in boxes], np.float32)
+            rank = np.arange(len(boxes), 0, -1).astype(np.float32)
+            want = tf.image.non_max_suppression(yxyx, rank, len(boxes), iou_threshold=threshold).numpy()
+            assert _greedy_nms(boxes) == want.tolist()
+            assert 1 < len(want) < len(boxes)
+
+
+def test_generate_bounding_box_proposals_ties_go_to_the_lower_index():
+    """Two overlapping boxes with the same score: the first in [height, width, anchor] order is
+    kept and comes first; a lower score elsewhere follows; the rest is zero padding."""
+    anchors = np.array([[[0, 0, 10, 10]], [[1, 1, 11, 11]], [[20, 20, 30, 30]]], np.float32)  # [H=3, W=1, 4A]
+    scores = np.array([0.5, 0.5, 0.25], np.float32).reshape(1, 3, 1, 1)
+    deltas = np.zeros((1, 3, 1, 4), np.float32)
+    info = np.array([[40, 40, 1, 0, 0]], np.float32)
+    feeds = {"scores": scores, "bbox_deltas": deltas, "image_info": info, "anchors": anchors}
+    graph, fetches, names, _ = _proposal_graph(feeds, 0.5, 1.0, 4, 10)
+    f = graph.function(fetches, feeds=names)
+    for fn in (f, jax.jit(f)):
+        rois, probs = fn({}, *feeds.values())
+        np.testing.assert_array_equal(rois[0], [[0, 0, 10, 10], [20, 20, 30, 30], [0, 0, 0, 0], [0, 0, 0, 0]])
+        np.testing.assert_array_equal(probs[0], [0.5, 0.25, 0, 0])
+
+
+def test_generate_bounding_box_proposals_fed_top_n():
+    """pre_nms_topn fed at run time: still jit-able (NMS then runs over every box, those past the
+    top n masked), and the same result as a constant."""
+    scores, deltas, info, anchors = _proposal_data(2)
+    feeds = {"scores": scores, "bbox_deltas": deltas, "image_info": info, "anchors": anchors}
+    want = _proposals_reference(scores, deltas, info, anchors, 0.5, 30, 6.0, 40)[:2]
+    graph, fetches, names, _ = _proposal_graph(feeds, 0.5, 6.0, 40, 30, fed_topn=True)
+    f = graph.function(fetches, feeds=names)
+    for fn in (f, jax.jit(f)):
+        rois, probs = fn({}, *feeds.values(), np.int32(30))
+        assert_close(rois, want[0], rtol=1e-5, atol=1e-4, what="rois")
+        assert_close(probs, want[1], rtol=0, atol=0, what="roi_probabilities")
+
+
+def test_generate_bounding_box_proposals_has_no_gradient():
+    """TF marks the op NotDifferentiable: no gradient flows to scores, deltas or anchors."""
+    scores, deltas, info, anchors = _proposal_data(0)
+    feeds = {"scores": scores, "bbox_deltas": deltas, "image_info": info, "anchors": anchors}
+    graph, fetches, names, _ = _proposal_graph(feeds, 0.5, 4.0, 10, 50)
+    f = graph.function(fetches, feeds=names)
+    grads = jax.grad(lambda *xs: sum(o.sum() for o in f({}, *xs)), argnums=(0, 1, 3))(*feeds.values())
+    for g in grads:
+        assert not np.any(np.asarray(g))
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(nms_threshold=1.5), "nms_threshold"),
+    (dict(pre_nms_topn=0), "pre_nms_topn"),
+    (dict(anchors=np.zeros((5, 6, 8), np.float32)), "4 x num_anchors"),
+    (dict(anchors=np.zeros((1, 1, 12), np.float32)), "too small"),
+])
+def test_generate_bounding_box_proposals_bad_input(bad, match):
+    scores, deltas, info, anchors = _proposal_data(0)
+    feeds = {"scores": scores, "bbox_deltas": deltas, "image_info": info, "anchors": bad.get("anchors", anchors)}
+    graph, fetches, names, _ = _proposal_graph(
+        feeds, bad.get("nms_threshold", 0.5), 4.0, 10, bad.get("pre_nms_topn", 50)
+    )
+    f = graph.function(fetches, feeds=names)
+    with pytest.raises(jaxmeta.GraphError, match=match):
+        f({}, *feeds.values())
 
 
 # -- glimpses --------------------------------------------------------------------------------------

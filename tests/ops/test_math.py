@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
-from oracle import assert_close, compare_with_tf, get_tf, ph, run_tf
+from oracle import assert_close, compare_with_tf, export_meta, get_tf, ph, run_tf
 
 import jaxmeta
 from jaxmeta.ops import registry
@@ -977,6 +977,213 @@ def test_irfft_lengths(n):
         return tf.raw_ops.IRFFT(input=c, fft_length=[n])
 
     compare_with_tf(build, feeds, rtol=1e-4, atol=1e-4)
+
+
+# TF has kernels for FFTND/IFFTND/RFFTND/IRFFTND on GPUs only (cuFFT). On the CPU TF runs the same
+# transforms as its 1/2/3-D ops (zero-padded or cropped first) and transposes, whose results (and
+# gradients, where TF has them) jaxmeta's ND ops must match.
+
+_ND_OPS = {"fft": "FFT", "ifft": "IFFT", "rfft": "RFFT", "irfft": "IRFFT"}
+
+
+def _other(tf, dtype):
+    """The other dtype of a real FFT: complex for a real `dtype`, real for a complex one."""
+    pairs = [(tf.float32, tf.complex64), (tf.float64, tf.complex128)]
+    return {**dict(pairs), **{c: r for r, c in pairs}}[dtype]
+
+
+def _fit(tf, x, s):
+    """`x` cropped or zero-padded to `s` along its innermost len(s) axes."""
+    x = x[(Ellipsis,) + tuple(slice(0, n) for n in s)]
+    pads = [[0, 0]] * (x.shape.ndims - len(s)) + [[0, max(n - d, 0)] for n, d in zip(s, x.shape[-len(s) :])]
+    return tf.pad(x, pads)
+
+
+def _along_axis_4(tf, op, x):
+    """The 1-D complex transform `op` along axis -4 of `x`."""
+    perm = list(range(x.shape.ndims))
+    perm[-4], perm[-1] = perm[-1], perm[-4]
+    return tf.transpose(getattr(tf.raw_ops, op)(input=tf.transpose(x, perm)), perm)
+
+
+def _fftnd_equivalent(tf, kind, x, s):
+    """TF's FFTND (kind "fft", ...) over the innermost len(s) <= 4 axes of `x` by CPU kernels."""
+    k, inner = len(s), min(len(s), 3)
+    name = _ND_OPS[kind] + ("" if inner == 1 else f"{inner}D")
+    outer = "FFT" if kind in ("fft", "rfft") else "IFFT"
+    if kind in ("fft", "ifft"):
+        x, attrs = _fit(tf, x, s), {}
+    else:  # RFFT crops the inner axes itself, and may not pad
+        x = x[(Ellipsis,) + tuple(slice(0, n) for n in s[:-inner]) + (slice(None),) * inner]
+        attrs = {"fft_length": s[-inner:], ("Treal" if kind == "irfft" else "Tcomplex"): _other(tf, x.dtype)}
+    if kind == "irfft" and k == 4:
+        x = _along_axis_4(tf, outer, x)
+    y = getattr(tf.raw_ops, name)(input=x, **attrs)
+    return _along_axis_4(tf, outer, y) if kind != "irfft" and k == 4 else y
+
+
+def _compare_fftnd(build, feeds, *, rtol, atol, grads=False):
+    """`build(tf, nd)` makes FFTND outputs (nd=True) or the same by CPU kernels (in a graph of their
+    own: TF places every node of a graph, fetched or not): TF runs the second graph, jaxmeta the
+    first, with and without jit; with `grads`, jax.grad of jaxmeta's against tf.gradients of TF's."""
+
+    def build_parts(tf, nd):
+        outs = build(tf, nd)
+        return outs + [part(o) for o in outs if o.dtype.is_complex for part in (tf.math.real, tf.math.imag)]
+
+    run = run_tf(lambda tf: build_parts(tf, False), feeds, grads=grads)
+    meta, nd = export_meta(lambda tf: build_parts(tf, True))
+    f = jaxmeta.import_meta_graph(meta).function([t.name for t in nd], feeds=list(feeds))
+    weights = run.grad_weights or []
+    grad = jax.grad(
+        lambda *values: sum((o * w).sum() for o, w in zip(f({}, *values), weights) if w is not None),
+        argnums=tuple(range(len(feeds))),
+    )
+    for jit in (False, True):
+        got = (jax.jit(f) if jit else f)({}, *feeds.values())
+        for t, g_val, w_val in zip(nd, got, run.expected):
+            assert_close(g_val, w_val, rtol=rtol, atol=atol, what=f"{t.name} (jit={jit})")
+        if grads:
+            got = (jax.jit(grad) if jit else grad)(*feeds.values())
+            for k, g_val in zip(feeds, got):
+                want = run.feed_grads[k]
+                assert_close(g_val, want, rtol=rtol * 10, atol=atol * 10, what=f"d/d{k} (jit={jit})")
+
+
+@pytest.mark.parametrize(
+    "shape,axes,fft_length",
+    [
+        ((2, 4, 6), [1, 2], [4, 6]),
+        ((2, 4, 6), [-2, -1], [3, 8]),  # crops one axis, zero-pads the other
+        ((2, 4, 6), [-2, 2], [5, 6]),  # negative and non-negative axes mixed
+        ((2, 4, 6), [-1], [5]),
+        ((3, 2, 4, 5), [1, 2, 3], [2, 3, 7]),
+        ((2, 3, 4, 5), [0, 1, 2, 3], [3, 2, 4, 6]),  # rank 4: TF's GPU kernel stops at 3
+    ],
+)
+@pytest.mark.parametrize("dtype", [F32, np.float64])
+def test_complex_fftnd(shape, axes, fft_length, dtype):
+    feeds = {"re:0": _sample("any", shape, dtype, seed=1), "im:0": _sample("any", shape, dtype, seed=2)}
+
+    def build(tf, nd):
+        c = tf.complex(_ph(tf, tf.as_dtype(dtype), shape, "re"), _ph(tf, tf.as_dtype(dtype), shape, "im"))
+        if nd:
+            args = {"input": c, "fft_length": fft_length, "axes": axes}
+            return [tf.raw_ops.FFTND(**args), tf.raw_ops.IFFTND(**args)]
+        return [_fftnd_equivalent(tf, kind, c, fft_length) for kind in ("fft", "ifft")]
+
+    _compare_fftnd(build, feeds, rtol=1e-4, atol=1e-4, grads=True)
+
+
+@pytest.mark.parametrize(
+    "shape,axes,fft_length",
+    [
+        ((2, 4, 6), [1, 2], [4, 6]),
+        ((2, 4, 6), [-2, -1], [3, 5]),  # crops (RFFTND never pads)
+        ((2, 4, 7), [2], [7]),
+        ((2, 4, 6), [0, 1, 2], [2, 4, 5]),
+        ((2, 3, 4, 6), [-4, -3, -2, -1], [2, 2, 4, 6]),
+    ],
+)
+@pytest.mark.parametrize("dtype", [F32, np.float64])
+def test_real_fftnd(shape, axes, fft_length, dtype):
+    feeds = {"x:0": _sample("any", shape, dtype, seed=1)}
+
+    def build(tf, nd):
+        x = _ph(tf, tf.as_dtype(dtype), shape, "x")
+        if nd:
+            complex_dtype = tf.complex64 if dtype == F32 else tf.complex128
+            y = tf.raw_ops.RFFTND(input=x, fft_length=fft_length, axes=axes, Tcomplex=complex_dtype)
+            back = tf.raw_ops.IRFFTND(input=y, fft_length=fft_length, axes=axes, Treal=tf.as_dtype(dtype))
+            return [y, back]
+        y = _fftnd_equivalent(tf, "rfft", x, fft_length)
+        return [y, _fftnd_equivalent(tf, "irfft", y, fft_length)]
+
+    # TF's RFFT gradient breaks when fft_length crops the input, and RFFT3D/IRFFT3D have none.
+    _compare_fftnd(build, feeds, rtol=1e-4, atol=1e-4, grads=list(shape[-2:]) == fft_length and len(axes) < 3)
+
+
+@pytest.mark.parametrize(
+    "shape,fft_length",
+    [
+        ((2, 4, 5), [4, 8]),
+        ((2, 4, 5), [4, 9]),
+        ((2, 4, 5), [3, 6]),  # crops both axes
+        ((2, 3, 4, 4), [2, 3, 4, 6]),
+    ],
+)
+def test_irfftnd_non_hermitian(shape, fft_length):
+    """IRFFTND of any complex input, not only one RFFTND made."""
+    feeds = {"re:0": _sample("any", shape, seed=1), "im:0": _sample("any", shape, seed=2)}
+    axes = list(range(-len(fft_length), 0))
+
+    def build(tf, nd):
+        c = tf.complex(_ph(tf, tf.float32, shape, "re"), _ph(tf, tf.float32, shape, "im"))
+        if nd:
+            return [tf.raw_ops.IRFFTND(input=c, fft_length=fft_length, axes=axes)]
+        return [_fftnd_equivalent(tf, "irfft", c, fft_length)]
+
+    _compare_fftnd(build, feeds, rtol=1e-4, atol=1e-4)
+
+
+def test_fftnd_has_no_tf_gradient():
+    tf = get_tf()
+    with tf.Graph().as_default():
+        x = _ph(tf, tf.float32, [2, 4], "x")
+        y = tf.raw_ops.RFFTND(input=x, fft_length=[2, 4], axes=[0, 1])
+        with pytest.raises(LookupError, match="RFFTND"):
+            tf.compat.v1.gradients(tf.math.real(y), x)
+
+
+@pytest.mark.parametrize(
+    "op,shape,axes,fft_length,match",
+    [
+        ("FFTND", (2, 4, 6), [2, 1], [6, 4], "axes must be successive, ascending and end with the last axis"),
+        ("FFTND", (2, 4, 6), [0, 1], [2, 4], "axes must be successive, ascending and end with the last axis"),
+        ("IFFTND", (2, 4, 6), [], [], "non-empty vectors of the same length"),
+        ("FFTND", (2, 4, 6), [1, 2], [4], "non-empty vectors of the same length"),
+        ("FFTND", (4, 6), [-3, -2, -1], [1, 4, 6], r"rank at least len\(axes\) = 3"),
+        ("FFTND", (2, 4, 6), [-1], [-2], "must not be negative"),
+        ("RFFTND", (2, 4, 6), [1, 2], [4, 7], r"at least \[4, 7\]"),
+        ("IRFFTND", (2, 4, 6), [1, 2], [4, 12], r"at least \[4, 7\]"),
+    ],
+)
+def test_fftnd_refuses_what_tf_refuses(op, shape, axes, fft_length, match):
+    dtype = np.float32 if op == "RFFTND" else np.complex64
+    x = (_sample("any", shape) + 0).astype(dtype)
+    tf = get_tf()
+    g = tf.Graph()
+    with g.as_default():
+        x_ph = tf.compat.v1.placeholder(dtype, shape, name="x")
+        out = getattr(tf.raw_ops, op)(input=x_ph, fft_length=fft_length, axes=axes)
+        meta = tf.compat.v1.train.export_meta_graph(graph=g)
+    f = jaxmeta.import_meta_graph(meta).function([out.name], ["x:0"])
+    for fn in (f, jax.jit(f)):
+        with pytest.raises(jaxmeta.GraphError, match=rf"\({op}\): .*{match}"):
+            fn({}, x)
+
+
+def test_fftnd_empty_and_fed_lengths():
+    """A zero fft_length makes an empty output; fed lengths and axes work without jit only."""
+    x = _sample("any", (2, 4, 6))
+    tf = get_tf()
+    g = tf.Graph()
+    with g.as_default():
+        ph = tf.compat.v1.placeholder(tf.float32, [2, 4, 6], name="x")
+        n = tf.compat.v1.placeholder(tf.int32, [2], name="n")
+        outs = [
+            tf.raw_ops.RFFTND(input=ph, fft_length=[0, 6], axes=[1, 2]),
+            tf.raw_ops.FFTND(input=tf.complex(ph, ph), fft_length=[4, 0], axes=[1, 2]),
+            tf.raw_ops.RFFTND(input=ph, fft_length=n, axes=tf.constant([1, 2]) - 3),
+        ]
+        meta = tf.compat.v1.train.export_meta_graph(graph=g)
+    f = jaxmeta.import_meta_graph(meta).function([o.name for o in outs], ["x:0", "n:0"])
+    empty_r, empty_c, fed = f({}, x, np.int32([3, 5]))
+    assert (empty_r.shape, empty_r.dtype) == ((2, 0, 4), np.complex64)
+    assert (empty_c.shape, empty_c.dtype) == ((2, 4, 0), np.complex64)
+    np.testing.assert_allclose(fed, np.fft.rfftn(x[:, :3, :5], axes=(1, 2)), rtol=1e-4, atol=1e-4)
+    with pytest.raises(jaxmeta.GraphError, match="'fft_length'.*only known at run time under jax.jit"):
+        jax.jit(f)({}, x, np.int32([3, 5]))
 
 
 # -- linear algebra -------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from oracle import case, compare_with_tf, get_tf, run_cases, run_tf
+from oracle import assert_close, case, compare_with_tf, export_meta, get_tf, run_cases, run_tf
 
 pytestmark = pytest.mark.oracle
 
@@ -327,6 +327,253 @@ def test_depthwise_backprop_filter(case):
             padding=padding, explicit_paddings=explicit, dilations=[1, *dilations, 1])
 
     compare_with_tf(build, feeds, grads=True, rtol=1e-4, atol=1e-4)
+
+
+# -- Conv (TF's generic convolution) and the V2 backprops that take tensors for shapes -------------
+
+
+def _compare_with_reference(build, reference, feeds, rtol=1e-4, atol=1e-4):
+    """jaxmeta's `build(tf)`, one op that TF builds but does not run or differentiate, against
+    `reference(tf)`, the same computation from ops TF runs and differentiates: the value, and the
+    gradient of sum(weights * output) w.r.t. the float feeds the reference uses, with and without
+    jit."""
+    import jax
+    import jax.numpy as jnp
+
+    import jaxmeta
+
+    ref = run_tf(reference, feeds, grads=True)
+    meta, out = export_meta(build)
+    f = jaxmeta.import_meta_graph(meta).function([out.name], feeds=list(feeds))
+    wrt = list(ref.feed_grads)
+    argnums = [list(feeds).index(k) for k in wrt]
+
+    def loss(*values):
+        return jnp.sum(f({}, *values)[0] * ref.grad_weights[0])
+
+    for jit in (False, True):
+        fn, grad = (jax.jit(f), jax.jit(jax.grad(loss, argnums))) if jit else (f, jax.grad(loss, argnums))
+        assert_close(fn({}, *feeds.values())[0], ref.expected[0], rtol=rtol, atol=atol, what=f"value (jit={jit})")
+        for k, g in zip(wrt, grad(*feeds.values())):
+            assert_close(g, ref.feed_grads[k], rtol=rtol, atol=atol, what=f"d/d{k} (jit={jit})")
+
+
+def _to_channels_last(tf, x, axis):
+    """`x` with its axis `axis` (channels) moved last."""
+    perm = [i for i in range(x.shape.rank) if i != axis] + [axis]
+    return tf.transpose(x, perm)
+
+
+def _from_channels_last(tf, x, axis):
+    """`x` with its last axis (channels) moved to `axis`."""
+    r = x.shape.rank
+    return tf.transpose(x, [*range(axis), r - 1, *range(axis, r - 1)])
+
+
+def _dilated(tf, w, dilations):
+    """The filter `w` with `d - 1` zeros between its taps along each spatial axis dilated by `d`."""
+    for axis, d in enumerate(dilations):
+        if d > 1:
+            k = w.shape[axis]
+            w = tf.stack([w] + [tf.zeros_like(w)] * (d - 1), axis=axis + 1)
+            shape = w.shape.as_list()
+            w = tf.reshape(w, [*shape[:axis], k * d, *shape[axis + 2:]])
+            w = w[(slice(None),) * axis + (slice(0, (k - 1) * d + 1),)]
+    return w
+
+
+# input shape (channels last, batch dimensions first), filter shape, strides, padding (EXPLICIT:
+# the spatial (before, after) pairs), dilations, batch_dims, groups
+CONV = [
+    ((2, 6, 6, 3), (3, 3, 3, 4), (1, 1), "SAME", (1, 1), 1, 1),
+    ((2, 7, 8, 2), (3, 2, 2, 3), (2, 3), "VALID", (1, 1), 1, 1),
+    ((1, 7, 7, 2), (3, 3, 2, 2), (1, 1), "SAME", (2, 2), 1, 1),
+    ((1, 8, 7, 2), (3, 2, 2, 3), (2, 1), "SAME", (2, 3), 1, 1),
+    ((1, 6, 6, 2), (2, 2, 2, 3), (1, 1), [(1, 2), (0, 1)], (1, 1), 1, 1),
+    ((1, 7, 6, 2), (3, 2, 2, 3), (2, 2), [(0, 2), (3, 1)], (2, 1), 1, 1),
+    ((2, 5, 6, 4), (1, 1, 4, 3), (1, 1), "SAME", (1, 1), 1, 1),  # 1x1: one matrix product (`convolve`)
+    ((2, 1, 1, 8), (3, 3, 8, 4), (1, 1), "SAME", (1, 1), 1, 1),  # taps that meet only padding
+    ((1, 5, 5, 8), (3, 3, 8, 2), (1, 1), "SAME", (2, 2), 1, 1),  # few positions: matrix-product gradients
+    ((2, 3, 6, 5, 2), (3, 3, 2, 4), (1, 2), "SAME", (1, 1), 2, 1),  # batch dimensions, flattened
+    ((2, 2, 3, 5, 5, 2), (2, 3, 2, 3), (1, 1), [(1, 0), (0, 2)], (1, 1), 3, 1),
+    ((6, 5, 2), (3, 3, 2, 4), (1, 1), "SAME", (1, 1), 0, 1),  # no batch dimension
+    ((2, 6, 7, 8), (3, 3, 2, 8), (1, 1), "SAME", (1, 1), 1, 4),  # groups (TF's kernels refuse them)
+    ((1, 9, 9, 6), (3, 3, 1, 12), (2, 2), "VALID", (1, 1), 1, 6),
+    ((1, 4, 5, 5, 2), (2, 3, 3, 2, 3), (1, 1, 1), "SAME", (1, 1, 1), 1, 1),  # 3-D
+    ((2, 5, 4, 6, 1), (3, 2, 2, 1, 2), (2, 1, 2), "VALID", (1, 1, 1), 1, 1),
+    ((1, 6, 5, 6, 2), (2, 2, 2, 2, 2), (1, 1, 1), "SAME", (2, 1, 2), 1, 1),  # (TF's CPU: no 3-D dilations)
+    ((2, 2, 4, 4, 4, 2), (2, 2, 2, 2, 3), (1, 2, 1), "SAME", (1, 1, 1), 2, 1),
+    ((1, 4, 4, 5, 4), (2, 2, 2, 2, 4), (1, 1, 1), "VALID", (1, 1, 1), 1, 2),
+]
+
+
+@pytest.mark.parametrize("data_format", ["CHANNELS_LAST", "CHANNELS_FIRST"])
+@pytest.mark.parametrize("case", CONV, ids=str)
+def test_conv(case, data_format):
+    """Conv against TF's Conv where TF's CPU kernel runs it (CHANNELS_LAST, one group, 2-D or
+    undilated), and everywhere against Conv2D/Conv3D over the flattened batch (the filter dilated
+    with zeros, each group on its own), which also gives the gradients (TF defines none for Conv)."""
+    in_shape, f_shape, strides, padding, dilations, batch_dims, groups = case
+    cf = data_format == "CHANNELS_FIRST"
+    x = randn(*in_shape)
+    feeds = {"x:0": np.moveaxis(x, -1, batch_dims) if cf else x, "w:0": randn(*f_shape)}
+    explicit = []
+    if isinstance(padding, list):
+        pairs = [(0, 0), (0, 0), *padding] if cf else [(0, 0), *padding, (0, 0)]
+        explicit = [p for pair in pairs for p in pair]
+
+    def full(spatial):
+        return [1, 1, *spatial] if cf else [1, *spatial, 1]
+
+    def build(tf):
+        p = placeholders(tf, feeds)
+        return tf.raw_ops.Conv(input=p["x"], filter=p["w"], strides=full(strides), dilations=full(dilations),
+                               padding="EXPLICIT" if explicit else padding, explicit_paddings=explicit,
+                               data_format=data_format, batch_dims=batch_dims, groups=groups)
+
+    def reference(tf):
+        p = placeholders(tf, feeds)
+        x = _to_channels_last(tf, p["x"], batch_dims) if cf else p["x"]
+        batch = x.shape.as_list()[:batch_dims]
+        x = tf.reshape(x, [int(np.prod(batch)), *x.shape.as_list()[batch_dims:]])
+        w = _dilated(tf, p["w"], dilations)
+        conv = tf.nn.conv2d if len(strides) == 2 else tf.nn.conv3d
+        pads = [(0, 0), *padding, (0, 0)] if explicit else padding
+        y = tf.concat([conv(xg, wg, [1, *strides, 1], pads)
+                       for xg, wg in zip(tf.split(x, groups, axis=-1), tf.split(w, groups, axis=-1))], axis=-1)
+        y = tf.reshape(y, [*batch, *y.shape.as_list()[1:]])
+        return _from_channels_last(tf, y, batch_dims) if cf else y
+
+    if not cf and groups == 1 and (len(strides) == 2 or dilations == (1,) * 3):
+        compare_with_tf(build, feeds, rtol=1e-4, atol=1e-4)
+    _compare_with_reference(build, reference, feeds)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float16", "bfloat16", "int32"])
+def test_conv_dtypes(dtype):
+    tf = get_tf()
+    x, w = randn(2, 5, 6, 3), randn(3, 2, 3, 4)
+    x3, w3 = randn(1, 3, 4, 5, 2), randn(2, 2, 3, 2, 3)
+    if dtype == "int32":
+        x, w, x3, w3 = (np.round(a * 3) for a in (x, w, x3, w3))
+    feeds = {k: tf.cast(v, dtype).numpy() for k, v in {"x:0": x, "w:0": w, "x3:0": x3, "w3:0": w3}.items()}
+
+    def build(tf):
+        p = placeholders(tf, feeds)
+        return [tf.raw_ops.Conv(input=p["x"], filter=p["w"], strides=[1, 2, 1, 1], padding="SAME"),
+                tf.raw_ops.Conv(input=p["x"], filter=p["w"], strides=[1, 1, 1, 1], padding="EXPLICIT",
+                                explicit_paddings=[0, 0, 1, 0, 2, 1, 0, 0], dilations=[1, 1, 2, 1]),
+                tf.raw_ops.Conv(input=p["x3"], filter=p["w3"], strides=[1, 1, 1, 2, 1], padding="VALID")]
+
+    tol = {"float16": 1e-2, "bfloat16": 5e-2}.get(dtype, 1e-5)
+    compare_with_tf(build, feeds, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("x_shape,batch_dims,pads", [
+    ((2, 0, 5, 5, 2), 2, None),
+    ((0, 5, 2), 0, None),
+    ((2, 3, 0, 5, 2), 2, None),
+    ((0, 4, 4, 2), 1, None),
+    ((2, 1, 0, 3, 2), 2, [(2, 2), (1, 1)]),  # an empty input whose padding makes a nonempty output
+], ids=str)
+def test_conv_empty(x_shape, batch_dims, pads):
+    """TF's kernel returns an empty output (and the zeros an empty input's padding makes) with its
+    batch dimensions flattened into one, whatever its shape function says: jaxmeta does too."""
+    feeds = {"x:0": np.zeros(x_shape, np.float32)}
+    explicit = [p for pair in [(0, 0), *pads, (0, 0)] for p in pair] if pads else []
+
+    def build(tf):
+        return tf.raw_ops.Conv(input=placeholders(tf, feeds)["x"], filter=tf.constant(randn(3, 3, 2, 3)),
+                               strides=[1, 1, 1, 1], padding="EXPLICIT" if pads else "SAME",
+                               explicit_paddings=explicit, batch_dims=batch_dims)
+
+    run = compare_with_tf(build, feeds)
+    assert len(run.expected[0].shape) == 4  # flattened
+
+
+def _edit_attr(meta, op_type, name, value):
+    """Sets attribute `name` of the graph's `op_type` node (to an int, string or list of ints)."""
+    node = next(n for n in meta.graph_def.node if n.op == op_type)
+    if isinstance(value, str):
+        node.attr[name].s = value.encode()
+    elif isinstance(value, int):
+        node.attr[name].i = value
+    else:
+        node.attr[name].list.Clear()
+        node.attr[name].list.i.extend(value)
+
+
+@pytest.mark.parametrize("x_shape,w_shape,attrs,match", [
+    ((1, 5, 5, 4), (3, 3, 2, 3), {}, "does not fit an input of 4 channels in 1 group"),
+    ((1, 5, 5, 4), (3, 3, 2, 3), dict(groups=2), "output channels a multiple"),
+    ((1, 5, 5, 4), (3, 3, 4, 3), dict(data_format="NHWC"), "data_format 'NHWC'"),
+    ((1, 5, 4), (3, 4, 3), dict(strides=[1, 1, 1]), "4 or 5 entries"),
+    ((1, 5, 5, 4), (3, 3, 4, 3), dict(dilations=[1, 2, 1]), "dilations"),
+    ((1, 4, 5, 5, 4), (2, 3, 3, 4, 3), dict(padding="EXPLICIT", explicit_paddings=[0] * 10), "3-D convolution"),
+    ((1, 5, 5, 4), (3, 3, 4, 3), dict(padding="EXPLICIT", explicit_paddings=[1, 0, 1, 1, 1, 1, 0, 0]),
+     "zero in the batch"),
+    ((1, 5, 5, 4), (3, 3, 4, 3), dict(padding="EXPLICIT", explicit_paddings=[0, 0, 1, 1]), "8"),
+    ((1, 5, 5, 4), (3, 3, 4, 3), dict(batch_dims=2), "ranks 5 and 4"),
+])
+def test_conv_errors(x_shape, w_shape, attrs, match):
+    """Conv nodes jaxmeta cannot run as TF would (most of them TF cannot build or run either: the
+    attributes are set on the exported graph) fail with a GraphError naming the problem."""
+    import jaxmeta
+
+    feeds = {"x:0": randn(*x_shape), "w:0": randn(*w_shape)}
+    rank = len(w_shape)
+
+    def build(tf):  # shapes left unknown: TF's shape function does not check them
+        x, w = (tf.compat.v1.placeholder(tf.float32, None, name=k) for k in ("x", "w"))
+        return tf.raw_ops.Conv(input=x, filter=w, strides=[1] * rank, padding="VALID")
+
+    meta, out = export_meta(build)
+    for name, value in attrs.items():
+        _edit_attr(meta, "Conv", name, value)
+    with pytest.raises(jaxmeta.GraphError, match=match):
+        jaxmeta.import_meta_graph(meta).function(out.name, feeds=list(feeds))({}, *feeds.values())
+
+
+@pytest.mark.parametrize("data_format", ["NHWC", "NCHW"])
+@pytest.mark.parametrize("case", CONV2D + [((2, 6, 7, 8), (3, 3, 2, 8), (1, 1), "SAME", (1, 1))], ids=str)
+def test_conv2d_backprops_v2(case, data_format):
+    """Conv2DBackpropFilterV2 and Conv2DBackpropInputV2 (the filter, resp. the input, in place of
+    its shape), for which TF has no CPU kernel and no gradient: against Conv2DBackpropFilter and
+    Conv2DBackpropInput on the NHWC tensors, with their gradients. The last case is grouped."""
+    tf = get_tf()
+    in_shape, f_shape, strides, padding, dilations = case
+    x, w = randn(*in_shape), randn(*f_shape)
+    dy = randn(*_conv_out(tf, x, w, strides, padding, dilations).shape)
+    nchw = data_format == "NCHW"
+    feeds = {"x:0": x, "w:0": w, "dy:0": dy}
+    if nchw:
+        feeds.update({"x:0": x.transpose(0, 3, 1, 2), "dy:0": dy.transpose(0, 3, 1, 2)})
+    explicit = [p for pair in padding for p in pair] if isinstance(padding, list) else []
+    attrs = dict(strides=[1, *strides, 1], padding="EXPLICIT" if explicit else padding, explicit_paddings=explicit,
+                 dilations=[1, *dilations, 1])
+
+    def nchw_attrs():
+        def to(a):
+            return _nhwc_to(a, "NCHW")
+        pairs = _nhwc_to(padding, "NCHW") if explicit else []
+        return dict(attrs, strides=to(attrs["strides"]), dilations=to(attrs["dilations"]), data_format="NCHW",
+                    explicit_paddings=[p for pair in pairs for p in pair])
+
+    for kind in ("Filter", "Input"):
+        def build(tf, kind=kind):
+            p = placeholders(tf, feeds)
+            op = getattr(tf.raw_ops, f"Conv2DBackprop{kind}V2")
+            return op(input=p["x"], filter=p["w"], out_backprop=p["dy"], **(nchw_attrs() if nchw else attrs))
+
+        def reference(tf, kind=kind):
+            p = placeholders(tf, feeds)
+            x, dy = (_to_channels_last(tf, p[k], 1) for k in ("x", "dy")) if nchw else (p["x"], p["dy"])
+            if kind == "Filter":
+                return tf.raw_ops.Conv2DBackpropFilter(input=x, filter_sizes=f_shape, out_backprop=dy, **attrs)
+            out = tf.raw_ops.Conv2DBackpropInput(input_sizes=in_shape, filter=p["w"], out_backprop=dy, **attrs)
+            return _from_channels_last(tf, out, 1) if nchw else out
+
+        _compare_with_reference(build, reference, feeds)
 
 
 # -- pooling --------------------------------------------------------------------------------------
