@@ -26,6 +26,9 @@ JAX's PRNG instead: the *distributions* match TF's, the values do not.
   `Graph.step` returns it with the other assigned variables. With x64 off the state's words are
   int32 (their low halves): the counter then carries from its first word into its second, so past
   2**32 (2**24 samples) it differs from TF's but its stream does not repeat.
+- `LearnedUnigramCandidateSampler` and `ThreadUnsafeUnigramCandidateSampler` learn their class
+  counts from the true classes of every run, as TF's kernels do: the counts are the op's state
+  under its node name in the variables dict, which `Graph.step` returns (so use `step`).
 - Output shapes must be static: the `shape` input has to be known when the graph is traced
   (a constant or shape arithmetic on static shapes).
 """
@@ -108,6 +111,24 @@ def _random_uniform_int(node):
         return jax.random.randint(
             ctx.rng(node), _shape(node, shape), jnp.asarray(minval, dtype), jnp.asarray(maxval, dtype), dtype
         )
+
+    return fn
+
+
+@register("NonDeterministicInts", random=True, context=True)
+def _non_deterministic_ints(node):
+    """Integers over the dtype's whole range (`tf.random.Generator`'s non-deterministic seeds).
+    TF seeds each run from the OS; jaxmeta draws from the call's key. With x64 off, int64 and
+    uint64 narrow to 32 bits, so the values span the narrowed type's range."""
+    dtype = np.dtype(node.attr_dtype("dtype", np.int64))
+    if dtype not in (np.int32, np.int64, np.uint32, np.uint64):
+        raise GraphError(
+            f"node {node.name!r} ({node.type}): dtype {dtype} is not supported (TF's kernel draws int32, "
+            "int64, uint32 or uint64)"
+        )
+
+    def fn(ctx, shape):
+        return _draw_full_int(node, ctx.rng(node), _shape(node, shape))
 
     return fn
 
@@ -638,37 +659,49 @@ def _sample_unique(key, log_p, num_sampled: int):
     return sampled, num_tries
 
 
+def _sampler_attrs(node) -> tuple[int, bool, int]:
+    """A candidate sampler's `num_sampled`, `unique` and `range_max`, checked as TF's kernel does."""
+    num_sampled, unique, range_max = node.attr_int("num_sampled"), node.attr_bool("unique"), node.attr_int("range_max")
+    if unique and num_sampled > range_max:
+        raise GraphError(
+            f"node {node.name!r} ({node.type}): unique sampling of num_sampled={num_sampled} "
+            f"classes out of range_max={range_max} is impossible"
+        )
+    return num_sampled, unique, range_max
+
+
 def _candidate_sampler(prob, log_prob_all, sample_with_replacement):
     """Builder for a sampler given `prob(classes)`, `log_prob_all()` (all `range_max` classes) and
     `sample_with_replacement(key, n)`."""
 
     def build(node):
-        num_sampled = node.attr_int("num_sampled")
-        unique = node.attr_bool("unique")
-        range_max = node.attr_int("range_max")
-        if unique and num_sampled > range_max:
-            raise GraphError(
-                f"node {node.name!r} ({node.type}): unique sampling of num_sampled={num_sampled} "
-                f"classes out of range_max={range_max} is impossible"
-            )
+        num_sampled, unique, _ = _sampler_attrs(node)
 
         def fn(ctx, true_classes):
-            key = ctx.rng(node)
-            if unique:
-                sampled, num_tries = _sample_unique(key, log_prob_all(node), num_sampled)
-            else:
-                sampled, num_tries = sample_with_replacement(node, key, num_sampled), float(num_sampled)
-            true_p = prob(node, jnp.asarray(true_classes))
-            sampled_p = prob(node, sampled)
-            return (
-                sampled.astype(jax.dtypes.canonicalize_dtype(np.int64)),
-                _expected_count(true_p, num_tries, num_sampled).astype(jnp.float32),
-                _expected_count(sampled_p, num_tries, num_sampled).astype(jnp.float32),
+            return _draw_candidates(
+                ctx.rng(node), true_classes, num_sampled, unique, functools.partial(prob, node),
+                lambda: log_prob_all(node), functools.partial(sample_with_replacement, node),
             )
 
         return fn
 
     return build
+
+
+def _draw_candidates(key, true_classes, num_sampled: int, unique: bool, prob, log_prob_all, draw):
+    """A candidate sampler's three outputs, from `prob(classes)`, `log_prob_all()` (every class)
+    and `draw(key, n)` (`n` classes with replacement)."""
+    if unique:
+        sampled, num_tries = _sample_unique(key, log_prob_all(), num_sampled)
+    else:
+        sampled, num_tries = draw(key, num_sampled), float(num_sampled)
+    true_p = prob(jnp.asarray(true_classes))
+    sampled_p = prob(sampled)
+    return (
+        sampled.astype(jax.dtypes.canonicalize_dtype(np.int64)),
+        _expected_count(true_p, num_tries, num_sampled).astype(jnp.float32),
+        _expected_count(sampled_p, num_tries, num_sampled).astype(jnp.float32),
+    )
 
 
 def _uniform_prob(node, classes):
@@ -744,6 +777,84 @@ def _unigram_draw(node, key, n):
 register("FixedUnigramCandidateSampler", random=True, context=True)(
     _candidate_sampler(_unigram_prob, _unigram_log_prob_all, _unigram_draw)
 )
+
+
+_INT32_MAX = int(np.iinfo(np.int32).max)
+
+
+@register(
+    "LearnedUnigramCandidateSampler", "ThreadUnsafeUnigramCandidateSampler", random=True, context=True, assigns=True
+)
+def _learned_unigram_candidate_sampler(node):
+    """Samples from a unigram distribution that the op learns from the true classes it is given.
+
+    TF's kernel keeps an int32 count per class, all 1 at first (so its first run samples
+    uniformly), samples class c with probability count[c] / total, computes both expected counts
+    from those probabilities, and only then adds 1 to the count of every true class of the batch
+    (stopping where the total would pass 2**31 - 1). The two op types differ only in TF's locking.
+
+    jaxmeta keeps the counts as the op's state, `variables[node.name]` (int32 `[range_max]`, all
+    ones where the dict has none): `Graph.step` returns them updated and a `Session` carries them
+    from run to run, so successive runs see the distributions TF's do. Like TF's, they are not
+    variables (savers ignore them). The op therefore assigns: `Graph.function` refuses graphs that
+    run it; use `Graph.step`. Out-of-range true classes raise where their values are known; traced
+    ones (which TF would reject) are not counted.
+    """
+    num_sampled, unique, range_max = _sampler_attrs(node)
+    num_true = node.attr_int("num_true")
+    where = f"node {node.name!r} ({node.type})"
+    if range_max >= _INT32_MAX:
+        raise GraphError(f"{where}: range_max must be less than 2**31 - 1 for unigram samplers, got {range_max}")
+
+    def fn(ctx, true_classes):
+        true_classes = ctx.value(true_classes)
+        if np.ndim(true_classes) != 2 or np.shape(true_classes)[1] != num_true:
+            raise GraphError(
+                f"{where}: true_classes must be a [batch_size, num_true = {num_true}] matrix, got shape "
+                f"{list(np.shape(true_classes))}"
+            )
+        seen = checked(true_classes)
+        if seen is not None and np.any((seen < 0) | (seen >= range_max)):
+            bad = seen[(seen < 0) | (seen >= range_max)]
+            raise GraphError(f"{where}: true classes {bad.tolist()} are outside [0, range_max = {range_max}), "
+                             "which TF rejects")
+        counts = _unigram_counts(ctx, node, range_max)
+        total = jnp.sum(counts, dtype=jnp.int32)
+        p = counts.astype(jnp.float32) / total.astype(jnp.float32)  # TF: float(count) / int32 total
+        log_p = jnp.log(p)
+        outputs = _draw_candidates(
+            ctx.rng(node), true_classes, num_sampled, unique, lambda classes: p[classes], lambda: log_p,
+            lambda key, n: jax.random.categorical(key, log_p, shape=(n,)),
+        )
+        ctx.put(node.name, _count_classes(counts, total, true_classes, range_max))
+        return outputs
+
+    return fn
+
+
+def _unigram_counts(ctx, node, range_max: int):
+    """A learned unigram sampler's class counts in this run: TF's initial all-ones where the
+    variables dict has none."""
+    counts = ctx.variables.get(node.name)
+    if counts is None:
+        return jnp.ones((range_max,), jnp.int32)
+    if jnp.shape(counts) != (range_max,) or not jnp.issubdtype(jnp.result_type(counts), jnp.integer):
+        raise GraphError(
+            f"variables[{node.name!r}] must hold the class counts of node {node.name!r} ({node.type}): "
+            f"integers of shape [range_max = {range_max}], as graph.step returned them, got "
+            f"{jnp.result_type(counts)} of shape {list(jnp.shape(counts))}; drop the entry to start from TF's "
+            "initial counts"
+        )
+    return jnp.asarray(counts, jnp.int32)
+
+
+def _count_classes(counts, total, classes, range_max: int):
+    """`counts` + 1 for each of `classes`, as TF's `Update` adds them: only the first
+    `2**31 - 1 - total` of them, so that the int32 total cannot overflow."""
+    classes = jnp.reshape(jnp.asarray(classes), (-1,))
+    room = _INT32_MAX - total
+    keep = (jnp.arange(classes.shape[0]) < room) & (classes >= 0) & (classes < range_max)
+    return counts.at[jnp.where(keep, classes, range_max)].add(1, mode="drop")
 
 
 @register("AllCandidateSampler")

@@ -468,6 +468,191 @@ def test_sampled_softmax_loss_runs_with_sampler():
     assert np.isfinite(loss).all() and loss.shape == want.shape
 
 
+# -- learned unigram samplers: a distribution learned from the true classes, run after run ---------
+
+LEARNED_OPS = ["LearnedUnigramCandidateSampler", "ThreadUnsafeUnigramCandidateSampler"]
+LEARNED_FEEDS = [TRUE, np.int64([[9, 9], [9, 2]]), np.int64([[0, 0]]), np.zeros((0, 2), np.int64), TRUE]
+
+
+def _learned(op, unique, num_sampled=5, range_max=10, num_true=2):
+    def build(tf):
+        labels = tf.compat.v1.placeholder(tf.int64, [None, num_true], name="labels")
+        if op == "LearnedUnigramCandidateSampler":  # through TF1's Python API
+            return list(tf.compat.v1.nn.learned_unigram_candidate_sampler(
+                labels, num_true, num_sampled, unique, range_max))
+        return list(getattr(tf.raw_ops, op)(
+            true_classes=labels, num_true=num_true, num_sampled=num_sampled, unique=unique, range_max=range_max))
+
+    return build
+
+
+def _tf_runs(build, feeds):
+    """The graph `build` makes, and TF's fetches run after run (one session: the op's state goes on)."""
+    tf = get_tf()
+    g = tf.Graph()
+    with g.as_default():
+        outs = build(tf)
+        meta = tf.compat.v1.train.export_meta_graph(graph=g)
+        with tf.compat.v1.Session(graph=g) as sess:
+            runs = [sess.run(outs, {"labels:0": f}) for f in feeds]
+    return jaxmeta.import_meta_graph(meta), [o.name for o in outs], runs
+
+
+def _learned_probs(feeds, range_max=10):
+    """The class probabilities TF's kernel samples with in each run: counts start at 1 and every
+    run adds its true classes after sampling."""
+    counts, probs = np.ones(range_max, np.int32), []
+    for f in feeds:
+        probs.append(counts.astype(np.float32) / np.float32(counts.sum()))
+        np.add.at(counts, f.reshape(-1), 1)
+    return probs, counts
+
+
+def _check_counts(sampled, true_count, sampled_count, p, unique, labels, num_sampled=5):
+    """Shapes, range, uniqueness, and both expected counts from the probabilities `p`."""
+    assert sampled.shape == (num_sampled,) and sampled_count.shape == (num_sampled,)
+    assert true_count.shape == labels.shape and true_count.dtype == np.float32
+    assert ((sampled >= 0) & (sampled < len(p))).all()
+    if not unique:
+        np.testing.assert_allclose(true_count, p[labels] * num_sampled, rtol=1e-6)
+        np.testing.assert_allclose(sampled_count, p[sampled] * num_sampled, rtol=1e-6)
+        return
+    assert len(set(sampled.tolist())) == num_sampled
+    # Both outputs come from one number of tries n: count = 1 - (1 - p)^n, or p * num_sampled if n is num_sampled.
+    if np.allclose(sampled_count, p[sampled] * num_sampled, rtol=1e-6):
+        want = p * num_sampled
+    else:
+        n = np.log1p(-sampled_count[0]) / np.log1p(-p[sampled[0]].astype(np.float64))
+        want = -np.expm1(np.round(n) * np.log1p(-p.astype(np.float64)))
+    np.testing.assert_allclose(true_count, want[labels], rtol=1e-5)
+    np.testing.assert_allclose(sampled_count, want[sampled], rtol=1e-5)
+
+
+@pytest.mark.parametrize("unique", [False, True])
+@pytest.mark.parametrize("op", LEARNED_OPS)
+def test_learned_unigram_sampler_learns_as_tf_does(op, unique):
+    """Run after run, both expected counts come from the probabilities TF's kernel holds then
+    (counts from 1, plus every true class of the earlier runs), in TF and in jaxmeta; without
+    `unique` they equal TF's exactly. graph.step returns the counts, with and without jit."""
+    graph, names, want = _tf_runs(_learned(op, unique), LEARNED_FEEDS)
+    probs, final = _learned_probs(LEARNED_FEEDS)
+    for tf_run, p, labels in zip(want, probs, LEARNED_FEEDS):  # TF's own outputs, as modelled
+        _check_counts(*tf_run, p, unique, labels)
+    step = graph.step(names, ["labels:0"])
+    for jit in (False, True):
+        fn, state = jax.jit(step) if jit else step, {}
+        for i, (tf_run, p, labels) in enumerate(zip(want, probs, LEARNED_FEEDS)):
+            got, state = fn(state, labels, key=jax.random.key(i))
+            got = [np.asarray(v) for v in got]
+            assert got[0].dtype == jax.dtypes.canonicalize_dtype(np.int64)
+            _check_counts(*got, p, unique, labels)
+            if not unique:
+                np.testing.assert_array_equal(got[1], tf_run[1])
+        assert list(state) == [op]
+        np.testing.assert_array_equal(state[op], final)
+        assert state[op].dtype == np.int32
+
+
+def test_learned_unigram_sampler_in_a_session():
+    """A Session carries the sampler's counts from run to run, as TF's session does."""
+    graph, names, want = _tf_runs(_learned(LEARNED_OPS[0], False), LEARNED_FEEDS)
+    for jit in (False, True):
+        with jaxmeta.Session(graph, jit=jit, seed=3) as sess:
+            for labels, tf_run in zip(LEARNED_FEEDS, want):
+                np.testing.assert_array_equal(sess.run(names[1], {"labels:0": labels}), tf_run[1])
+
+
+def test_learned_unigram_sampler_frequencies_match_tf():
+    """After a run has taught it skewed classes, the sampler draws them with their learned
+    frequencies (here drawn by a run without true classes, which learns nothing), as TF does."""
+    rng = np.random.default_rng(0)
+    teach = rng.choice(10, size=(2000, 1), p=np.arange(1, 11) / 55).astype(np.int64)
+    feeds = [teach, np.zeros((0, 1), np.int64)]
+    graph, names, want = _tf_runs(_learned(LEARNED_OPS[1], False, num_sampled=N, num_true=1), feeds)
+    p = _learned_probs(feeds)[0][1]
+    (got, _, _), state = jax.jit(graph.step(names, ["labels:0"]))({}, teach, key=KEY)
+    (got, _, counts), _ = jax.jit(graph.step(names, ["labels:0"]))(state, feeds[1], key=jax.random.key(1))
+    for sampled in (np.asarray(got), want[1][0]):
+        np.testing.assert_allclose(np.bincount(sampled, minlength=10) / N, p, atol=0.005)
+    np.testing.assert_allclose(np.asarray(counts), p[np.asarray(got)] * N, rtol=1e-6)
+
+
+def test_learned_unigram_unique_sampler_matches_tf_in_distribution():
+    """With `unique`, how often each class is among the samples and the mean expected count (which
+    follows the number of tries) agree with TF's over many runs from the same learned counts."""
+    feeds = [np.int64([[0], [0], [0], [0], [0], [1], [1], [2]]), *[np.zeros((0, 1), np.int64)] * 1000]
+    graph, names, want = _tf_runs(_learned(LEARNED_OPS[0], True, num_sampled=4, num_true=1), feeds)
+    step = graph.step(names, ["labels:0"])
+    _, state = step({}, feeds[0], key=KEY)
+    draw = jax.jit(jax.vmap(lambda k: step(state, feeds[1], key=k)[0]))
+    sampled, _, counts = (np.asarray(v) for v in draw(jax.random.split(KEY, 10_000)))
+    tf_sampled = np.stack([r[0] for r in want[1:]])
+    tf_counts = np.stack([r[2] for r in want[1:]])
+
+    def inclusion(s):
+        return np.bincount(s.reshape(-1), minlength=10) / len(s)
+
+    np.testing.assert_allclose(inclusion(sampled), inclusion(tf_sampled), atol=0.05)
+    np.testing.assert_allclose(counts.mean(), tf_counts.mean(), rtol=0.03)
+
+
+def test_learned_unigram_sampler_stops_counting_at_int32_max():
+    """TF's Update adds only as many classes as keep the int32 total within 2**31 - 1."""
+    graph, names, _ = _tf_runs(_learned(LEARNED_OPS[1], False), [])
+    start = np.ones(10, np.int32)
+    start[5] = 2**31 - 1 - 9 - 2  # room for two more
+    _, state = graph.step(names, ["labels:0"])({LEARNED_OPS[1]: start}, TRUE, key=KEY)
+    want = start.copy()
+    want[[0, 3]] += 1  # TRUE's first two classes
+    np.testing.assert_array_equal(state[LEARNED_OPS[1]], want)
+
+
+def test_learned_unigram_sampler_errors():
+    graph, names, _ = _tf_runs(_learned(LEARNED_OPS[0], False), [])
+    with pytest.raises(jaxmeta.GraphError, match="graph.step"):
+        graph.function(names, ["labels:0"])
+    step = graph.step(names, ["labels:0"])
+    with pytest.raises(jaxmeta.GraphError, match=r"outside \[0, range_max = 10\)"):
+        step({}, np.int64([[0, 10]]), key=KEY)
+    with pytest.raises(jaxmeta.GraphError, match="class counts"):
+        step({LEARNED_OPS[0]: np.ones(3, np.int32)}, TRUE, key=KEY)
+    meta, _ = export_meta(lambda tf: tf.raw_ops.ThreadUnsafeUnigramCandidateSampler(
+        true_classes=tf.constant(TRUE), num_true=2, num_sampled=2, unique=False, range_max=2**31 - 1))
+    with pytest.raises(jaxmeta.GraphError, match="range_max must be less than"):
+        jaxmeta.import_meta_graph(meta).step(["ThreadUnsafeUnigramCandidateSampler:1"])
+
+
+# -- NonDeterministicInts ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("x64", [False, True], ids=["x64_off", "x64_on"])
+@pytest.mark.parametrize("dtype", ["int32", "int64", "uint32", "uint64"])
+def test_non_deterministic_ints(dtype, x64):
+    """Shape and dtype as TF's (64-bit types narrow with x64 off) and every bit of the narrowed
+    type a fair coin: the values span the type's whole range."""
+    def build(tf):
+        shape = tf.constant([200, 500], tf.int32 if dtype == "int32" else tf.int64)
+        return tf.raw_ops.NonDeterministicInts(shape=shape, dtype=getattr(tf, dtype))
+
+    with jax.enable_x64(x64):
+        (got,), _ = _draws(build)
+        (again,), _ = _draws(build, jit=False)
+    np.testing.assert_array_equal(got, again)  # the key decides the values
+    bits = 8 * got.dtype.itemsize
+    assert bits == (64 if x64 and dtype.endswith("64") else 32)
+    words = got.reshape(-1).view(f"uint{bits}")
+    ones = (words[:, None] >> np.arange(bits, dtype=words.dtype)) & 1
+    np.testing.assert_allclose(ones.mean(axis=0), 0.5, atol=0.01)
+    (other,), _ = _draws(build, key=jax.random.key(1))
+    assert (other != got).mean() > 0.99
+
+
+def test_non_deterministic_ints_refuses_other_dtypes():
+    meta, out = export_meta(lambda tf: tf.raw_ops.NonDeterministicInts(shape=[3], dtype=tf.float32))
+    with pytest.raises(jaxmeta.GraphError, match="float32 is not supported"):
+        jaxmeta.import_meta_graph(meta).function(out.name)({}, key=KEY)
+
+
 def test_random_gamma_grad():
     """RandomGammaGrad (tf.random.gamma's gradient op in training graphs): d sample / d alpha,
     against TF over small and large alphas and samples in both tails."""
