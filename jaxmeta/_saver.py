@@ -52,7 +52,8 @@ class _Resource:
     name.
 
     Attributes:
-        restored: `(resource node, {part: array}) -> state`; raises GraphError when they do not fit.
+        restored: `(resource node, {part: array}) -> state`, or None for a resource the variables
+            do not keep; raises GraphError when they do not fit.
         exported: `(resource node, state or None) -> parts in order`, or None when the state is
             missing and cannot be saved.
     """
@@ -70,6 +71,11 @@ _RESOURCES = (
               frozenset({"LookupTableExport", "LookupTableExportV2"}), ("keys", "values"),
               lambda node, parts: lookup.restored_table(node, parts["keys"], parts["values"]),
               lookup.exported_table),
+    # TF makes an anonymous table anew in every run, so its saved contents are always empty and a
+    # restore fills a table that the run then drops: nothing enters the variables.
+    _Resource(lookup.ANONYMOUS_MUTABLE_TABLES, frozenset({"LookupTableImport", "LookupTableImportV2"}),
+              frozenset({"LookupTableExport", "LookupTableExportV2"}), ("keys", "values"),
+              lambda node, parts: None, lambda node, state: lookup.exported_table(node, None)),
     _Resource(boosted_trees.ENSEMBLE_OPS, frozenset({"BoostedTreesDeserializeEnsemble"}),
               frozenset({"BoostedTreesSerializeEnsemble"}), ("stamp", "serialized"),
               lambda node, parts: boosted_trees.restored_ensemble(node, parts["stamp"], parts["serialized"]),
@@ -221,7 +227,9 @@ class Saver:
                     fn = self.graph.function(computed[name], list(parts))
                     restored[name] = fn({}, *parts.values())
                 else:
-                    restored[name] = _resource(node.type).restored(node, parts)
+                    state = _resource(node.type).restored(node, parts)
+                    if state is not None:
+                        restored[name] = state
             except (GraphError, KeyError) as e:
                 raise CheckpointError(f"checkpoint {prefix} does not fit {node.type} {name!r}: {e}") from None
         out = dict(variables or {})
@@ -517,6 +525,17 @@ def _resource_of(graph: Graph, ref: TensorRef, kind: _Resource) -> Node | None:
     return node if node.type in kind.op_types else None
 
 
+def _resource_behind(graph: Graph, node: Node, role: str) -> tuple[_Resource, Node] | None:
+    """The kind and node of the resource that `node`, one of its kind's `role` ops ("save_ops" or
+    "restore_ops"), exports or imports (its input 0 is the resource's handle), or None."""
+    for kind in _RESOURCES:
+        if node.type in getattr(kind, role) and node.inputs:
+            resource = _resource_of(graph, node.inputs[0], kind)
+            if resource is not None:
+                return kind, resource
+    return None
+
+
 def _restore_source(graph: Graph, ref: TensorRef) -> tuple[Node, int] | None:
     node, index = _forwarded(graph, ref)
     return (node, index) if node.type in _RESTORE_OPS else None
@@ -541,11 +560,11 @@ def _restore_specs(graph: Graph, restore_op_name: str) -> list[SaveSpec]:
                     spec = _spec_from_restore(graph, leaf, ref.index, var.name, keys)
                     specs.append(dataclasses.replace(spec, part=str(ref), computed=str(node.inputs[1])))
                 return True
-        kind = next((r for r in _RESOURCES if node.type in r.restore_ops), None)
-        if kind is not None and len(node.inputs) > len(kind.parts):
-            resource = _resource_of(graph, node.inputs[0], kind)
+        found = _resource_behind(graph, node, "restore_ops")
+        if found is not None and len(node.inputs) > len(found[0].parts):
+            kind, resource = found
             sources = [_restore_source(graph, ref) for ref in node.inputs[1:1 + len(kind.parts)]]
-            if resource is not None and None not in sources:
+            if None not in sources:
                 for part, (source, index) in zip(kind.parts, sources):
                     spec = _spec_from_restore(graph, source, index, resource.name, keys)
                     specs.append(dataclasses.replace(spec, part=part))
@@ -666,12 +685,11 @@ def _specs_from_save(graph: Graph, node: Node) -> list[SaveSpec]:
     unknown = []
     for key, spec, ref, dtype in zip(names, slices, data, dtypes):
         source, index = _forwarded(graph, ref)
-        kind = next((r for r in _RESOURCES if source.type in r.save_ops), None)
-        if kind is not None and source.inputs and index < len(kind.parts):
-            resource = _resource_of(graph, source.inputs[0], kind)
-            if resource is not None:
-                specs.append(SaveSpec(key, resource.name, spec, dtype, kind.parts[index]))
-                continue
+        found = _resource_behind(graph, source, "save_ops")
+        if found is not None and index < len(found[0].parts):
+            kind, resource = found
+            specs.append(SaveSpec(key, resource.name, spec, dtype, kind.parts[index]))
+            continue
         var = _variable_of(graph, ref)
         if var is None:
             sources = _computed_from(graph, ref, VARIABLE_OPS)

@@ -3,7 +3,9 @@
 `InitializeTable(V2)`, `LookupTableImport(V2)`, `LookupTableFind(V2)`, `LookupTableSize(V2)`);
 mutable tables, `tf.lookup.experimental.MutableHashTable` / `DenseHashTable` and TF1's
 `tf.contrib.lookup` ones (`MutableHashTable(OfTensors)(V2)`, `MutableDenseHashTable(V2)`,
-`LookupTableInsert(V2)`, `LookupTableRemoveV2`, `LookupTableExport(V2)`), see `TableContents`.
+`LookupTableInsert(V2)`, `LookupTableRemoveV2`, `LookupTableExport(V2)`), see `TableContents`;
+and their anonymous versions (`AnonymousHashTable`, `AnonymousMutableHashTable(OfTensors)`,
+`AnonymousMutableDenseHashTable`: `experimental_is_anonymous=True`), see below.
 
 A static table is a constant: its contents are the keys and values its `InitializeTable` node
 reads (or imports), evaluated once when a lookup is built (they must not depend on feeds or variables). So the
@@ -14,6 +16,12 @@ constant, or a feed with `Session(jit=False)` / an unjitted function); under `ja
 lookup's output instead. Tables initialized from files (`InitializeTableFromTextFile`) are
 side-effect ops (`ops/io.py`), but for a SavedModel's own vocabulary assets, which
 `jaxmeta.load_saved_model` maps to the files under its `assets/` (`graph.assets`).
+
+An anonymous table has no name to share it by: TF makes a new, empty table each time its op runs
+(each `Session.run`, each call of a function), which lives only as long as that run. So its contents
+never reach the variables dict, `init_variables` or a checkpoint: a mutable one's live in the run's
+`OpContext.state`, and a static one's initializer must run in the same run as its lookups (TF says
+"Table not initialized" otherwise; jaxmeta raises a GraphError when the run leaves it out).
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ import numpy as np
 
 from jaxmeta import _dtypes
 from jaxmeta._errors import GraphError
-from jaxmeta.ops.registry import FORWARDING, handle_source, known, need_known, register, static
+from jaxmeta.ops.registry import FORWARDING, handle_source, known, need_known, program_nodes, register, static
 from jaxmeta.ops.strings import _bytes_array, each_once, hash64
 
 # TF2's KeyValueTensorInitializer imports its contents (LookupTableImportV2); TF1's initializes.
@@ -38,6 +46,12 @@ _HASH_TABLES = ("MutableHashTable", "MutableHashTableV2", "MutableHashTableOfTen
 _DENSE_TABLES = ("MutableDenseHashTable", "MutableDenseHashTableV2")
 #: Op types of mutable tables, whose contents the variables dict holds (`TableContents`).
 MUTABLE_TABLES = frozenset(_HASH_TABLES + _DENSE_TABLES)
+_ANONYMOUS_HASH_TABLES = ("AnonymousMutableHashTable", "AnonymousMutableHashTableOfTensors")
+#: Op types of anonymous mutable tables: a new table each run, its contents in `OpContext.state`.
+ANONYMOUS_MUTABLE_TABLES = frozenset(_ANONYMOUS_HASH_TABLES + ("AnonymousMutableDenseHashTable",))
+_MUTABLE = MUTABLE_TABLES | ANONYMOUS_MUTABLE_TABLES
+_STATIC_TABLES = ("HashTable", "HashTableV2", "AnonymousHashTable")
+_SCALAR_VALUES = ("MutableHashTable", "MutableHashTableV2", "AnonymousMutableHashTable")
 _FILE_INITIALIZERS = ("InitializeTableFromTextFile", "InitializeTableFromTextFileV2")
 
 
@@ -50,7 +64,7 @@ class TableHandle:
     node: Any = dataclasses.field(default=None, compare=False, repr=False)
 
 
-@register("HashTable", "HashTableV2", *MUTABLE_TABLES)
+@register(*_STATIC_TABLES, *MUTABLE_TABLES)
 def _hash_table(node):
     if node.type in MUTABLE_TABLES:
         _TableSpec.of(node)  # its attributes are checked when the graph is built
@@ -58,10 +72,22 @@ def _hash_table(node):
     return lambda *empty_and_deleted_keys: handle
 
 
+@register(*ANONYMOUS_MUTABLE_TABLES, context=True)
+def _anonymous_table(node):
+    spec = _TableSpec.of(node)
+    handle = TableHandle(node.name, node)
+
+    def fn(ctx, *empty_and_deleted_keys):
+        ctx.state[spec.state_key] = spec.empty()  # TF makes a new, empty table each time the op runs
+        return handle
+
+    return fn
+
+
 @register("InitializeTable", "InitializeTableV2")
 def _initialize_table(node):
     table = _table_node(node)
-    if table is not None and table.type in MUTABLE_TABLES:
+    if table is not None and table.type in _MUTABLE:
         raise GraphError(f"node {node.name!r} ({node.type}): table {table.name!r} is a {table.type}, which TF "
                          "does not initialize either; insert into it (LookupTableInsertV2) instead")
     # The contents are read statically by each lookup (see the module docstring).
@@ -95,7 +121,7 @@ def _per_table(make):
 @register(*_IMPORTS, context=True, assigns=True)
 @_per_table
 def _import_table(node, table):
-    if table.type not in MUTABLE_TABLES:
+    if table.type not in _MUTABLE:
         return lambda ctx, table, keys, values: None  # a static table's initializer, as above
     spec = _TableSpec.of(table)
 
@@ -115,10 +141,10 @@ def _table_node(node):
 
 
 def _checked_table(node, producer):
-    if producer.type not in ("HashTable", "HashTableV2", *MUTABLE_TABLES):
+    if producer.type not in (*_STATIC_TABLES, *_MUTABLE):
         raise GraphError(f"node {node.name!r} ({node.type}): its table {producer.name!r} is a {producer.type}; "
-                         "jaxmeta runs static hash tables (HashTable, HashTableV2) and mutable ones "
-                         f"({', '.join(sorted(MUTABLE_TABLES))})")
+                         f"jaxmeta runs static hash tables ({', '.join(_STATIC_TABLES)}) and mutable ones "
+                         f"({', '.join(sorted(_MUTABLE))})")
     return producer
 
 
@@ -141,6 +167,7 @@ def table_contents(node, table=None) -> tuple[np.ndarray, np.ndarray]:
         raise GraphError(f"{where} has {len(inits)} initializers in the graph; jaxmeta reads a static table's "
                          "contents from its one InitializeTable node")
     init = inits[0]
+    _check_same_run(node, table, init, where)
     if init.type in _FILE_INITIALIZERS:
         asset = _asset(graph, init.inputs[1])
         if asset is None:
@@ -152,6 +179,18 @@ def table_contents(node, table=None) -> tuple[np.ndarray, np.ndarray]:
     if keys.shape != values.shape[:1] + keys.shape[1:] or keys.ndim != 1:
         raise GraphError(f"{where}: keys {keys.shape} and values {values.shape} must be vectors of one length")
     return keys, values
+
+
+def _check_same_run(node, table, init, where: str) -> None:
+    """An anonymous static table is new in each run: TF fails a lookup in a run that does not also
+    run its initializer ("Table not initialized"), and so does jaxmeta (where it knows the run's
+    nodes, `program_nodes`)."""
+    nodes = program_nodes()
+    if table.type == "AnonymousHashTable" and nodes is not None and table.name in nodes and init.name not in nodes:
+        raise GraphError(f"{where} is anonymous: TF makes it anew in each run, so its initializer {init.name!r} "
+                         f"must run in the same run as {node.name!r} (TF fails with 'Table not initialized'). "
+                         "Make the lookup depend on it (tf.control_dependencies([tf.compat.v1.tables_initializer()])) "
+                         "or fetch both in one run")
 
 
 def _asset(graph, ref) -> str | None:
@@ -224,7 +263,7 @@ def _as_key(x):
 @register("LookupTableFind", "LookupTableFindV2", context=True)
 @_per_table
 def _lookup_table_find(node, table):
-    if table.type in MUTABLE_TABLES:
+    if table.type in _MUTABLE:
         spec = _TableSpec.of(table)
         return lambda ctx, _, query, default: spec.find(node, spec.load(ctx), query, default)
     find = _static_find(node, table)
@@ -280,7 +319,7 @@ def _search(xp, sorted_keys, sorted_values, query, default, size=None):
 @register("LookupTableSize", "LookupTableSizeV2", context=True)
 @_per_table
 def _lookup_table_size(node, table):
-    if table.type in MUTABLE_TABLES:
+    if table.type in _MUTABLE:
         spec = _TableSpec.of(table)
         return lambda ctx, _: spec.load(ctx).size
     keys, _ = table_contents(node, table)
@@ -305,7 +344,8 @@ class TableContents:
     (`<table>-keys`, `<table>-values`); a table missing from the dict is empty, as a new table
     is in TF (`graph.init_variables` adds the empty ones). Lookups and sizes trace under `jax.jit`
     (the contents are a pytree); inserts, removals and imports change sizes and run on concrete
-    values (`Session(jit=True)` runs them on the host by itself).
+    values (`Session(jit=True)` runs them on the host by itself). An anonymous table's contents
+    live only while a run lasts, in its `OpContext.state`, as NumPy (see the module docstring).
 
     Attributes:
         keys: a `MutableHashTable`'s keys in ascending order in `keys[:size]`, then padding (the
@@ -347,6 +387,9 @@ class _TableSpec:
     deleted_key: np.ndarray | None = None
     buckets: int = 0
     max_load: float = 0.8
+    # An anonymous table's key in `OpContext.state`, where its contents live while a run lasts (a
+    # new table each run), not in the variables; per graph, as a function body's names are its own.
+    state_key: str | None = None
 
     @classmethod
     def of(cls, table) -> _TableSpec:
@@ -364,11 +407,12 @@ class _TableSpec:
         key_dtype, value_dtype = table.attr_dtype("key_dtype"), table.attr_dtype("value_dtype")
         if key_dtype.kind not in "iuO":
             raise GraphError(f"{where}: keys of {key_dtype} are not supported (TF's tables take integer or string keys)")
-        value_shape = tuple(table.attr_shape("value_shape", ()) or ()) if table.type not in _HASH_TABLES[:2] else ()
+        value_shape = tuple(table.attr_shape("value_shape", ()) or ()) if table.type not in _SCALAR_VALUES else ()
         if any(d < 0 for d in value_shape):
             raise GraphError(f"{where}: its value_shape {list(value_shape)} is not fully defined")
-        if table.type in _HASH_TABLES:
-            return cls(table.name, False, key_dtype, value_dtype, value_shape)
+        state_key = f"AnonymousTable:{id(table.graph):x}:{table.name}" if table.type in ANONYMOUS_MUTABLE_TABLES else None
+        if table.type in _HASH_TABLES + _ANONYMOUS_HASH_TABLES:
+            return cls(table.name, False, key_dtype, value_dtype, value_shape, state_key=state_key)
         empty, deleted = constant_values(table.graph, table.inputs[:2], f"{where}: its empty_key and deleted_key")
         if empty.ndim > 1 or empty.shape != deleted.shape or (empty == deleted).all():
             raise GraphError(f"{where}: empty_key {empty.tolist()} and deleted_key {deleted.tolist()} must be two "
@@ -378,7 +422,8 @@ class _TableSpec:
         if not 0 < max_load < 1:
             raise GraphError(f"{where}: max_load_factor must be between 0 and 1, got {max_load}")
         return cls(table.name, True, key_dtype, value_dtype, value_shape, empty.shape,
-                   empty.astype(key_dtype).reshape(-1), deleted.astype(key_dtype).reshape(-1), buckets, max_load)
+                   empty.astype(key_dtype).reshape(-1), deleted.astype(key_dtype).reshape(-1), buckets, max_load,
+                   state_key)
 
     # -- the contents ----------------------------------------------------------------------------
 
@@ -386,10 +431,21 @@ class _TableSpec:
     def value_size(self) -> int:
         return int(np.prod(self.value_shape, dtype=np.int64))
 
+    @property
+    def anonymous(self) -> bool:
+        return self.state_key is not None
+
     def load(self, ctx) -> TableContents:
         """The table's contents in this run (empty when the variables dict has none)."""
         from jaxmeta._interpreter import HostValue, host_value_error
 
+        if self.anonymous:
+            contents = ctx.state.get(self.state_key)
+            if contents is None:  # its op runs before every op that reads its handle
+                raise GraphError(f"anonymous table {self.name!r} was not made in this run: its handle reached "
+                                 "an op without the table op running first (jaxmeta cannot pass it between runs "
+                                 "or compiled stages); run the graph with Session(jit=False)")
+            return contents
         contents = ctx.variables.get(self.name)
         if contents is None:
             return self.empty()
@@ -401,7 +457,10 @@ class _TableSpec:
         return contents
 
     def store(self, ctx, contents: TableContents) -> None:
-        ctx.put(self.name, contents)
+        if self.anonymous:
+            ctx.state[self.state_key] = contents
+        else:
+            ctx.put(self.name, contents)
 
     def empty(self) -> TableContents:
         if self.dense:
@@ -410,11 +469,13 @@ class _TableSpec:
         return self._sorted(np.zeros(0, self.key_dtype), np.zeros((0, *self.value_shape), self.value_dtype))
 
     def _contents(self, keys: np.ndarray, values: np.ndarray, size: int) -> TableContents:
-        where = f"table {self.name!r}"
+        # An anonymous table's contents never leave the run: as NumPy they stay known while a
+        # jax.jit traces it, so that inserts of constant keys run there too.
+        where, array = f"table {self.name!r}", (lambda x: x) if self.anonymous else jnp.asarray
         if keys.dtype != object:
-            keys = jnp.asarray(_dtypes.canonical(keys, f"{where}: its keys"))
+            keys = array(_dtypes.canonical(keys, f"{where}: its keys"))
         if values.dtype != object:
-            values = jnp.asarray(_dtypes.canonical(values, f"{where}: its values"))
+            values = array(_dtypes.canonical(values, f"{where}: its values"))
         return TableContents(keys, values, np.int64(size))
 
     def _sorted(self, keys: np.ndarray, values: np.ndarray) -> TableContents:
@@ -470,7 +531,7 @@ class _TableSpec:
             if all(c is not None for c in contents):  # known now: NumPy in, NumPy out
                 arrays = [*contents, query, default]
         keys, values, size, query, default = arrays
-        return _search(np if isinstance(keys, np.ndarray) else jnp, keys, values, query, default, size)
+        return _search(np if static(keys, values, query, default) else jnp, keys, values, query, default, size)
 
     def _dense_find(self, node, contents: TableContents, query, default):
         scalar_ints = self.key_dtype.kind != "O" and self.value_dtype.kind != "O" and self.empty_key.size == 1
@@ -487,7 +548,7 @@ class _TableSpec:
             return out.reshape(*batch, *self.value_shape)
         # Traced: every query probes at once, as TF's quadratic probing does one by one. Where TF
         # refuses a lookup of the empty or deleted key, the traced lookup returns the default value.
-        keys, values = contents.keys, contents.values
+        keys, values = jnp.asarray(contents.keys), jnp.asarray(contents.values)
         flat = jnp.reshape(query, (-1,)).astype(keys.dtype)
         column, buckets = keys[:, 0], keys.shape[0]
         empty, deleted = (jnp.asarray(_dtypes.canonical(k, "empty_key")[0], keys.dtype)
@@ -697,7 +758,7 @@ def _lookup_table_remove(node, table):
 @register("LookupTableExport", "LookupTableExportV2", context=True)
 @_per_table
 def _lookup_table_export(node, table):
-    if table.type not in MUTABLE_TABLES:  # a static table's contents, sorted as TF exports them
+    if table.type not in _MUTABLE:  # a static table's contents, sorted as TF exports them
         keys, values = table_contents(node, table)
         order = np.argsort(keys, kind="stable")
         keys, values = keys[order], values[order]
@@ -707,7 +768,7 @@ def _lookup_table_export(node, table):
 
 
 def _mutable_spec(node, table) -> _TableSpec:
-    if table.type not in MUTABLE_TABLES:
+    if table.type not in _MUTABLE:
         raise GraphError(f"node {node.name!r} ({node.type}): table {table.name!r} is a {table.type}, which "
                          "cannot change: TF refuses this op on it too")
     return _TableSpec.of(table)

@@ -425,3 +425,275 @@ def test_hostile_mutable_tables(tmp_path):
     write_checkpoint(str(tmp_path / "bad"), {spec.key: np.zeros((6, 1), np.int64) for spec in graph.saver.restore_specs})
     with pytest.raises(jaxmeta.CheckpointError, match="6 buckets; a dense table has a power of 2"):
         graph.saver.restore(str(tmp_path / "bad"))
+
+
+# --- anonymous tables (experimental_is_anonymous=True): a new table each run ---------------------
+
+
+def _anonymous_tables(tf, k, s):
+    """Anonymous int -> float, string -> vector and dense (8 buckets, they grow) int -> int tables,
+    filled, emptied of the first key, then read, in one run; and lookups in a run of their own."""
+    counts = tf.lookup.experimental.MutableHashTable(tf.int64, tf.float32, -1.0, experimental_is_anonymous=True)
+    vectors = tf.lookup.experimental.MutableHashTable(tf.string, tf.float32, [0.5, -0.5], experimental_is_anonymous=True)
+    dense = tf.lookup.experimental.DenseHashTable(tf.int64, tf.int64, -1, empty_key=0, deleted_key=-1,
+                                                  initial_num_buckets=8, experimental_is_anonymous=True)
+    v = tf.cast(k, tf.float32)
+    inserts = [counts.insert(k, v / 2), vectors.insert(s, tf.stack([v, -v], 1)), dense.insert(k, 10 * k)]
+    with tf.control_dependencies(inserts):
+        removes = [counts.remove(k[:1]), vectors.remove(s[:1]), dense.remove(k[:1])]
+    with tf.control_dependencies(removes):
+        dense_keys, dense_values = dense.export()
+        filled = [counts.lookup(k + 1), vectors.lookup(s), dense.lookup(k + 1), dense_keys, dense_values,
+                  tf.stack([counts.size(), vectors.size(), dense.size()])]
+    fresh = [counts.lookup(k), vectors.lookup(s), dense.lookup(k), tf.stack([counts.size(), dense.size()])]
+    return [t.name for t in filled], [t.name for t in fresh]
+
+
+def _anonymous_feeds(n):
+    return {"k:0": np.arange(1, n + 1, dtype=np.int64) * 3,
+            "s:0": np.array([f"w{i}".encode() for i in range(n)], object)}
+
+
+@pytest.mark.parametrize("jit", [True, False])
+def test_anonymous_mutable_tables_live_for_one_run(jit):
+    """Inserts, removals, lookups, sizes and the dense table's buckets (grown past its 8) in one
+    run as TF's; a run of its own finds new, empty tables; nothing reaches the variables."""
+    tf = get_tf()
+    g = tf.Graph()
+    with g.as_default():
+        k = tf.compat.v1.placeholder(tf.int64, [None], name="k")
+        s = tf.compat.v1.placeholder(tf.string, [None], name="s")
+        filled, fresh = _anonymous_tables(tf, k, s)
+        meta = tf.compat.v1.train.export_meta_graph(graph=g)
+        with tf.compat.v1.Session(graph=g) as sess:
+            want = [sess.run(names, _anonymous_feeds(n)) for names, n in ((filled, 12), (fresh, 5), (filled, 3))]
+    assert {n.op for n in meta.graph_def.node} >= {"AnonymousMutableHashTable", "AnonymousMutableHashTableOfTensors",
+                                                   "AnonymousMutableDenseHashTable"}
+    graph = jaxmeta.import_meta_graph(meta)
+    assert graph.init_variables() == {}
+    with jaxmeta.Session(graph, jit=jit) as sess:
+        for (names, n), w in zip(((filled, 12), (fresh, 5), (filled, 3)), want):
+            got = sess.run(names, _anonymous_feeds(n))
+            for name, a, b in zip(names, got, w):
+                np.testing.assert_array_equal(np.asarray(a), b, name)
+        assert sess.variables == {}
+
+
+def test_anonymous_tables_under_jit():
+    """Inserts of constant keys run under jax.jit too (they are known when traced); lookups of fed
+    keys and sizes trace, as TF's, and the step returns no new variables."""
+    tf = get_tf()
+    g = tf.Graph()
+    with g.as_default():
+        q = tf.compat.v1.placeholder(tf.int64, [None, None], name="q")
+        keys = tf.constant([5, 9, 2, 40, 7], tf.int64)
+        table = tf.raw_ops.AnonymousMutableHashTable(key_dtype=tf.int64, value_dtype=tf.float32)
+        rows = tf.raw_ops.AnonymousMutableHashTableOfTensors(key_dtype=tf.int64, value_dtype=tf.int32,
+                                                             value_shape=[2])
+        dense = tf.raw_ops.AnonymousMutableDenseHashTable(empty_key=tf.constant(-1, tf.int64),
+                                                          deleted_key=tf.constant(-2, tf.int64),
+                                                          value_dtype=tf.float32, initial_num_buckets=4)
+        changes = [tf.raw_ops.LookupTableInsertV2(table_handle=table, keys=keys, values=tf.cast(keys, tf.float32) / 4),
+                   tf.raw_ops.LookupTableInsertV2(table_handle=rows, keys=keys,
+                                                  values=tf.stack([tf.cast(keys, tf.int32), -tf.cast(keys, tf.int32)],
+                                                                  1)),
+                   tf.raw_ops.LookupTableInsertV2(table_handle=dense, keys=keys, values=tf.cast(keys, tf.float32))]
+        with tf.control_dependencies(changes):
+            changes = [tf.raw_ops.LookupTableRemoveV2(table_handle=h, keys=keys[1:2]) for h in (table, rows, dense)]
+        with tf.control_dependencies(changes):
+            fetches = [tf.raw_ops.LookupTableFindV2(table_handle=table, keys=q, default_value=tf.constant(-1.0)),
+                       tf.raw_ops.LookupTableFindV2(table_handle=rows, keys=q, default_value=tf.constant([7, 8])),
+                       tf.raw_ops.LookupTableFindV2(table_handle=dense, keys=tf.reshape(q, [-1]),
+                                                 default_value=tf.constant(-3.0)),
+                       tf.stack([tf.raw_ops.LookupTableSizeV2(table_handle=h) for h in (table, rows, dense)])]
+        meta = tf.compat.v1.train.export_meta_graph(graph=g)
+        query = np.array([[5, 9, 1], [40, 7, 2]], np.int64)
+        with tf.compat.v1.Session(graph=g) as sess:
+            want = sess.run(fetches, {q: query})
+    step = jaxmeta.import_meta_graph(meta).step([t.name for t in fetches], ["q:0"])
+    for fn in (step, jax.jit(step)):
+        got, new_variables = fn({}, query)
+        assert new_variables == {}
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(np.asarray(a), b)
+
+
+@pytest.mark.parametrize("v2", [False, True])
+def test_anonymous_tables_filled_in_a_loop(v2):
+    """A while loop (v1 frames or a v2 While) inserts into anonymous tables made outside it; the
+    loop runs on the host, and the lookups after it see what it inserted."""
+    tf = get_tf()
+    (tf.compat.v1.enable_control_flow_v2 if v2 else tf.compat.v1.disable_control_flow_v2)()
+    try:
+        g = tf.Graph()
+        with g.as_default():
+            k = tf.compat.v1.placeholder(tf.int64, [None], name="k")
+            table = tf.raw_ops.AnonymousMutableHashTable(key_dtype=tf.int64, value_dtype=tf.float32)
+            dense = tf.raw_ops.AnonymousMutableDenseHashTable(empty_key=tf.constant(-1, tf.int64),
+                                                              deleted_key=tf.constant(-2, tf.int64),
+                                                              value_dtype=tf.float32, initial_num_buckets=4)
+
+            def body(i):
+                with tf.control_dependencies([tf.raw_ops.LookupTableInsertV2(
+                        table_handle=h, keys=k * i, values=tf.cast(k + i, tf.float32)) for h in (table, dense)]):
+                    return i + 1
+
+            done = tf.while_loop(lambda i: i < 3, body, [tf.constant(0, tf.int64)])[0]
+            with tf.control_dependencies([done]):
+                every = tf.range(10, dtype=tf.int64)
+                fetches = [tf.raw_ops.LookupTableFindV2(table_handle=h, keys=every, default_value=tf.constant(-1.0))
+                           for h in (table, dense)]
+                fetches += [tf.raw_ops.LookupTableSizeV2(table_handle=h) for h in (table, dense)]
+            meta = tf.compat.v1.train.export_meta_graph(graph=g)
+            with tf.compat.v1.Session(graph=g) as sess:
+                want = sess.run(fetches, {k: [1, 2, 3]})
+    finally:
+        tf.compat.v1.disable_control_flow_v2()
+    assert ("While" in {n.op for n in meta.graph_def.node}) == v2
+    graph = jaxmeta.import_meta_graph(meta)
+    for jit in (True, False):
+        with jaxmeta.Session(graph, jit=jit) as sess:
+            for a, b in zip(sess.run([t.name for t in fetches], {"k:0": np.array([1, 2, 3], np.int64)}), want):
+                np.testing.assert_array_equal(np.asarray(a), b)
+
+
+def test_anonymous_tables_in_a_tf_function():
+    """Anonymous tables made inside a tf.function (raw ops) called twice from a v1 graph: each
+    call makes its own tables, mutable and static."""
+    tf = get_tf()
+    g = tf.Graph()
+    with g.as_default():
+        k = tf.compat.v1.placeholder(tf.int64, [None], name="k")
+
+        @tf.function
+        def f(keys, scale):
+            rows = tf.raw_ops.AnonymousMutableHashTableOfTensors(key_dtype=tf.int64, value_dtype=tf.float32,
+                                                                 value_shape=[2])
+            values = tf.cast(keys, tf.float32) * scale
+            tf.raw_ops.LookupTableInsertV2(table_handle=rows, keys=keys, values=tf.stack([values, -values], 1))
+            tf.raw_ops.LookupTableRemoveV2(table_handle=rows, keys=keys[:1])
+            static = tf.raw_ops.AnonymousHashTable(key_dtype=tf.int64, value_dtype=tf.string)
+            tf.raw_ops.LookupTableImportV2(table_handle=static, keys=tf.constant([1, 2, 3], tf.int64),
+                                           values=tf.constant(["one", "two", "three"]))
+            return (tf.raw_ops.LookupTableFindV2(table_handle=rows, keys=keys + 1, default_value=[7.0, 8.0]),
+                    tf.raw_ops.LookupTableSizeV2(table_handle=rows),
+                    tf.raw_ops.LookupTableFindV2(table_handle=static, keys=keys, default_value="?"))
+
+        # An outer table of the same name as the body's: each call makes its own, apart from it.
+        outer = tf.raw_ops.AnonymousMutableHashTableOfTensors(key_dtype=tf.int64, value_dtype=tf.float32,
+                                                              value_shape=[2])
+        first = f(k, 2.0)
+        with tf.control_dependencies([tf.raw_ops.LookupTableInsertV2(table_handle=outer, keys=k,
+                                                                     values=tf.ones([tf.size(k), 2])), *first]):
+            second = f(k[1:], -1.0)
+        with tf.control_dependencies(second):
+            in_outer = tf.raw_ops.LookupTableFindV2(table_handle=outer, keys=k - 1, default_value=[7.0, 8.0])
+        fetches = [t.name for t in (*first, *second, in_outer)]
+        meta = tf.compat.v1.train.export_meta_graph(graph=g)
+        with tf.compat.v1.Session(graph=g) as sess:
+            want = sess.run(fetches, {k: [1, 2, 3, 9]})
+    assert {"AnonymousHashTable", "AnonymousMutableHashTableOfTensors"} <= _function_ops(meta)
+    assert "AnonymousMutableHashTableOfTensors" in {n.name for n in meta.graph_def.node}
+    graph = jaxmeta.import_meta_graph(meta)
+    for jit in (True, False):
+        with jaxmeta.Session(graph, jit=jit) as sess:
+            got = sess.run(fetches, {"k:0": np.array([1, 2, 3, 9], np.int64)})
+            for a, b in zip(got, want):
+                assert np.asarray(a).tolist() == b.tolist()
+
+
+def _function_ops(meta):
+    return {n.op for f in meta.graph_def.library.function for n in f.node_def}
+
+
+def test_anonymous_static_table():
+    """`StaticHashTable(experimental_is_anonymous=True)` read in the run that initializes it (a
+    control dependency on `tables_initializer`, as TF's docs say), with and without jit."""
+
+    def build(tf):
+        table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(tf.constant([7, -3, 12], tf.int64), tf.constant([0.5, 1.5, -2.0])),
+            default_value=-1.0, experimental_is_anonymous=True)
+        q = tf.compat.v1.placeholder(tf.int64, [None], name="q")
+        with tf.control_dependencies([tf.compat.v1.tables_initializer()]):
+            return [table.lookup(q), table.size()]
+
+    query = np.array([7, 1, 12, -3], np.int64)
+
+    tf = get_tf()
+    g = tf.Graph()
+    with g.as_default():
+        fetches = [t.name for t in build(tf)]
+        meta = tf.compat.v1.train.export_meta_graph(graph=g)
+        with tf.compat.v1.Session(graph=g) as sess:
+            want = sess.run(fetches, {"q:0": query})
+    graph = jaxmeta.import_meta_graph(meta)
+    assert "AnonymousHashTable" in {node.type for node in graph.nodes.values()}
+    results = []
+    for jit in (True, False):
+        with jaxmeta.Session(graph, jit=jit) as sess:
+            results.append(sess.run(fetches, {"q:0": query}))
+    # The initializer (LookupTableImportV2, which restores mutable tables too) counts as an
+    # assignment, so graph.step runs the run that includes it (it returns no new variables).
+    step = graph.step(fetches, ["q:0"])
+    for fn in (step, jax.jit(step)):
+        got, new_variables = fn({}, query)
+        assert new_variables == {}
+        results.append(got)
+    for got in results:
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(np.asarray(a), b)
+
+
+def test_anonymous_static_table_needs_its_initializer_in_the_run():
+    """A lookup of an anonymous static table in a run without its initializer: TF fails ("Table
+    not initialized": the table is new in each run), and so does jaxmeta, saying what to do."""
+    tf = get_tf()
+    g = tf.Graph()
+    with g.as_default():
+        table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(tf.constant([1, 2], tf.int64), tf.constant([10, 20], tf.int64)), -1,
+            experimental_is_anonymous=True)
+        found = table.lookup(tf.constant([1, 3], tf.int64))
+        init = tf.compat.v1.tables_initializer()
+        with tf.control_dependencies([init]):
+            ordered = table.lookup(tf.constant([1, 3], tf.int64))
+        meta = tf.compat.v1.train.export_meta_graph(graph=g)
+        with tf.compat.v1.Session(graph=g) as sess:
+            sess.run(init)
+            with pytest.raises(tf.errors.FailedPreconditionError, match="Table not initialized"):
+                sess.run(found)
+            np.testing.assert_array_equal(sess.run(ordered), [10, -1])
+    graph = jaxmeta.import_meta_graph(meta)
+    with pytest.raises(jaxmeta.GraphError, match="is anonymous: .*must run in the same run"):
+        graph.function(found.name)
+    with jaxmeta.Session(graph) as sess:
+        with pytest.raises(jaxmeta.GraphError, match="Table not initialized"):
+            sess.run(found.name)
+        np.testing.assert_array_equal(sess.run(ordered.name), [10, -1])
+
+
+def test_anonymous_mutable_table_in_a_saver(tmp_path):
+    """TF's v1 Saver saves an anonymous table (always empty: each run makes it anew) and restores
+    into one that the run drops: jaxmeta restores TF's checkpoint into the variables alone and
+    saves the empty table under TF's keys, which TF reads back."""
+    tf = get_tf()
+    g = tf.Graph()
+    with g.as_default():
+        v = tf.compat.v1.get_variable("v", initializer=tf.constant([1.0, 2.0]))
+        table = tf.lookup.experimental.MutableHashTable(tf.int64, tf.float32, -1.0, experimental_is_anonymous=True)
+        saver = tf.compat.v1.train.Saver([v, table])
+        meta = tf.compat.v1.train.export_meta_graph(graph=g, saver_def=saver.as_saver_def())
+        with tf.compat.v1.Session(graph=g) as sess:
+            sess.run(v.initializer)
+            tf_prefix = saver.save(sess, str(tmp_path / "tf.ckpt"))
+    assert "AnonymousMutableHashTable" in {n.op for n in meta.graph_def.node}
+    graph = jaxmeta.import_meta_graph(meta)
+    restored = graph.saver.restore(tf_prefix)
+    assert list(restored) == ["v"]
+    np.testing.assert_array_equal(np.asarray(restored["v"]), [1.0, 2.0])
+    prefix = graph.saver.save({"v": np.asarray([3.0, 4.0], np.float32)}, str(tmp_path / "jm.ckpt"))
+    assert dict(tf.train.list_variables(prefix)) == dict(tf.train.list_variables(tf_prefix))
+    with g.as_default(), tf.compat.v1.Session(graph=g) as sess:
+        saver.restore(sess, prefix)
+        np.testing.assert_array_equal(sess.run(v), [3.0, 4.0])
