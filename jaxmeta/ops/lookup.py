@@ -121,8 +121,12 @@ def _per_table(make):
 @register(*_IMPORTS, context=True, assigns=True)
 @_per_table
 def _import_table(node, table):
-    if table.type not in _MUTABLE:
-        return lambda ctx, table, keys, values: None  # a static table's initializer, as above
+    if table.type not in _MUTABLE:  # a static table's initializer, as above: it changes nothing,
+        def initialized(ctx, table, keys, values):  # so graph.function runs it too
+            return None
+
+        initialized.assigns = False
+        return initialized
     spec = _TableSpec.of(table)
 
     def fn(ctx, _, keys, values):

@@ -75,9 +75,10 @@ def handle_source(node: Any) -> Any:
 
 
 def step_assigns(step: Any) -> bool:
-    """Whether a built step assigns variables (or a mutable table): its op type does, or its
-    closure says it does (`fn.assigns`: v2 function calls and loops whose bodies assign)."""
-    return step.spec.assigns or bool(getattr(step.fn, "assigns", False))
+    """Whether a built step assigns variables (or a mutable table): its closure says so where it
+    knows (`fn.assigns`: v2 function calls and loops whose bodies assign; an import into a static
+    table, which changes nothing), else its op type does."""
+    return bool(getattr(step.fn, "assigns", step.spec.assigns))
 
 # Op types that read/write files, run Python or talk to the network. jaxmeta never runs them
 # implicitly; the value says how to get the effect through jaxmeta's API instead.

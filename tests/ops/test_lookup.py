@@ -633,9 +633,13 @@ def test_anonymous_static_table():
     for jit in (True, False):
         with jaxmeta.Session(graph, jit=jit) as sess:
             results.append(sess.run(fetches, {"q:0": query}))
-    # The initializer (LookupTableImportV2, which restores mutable tables too) counts as an
-    # assignment, so graph.step runs the run that includes it (it returns no new variables).
+    # The initializer (LookupTableImportV2, which also restores mutable tables) changes nothing
+    # of a static table: graph.function runs the run that includes it, and graph.step returns no
+    # new variables.
+    function = graph.function(fetches, ["q:0"])
     step = graph.step(fetches, ["q:0"])
+    for fn in (function, jax.jit(function)):
+        results.append(fn({}, query))
     for fn in (step, jax.jit(step)):
         got, new_variables = fn({}, query)
         assert new_variables == {}
