@@ -231,10 +231,14 @@ def _ctc_loss(node):
         GraphError: for labels or sequence lengths TF rejects, when they are concrete (under jit
             the outputs are NaN instead), and for inputs of the wrong rank.
     """
-    collapse = node.attr_bool("preprocess_collapse_repeated", False)
-    merge = node.attr_bool("ctc_merge_repeated", True)
-    ignore_longer = node.attr_bool("ignore_longer_outputs_than_inputs", False)
-    return _ctc_loss_fn(node, collapse, merge, ignore_longer)
+    return _ctc_loss_fn(node, *_ctc_loss_attrs(node))
+
+
+def _ctc_loss_attrs(node) -> tuple[bool, bool, bool]:
+    """`preprocess_collapse_repeated`, `ctc_merge_repeated` and `ignore_longer_outputs_than_inputs`
+    of a CTCLoss or CTCLossV2 node, with TF's defaults."""
+    return (node.attr_bool("preprocess_collapse_repeated", False), node.attr_bool("ctc_merge_repeated", True),
+            node.attr_bool("ignore_longer_outputs_than_inputs", False))
 
 
 def _ctc_loss_fn(node, collapse, merge, ignore_longer, *, blank_first=False):
@@ -310,9 +314,7 @@ def _ctc_loss_v2(node):
             False, `ctc_merge_repeated` True, `ignore_longer_outputs_than_inputs` False), and as
             `CTCLoss` for inputs TF rejects, labels outside [1, num_classes) included.
     """
-    collapse = node.attr_bool("preprocess_collapse_repeated", False)
-    merge = node.attr_bool("ctc_merge_repeated", True)
-    ignore_longer = node.attr_bool("ignore_longer_outputs_than_inputs", False)
+    collapse, merge, ignore_longer = _ctc_loss_attrs(node)
     if collapse or not merge or ignore_longer:
         raise GraphError(
             f"node {node.name!r} (CTCLossV2): TF's kernel (cuDNN) requires preprocess_collapse_repeated=False, "

@@ -759,12 +759,12 @@ def _generate_bounding_box_proposals(node):
     shapes depend on `post_nms_topn` only; a `pre_nms_topn` fed at run time costs NMS over every
     box instead of the top n. TF registers no gradient (NotDifferentiable): none flows here.
     """
-    post = node.attr_int("post_nms_topn", 300)
-    if post <= 0:
-        raise GraphError(f"node {node.name!r} (GenerateBoundingBoxProposals): post_nms_topn must be > 0, got {post}")
-
     def error(message):
         return GraphError(f"node {node.name!r} (GenerateBoundingBoxProposals): {message}")
+
+    post = node.attr_int("post_nms_topn", 300)
+    if post <= 0:
+        raise error(f"post_nms_topn must be > 0, got {post}")
 
     def fn(scores, bbox_deltas, image_info, anchors, nms_threshold, pre_nms_topn, min_size):
         scores, bbox_deltas, image_info, anchors = (

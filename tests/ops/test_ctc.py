@@ -33,13 +33,13 @@ def ctc_feeds(labels, lengths, time, classes, seed, indices=None):
     }
 
 
-def raw_ctc(feeds, **attrs):
-    """tf.raw_ops.CTCLoss on the feeds' placeholders: both outputs."""
+def raw_ctc(feeds, op="CTCLoss", **attrs):
+    """tf.raw_ops.CTCLoss (or `op`, e.g. CTCLossV2) on the feeds' placeholders: both outputs."""
 
     def build(tf):
         p = {k[:-2]: ph(tf, k[:-2], v) for k, v in feeds.items()}
-        return list(tf.raw_ops.CTCLoss(inputs=p["x"], labels_indices=p["idx"], labels_values=p["vals"],
-                                       sequence_length=p["len"], **attrs))
+        return list(getattr(tf.raw_ops, op)(inputs=p["x"], labels_indices=p["idx"], labels_values=p["vals"],
+                                            sequence_length=p["len"], **attrs))
 
     return build
 
@@ -163,13 +163,7 @@ def test_ctc_loss_constant_labels():
 
 def ctc_v2(feeds, **attrs):
     """tf.raw_ops.CTCLossV2 (blank 0) on the feeds' placeholders: both outputs."""
-
-    def build(tf):
-        p = {k[:-2]: ph(tf, k[:-2], v) for k, v in feeds.items()}
-        return list(tf.raw_ops.CTCLossV2(inputs=p["x"], labels_indices=p["idx"], labels_values=p["vals"],
-                                         sequence_length=p["len"], **attrs))
-
-    return build
+    return raw_ctc(feeds, "CTCLossV2", **attrs)
 
 
 def ctc_v2_on_cpu(feeds):
